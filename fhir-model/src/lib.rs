@@ -1,0 +1,18 @@
+//! Serde types for the FHIR R4 (4.0.1) resources Kakehashi emits and accepts.
+//!
+//! Only the elements Kakehashi reads or writes are modelled; the types are kept in
+//! their own crate so their compile is cached apart from the gateway.
+
+pub mod datatypes;
+pub mod outcome;
+pub mod capability;
+
+pub use datatypes::*;
+pub use outcome::{IssueSeverity, IssueType, OperationOutcome, OperationOutcomeIssue};
+pub use capability::CapabilityStatement;
+
+/// The FHIR version every resource Kakehashi emits conforms to.
+pub const FHIR_VERSION: &str = "4.0.1";
+
+/// The media type of FHIR JSON.
+pub const FHIR_JSON: &str = "application/fhir+json";

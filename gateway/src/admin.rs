@@ -1,0 +1,104 @@
+//! The admin listener (plain HTTP, loopback by default): `/healthz` and Prometheus
+//! `/metrics`. It serves no patient data and needs no certificate, which is why it
+//! must not be exposed beyond the host.
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use http::{header, StatusCode};
+use crate::store::Store;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// Process-wide counters exposed at `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Responses by status class 1xx..5xx (index 1..=5).
+    pub responses: [AtomicU64; 6],
+    /// TLS connections accepted (handshake completed).
+    pub connections_accepted: AtomicU64,
+    /// Connections currently open.
+    pub connections_open: AtomicU64,
+    /// Handshakes that failed (bad/missing/revoked certificate, protocol errors).
+    pub handshakes_failed: AtomicU64,
+    /// Handshakes that timed out.
+    pub handshakes_timed_out: AtomicU64,
+    /// Requests refused at the identity step.
+    pub identity_refusals: AtomicU64,
+    /// Successful reloads of TLS material.
+    pub tls_reloads: AtomicU64,
+}
+
+impl Metrics {
+    /// Count one response.
+    pub fn response(&self, status: StatusCode) {
+        let class = (status.as_u16() / 100) as usize;
+        if let Some(c) = self.responses.get(class) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        s.push_str("# HELP kakehashi_http_responses_total FHIR responses by status class.\n# TYPE kakehashi_http_responses_total counter\n");
+        for class in 1..=5 {
+            let _ = writeln!(s, "kakehashi_http_responses_total{{class=\"{class}xx\"}} {}", self.responses[class].load(Relaxed));
+        }
+        for (name, help, kind, v) in [
+            ("kakehashi_tls_connections_accepted_total", "TLS connections whose handshake completed.", "counter", &self.connections_accepted),
+            ("kakehashi_tls_connections_open", "TLS connections currently open.", "gauge", &self.connections_open),
+            ("kakehashi_tls_handshakes_failed_total", "TLS handshakes refused or failed.", "counter", &self.handshakes_failed),
+            ("kakehashi_tls_handshakes_timed_out_total", "TLS handshakes that timed out.", "counter", &self.handshakes_timed_out),
+            ("kakehashi_identity_refusals_total", "Requests refused at the identity step.", "counter", &self.identity_refusals),
+            ("kakehashi_tls_reloads_total", "Reloads of TLS material (CA, CRL, certificate).", "counter", &self.tls_reloads),
+        ] {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
+        }
+        s
+    }
+}
+
+/// The admin routes. `/healthz` is 200 only while the database answers, so a load
+/// balancer stops sending reads to an instance that could not audit them.
+pub fn router(metrics: Arc<Metrics>, store: Store) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|State((_, store)): State<(Arc<Metrics>, Store)>| async move {
+                if store.ping().await {
+                    (StatusCode::OK, "ok\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State((m, _)): State<(Arc<Metrics>, Store)>| async move {
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()).into_response()
+            }),
+        )
+        .with_state((metrics, store))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.response(StatusCode::OK);
+        m.response(StatusCode::FORBIDDEN);
+        m.response(StatusCode::FORBIDDEN);
+        m.handshakes_failed.fetch_add(3, Relaxed);
+        let t = m.render();
+        assert!(t.contains("kakehashi_http_responses_total{class=\"2xx\"} 1\n"));
+        assert!(t.contains("kakehashi_http_responses_total{class=\"4xx\"} 2\n"));
+        assert!(t.contains("kakehashi_tls_handshakes_failed_total 3\n"));
+        assert!(t.contains("# TYPE kakehashi_tls_connections_open gauge"));
+    }
+}

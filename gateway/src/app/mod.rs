@@ -1,0 +1,89 @@
+//! The one place the request stack is assembled, and where errors are rescued into
+//! OperationOutcomes. Layers, outermost first:
+//!
+//! 1. `observe`   — metrics and a tracing span per request (no patient data);
+//! 2. `deadline`  — the whole request must finish within `server.request_timeout_secs`;
+//! 3. `identity`  — the connection's certificate must name a federation member (403);
+//! 4. `negotiate` — FHIR JSON in and out (406/415/400);
+//! 5. the FHIR routes (404/405 fallbacks).
+
+mod rescue;
+pub mod server;
+
+pub use rescue::{fhir_bytes, fhir_json, ApiError, FHIR_JSON_UTF8};
+
+use crate::admin::Metrics;
+use crate::config::Config;
+use axum::extract::{Request, State};
+use axum::middleware::{from_fn, from_fn_with_state, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// State shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The loaded configuration.
+    pub config: Arc<Config>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// The serialised CapabilityStatement.
+    pub capability: Bytes,
+    /// Per-request deadline.
+    pub request_timeout: Duration,
+    /// The database.
+    pub store: crate::store::Store,
+}
+
+impl AppState {
+    /// State for a configuration.
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, store: crate::store::Store) -> Self {
+        let started = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into());
+        let capability = serde_json::to_vec(&crate::fhir_api::capability::statement(&started))
+            .map(Bytes::from)
+            .unwrap_or_default();
+        let request_timeout = Duration::from_secs(config.server.request_timeout_secs);
+        AppState { config, metrics, capability, request_timeout, store }
+    }
+}
+
+/// Assemble the full stack.
+pub fn build(state: AppState) -> Router {
+    crate::fhir_api::router()
+        .layer(from_fn(crate::fhir_api::negotiate::layer))
+        .layer(from_fn_with_state(state.clone(), identity))
+        .layer(from_fn_with_state(state.clone(), deadline))
+        .layer(from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn identity(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let refused = req.extensions().get::<crate::identity::ConnInfo>().is_none_or(|c| c.identity.is_err());
+    if refused {
+        state.metrics.identity_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    crate::identity::layer(req, next).await
+}
+
+async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let secs = state.request_timeout.as_secs();
+    match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::Timeout(secs).into_response(),
+    }
+}
+
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    // Log the path only: query strings may carry patient identifiers.
+    let path = req.uri().path().to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    state.metrics.response(resp.status());
+    tracing::info!(%method, %path, status = resp.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+    resp
+}

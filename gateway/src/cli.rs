@@ -1,0 +1,202 @@
+//! The command line: clap definitions and dispatch only; work happens in the modules.
+
+use crate::config::Config;
+use crate::Gateway;
+use clap::{Args, Parser, Subcommand};
+use kakehashi_certs::{ClientCertRequest, InitOptions, Pki, Role};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Kakehashi: secure FHIR gateway between rural clinics and hub hospitals.
+#[derive(Debug, Parser)]
+#[command(name = "kakehashi", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the gateway described by a federation configuration file.
+    Serve {
+        /// The federation configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Create (first run) or reuse a complete demo federation in DIR and serve it.
+    Demo(DemoArgs),
+    /// Federation PKI: CA, server and client certificates, CRL.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Directory holding the demo federation.
+    #[arg(long, default_value = "demo")]
+    dir: PathBuf,
+    /// FHIR listener (mutual TLS).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// Admin listener (/healthz, /metrics).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin_listen: SocketAddr,
+    /// Create the federation and exit without serving.
+    #[arg(long)]
+    setup_only: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create the federation CA, the gateway's server certificate and an empty CRL.
+    Init {
+        /// PKI directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Federation name (CA subject).
+        #[arg(long, default_value = "Kakehashi Federation")]
+        federation: String,
+        /// DNS name or IP the server certificate covers (repeatable).
+        #[arg(long = "server-name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        server_names: Vec<String>,
+    },
+    /// Issue a client certificate for an institution's terminal or system.
+    Issue {
+        /// PKI directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// 10-digit 医療機関コード.
+        #[arg(long)]
+        institution: String,
+        /// Institution name written in the subject (default: "Institution CODE").
+        #[arg(long)]
+        institution_name: Option<String>,
+        /// clinic-terminal, hospital-system, pharmacy, auditor or doctor.
+        #[arg(long)]
+        role: Role,
+        /// Terminal or system id.
+        #[arg(long)]
+        terminal: String,
+        /// Output name: writes DIR/NAME.pem and DIR/NAME.key.
+        #[arg(long)]
+        out: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 397)]
+        days: i64,
+    },
+    /// Revoke a certificate issued as NAME and rewrite the CRL.
+    Revoke {
+        /// PKI directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The name given at issue.
+        name: String,
+    },
+    /// Re-sign the CRL with a fresh validity window (schedule this daily).
+    RefreshCrl {
+        /// PKI directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+/// Run the command line; the exit code is non-zero on any error.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("KAKEHASHI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("KAKEHASHI_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("cannot start runtime: {e}"))
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Serve { config } => {
+            let cfg = Config::load(&config).map_err(|e| e.to_string())?;
+            runtime()?.block_on(serve(cfg))
+        }
+        Command::Demo(a) => {
+            let cfg = crate::demo::prepare(&a.dir, a.listen, a.admin_listen).map_err(|e| e.to_string())?;
+            if a.setup_only {
+                return Ok(());
+            }
+            crate::demo::print_tour(&a.dir, &cfg);
+            runtime()?.block_on(serve(cfg))
+        }
+        Command::Certs(c) => certs(c).map_err(|e| e.to_string()),
+    }
+}
+
+async fn serve(cfg: Config) -> Result<(), String> {
+    let gw = Gateway::bind(cfg).await.map_err(|e| e.to_string())?;
+    gw.run(shutdown_signal()).await;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown requested; draining in-flight requests");
+}
+
+fn certs(c: CertsCommand) -> Result<(), kakehashi_certs::CertsError> {
+    match c {
+        CertsCommand::Init { dir, federation, server_names } => {
+            let pki = Pki::init(&dir, &InitOptions { federation_name: federation, server_names })?;
+            println!("federation CA: {}\nserver certificate: {}\nCRL: {}", pki.ca_cert_path().display(), pki.server_cert_path().display(), pki.crl_path().display());
+        }
+        CertsCommand::Issue { dir, institution, institution_name, role, terminal, out, days } => {
+            let pki = Pki::open(&dir)?;
+            let name = institution_name.unwrap_or_else(|| format!("Institution {institution}"));
+            let mut req = ClientCertRequest::new(&institution, &name, role, &terminal);
+            req.not_after = Some(time::OffsetDateTime::now_utc() + time::Duration::days(days.max(1)));
+            let issued = pki.issue(&req, &out)?;
+            println!("certificate: {}\nkey: {} (mode 0600)\nserial: {}", issued.cert_path.display(), issued.key_path.display(), issued.serial_hex);
+        }
+        CertsCommand::Revoke { dir, name } => {
+            let pki = Pki::open(&dir)?;
+            pki.revoke(&name)?;
+            println!("revoked {name}; CRL rewritten: {}", pki.crl_path().display());
+        }
+        CertsCommand::RefreshCrl { dir } => {
+            let pki = Pki::open(&dir)?;
+            pki.refresh_crl()?;
+            println!("CRL re-signed: {}", pki.crl_path().display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! The federation configuration: one TOML file describing institutions, sites,
+//! listeners, TLS material and the database. Relative paths are resolved against the
+//! directory holding the file. Every error names the file and the key at fault.
+
+use kakehashi_certs::profile;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A configuration error, naming file and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: {source}")]
+    Read { file: PathBuf, source: std::io::Error },
+    /// TOML syntax or shape error (toml's message names line, column and key).
+    #[error("{file}: {message}")]
+    Parse { file: PathBuf, message: String },
+    /// A value is present but wrong.
+    #[error("{file}: key `{key}`: {message}")]
+    Invalid { file: PathBuf, key: String, message: String },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Federation-wide settings.
+    pub federation: Federation,
+    /// Listeners and HTTP limits.
+    #[serde(default)]
+    pub server: Server,
+    /// TLS material.
+    pub tls: Tls,
+    /// Database connection.
+    pub database: Database,
+    /// Member institutions.
+    #[serde(default, rename = "institution")]
+    pub institutions: Vec<Institution>,
+    /// Record sources and their owners.
+    #[serde(default, rename = "site")]
+    pub sites: Vec<Site>,
+    /// Where the file was read from (set by [`Config::load`]).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// Federation-wide settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Federation {
+    /// Human-readable federation name.
+    pub name: String,
+}
+
+/// Listener addresses, timeouts and size limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// The mutual-TLS FHIR listener.
+    pub listen: SocketAddr,
+    /// The plain-HTTP admin listener (/healthz, /metrics); keep it on loopback.
+    pub admin_listen: SocketAddr,
+    /// Seconds a client has to complete the TLS handshake.
+    pub handshake_timeout_secs: u64,
+    /// Seconds a client has to send a request's headers (HTTP/1.1).
+    pub header_read_timeout_secs: u64,
+    /// Seconds a request may take end to end.
+    pub request_timeout_secs: u64,
+    /// Largest request header block accepted, in bytes.
+    pub max_header_bytes: usize,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Seconds in-flight requests get to finish on SIGTERM.
+    pub shutdown_grace_secs: u64,
+    /// How often CRL files are checked for changes, in seconds.
+    pub crl_check_secs: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            handshake_timeout_secs: 10,
+            header_read_timeout_secs: 10,
+            request_timeout_secs: 30,
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 8 * 1024 * 1024,
+            shutdown_grace_secs: 30,
+            crl_check_secs: 2,
+        }
+    }
+}
+
+/// TLS material (PEM files).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// Federation CA certificate(s) that client certificates must chain to.
+    pub client_ca: PathBuf,
+    /// The gateway's certificate chain.
+    pub cert: PathBuf,
+    /// The gateway's PKCS#8 private key.
+    pub key: PathBuf,
+    /// CRL files from the federation CA; reloaded when they change.
+    pub crls: Vec<PathBuf>,
+}
+
+/// Database connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    /// `sqlite://path` (embedded) or `postgres://...`.
+    pub url: String,
+}
+
+/// What kind of member an institution is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstitutionKind {
+    /// A hub hospital (へき地医療拠点病院).
+    HubHospital,
+    /// A rural clinic.
+    Clinic,
+    /// A pharmacy.
+    Pharmacy,
+    /// A municipality.
+    Municipality,
+    /// A federation audit body (sees the whole audit log).
+    AuditBody,
+}
+
+/// A member institution.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Institution {
+    /// 10-digit 医療機関コード.
+    pub code: String,
+    /// Name.
+    pub name: String,
+    /// Kind of member.
+    pub kind: InstitutionKind,
+}
+
+/// A source of records.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    /// Short id of the site, unique in the file.
+    pub id: String,
+    /// Institution code owning every record of this site.
+    pub owner: String,
+    /// How records are reached.
+    pub connector: Connector,
+}
+
+/// How a site's records are reached.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Connector {
+    /// An SS-MIX2 standardized storage root.
+    SsMix2 {
+        /// Storage root directory.
+        root: PathBuf,
+    },
+    /// A directory of MML XML documents.
+    Mml {
+        /// Directory of `.xml` files.
+        dir: PathBuf,
+    },
+}
+
+impl Config {
+    /// Read, parse and check a configuration file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| ConfigError::Read { file: file.to_path_buf(), source: e })?;
+        Self::parse(&text, file)
+    }
+
+    /// Parse and check configuration text read from `file`.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { file: file.to_path_buf(), message: e.to_string() })?;
+        cfg.source = file.to_path_buf();
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        cfg.resolve_paths(&base);
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// The institution with this code, if it is a member.
+    pub fn institution(&self, code: &str) -> Option<&Institution> {
+        self.institutions.iter().find(|i| i.code == code)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.tls.client_ca);
+        fix(&mut self.tls.cert);
+        fix(&mut self.tls.key);
+        self.tls.crls.iter_mut().for_each(fix);
+        for s in &mut self.sites {
+            match &mut s.connector {
+                Connector::SsMix2 { root } => fix(root),
+                Connector::Mml { dir } => fix(dir),
+            }
+        }
+        if let Some(rest) = self.database.url.strip_prefix("sqlite://") {
+            let p = Path::new(rest.split('?').next().unwrap_or(rest));
+            if p.is_relative() && !rest.starts_with(':') {
+                let q = rest.find('?').map(|i| &rest[i..]).unwrap_or("");
+                self.database.url = format!("sqlite://{}{q}", base.join(p).display());
+            }
+        }
+    }
+
+    fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { file: self.source.clone(), key: key.into(), message: message.into() }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.tls.crls.is_empty() {
+            return Err(self.invalid(
+                "tls.crls",
+                "at least one CRL file is required: revocation is never optional",
+            ));
+        }
+        let mut seen = HashMap::new();
+        for (i, inst) in self.institutions.iter().enumerate() {
+            if !profile::is_institution_code(&inst.code) {
+                return Err(self.invalid(
+                    format!("institution[{i}].code"),
+                    format!("`{}` is not a 10-digit 医療機関コード", inst.code),
+                ));
+            }
+            if let Some(j) = seen.insert(inst.code.as_str(), i) {
+                return Err(self.invalid(
+                    format!("institution[{i}].code"),
+                    format!("`{}` is already used by institution[{j}]", inst.code),
+                ));
+            }
+        }
+        let mut ids = HashMap::new();
+        for (i, site) in self.sites.iter().enumerate() {
+            if self.institution(&site.owner).is_none() {
+                return Err(self.invalid(
+                    format!("site[{i}].owner"),
+                    format!("`{}` is not an institution of this federation", site.owner),
+                ));
+            }
+            if ids.insert(site.id.as_str(), i).is_some() {
+                return Err(self.invalid(format!("site[{i}].id"), format!("`{}` is used twice", site.id)));
+            }
+        }
+        if self.server.max_header_bytes < 8192 {
+            return Err(self.invalid("server.max_header_bytes", "must be at least 8192"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[federation]
+name = "test"
+[tls]
+client_ca = "pki/ca.pem"
+cert = "pki/server.pem"
+key = "pki/server.key"
+crls = ["pki/ca.crl"]
+[database]
+url = "sqlite://kakehashi.db"
+[[institution]]
+code = "0110000001"
+name = "Hub"
+kind = "hub-hospital"
+[[site]]
+id = "hub"
+owner = "0110000001"
+connector = { kind = "ss-mix2", root = "sites/hub" }
+"#;
+
+    #[test]
+    fn resolves_relative_paths_against_the_file() {
+        let c = Config::parse(GOOD, Path::new("/etc/kk/kakehashi.toml")).unwrap();
+        assert_eq!(c.tls.client_ca, PathBuf::from("/etc/kk/pki/ca.pem"));
+        assert_eq!(c.database.url, "sqlite:///etc/kk/kakehashi.db");
+        assert!(matches!(&c.sites[0].connector, Connector::SsMix2 { root } if root == Path::new("/etc/kk/sites/hub")));
+        assert_eq!(c.server.listen.port(), 8443);
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let bad = GOOD.replace("code = \"0110000001\"", "code = \"11\"");
+        let e = Config::parse(&bad, Path::new("f.toml")).unwrap_err().to_string();
+        assert!(e.contains("f.toml") && e.contains("institution[0].code"), "{e}");
+
+        let bad = GOOD.replace("owner = \"0110000001\"", "owner = \"0220000002\"");
+        let e = Config::parse(&bad, Path::new("f.toml")).unwrap_err().to_string();
+        assert!(e.contains("site[0].owner"), "{e}");
+
+        let bad = GOOD.replace("[database]", "[database]\nurll = 1");
+        let e = Config::parse(&bad, Path::new("f.toml")).unwrap_err().to_string();
+        assert!(e.contains("f.toml") && e.contains("urll"), "{e}");
+
+        let bad = GOOD.replace("crls = [\"pki/ca.crl\"]", "crls = []");
+        let e = Config::parse(&bad, Path::new("f.toml")).unwrap_err().to_string();
+        assert!(e.contains("tls.crls"), "{e}");
+    }
+}

@@ -1,0 +1,45 @@
+//! `GET /fhir/metadata`: a CapabilityStatement listing exactly what this server does.
+
+use crate::app::{fhir_bytes, AppState};
+use axum::extract::State;
+use axum::response::Response;
+use http::StatusCode;
+use kakehashi_fhir::capability::*;
+use kakehashi_fhir::{CodeableConcept, Coding, FHIR_VERSION};
+
+/// The statement, built once at start-up from the server's actual routes.
+pub fn statement(started: &str) -> CapabilityStatement {
+    CapabilityStatement {
+        status: "active".into(),
+        date: started.into(),
+        kind: "instance".into(),
+        software: Some(Software { name: "Kakehashi".into(), version: Some(env!("CARGO_PKG_VERSION").into()) }),
+        implementation: Some(Implementation {
+            description: "Kakehashi secure interoperability gateway (mutual TLS)".into(),
+            url: None,
+        }),
+        fhir_version: FHIR_VERSION.into(),
+        format: vec!["application/fhir+json".into(), "json".into()],
+        rest: vec![Rest {
+            mode: "server".into(),
+            documentation: None,
+            security: Some(RestSecurity {
+                service: vec![CodeableConcept::coding(Coding::new(
+                    "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                    "Certificates",
+                ))],
+                description: Some(
+                    "Mutual TLS: every client presents a certificate of the federation CA naming institution, role and terminal.".into(),
+                ),
+            }),
+            resource: vec![],
+            interaction: vec![],
+            operation: vec![],
+        }],
+    }
+}
+
+/// Handler for `GET /fhir/metadata`.
+pub async fn metadata(State(state): State<AppState>) -> Response {
+    fhir_bytes(StatusCode::OK, state.capability.clone())
+}

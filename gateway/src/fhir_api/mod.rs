@@ -1,0 +1,28 @@
+//! The FHIR REST surface under `/fhir`: capability statement, reads, searches and
+//! pushes. Every route here is behind the identity layer; routes that return patient
+//! data take a `policy::Permit`.
+
+pub mod capability;
+pub mod negotiate;
+
+use crate::app::{ApiError, AppState};
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+/// The `/fhir` routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/fhir/metadata", get(capability::metadata))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn not_found(req: Request) -> Response {
+    ApiError::NotFound(format!("no FHIR endpoint at {}", req.uri().path())).into_response()
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    ApiError::MethodNotAllowed(req.method().to_string()).into_response()
+}

@@ -1,0 +1,16 @@
+//! Kakehashi (架け橋): a secure interoperability gateway between rural clinics and the
+//! hub hospitals that support them. The request path, in order: [`tls`] → [`identity`]
+//! → [`fhir_api`] (policy, audit) — assembled in [`app`].
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod fhir_api;
+pub mod identity;
+pub mod store;
+pub mod tls;
+
+pub use app::server::Gateway;
+pub use config::Config;

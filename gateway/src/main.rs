@@ -1,0 +1,5 @@
+//! The `kakehashi` command.
+
+fn main() -> std::process::ExitCode {
+    kakehashi::cli::main()
+}

@@ -1,0 +1,151 @@
+//! The store: one sqlx `AnyPool` code path over SQLite (embedded default) and
+//! PostgreSQL (several gateway instances), chosen by the database URL. Migrations
+//! live in `gateway/migrations/{sqlite,postgres}` and are applied in order at start.
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Executor};
+use std::time::Duration;
+
+/// A store error. Messages never reach clients (the rescue layer hides them).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database URL's scheme is neither sqlite nor postgres.
+    #[error("database url must start with sqlite:// or postgres:// (got `{0}`)")]
+    UnsupportedUrl(String),
+    /// The database answered with an error or could not be reached.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration {version} failed: {source}")]
+    Migration { version: i64, source: sqlx::Error },
+}
+
+/// Which database engine is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// The gateway's database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+struct Migration {
+    version: i64,
+    sqlite: &'static str,
+    postgres: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    sqlite: include_str!("../../migrations/sqlite/0001_init.sql"),
+    postgres: include_str!("../../migrations/postgres/0001_init.sql"),
+}];
+
+impl Store {
+    /// Connect and apply pending migrations.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if let Some(rest) = url.strip_prefix("sqlite://") {
+            // Create the file on first use; WAL gives readers and one writer concurrency.
+            let sep = if rest.contains('?') { '&' } else { '?' };
+            let url = if rest.contains("mode=") { url.to_string() } else { format!("{url}{sep}mode=rwc") };
+            (Backend::Sqlite, url)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_string())
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.split(':').next().unwrap_or("").to_string()));
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        let store = Store { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The engine in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// True when the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.pool
+            .execute("CREATE TABLE IF NOT EXISTS kk_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+            .await?;
+        for m in MIGRATIONS {
+            let mut tx = self.pool.begin().await?;
+            if self.backend == Backend::Postgres {
+                // Two instances starting together must not both apply a migration.
+                sqlx::query("SELECT pg_advisory_xact_lock(7263001)").execute(&mut *tx).await?;
+            }
+            let done = sqlx::query("SELECT version FROM kk_schema WHERE version = $1")
+                .bind(m.version)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if !done {
+                let sql = if self.backend == Backend::Sqlite { m.sqlite } else { m.postgres };
+                tx.execute(sql).await.map_err(|source| StoreError::Migration { version: m.version, source })?;
+                sqlx::query("INSERT INTO kk_schema (version, applied_at) VALUES ($1, $2)")
+                    .bind(m.version)
+                    .bind(time::OffsetDateTime::now_utc().unix_timestamp())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sqlite_opens_migrates_and_reopens() {
+        let dir = std::env::temp_dir().join(format!("kk-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}/t.db", dir.display());
+        let s = Store::open(&url).await.unwrap();
+        assert_eq!(s.backend(), Backend::Sqlite);
+        assert!(s.ping().await);
+        drop(s);
+        let s = Store::open(&url).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM kk_schema").fetch_one(s.pool()).await.unwrap();
+        assert_eq!(n, MIGRATIONS.len() as i64);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn rejects_other_schemes() {
+        assert!(matches!(Store::open("mysql://x").await, Err(StoreError::UnsupportedUrl(s)) if s == "mysql"));
+    }
+}

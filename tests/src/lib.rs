@@ -1,0 +1,231 @@
+//! Shared helpers for Kakehashi's end-to-end tests: a throw-away federation (PKI and
+//! configuration in a temporary directory), an in-process gateway on ephemeral ports,
+//! and a real rustls + hyper client that presents a certificate.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use kakehashi::{Config, Gateway};
+use kakehashi_certs::{ClientCertRequest, InitOptions, Pki, Role};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+/// Institutions of the test federation.
+pub const HUB: &str = "0110000001";
+/// A clinic.
+pub const CLINIC: &str = "0120000002";
+/// An institution with valid certificates that is not in the configuration.
+pub const OUTSIDER: &str = "0990000009";
+
+/// A federation in a temp dir with a running gateway.
+pub struct TestGateway {
+    /// Temp dir holding PKI and config (removed on drop).
+    pub dir: tempfile::TempDir,
+    /// The PKI.
+    pub pki: Pki,
+    /// FHIR listener.
+    pub addr: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Write the test federation's configuration; `extra` is appended to `[server]`.
+pub fn write_config(dir: &Path, server_extra: &str) -> PathBuf {
+    let text = format!(
+        r#"[federation]
+name = "test"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+crl_check_secs = 1
+{server_extra}
+[tls]
+client_ca = "pki/ca.pem"
+cert = "pki/server.pem"
+key = "pki/server.key"
+crls = ["pki/ca.crl"]
+[database]
+url = "sqlite://kakehashi.db"
+[[institution]]
+code = "{HUB}"
+name = "Hub"
+kind = "hub-hospital"
+[[institution]]
+code = "{CLINIC}"
+name = "Clinic"
+kind = "clinic"
+"#
+    );
+    let p = dir.join("kakehashi.toml");
+    std::fs::write(&p, text).expect("write config");
+    p
+}
+
+impl TestGateway {
+    /// Start a gateway with default limits.
+    pub async fn start() -> TestGateway {
+        Self::start_with("").await
+    }
+
+    /// Start a gateway with extra `[server]` settings.
+    pub async fn start_with(server_extra: &str) -> TestGateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = Pki::init(&dir.path().join("pki"), &InitOptions::default()).expect("pki");
+        let cfg = Config::load(&write_config(dir.path(), server_extra)).expect("config");
+        let gw = Gateway::bind(cfg).await.expect("bind");
+        let (addr, admin) = (gw.local_addr(), gw.admin_addr());
+        let (stop, rx) = oneshot::channel();
+        let task = tokio::spawn(gw.run(async {
+            let _ = rx.await;
+        }));
+        TestGateway { dir, pki, addr, admin, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Issue a client certificate from the federation CA.
+    pub fn issue(&self, name: &str, institution: &str, role: Role) -> Identity {
+        let issued = self
+            .pki
+            .issue(&ClientCertRequest::new(institution, "テスト医療機関", role, &format!("{name}-term")), name)
+            .expect("issue");
+        Identity::from_pem(&issued.cert_pem, &issued.key_pem)
+    }
+
+    /// A client trusting the federation CA and presenting `id`.
+    pub fn client(&self, id: Option<&Identity>) -> Client {
+        Client::new(&self.pki.ca_cert_path(), id, &[b"http/1.1"], None)
+    }
+
+    /// Stop the gateway and wait for it to drain.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+/// A client certificate and key.
+#[derive(Clone)]
+pub struct Identity {
+    /// Certificate chain.
+    pub certs: Vec<CertificateDer<'static>>,
+    /// PKCS#8 key.
+    pub key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl Identity {
+    /// From PEM text.
+    pub fn from_pem(cert: &str, key: &str) -> Identity {
+        let certs = CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<Vec<_>, _>>().expect("cert pem");
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key pem");
+        Identity { certs, key: Arc::new(key) }
+    }
+
+    /// From `NAME.pem` / `NAME.key` files.
+    pub fn from_files(cert: &Path, key: &Path) -> Identity {
+        Identity::from_pem(&std::fs::read_to_string(cert).expect("cert"), &std::fs::read_to_string(key).expect("key"))
+    }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// Body bytes.
+    pub body: Bytes,
+    /// Whether the TLS session was resumed.
+    pub resumed: bool,
+    /// Negotiated ALPN protocol.
+    pub alpn: Option<Vec<u8>>,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// A mutual-TLS HTTP client making one connection per request (so each request
+/// exercises the handshake and the identity step afresh).
+#[derive(Clone)]
+pub struct Client {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl Client {
+    /// Build a client; `versions` restricts TLS versions when given.
+    pub fn new(ca: &Path, id: Option<&Identity>, alpn: &[&[u8]], versions: Option<&[&'static rustls::SupportedProtocolVersion]>) -> Client {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca).expect("ca").map(|c| c.expect("ca pem")) {
+            roots.add(c).expect("root");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions.unwrap_or(rustls::DEFAULT_VERSIONS))
+            .expect("versions")
+            .with_root_certificates(roots);
+        let mut config = match id {
+            Some(id) => builder.with_client_auth_cert(id.certs.clone(), id.key.clone_key()).expect("client cert"),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Client { config: Arc::new(config) }
+    }
+
+    /// Open a TLS connection (handshake only).
+    pub async fn connect(&self, addr: SocketAddr) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(addr).await?;
+        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
+        connector.connect(ServerName::try_from("localhost").expect("name"), tcp).await
+    }
+
+    /// GET a path.
+    pub async fn get(&self, addr: SocketAddr, path: &str) -> Result<Reply, String> {
+        self.send(addr, http::Request::get(path).body(Full::new(Bytes::new())).expect("request")).await
+    }
+
+    /// Send a request over a new connection. TLS 1.3 refusals of a client certificate
+    /// arrive after `connect()` returns, so failures show here, on the first request.
+    pub async fn send(&self, addr: SocketAddr, mut req: http::Request<Full<Bytes>>) -> Result<Reply, String> {
+        let tls = self.connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let alpn = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+        let io = hyper_util::rt::TokioIo::new(tls);
+        let h2 = alpn.as_deref() == Some(b"h2");
+        if !req.headers().contains_key(http::header::HOST) && !h2 {
+            req.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("localhost"));
+        }
+        if h2 {
+            *req.uri_mut() = format!("https://localhost{}", req.uri()).parse().map_err(|e| format!("uri: {e}"))?;
+            let (mut send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(|e| format!("h2 handshake: {e}"))?;
+            tokio::spawn(conn);
+            let resp = send.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+            return read(resp, resumed, alpn).await;
+        }
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        let resp = send.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+        read(resp, resumed, alpn).await
+    }
+}
+
+async fn read(resp: http::Response<hyper::body::Incoming>, resumed: bool, alpn: Option<Vec<u8>>) -> Result<Reply, String> {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+    Ok(Reply { status, headers, body, resumed, alpn })
+}
