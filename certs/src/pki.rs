@@ -4,9 +4,9 @@
 
 use crate::profile::{self, Role, INSTITUTION_URI, ROLE_URI, TERMINAL_URI};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    RevocationReason, RevokedCertParams, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams,
+    SanType, SerialNumber,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -300,8 +300,9 @@ impl Pki {
         let mut revoked = Vec::with_capacity(index.revoked.len());
         for r in &index.revoked {
             revoked.push(RevokedCertParams {
-                serial_number: SerialNumber::from_slice(&unhex(&r.serial).ok_or_else(|| {
-                    CertsError::Index { path: self.path("index.json"), message: format!("bad serial {}", r.serial) }
+                serial_number: SerialNumber::from_slice(&unhex(&r.serial).ok_or_else(|| CertsError::Index {
+                    path: self.path("index.json"),
+                    message: format!("bad serial {}", r.serial),
                 })?),
                 revocation_time: OffsetDateTime::from_unix_timestamp(r.revoked_at).unwrap_or(now),
                 reason_code: Some(RevocationReason::Unspecified),
@@ -336,8 +337,7 @@ impl Pki {
 
     fn read_index(&self) -> Result<Index> {
         let p = self.path("index.json");
-        serde_json::from_str(&read(&p)?)
-            .map_err(|e| CertsError::Index { path: p, message: e.to_string() })
+        serde_json::from_str(&read(&p)?).map_err(|e| CertsError::Index { path: p, message: e.to_string() })
     }
 
     fn write_index(&self, index: &Index) -> Result<()> {
@@ -359,8 +359,7 @@ fn ca_params(name: &str, validity: Duration) -> Result<CertificateParams> {
     p.not_after = now + validity;
     p.serial_number = Some(random_serial()?);
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    p.key_usages =
-        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, format!("{name} CA"));
     dn.push(DnType::OrganizationName, name);
@@ -444,10 +443,7 @@ fn read(p: &Path) -> Result<String> {
 
 /// Write atomically (temp file + rename) so a watcher never sees half a file.
 fn write_atomic(p: &Path, content: &str, mode: u32) -> Result<()> {
-    let tmp = p.with_extension(format!(
-        "{}.tmp",
-        p.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
+    let tmp = p.with_extension(format!("{}.tmp", p.extension().and_then(|e| e.to_str()).unwrap_or("")));
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -511,7 +507,11 @@ mod tests {
         let crl_after = fs::read_to_string(pki.crl_path()).unwrap();
         assert_ne!(crl_before, crl_after);
         let (_, crl_pem) = x509_parser::pem::parse_x509_pem(crl_after.as_bytes()).unwrap();
-        let (_, crl) = <x509_parser::revocation_list::CertificateRevocationList as x509_parser::prelude::FromDer<_>>::from_der(&crl_pem.contents).unwrap();
+        let (_, crl) =
+            <x509_parser::revocation_list::CertificateRevocationList as x509_parser::prelude::FromDer<_>>::from_der(
+                &crl_pem.contents,
+            )
+            .unwrap();
         let serials: Vec<String> = crl.iter_revoked_certificates().map(|r| hex(r.raw_serial())).collect();
         assert_eq!(serials, vec![issued.serial_hex.clone()]);
         assert!(matches!(pki.revoke("nobody"), Err(CertsError::UnknownName(_))));

@@ -79,9 +79,7 @@ pub fn is_institution_code(code: &str) -> bool {
 
 /// True when `id` is a usable terminal id: 1-64 chars of `[A-Za-z0-9._-]`.
 pub fn is_terminal_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[cfg(test)]

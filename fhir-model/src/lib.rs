@@ -3,13 +3,13 @@
 //! Only the elements Kakehashi reads or writes are modelled; the types are kept in
 //! their own crate so their compile is cached apart from the gateway.
 
+pub mod capability;
 pub mod datatypes;
 pub mod outcome;
-pub mod capability;
 
+pub use capability::CapabilityStatement;
 pub use datatypes::*;
 pub use outcome::{IssueSeverity, IssueType, OperationOutcome, OperationOutcomeIssue};
-pub use capability::CapabilityStatement;
 
 /// The FHIR version every resource Kakehashi emits conforms to.
 pub const FHIR_VERSION: &str = "4.0.1";

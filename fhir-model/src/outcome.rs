@@ -104,12 +104,8 @@ mod tests {
 
     #[test]
     fn serialises_with_resource_type_and_kebab_codes() {
-        let oo = OperationOutcome::single(
-            IssueSeverity::Error,
-            IssueType::NotSupported,
-            "no",
-            Some("Patient.name".into()),
-        );
+        let oo =
+            OperationOutcome::single(IssueSeverity::Error, IssueType::NotSupported, "no", Some("Patient.name".into()));
         let v = serde_json::to_value(&oo).unwrap();
         assert_eq!(v["resourceType"], "OperationOutcome");
         assert_eq!(v["issue"][0]["code"], "not-supported");

@@ -2,12 +2,12 @@
 //! `/metrics`. It serves no patient data and needs no certificate, which is why it
 //! must not be exposed beyond the host.
 
+use crate::store::Store;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use http::{header, StatusCode};
-use crate::store::Store;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -45,15 +45,44 @@ impl Metrics {
         let mut s = String::new();
         s.push_str("# HELP kakehashi_http_responses_total FHIR responses by status class.\n# TYPE kakehashi_http_responses_total counter\n");
         for class in 1..=5 {
-            let _ = writeln!(s, "kakehashi_http_responses_total{{class=\"{class}xx\"}} {}", self.responses[class].load(Relaxed));
+            let _ = writeln!(
+                s,
+                "kakehashi_http_responses_total{{class=\"{class}xx\"}} {}",
+                self.responses[class].load(Relaxed)
+            );
         }
         for (name, help, kind, v) in [
-            ("kakehashi_tls_connections_accepted_total", "TLS connections whose handshake completed.", "counter", &self.connections_accepted),
+            (
+                "kakehashi_tls_connections_accepted_total",
+                "TLS connections whose handshake completed.",
+                "counter",
+                &self.connections_accepted,
+            ),
             ("kakehashi_tls_connections_open", "TLS connections currently open.", "gauge", &self.connections_open),
-            ("kakehashi_tls_handshakes_failed_total", "TLS handshakes refused or failed.", "counter", &self.handshakes_failed),
-            ("kakehashi_tls_handshakes_timed_out_total", "TLS handshakes that timed out.", "counter", &self.handshakes_timed_out),
-            ("kakehashi_identity_refusals_total", "Requests refused at the identity step.", "counter", &self.identity_refusals),
-            ("kakehashi_tls_reloads_total", "Reloads of TLS material (CA, CRL, certificate).", "counter", &self.tls_reloads),
+            (
+                "kakehashi_tls_handshakes_failed_total",
+                "TLS handshakes refused or failed.",
+                "counter",
+                &self.handshakes_failed,
+            ),
+            (
+                "kakehashi_tls_handshakes_timed_out_total",
+                "TLS handshakes that timed out.",
+                "counter",
+                &self.handshakes_timed_out,
+            ),
+            (
+                "kakehashi_identity_refusals_total",
+                "Requests refused at the identity step.",
+                "counter",
+                &self.identity_refusals,
+            ),
+            (
+                "kakehashi_tls_reloads_total",
+                "Reloads of TLS material (CA, CRL, certificate).",
+                "counter",
+                &self.tls_reloads,
+            ),
         ] {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
         }

@@ -177,7 +177,12 @@ fn certs(c: CertsCommand) -> Result<(), kakehashi_certs::CertsError> {
     match c {
         CertsCommand::Init { dir, federation, server_names } => {
             let pki = Pki::init(&dir, &InitOptions { federation_name: federation, server_names })?;
-            println!("federation CA: {}\nserver certificate: {}\nCRL: {}", pki.ca_cert_path().display(), pki.server_cert_path().display(), pki.crl_path().display());
+            println!(
+                "federation CA: {}\nserver certificate: {}\nCRL: {}",
+                pki.ca_cert_path().display(),
+                pki.server_cert_path().display(),
+                pki.crl_path().display()
+            );
         }
         CertsCommand::Issue { dir, institution, institution_name, role, terminal, out, days } => {
             let pki = Pki::open(&dir)?;
@@ -185,7 +190,12 @@ fn certs(c: CertsCommand) -> Result<(), kakehashi_certs::CertsError> {
             let mut req = ClientCertRequest::new(&institution, &name, role, &terminal);
             req.not_after = Some(time::OffsetDateTime::now_utc() + time::Duration::days(days.max(1)));
             let issued = pki.issue(&req, &out)?;
-            println!("certificate: {}\nkey: {} (mode 0600)\nserial: {}", issued.cert_path.display(), issued.key_path.display(), issued.serial_hex);
+            println!(
+                "certificate: {}\nkey: {} (mode 0600)\nserial: {}",
+                issued.cert_path.display(),
+                issued.key_path.display(),
+                issued.serial_hex
+            );
         }
         CertsCommand::Revoke { dir, name } => {
             let pki = Pki::open(&dir)?;

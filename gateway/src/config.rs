@@ -175,8 +175,8 @@ pub enum Connector {
 impl Config {
     /// Read, parse and check a configuration file.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| ConfigError::Read { file: file.to_path_buf(), source: e })?;
+        let text =
+            std::fs::read_to_string(file).map_err(|e| ConfigError::Read { file: file.to_path_buf(), source: e })?;
         Self::parse(&text, file)
     }
 
@@ -227,10 +227,7 @@ impl Config {
 
     fn check(&self) -> Result<(), ConfigError> {
         if self.tls.crls.is_empty() {
-            return Err(self.invalid(
-                "tls.crls",
-                "at least one CRL file is required: revocation is never optional",
-            ));
+            return Err(self.invalid("tls.crls", "at least one CRL file is required: revocation is never optional"));
         }
         let mut seen = HashMap::new();
         for (i, inst) in self.institutions.iter().enumerate() {

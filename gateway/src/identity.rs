@@ -111,7 +111,8 @@ pub fn principal_from_cert(der: Option<&[u8]>, members: &Members) -> Result<Prin
         .and_then(|o| o.as_str().ok())
         .map(str::to_string)
         .ok_or(IdentityError::Missing("a subject organisation (O) naming the institution"))?;
-    let kind = *members.kinds.get(&institution).ok_or_else(|| IdentityError::UnknownInstitution(institution.clone()))?;
+    let kind =
+        *members.kinds.get(&institution).ok_or_else(|| IdentityError::UnknownInstitution(institution.clone()))?;
     Ok(Principal { institution, institution_name, kind, role, terminal, fingerprint: fingerprint(der) })
 }
 
@@ -157,7 +158,10 @@ mod tests {
         assert!(matches!(principal_from_cert(Some(&cert(&OK[1..], Some("x"))), &m), Err(IdentityError::Missing(_))));
         assert!(matches!(principal_from_cert(Some(&cert(&OK, None)), &m), Err(IdentityError::Missing(_))));
         let bad_role = ["urn:kakehashi:institution:0110000001", "urn:kakehashi:role:root", "urn:kakehashi:terminal:t"];
-        assert!(matches!(principal_from_cert(Some(&cert(&bad_role, Some("x"))), &m), Err(IdentityError::Invalid { .. })));
+        assert!(matches!(
+            principal_from_cert(Some(&cert(&bad_role, Some("x"))), &m),
+            Err(IdentityError::Invalid { .. })
+        ));
         let twice = [OK[0], OK[0], OK[1], OK[2]];
         assert!(matches!(principal_from_cert(Some(&cert(&twice, Some("x"))), &m), Err(IdentityError::Invalid { .. })));
         let stranger = ["urn:kakehashi:institution:0990000009", OK[1], OK[2]];
@@ -181,10 +185,7 @@ pub struct ConnInfo {
 /// Tower layer (axum middleware): let a request through only when its connection
 /// carries a federation principal, and hand the principal to what follows; otherwise
 /// 403 with an OperationOutcome before anything else runs.
-pub async fn layer(
-    mut req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
+pub async fn layer(mut req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     use axum::response::IntoResponse;
     let conn = req.extensions().get::<ConnInfo>().cloned();
     match conn.map(|c| c.identity) {
@@ -232,7 +233,8 @@ mod layer_tests {
         });
         let ok = app().oneshot(req(Some(Ok(p)))).await.unwrap();
         assert_eq!(ok.status(), 200);
-        let refused = app().oneshot(req(Some(Err(IdentityError::UnknownInstitution("0990000009".into()))))).await.unwrap();
+        let refused =
+            app().oneshot(req(Some(Err(IdentityError::UnknownInstitution("0990000009".into()))))).await.unwrap();
         assert_eq!(refused.status(), 403);
         assert_eq!(app().oneshot(req(None)).await.unwrap().status(), 403);
     }

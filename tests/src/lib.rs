@@ -153,7 +153,8 @@ pub struct Reply {
 impl Reply {
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 }
 
@@ -166,7 +167,12 @@ pub struct Client {
 
 impl Client {
     /// Build a client; `versions` restricts TLS versions when given.
-    pub fn new(ca: &Path, id: Option<&Identity>, alpn: &[&[u8]], versions: Option<&[&'static rustls::SupportedProtocolVersion]>) -> Client {
+    pub fn new(
+        ca: &Path,
+        id: Option<&Identity>,
+        alpn: &[&[u8]],
+        versions: Option<&[&'static rustls::SupportedProtocolVersion]>,
+    ) -> Client {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(ca).expect("ca").map(|c| c.expect("ca pem")) {
             roots.add(c).expect("root");
@@ -216,14 +222,19 @@ impl Client {
             let resp = send.send_request(req).await.map_err(|e| format!("request: {e}"))?;
             return read(resp, resumed, alpn).await;
         }
-        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("handshake: {e}"))?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("handshake: {e}"))?;
         tokio::spawn(conn);
         let resp = send.send_request(req).await.map_err(|e| format!("request: {e}"))?;
         read(resp, resumed, alpn).await
     }
 }
 
-async fn read(resp: http::Response<hyper::body::Incoming>, resumed: bool, alpn: Option<Vec<u8>>) -> Result<Reply, String> {
+async fn read(
+    resp: http::Response<hyper::body::Incoming>,
+    resumed: bool,
+    alpn: Option<Vec<u8>>,
+) -> Result<Reply, String> {
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();

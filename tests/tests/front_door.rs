@@ -59,7 +59,10 @@ async fn handshake_refusals() {
     assert!(!err.is_empty());
 
     // Another CA's certificate.
-    let foreign = gw.pki.issue_from_foreign_ca(&ClientCertRequest::new(CLINIC, "x", Role::ClinicTerminal, "s1"), "stranger").unwrap();
+    let foreign = gw
+        .pki
+        .issue_from_foreign_ca(&ClientCertRequest::new(CLINIC, "x", Role::ClinicTerminal, "s1"), "stranger")
+        .unwrap();
     let stranger = Identity::from_pem(&foreign.cert_pem, &foreign.key_pem);
     assert!(gw.client(Some(&stranger)).get(gw.addr, "/fhir/metadata").await.is_err());
 
@@ -151,9 +154,15 @@ async fn front_door_errors_are_operation_outcomes() {
     let r = c.send(gw.addr, del).await.unwrap();
     assert_outcome(&r, 405, "not-supported");
     assert!(r.headers.contains_key("allow"));
-    let xml = http::Request::get("/fhir/metadata").header("accept", "application/fhir+xml").body(Full::new(Bytes::new())).unwrap();
+    let xml = http::Request::get("/fhir/metadata")
+        .header("accept", "application/fhir+xml")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     assert_outcome(&c.send(gw.addr, xml).await.unwrap(), 406, "not-supported");
-    let post = http::Request::post("/fhir/metadata").header("content-type", "text/plain").body(Full::new(Bytes::from("hi"))).unwrap();
+    let post = http::Request::post("/fhir/metadata")
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from("hi")))
+        .unwrap();
     assert_outcome(&c.send(gw.addr, post).await.unwrap(), 415, "not-supported");
     let get_body = http::Request::get("/fhir/metadata").body(Full::new(Bytes::from("{}"))).unwrap();
     assert_outcome(&c.send(gw.addr, get_body).await.unwrap(), 400, "invalid");
@@ -166,7 +175,10 @@ async fn oversized_headers_malformed_http_and_slow_clients_are_bounded() {
     let id = gw.issue("hub", HUB, Role::HospitalSystem);
     let c = gw.client(Some(&id));
 
-    let big = http::Request::get("/fhir/metadata").header("x-big", "a".repeat(64 * 1024)).body(Full::new(Bytes::new())).unwrap();
+    let big = http::Request::get("/fhir/metadata")
+        .header("x-big", "a".repeat(64 * 1024))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     match c.send(gw.addr, big).await {
         Ok(r) => assert_eq!(r.status, 431),
         Err(_) => {} // closed connection is also acceptable

@@ -43,9 +43,8 @@ impl AppState {
         let started = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into());
-        let capability = serde_json::to_vec(&crate::fhir_api::capability::statement(&started))
-            .map(Bytes::from)
-            .unwrap_or_default();
+        let capability =
+            serde_json::to_vec(&crate::fhir_api::capability::statement(&started)).map(Bytes::from).unwrap_or_default();
         let request_timeout = Duration::from_secs(config.server.request_timeout_secs);
         AppState { config, metrics, capability, request_timeout, store }
     }

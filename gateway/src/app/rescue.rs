@@ -103,7 +103,9 @@ pub fn fhir_json<T: Serialize>(status: StatusCode, value: &T) -> Response {
         // Our own types always serialise; if one does not, say so without detail.
         Err(e) => {
             tracing::error!(error = %e, "response serialisation failed");
-            let mut r = Response::new(Body::from("{\"resourceType\":\"OperationOutcome\",\"issue\":[{\"severity\":\"fatal\",\"code\":\"exception\"}]}"));
+            let mut r = Response::new(Body::from(
+                "{\"resourceType\":\"OperationOutcome\",\"issue\":[{\"severity\":\"fatal\",\"code\":\"exception\"}]}",
+            ));
             *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON_UTF8));
             r

@@ -5,8 +5,8 @@
 use crate::admin::Metrics;
 use crate::app::{build, AppState};
 use crate::config::Config;
-use crate::store::Store;
 use crate::identity::{principal_from_cert, ConnInfo, Members};
+use crate::store::Store;
 use crate::tls::{handshake, HandshakeError, ReloadingConfig, TlsError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -80,7 +80,8 @@ impl Gateway {
         let graceful = GracefulShutdown::new();
         let handshake_timeout = Duration::from_secs(limits.handshake_timeout_secs);
 
-        let watcher = tokio::spawn(watch_tls(tls.clone(), metrics.clone(), Duration::from_secs(limits.crl_check_secs.max(1))));
+        let watcher =
+            tokio::spawn(watch_tls(tls.clone(), metrics.clone(), Duration::from_secs(limits.crl_check_secs.max(1))));
         let admin_task = tokio::spawn(serve_admin(admin, metrics.clone(), store));
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "gateway listening");
 
@@ -99,7 +100,8 @@ impl Gateway {
                 },
             };
             let _ = tcp.set_nodelay(true);
-            let (tls_cfg, members, metrics, app, http) = (tls.current(), members.clone(), metrics.clone(), app.clone(), http.clone());
+            let (tls_cfg, members, metrics, app, http) =
+                (tls.current(), members.clone(), metrics.clone(), app.clone(), http.clone());
             let watch = graceful.watcher();
             tokio::spawn(async move {
                 let (stream, leaf) = match handshake(tls_cfg, tcp, handshake_timeout).await {
@@ -134,7 +136,10 @@ impl Gateway {
         admin_task.abort();
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
         if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-            tracing::warn!(seconds = grace.as_secs(), "in-flight requests did not finish within the shutdown grace period");
+            tracing::warn!(
+                seconds = grace.as_secs(),
+                "in-flight requests did not finish within the shutdown grace period"
+            );
         }
         tracing::info!("gateway stopped");
     }
@@ -166,7 +171,9 @@ async fn watch_tls(tls: Arc<ReloadingConfig>, metrics: Arc<Metrics>, every: Dura
                 tracing::info!("TLS material changed; new connections use the reloaded CA, CRLs and certificate");
             }
             Ok(false) => {}
-            Err(e) => tracing::error!(error = %e, "TLS material changed but is unusable; keeping the previous configuration"),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS material changed but is unusable; keeping the previous configuration")
+            }
         }
     }
 }

@@ -39,15 +39,19 @@ pub struct DemoInstitution {
 }
 
 /// The demo's institutions.
-pub const HUB: DemoInstitution = DemoInstitution { code: "4610100011", name: "県立南海島嶼中央病院", kind: "hub-hospital" };
+pub const HUB: DemoInstitution =
+    DemoInstitution { code: "4610100011", name: "県立南海島嶼中央病院", kind: "hub-hospital" };
 /// Rural clinic A (MML records).
-pub const CLINIC_A: DemoInstitution = DemoInstitution { code: "4610200021", name: "黒潮村立黒島診療所", kind: "clinic" };
+pub const CLINIC_A: DemoInstitution =
+    DemoInstitution { code: "4610200021", name: "黒潮村立黒島診療所", kind: "clinic" };
 /// Rural clinic B (MML records).
-pub const CLINIC_B: DemoInstitution = DemoInstitution { code: "4610200032", name: "青波町立山辺診療所", kind: "clinic" };
+pub const CLINIC_B: DemoInstitution =
+    DemoInstitution { code: "4610200032", name: "青波町立山辺診療所", kind: "clinic" };
 /// The pharmacy.
 pub const PHARMACY: DemoInstitution = DemoInstitution { code: "4640300043", name: "みなと薬局", kind: "pharmacy" };
 /// The federation audit body.
-pub const AUDITOR: DemoInstitution = DemoInstitution { code: "4690000054", name: "南海地域医療連携監査委員会", kind: "audit-body" };
+pub const AUDITOR: DemoInstitution =
+    DemoInstitution { code: "4690000054", name: "南海地域医療連携監査委員会", kind: "audit-body" };
 
 /// Client certificates the demo issues: (file name, institution, role, terminal).
 pub const DEMO_CERTS: [(&str, &DemoInstitution, Role, &str); 7] = [
@@ -68,7 +72,10 @@ pub fn prepare(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> Result<Conf
     if !cfg_path.exists() {
         let pki = match Pki::open(&pki_dir) {
             Ok(p) => p,
-            Err(_) => Pki::init(&pki_dir, &InitOptions { federation_name: "Kakehashi Demo Federation".into(), ..Default::default() })?,
+            Err(_) => Pki::init(
+                &pki_dir,
+                &InitOptions { federation_name: "Kakehashi Demo Federation".into(), ..Default::default() },
+            )?,
         };
         for (name, inst, role, terminal) in DEMO_CERTS {
             if !pki_dir.join(format!("{name}.pem")).exists() {
@@ -78,7 +85,10 @@ pub fn prepare(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> Result<Conf
         pki.revoke("revoked-terminal")?;
         // Chains correctly to nothing we trust: the stranger's CA is thrown away.
         if !pki_dir.join("stranger.pem").exists() {
-            pki.issue_from_foreign_ca(&ClientCertRequest::new(CLINIC_A.code, CLINIC_A.name, Role::ClinicTerminal, "stranger-01"), "stranger")?;
+            pki.issue_from_foreign_ca(
+                &ClientCertRequest::new(CLINIC_A.code, CLINIC_A.name, Role::ClinicTerminal, "stranger-01"),
+                "stranger",
+            )?;
         }
         write_sites(dir).map_err(DemoError::Sample)?;
         write(&cfg_path, &config_text())?;
@@ -117,7 +127,10 @@ url = "sqlite://kakehashi.db"
 "#,
     );
     for i in [&HUB, &CLINIC_A, &CLINIC_B, &PHARMACY, &AUDITOR] {
-        s.push_str(&format!("\n[[institution]]\ncode = \"{}\"\nname = \"{}\"\nkind = \"{}\"\n", i.code, i.name, i.kind));
+        s.push_str(&format!(
+            "\n[[institution]]\ncode = \"{}\"\nname = \"{}\"\nkind = \"{}\"\n",
+            i.code, i.name, i.kind
+        ));
     }
     for (id, owner, connector) in [
         ("hub", HUB.code, r#"{ kind = "ss-mix2", root = "sites/hub/ss-mix2" }"#),

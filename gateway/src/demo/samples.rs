@@ -20,9 +20,45 @@ struct HubPatient {
 }
 
 const HUB_PATIENTS: [HubPatient; 3] = [
-    HubPatient { id: "1000001", kanji: ("島田", "花子"), kana: ("シマダ", "ハナコ"), birth: "19520314", sex: "F", address: "南海県黒潮村黒島１２３", zip: "891-9999", phone: "09969-0-0001", insurer: "67461001", kigo: "黒島", bango: "１２３４" },
-    HubPatient { id: "1000002", kanji: ("黒木", "一郎"), kana: ("クロキ", "イチロウ"), birth: "19451102", sex: "M", address: "南海県青波町山辺４５６", zip: "891-9998", phone: "09969-0-0002", insurer: "39461002", kigo: "山辺", bango: "５６７" },
-    HubPatient { id: "1000003", kanji: ("海野", "ミツ"), kana: ("ウミノ", "ミツ"), birth: "19380721", sex: "F", address: "南海県南海市港町７８９", zip: "891-9997", phone: "09969-0-0003", insurer: "67461001", kigo: "港", bango: "８９" },
+    HubPatient {
+        id: "1000001",
+        kanji: ("島田", "花子"),
+        kana: ("シマダ", "ハナコ"),
+        birth: "19520314",
+        sex: "F",
+        address: "南海県黒潮村黒島１２３",
+        zip: "891-9999",
+        phone: "09969-0-0001",
+        insurer: "67461001",
+        kigo: "黒島",
+        bango: "１２３４",
+    },
+    HubPatient {
+        id: "1000002",
+        kanji: ("黒木", "一郎"),
+        kana: ("クロキ", "イチロウ"),
+        birth: "19451102",
+        sex: "M",
+        address: "南海県青波町山辺４５６",
+        zip: "891-9998",
+        phone: "09969-0-0002",
+        insurer: "39461002",
+        kigo: "山辺",
+        bango: "５６７",
+    },
+    HubPatient {
+        id: "1000003",
+        kanji: ("海野", "ミツ"),
+        kana: ("ウミノ", "ミツ"),
+        birth: "19380721",
+        sex: "F",
+        address: "南海県南海市港町７８９",
+        zip: "891-9997",
+        phone: "09969-0-0003",
+        insurer: "67461001",
+        kigo: "港",
+        bango: "８９",
+    },
 ];
 
 fn msh(kind: &str, ts: &str, ctl: &str) -> String {
@@ -94,7 +130,15 @@ fn ppr01(p: &HubPatient) -> String {
     .join("\r")
 }
 
-fn ss_mix2_path(root: &Path, pid: &str, date: &str, kind: &str, order: &str, ts: &str, dept: &str) -> std::path::PathBuf {
+fn ss_mix2_path(
+    root: &Path,
+    pid: &str,
+    date: &str,
+    kind: &str,
+    order: &str,
+    ts: &str,
+    dept: &str,
+) -> std::path::PathBuf {
     root.join(&pid[0..3])
         .join(&pid[3..6])
         .join(pid)
@@ -118,7 +162,15 @@ fn iso2022jp(text: &str) -> Result<Vec<u8>, String> {
     Ok(bytes.into_owned())
 }
 
-fn mml_patient(id: &str, facility: (&str, &str), kanji: (&str, &str), kana: (&str, &str), birth: &str, sex: &str, uid: &str) -> String {
+fn mml_patient(
+    id: &str,
+    facility: (&str, &str),
+    kanji: (&str, &str),
+    kana: (&str, &str),
+    birth: &str,
+    sex: &str,
+    uid: &str,
+) -> String {
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
 <Mml version="4.0" createDate="2026-04-01T09:00:00"

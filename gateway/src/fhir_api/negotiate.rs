@@ -30,7 +30,8 @@ fn format_param(query: &str) -> Option<String> {
 }
 
 fn has_body(req: &Request) -> bool {
-    let len = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let len =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     matches!(len, Some(n) if n > 0) || req.headers().contains_key(header::TRANSFER_ENCODING)
 }
 
@@ -38,7 +39,9 @@ fn has_body(req: &Request) -> bool {
 pub fn check(req: &Request) -> Result<(), ApiError> {
     if let Some(f) = req.uri().query().and_then(format_param) {
         if !JSON_TYPES.contains(&media_type(&f).to_ascii_lowercase().as_str()) {
-            return Err(ApiError::NotAcceptable(format!("_format `{f}` is not supported; this server speaks application/fhir+json only")));
+            return Err(ApiError::NotAcceptable(format!(
+                "_format `{f}` is not supported; this server speaks application/fhir+json only"
+            )));
         }
     } else if let Some(accept) = req.headers().get(header::ACCEPT) {
         let accept = accept.to_str().map_err(|_| ApiError::NotAcceptable("Accept header is not ASCII".into()))?;
