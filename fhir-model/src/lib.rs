@@ -9,9 +9,9 @@ pub mod outcome;
 pub mod resources;
 
 pub use capability::CapabilityStatement;
-pub use resources::*;
 pub use datatypes::*;
 pub use outcome::{IssueSeverity, IssueType, OperationOutcome, OperationOutcomeIssue};
+pub use resources::*;
 
 /// The FHIR version every resource Kakehashi emits conforms to.
 pub const FHIR_VERSION: &str = "4.0.1";

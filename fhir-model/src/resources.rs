@@ -611,7 +611,7 @@ pub struct AuditEventEntity {
 
 /// Demographics of a person receiving care.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(tag = "resourceType", rename = "Patient", rename_all = "camelCase")]
 pub struct Patient {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -660,7 +660,7 @@ pub struct PatientLink {
 
 /// An institution (医療機関, 薬局, 保険者).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(tag = "resourceType", rename = "Organization", rename_all = "camelCase")]
 pub struct Organization {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -686,7 +686,7 @@ pub struct Organization {
 
 /// A person providing care.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(tag = "resourceType", rename = "Practitioner", rename_all = "camelCase")]
 pub struct Practitioner {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -706,7 +706,7 @@ pub struct Practitioner {
 
 /// A practitioner's role at an organisation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(tag = "resourceType", rename = "PractitionerRole", rename_all = "camelCase")]
 pub struct PractitionerRole {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -728,7 +728,7 @@ pub struct PractitionerRole {
 
 /// A propensity to an adverse reaction.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(tag = "resourceType", rename = "AllergyIntolerance", rename_all = "camelCase")]
 pub struct AllergyIntolerance {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -767,7 +767,7 @@ pub struct AllergyIntolerance {
 
 /// Insurance coverage (医療保険, 公費).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(tag = "resourceType", rename = "Coverage", rename_all = "camelCase")]
 pub struct Coverage {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -801,7 +801,7 @@ pub struct Coverage {
 
 /// A measurement or assertion (vital signs, lab results, blood type).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(tag = "resourceType", rename = "Observation", rename_all = "camelCase")]
 pub struct Observation {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -855,7 +855,7 @@ pub struct Observation {
 
 /// A group of results with their interpretation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(tag = "resourceType", rename = "DiagnosticReport", rename_all = "camelCase")]
 pub struct DiagnosticReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -891,7 +891,7 @@ pub struct DiagnosticReport {
 
 /// An order for a medication (JP Core MedicationRequest).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(tag = "resourceType", rename = "MedicationRequest", rename_all = "camelCase")]
 pub struct MedicationRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -936,7 +936,7 @@ pub struct MedicationRequest {
 
 /// A problem, diagnosis or other clinical condition.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(tag = "resourceType", rename = "Condition", rename_all = "camelCase")]
 pub struct Condition {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -979,7 +979,7 @@ pub struct Condition {
 
 /// A clinical document's structure (discharge summary, referral).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(tag = "resourceType", rename = "Composition", rename_all = "camelCase")]
 pub struct Composition {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -1016,7 +1016,7 @@ pub struct Composition {
 
 /// An interaction between a patient and providers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(tag = "resourceType", rename = "Encounter", rename_all = "camelCase")]
 pub struct Encounter {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -1041,7 +1041,7 @@ pub struct Encounter {
 
 /// A reference to a document.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(tag = "resourceType", rename = "DocumentReference", rename_all = "camelCase")]
 pub struct DocumentReference {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -1077,7 +1077,7 @@ pub struct DocumentReferenceContent {
 
 /// A patient's choice to share records (JP: 同意).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(tag = "resourceType", rename = "Consent", rename_all = "camelCase")]
 pub struct Consent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -1109,7 +1109,7 @@ pub struct Consent {
 
 /// A record of an event for security and privacy review.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(tag = "resourceType", rename = "AuditEvent", rename_all = "camelCase")]
 pub struct AuditEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -1143,7 +1143,7 @@ pub struct AuditEvent {
 
 /// A container for a collection of resources.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(tag = "resourceType", rename = "Bundle", rename_all = "camelCase")]
 pub struct Bundle {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -1167,9 +1167,8 @@ pub struct Bundle {
     pub entry: Vec<BundleEntry>,
 }
 
-/// Any resource Kakehashi handles, tagged by `resourceType`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "resourceType")]
+/// Any resource Kakehashi handles; each variant's struct carries its own `resourceType`.
+#[derive(Debug, Clone, PartialEq)]
 #[allow(clippy::large_enum_variant)]
 pub enum Resource {
     /// A Patient.
@@ -1292,6 +1291,62 @@ impl Resource {
             Resource::Consent(x) => x.meta.as_ref(),
             Resource::AuditEvent(x) => x.meta.as_ref(),
             Resource::Bundle(x) => x.meta.as_ref(),
+        }
+    }
+}
+
+impl Serialize for Resource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Resource::Patient(x) => x.serialize(s),
+            Resource::Organization(x) => x.serialize(s),
+            Resource::Practitioner(x) => x.serialize(s),
+            Resource::PractitionerRole(x) => x.serialize(s),
+            Resource::AllergyIntolerance(x) => x.serialize(s),
+            Resource::Coverage(x) => x.serialize(s),
+            Resource::Observation(x) => x.serialize(s),
+            Resource::DiagnosticReport(x) => x.serialize(s),
+            Resource::MedicationRequest(x) => x.serialize(s),
+            Resource::Condition(x) => x.serialize(s),
+            Resource::Composition(x) => x.serialize(s),
+            Resource::Encounter(x) => x.serialize(s),
+            Resource::DocumentReference(x) => x.serialize(s),
+            Resource::Consent(x) => x.serialize(s),
+            Resource::AuditEvent(x) => x.serialize(s),
+            Resource::Bundle(x) => x.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Resource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = serde_json::Value::deserialize(d)?;
+        let ty = v
+            .get("resourceType")
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| D::Error::missing_field("resourceType"))?
+            .to_string();
+        match ty.as_str() {
+            "Patient" => serde_json::from_value(v).map(Resource::Patient).map_err(D::Error::custom),
+            "Organization" => serde_json::from_value(v).map(Resource::Organization).map_err(D::Error::custom),
+            "Practitioner" => serde_json::from_value(v).map(Resource::Practitioner).map_err(D::Error::custom),
+            "PractitionerRole" => serde_json::from_value(v).map(Resource::PractitionerRole).map_err(D::Error::custom),
+            "AllergyIntolerance" => {
+                serde_json::from_value(v).map(Resource::AllergyIntolerance).map_err(D::Error::custom)
+            }
+            "Coverage" => serde_json::from_value(v).map(Resource::Coverage).map_err(D::Error::custom),
+            "Observation" => serde_json::from_value(v).map(Resource::Observation).map_err(D::Error::custom),
+            "DiagnosticReport" => serde_json::from_value(v).map(Resource::DiagnosticReport).map_err(D::Error::custom),
+            "MedicationRequest" => serde_json::from_value(v).map(Resource::MedicationRequest).map_err(D::Error::custom),
+            "Condition" => serde_json::from_value(v).map(Resource::Condition).map_err(D::Error::custom),
+            "Composition" => serde_json::from_value(v).map(Resource::Composition).map_err(D::Error::custom),
+            "Encounter" => serde_json::from_value(v).map(Resource::Encounter).map_err(D::Error::custom),
+            "DocumentReference" => serde_json::from_value(v).map(Resource::DocumentReference).map_err(D::Error::custom),
+            "Consent" => serde_json::from_value(v).map(Resource::Consent).map_err(D::Error::custom),
+            "AuditEvent" => serde_json::from_value(v).map(Resource::AuditEvent).map_err(D::Error::custom),
+            "Bundle" => serde_json::from_value(v).map(Resource::Bundle).map_err(D::Error::custom),
+            other => Err(D::Error::custom(format!("resourceType `{other}` is not supported"))),
         }
     }
 }

@@ -29,6 +29,44 @@ enum Command {
     /// Federation PKI: CA, server and client certificates, CRL.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Translate native records to FHIR offline; prints a Bundle (JSON) on stdout.
+    Translate(TranslateArgs),
+}
+
+#[derive(Debug, Args)]
+struct TranslateArgs {
+    /// Source format.
+    #[arg(long, value_enum)]
+    from: SourceKind,
+    /// Target format.
+    #[arg(long, value_enum, default_value = "fhir")]
+    to: TargetKind,
+    /// Institution code owning the records (stamped in meta.security).
+    #[arg(long, default_value = "0000000000")]
+    owner: String,
+    /// Name of the owning institution.
+    #[arg(long, default_value = "(unassigned)")]
+    owner_name: String,
+    /// Site id recorded in meta.source.
+    #[arg(long, default_value = "offline")]
+    site: String,
+    /// A file, or for ss-mix2 a file or a storage root.
+    path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SourceKind {
+    /// SS-MIX2 storage root or one of its files.
+    #[value(name = "ss-mix2")]
+    SsMix2,
+    /// A bare HL7 v2.5 message (charset from MSH-18, else UTF-8).
+    Hl7v2,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TargetKind {
+    /// FHIR R4 JSON.
+    Fhir,
 }
 
 #[derive(Debug, Args)]
@@ -144,6 +182,44 @@ fn run(cli: Cli) -> Result<(), String> {
             runtime()?.block_on(serve(cfg))
         }
         Command::Certs(c) => certs(c).map_err(|e| e.to_string()),
+        Command::Translate(a) => translate(a),
+    }
+}
+
+fn translate(a: TranslateArgs) -> Result<(), String> {
+    use crate::sites::{self, Owner};
+    let TargetKind::Fhir = a.to;
+    let owner = Owner { code: a.owner, name: a.owner_name, site: a.site };
+    let records = match a.from {
+        SourceKind::SsMix2 if a.path.is_dir() => sites::translate_ss_mix2(&a.path, &owner, None),
+        SourceKind::SsMix2 => {
+            single(sites::translate_hl7_file(&a.path, &owner, Some(kakehashi_adapters::text::Charset::Iso2022Jp)))
+        }
+        SourceKind::Hl7v2 => single(sites::translate_hl7_file(&a.path, &owner, None)),
+    };
+    for w in &records.translation.warnings {
+        eprintln!("warning: {}: {}", w.location, w.message);
+    }
+    let failed = records.errors.len();
+    for e in &records.errors {
+        eprintln!("error: {e}");
+    }
+    if failed > 0 && records.translation.resources.is_empty() {
+        return Err(format!("nothing translated: {failed} source(s) failed"));
+    }
+    let bundle = sites::collection(records.translation.resources);
+    let json = serde_json::to_string_pretty(&bundle).map_err(|e| format!("cannot serialise the bundle: {e}"))?;
+    println!("{json}");
+    if failed > 0 {
+        return Err(format!("{failed} source(s) could not be translated (see above); the bundle holds the rest"));
+    }
+    Ok(())
+}
+
+fn single(r: Result<kakehashi_mappings::Translation, kakehashi_adapters::SourceError>) -> crate::sites::SiteRecords {
+    match r {
+        Ok(translation) => crate::sites::SiteRecords { translation, errors: vec![] },
+        Err(e) => crate::sites::SiteRecords { errors: vec![e], ..Default::default() },
     }
 }
 

@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod fhir_api;
 pub mod identity;
+pub mod sites;
 pub mod store;
 pub mod tls;
 

@@ -67,7 +67,12 @@ impl SourceFormat for Hl7v2 {
     }
 }
 
-fn err(segment: Option<(usize, &str)>, field: Option<usize>, offset: Option<usize>, msg: impl Into<String>) -> SourceError {
+fn err(
+    segment: Option<(usize, &str)>,
+    field: Option<usize>,
+    offset: Option<usize>,
+    msg: impl Into<String>,
+) -> SourceError {
     SourceError::at(
         Location {
             segment: segment.map(|s| s.0),
@@ -109,10 +114,12 @@ pub fn declared_charset(bytes: &[u8]) -> Result<Option<Charset>, SourceError> {
     let rep = msh.get(5).copied().unwrap_or(b'~');
     for value in raw.split(|&c| c == rep) {
         let v = String::from_utf8_lossy(value).trim().to_ascii_uppercase();
-        let cs = match v.as_str() {
+        // Real feeds write "ISO IR87" and "ISOIR87" alike: compare without blanks.
+        let compact: String = v.chars().filter(|c| !c.is_whitespace()).collect();
+        let cs = match compact.as_str() {
             "" => continue,
-            "ISO IR87" | "ISO IR6" | "ASCII" | "ISO-2022-JP" | "ISO 2022-1994" => Charset::Iso2022Jp,
-            "UNICODE UTF-8" | "UTF-8" | "UNICODE" => Charset::Utf8,
+            "ISOIR87" | "ISOIR6" | "ASCII" | "ISO-2022-JP" | "ISO2022-1994" => Charset::Iso2022Jp,
+            "UNICODEUTF-8" | "UTF-8" | "UNICODE" => Charset::Utf8,
             "SHIFT_JIS" | "SJIS" | "CP932" | "MS932" | "SHIFT-JIS" => Charset::ShiftJis,
             other => {
                 return Err(err(
@@ -132,7 +139,12 @@ impl Message {
     /// Decode (MSH-18, else the configured default, else UTF-8) and parse.
     pub fn parse_bytes(bytes: &[u8], options: &ParseOptions) -> Result<Message, SourceError> {
         if bytes.len() > MAX_MESSAGE_BYTES {
-            return Err(err(None, None, None, format!("message of {} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit", bytes.len())));
+            return Err(err(
+                None,
+                None,
+                None,
+                format!("message of {} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit", bytes.len()),
+            ));
         }
         let body = strip_framing(bytes);
         let charset = match options.force_charset {
@@ -147,24 +159,42 @@ impl Message {
 
     /// Parse already-decoded ER7 text.
     pub fn parse(text: &str) -> Result<Message, SourceError> {
-        let text = text.trim_start_matches(['\u{b}', '\u{feff}']).trim_end_matches(['\u{1c}', '\0', '\r', '\n', ' ', '\t']);
+        let text =
+            text.trim_start_matches(['\u{b}', '\u{feff}']).trim_end_matches(['\u{1c}', '\0', '\r', '\n', ' ', '\t']);
         if text.is_empty() {
             return Err(err(None, None, Some(0), "empty message: no MSH segment"));
         }
         if !text.starts_with("MSH") {
-            return Err(err(Some((1, text.get(..3).unwrap_or(text))), None, Some(0), "a message must begin with an MSH segment"));
+            return Err(err(
+                Some((1, text.get(..3).unwrap_or(text))),
+                None,
+                Some(0),
+                "a message must begin with an MSH segment",
+            ));
         }
         let mut chars = text[3..].chars();
-        let field = chars.next().ok_or_else(|| err(Some((1, "MSH")), Some(1), Some(3), "MSH ends before the field separator"))?;
+        let field = chars
+            .next()
+            .ok_or_else(|| err(Some((1, "MSH")), Some(1), Some(3), "MSH ends before the field separator"))?;
         let enc: Vec<char> = chars.take_while(|&c| c != field).collect();
         if enc.len() < 4 {
-            return Err(err(Some((1, "MSH")), Some(2), Some(4), format!("MSH-2 must hold four encoding characters, found `{}`", enc.iter().collect::<String>())));
+            return Err(err(
+                Some((1, "MSH")),
+                Some(2),
+                Some(4),
+                format!("MSH-2 must hold four encoding characters, found `{}`", enc.iter().collect::<String>()),
+            ));
         }
         let d = Delimiters { field, component: enc[0], repetition: enc[1], escape: enc[2], subcomponent: enc[3] };
         let all = [d.field, d.component, d.repetition, d.escape, d.subcomponent];
         for (i, c) in all.iter().enumerate() {
             if c.is_alphanumeric() || c.is_whitespace() || all[i + 1..].contains(c) {
-                return Err(err(Some((1, "MSH")), Some(if i == 0 { 1 } else { 2 }), Some(3 + i), format!("delimiter `{c}` is not usable (alphanumeric, blank or repeated)")));
+                return Err(err(
+                    Some((1, "MSH")),
+                    Some(if i == 0 { 1 } else { 2 }),
+                    Some(3 + i),
+                    format!("delimiter `{c}` is not usable (alphanumeric, blank or repeated)"),
+                ));
             }
         }
         let mut segments = Vec::new();
@@ -177,17 +207,35 @@ impl Message {
             }
             let position = segments.len() + 1;
             if line.len() > MAX_SEGMENT_BYTES {
-                return Err(err(Some((position, line.get(..3).unwrap_or(""))), None, Some(start), format!("segment of {} bytes exceeds the {MAX_SEGMENT_BYTES}-byte limit", line.len())));
+                return Err(err(
+                    Some((position, line.get(..3).unwrap_or(""))),
+                    None,
+                    Some(start),
+                    format!("segment of {} bytes exceeds the {MAX_SEGMENT_BYTES}-byte limit", line.len()),
+                ));
             }
             let id_end = line.find(d.field).unwrap_or(line.len());
             let id = &line[..id_end];
             if id.len() != 3 || !id.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
-                return Err(err(Some((position, id)), None, Some(start), format!("`{}` is not a segment id (three upper-case letters or digits)", id.chars().take(10).collect::<String>())));
+                return Err(err(
+                    Some((position, id)),
+                    None,
+                    Some(start),
+                    format!(
+                        "`{}` is not a segment id (three upper-case letters or digits)",
+                        id.chars().take(10).collect::<String>()
+                    ),
+                ));
             }
             let mut fields: Vec<String> = Vec::new();
             if id == "MSH" {
                 if position != 1 {
-                    return Err(err(Some((position, "MSH")), None, Some(start), "a second MSH segment: one message per input"));
+                    return Err(err(
+                        Some((position, "MSH")),
+                        None,
+                        Some(start),
+                        "a second MSH segment: one message per input",
+                    ));
                 }
                 fields.push(d.field.to_string());
                 let rest = &line[id_end + d.field.len_utf8()..];
@@ -407,7 +455,10 @@ mod tests {
         assert_eq!(Message::parse_bytes(&bytes, &ParseOptions::default()).unwrap().charset, Charset::ShiftJis);
 
         let bad = msg.replace("~ISO IR87", "8859/1");
-        assert!(Message::parse_bytes(bad.as_bytes(), &ParseOptions::default()).unwrap_err().to_string().contains("field 18"));
+        assert!(Message::parse_bytes(bad.as_bytes(), &ParseOptions::default())
+            .unwrap_err()
+            .to_string()
+            .contains("field 18"));
     }
 
     #[test]

@@ -32,7 +32,10 @@ impl FileName {
     pub fn parse(name: &str) -> Result<FileName, String> {
         let parts: Vec<&str> = name.split('_').collect();
         let [pid, date, ty, order, ts, dept, flag] = parts[..] else {
-            return Err(format!("`{name}` is not an SS-MIX2 file name (7 fields separated by `_`, found {})", parts.len()));
+            return Err(format!(
+                "`{name}` is not an SS-MIX2 file name (7 fields separated by `_`, found {})",
+                parts.len()
+            ));
         };
         if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(format!("`{name}`: patient id `{pid}` is not alphanumeric"));
@@ -196,7 +199,11 @@ impl Storage {
         }
         scan.files = versions.into_values().filter(|f| f.name.valid).collect();
         scan.files.sort_by(|a, b| {
-            (a.name.date.as_deref(), &a.name.data_type, &a.name.order_no).cmp(&(b.name.date.as_deref(), &b.name.data_type, &b.name.order_no))
+            (a.name.date.as_deref(), &a.name.data_type, &a.name.order_no).cmp(&(
+                b.name.date.as_deref(),
+                &b.name.data_type,
+                &b.name.order_no,
+            ))
         });
         Ok(scan)
     }
@@ -227,7 +234,12 @@ mod tests {
         assert!(n.valid && !n.is_dummy_order());
         let n = FileName::parse("9999013_-_ADT-00_999999999999999_20111220224447339_-_1").unwrap();
         assert_eq!((n.date.clone(), n.department.clone(), n.is_dummy_order()), (None, None, true));
-        for bad in ["x", "9999013_2011_OMP-01_1_20110701224603984_01_1", "9999013_-_ADT-00_9_2011_-_1", "9999013_-_ADT-00_9_20111220224447339_-_2"] {
+        for bad in [
+            "x",
+            "9999013_2011_OMP-01_1_20110701224603984_01_1",
+            "9999013_-_ADT-00_9_2011_-_1",
+            "9999013_-_ADT-00_9_20111220224447339_-_2",
+        ] {
             assert!(FileName::parse(bad).is_err(), "{bad}");
         }
     }

@@ -82,7 +82,10 @@ fn adt00(p: &HubPatient) -> String {
         "OBX|2|NM|9N006000000000001^体重^JC10||48.2|kg^kg^ISO+|||||F".into(),
         "OBX|3|CWE|5H010000009199911^血液型-ABO式^JC10||O^O^JSHR002||||||F".into(),
         "AL1|1|DA^薬剤アレルギー^HL70127|1^ペニシリン^99XYZ".into(),
-        format!("IN1|1|39^後期高齢者医療^JHSD0001|{}|||||||||20250401||||||SEL^本人^HL70063||||||||||||||||||||||||||||{}|{}", p.insurer, p.kigo, p.bango),
+        format!(
+            "IN1|1|39^後期高齢者医療^JHSD0001|{}|||||||{}|{}|20250401||||SEL^本人^HL70063",
+            p.insurer, p.kigo, p.bango
+        ),
     ]
     .join("\r")
 }
