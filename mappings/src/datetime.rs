@@ -48,10 +48,15 @@ pub fn date_time(v: &str) -> Result<String, BadDateTime> {
         Some(i) if i >= 4 => (&v[..i], Some(&v[i..])),
         _ => (v, None),
     };
-    let (main, _fraction) = body.split_once('.').unwrap_or((body, ""));
-    if !digits(main) || main.len() < 4 || main.len() > 14 || main.len() % 2 != 0 {
+    let (main, fraction) = body.split_once('.').unwrap_or((body, ""));
+    if !digits(main) || !digits(fraction) || main.len() < 4 || main.len() > 14 || main.len() % 2 != 0 {
         return Err(bad());
     }
+    let zone = match zone {
+        None => None,
+        Some(z) if z.len() == 5 && digits(&z[1..]) => Some(format!("{}:{}", &z[..3], &z[3..])),
+        Some(_) => return Err(bad()),
+    };
     if main.len() <= 8 {
         return date(main);
     }
@@ -62,11 +67,7 @@ pub fn date_time(v: &str) -> Result<String, BadDateTime> {
     if !in_range(hh, 0, 23) || !in_range(mm, 0, 59) || !in_range(ss, 0, 60) {
         return Err(bad());
     }
-    let zone = match zone {
-        None => "+09:00".to_string(),
-        Some(z) if z.len() == 5 && digits(&z[1..]) => format!("{}:{}", &z[..3], &z[3..]),
-        Some(_) => return Err(bad()),
-    };
+    let zone = zone.unwrap_or_else(|| "+09:00".to_string());
     Ok(format!("{day}T{hh}:{mm}:{ss}{zone}"))
 }
 
