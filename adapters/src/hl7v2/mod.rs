@@ -364,7 +364,16 @@ fn locate_decode_error(e: &text::DecodeError, _bytes: &[u8]) -> SourceError {
     if id == "MSH" {
         field += 1;
     }
-    err(Some((segment_no, &id)), Some(field), Some(e.offset), format!("bytes are not valid {}", e.charset))
+    let mut located = err(
+        Some((segment_no, &id)),
+        (field > 0).then_some(field),
+        Some(e.offset),
+        format!("bytes are not valid {}", e.charset),
+    );
+    if id.is_empty() {
+        located.location.segment_id = None;
+    }
+    located
 }
 
 #[cfg(test)]

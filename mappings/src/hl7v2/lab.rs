@@ -2,7 +2,7 @@
 //! value and unit, reference range, interpretation flag and effective time, and a
 //! DiagnosticReport per OBR grouping them.
 
-use super::Helper;
+use super::{at, Helper};
 use crate::codes;
 use crate::Translation;
 use kakehashi_adapters::hl7v2::Segment;
@@ -41,7 +41,7 @@ pub(super) fn translate(h: &Helper<'_>, t: &mut Translation) {
             let key = format!("{group_key}:{}", if set_id.is_empty() { i.to_string() } else { set_id.to_string() });
             if let Some(mut o) = observation(h, obx, &key, t) {
                 if o.effective_date_time.is_none() {
-                    o.effective_date_time = obr.and_then(|b| h.date_time(b.field(7), "OBR-7", t));
+                    o.effective_date_time = obr.and_then(|b| h.date_time(b.field(7), &at(b, 7), t));
                 }
                 o.category = vec![laboratory()];
                 results.push(Reference {
@@ -52,7 +52,7 @@ pub(super) fn translate(h: &Helper<'_>, t: &mut Translation) {
             }
         }
         let Some(obr) = obr else { continue };
-        let code = h.concept(obr.field(4), "OBR-4", t).unwrap_or_else(|| CodeableConcept::text("検体検査"));
+        let code = h.concept(obr.field(4), &at(obr, 4), t).unwrap_or_else(|| CodeableConcept::text("検体検査"));
         let status =
             match (obr.field(25).trim(), h.msg.segment("ORC").map(|o| h.comp(o, 5, 1)).unwrap_or_default().as_str()) {
                 ("F", _) | (_, "CM") => "final",
@@ -78,8 +78,8 @@ pub(super) fn translate(h: &Helper<'_>, t: &mut Translation) {
             ))],
             code,
             subject: Some(h.patient_ref()),
-            effective_date_time: h.date_time(obr.field(7), "OBR-7", t),
-            issued: h.date_time(obr.field(22), "OBR-22", t).filter(|d| d.contains('T')),
+            effective_date_time: h.date_time(obr.field(7), &at(obr, 7), t),
+            issued: h.date_time(obr.field(22), &at(obr, 22), t).filter(|d| d.contains('T')),
             performer: vec![h.owner_ref()],
             result: results,
             ..Default::default()
@@ -95,8 +95,8 @@ fn laboratory() -> CodeableConcept {
 /// One OBX as an Observation (shared with ADT's body measurements).
 pub(super) fn observation(h: &Helper<'_>, obx: &Segment, key: &str, t: &mut Translation) -> Option<Observation> {
     let m = h.msg;
-    let Some(code) = h.concept(obx.field(3), "OBX-3", t) else {
-        t.warn("OBX-3", "observation without a code; not mapped");
+    let Some(code) = h.concept(obx.field(3), &at(obx, 3), t) else {
+        t.warn(&at(obx, 3), "observation without a code; not mapped");
         return None;
     };
     let value_type = obx.field(2).trim();
@@ -112,14 +112,14 @@ pub(super) fn observation(h: &Helper<'_>, obx: &Segment, key: &str, t: &mut Tran
             "X" | "N" | "D" => "cancelled",
             "W" => "entered-in-error",
             other => {
-                t.warn("OBX-11", format!("result status `{other}` is unknown"));
+                t.warn(&at(obx, 11), format!("result status `{other}` is unknown"));
                 "unknown"
             }
         }
         .into(),
         code,
         subject: Some(h.patient_ref()),
-        effective_date_time: h.date_time(obx.field(14), "OBX-14", t),
+        effective_date_time: h.date_time(obx.field(14), &at(obx, 14), t),
         ..Default::default()
     };
     match value_type {
@@ -129,15 +129,18 @@ pub(super) fn observation(h: &Helper<'_>, obx: &Segment, key: &str, t: &mut Tran
             } else {
                 m.unescape(raw_value).into_owned()
             };
-            if let Some(v) = h.number(&text, "OBX-5", t) {
-                let mut q = unit(h, obx.field(6), t);
+            // Analysers report "<0.1" for values under the detection limit.
+            let (comparator, number) = split_comparator(text.trim());
+            if let Some(v) = h.number(number, &at(obx, 5), t) {
+                let mut q = unit(h, obx.field(6), &at(obx, 6), t);
                 q.value = Some(v);
+                q.comparator = comparator.map(String::from);
                 o.value_quantity = Some(q);
             } else if !text.trim().is_empty() {
                 o.value_string = Some(text.trim().to_string());
             }
         }
-        "CWE" | "CE" | "CNE" => o.value_codeable_concept = h.concept(raw_value, "OBX-5", t),
+        "CWE" | "CE" | "CNE" => o.value_codeable_concept = h.concept(raw_value, &at(obx, 5), t),
         "ST" | "TX" | "FT" | "" => {
             let v = m.unescape(raw_value).trim().to_string();
             if !v.is_empty() {
@@ -145,7 +148,7 @@ pub(super) fn observation(h: &Helper<'_>, obx: &Segment, key: &str, t: &mut Tran
             }
         }
         other => {
-            t.warn("OBX-2", format!("value type `{other}` is not mapped; value kept as text"));
+            t.warn(&at(obx, 2), format!("value type `{other}` is not mapped; value kept as text"));
             let v = m.unescape(raw_value).trim().to_string();
             if !v.is_empty() {
                 o.value_string = Some(v);
@@ -160,7 +163,7 @@ pub(super) fn observation(h: &Helper<'_>, obx: &Segment, key: &str, t: &mut Tran
     }
     let range = m.unescape(obx.field(7)).trim().to_string();
     if !range.is_empty() {
-        o.reference_range.push(reference_range(h, &range, obx.field(6), t));
+        o.reference_range.push(reference_range(h, &range, obx.field(6), &at(obx, 6), t));
     }
     for flag in m.repetitions(obx.field(8)) {
         let flag = m.component(flag, 1).trim().to_string();
@@ -174,7 +177,7 @@ pub(super) fn observation(h: &Helper<'_>, obx: &Segment, key: &str, t: &mut Tran
             "AA" => "Critical abnormal",
             "" => continue,
             other => {
-                t.warn("OBX-8", format!("abnormal flag `{other}` is unknown; kept as text"));
+                t.warn(&at(obx, 8), format!("abnormal flag `{other}` is unknown; kept as text"));
                 o.interpretation.push(CodeableConcept::text(other));
                 continue;
             }
@@ -188,7 +191,7 @@ pub(super) fn observation(h: &Helper<'_>, obx: &Segment, key: &str, t: &mut Tran
 }
 
 /// OBX-6 as a Quantity without value: UCUM when the table says so, else site-local.
-fn unit(h: &Helper<'_>, raw: &str, t: &mut Translation) -> Quantity {
+fn unit(h: &Helper<'_>, raw: &str, where_: &str, t: &mut Translation) -> Quantity {
     let m = h.msg;
     let code = m.component(raw, 1).trim().to_string();
     let text = m.component(raw, 2).trim().to_string();
@@ -198,7 +201,7 @@ fn unit(h: &Helper<'_>, raw: &str, t: &mut Translation) -> Quantity {
         let shown = if text.is_empty() { code } else { text };
         return Quantity { unit: (!shown.is_empty()).then_some(shown), ..Default::default() };
     }
-    let system = h.system(&table, "OBX-6", t);
+    let system = h.system(&table, where_, t);
     Quantity {
         unit: Some(if text.is_empty() { code.clone() } else { text }),
         system: Some(system),
@@ -207,10 +210,16 @@ fn unit(h: &Helper<'_>, raw: &str, t: &mut Translation) -> Quantity {
     }
 }
 
-fn reference_range(h: &Helper<'_>, range: &str, unit_raw: &str, t: &mut Translation) -> ObservationReferenceRange {
+fn reference_range(
+    h: &Helper<'_>,
+    range: &str,
+    unit_raw: &str,
+    where_: &str,
+    t: &mut Translation,
+) -> ObservationReferenceRange {
     let mut rr = ObservationReferenceRange { text: Some(range.to_string()), ..Default::default() };
     let q = |v: f64, t: &mut Translation| {
-        let mut q = unit(h, unit_raw, t);
+        let mut q = unit(h, unit_raw, where_, t);
         q.value = Some(v);
         q
     };
@@ -228,4 +237,14 @@ fn reference_range(h: &Helper<'_>, range: &str, unit_raw: &str, t: &mut Translat
         }
     }
     rr
+}
+
+/// `<0.1` → (Some("<"), "0.1").
+fn split_comparator(v: &str) -> (Option<&'static str>, &str) {
+    for c in ["<=", ">=", "<", ">"] {
+        if let Some(rest) = v.strip_prefix(c) {
+            return (Some(c), rest.trim_start());
+        }
+    }
+    (None, v)
 }

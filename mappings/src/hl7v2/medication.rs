@@ -2,7 +2,7 @@
 //! RXE with HOT9 drug code, dose in MERIT-9 units, JAMI usage code, duration (TQ1),
 //! route (RXR), prescriber, requesting institution, order number and status.
 
-use super::{ascii_fold, Helper};
+use super::{ascii_fold, at, Helper};
 use crate::codes;
 use crate::Translation;
 use kakehashi_adapters::hl7v2::Segment;
@@ -59,7 +59,7 @@ pub(super) fn translate(h: &Helper<'_>, t: &mut Translation) {
 }
 
 fn current_dosage_route(h: &Helper<'_>, rxr: &Segment, t: &mut Translation) -> Option<CodeableConcept> {
-    h.concept(h.msg.repetitions(rxr.field(1)).next().unwrap_or(""), "RXR-1", t)
+    h.concept(h.msg.repetitions(rxr.field(1)).next().unwrap_or(""), &at(rxr, 1), t)
 }
 
 fn status(h: &Helper<'_>, orc: Option<&Segment>, t: &mut Translation) -> &'static str {
@@ -77,7 +77,7 @@ fn status(h: &Helper<'_>, orc: Option<&Segment>, t: &mut Translation) -> &'stati
         "DC" | "OD" | "DR" => "stopped",
         "HD" | "OH" => "on-hold",
         other => {
-            t.warn("ORC-1", format!("order control `{other}` is unknown"));
+            t.warn(&at(orc, 1), format!("order control `{other}` is unknown"));
             "unknown"
         }
     }
@@ -109,18 +109,18 @@ fn request(
             ..Default::default()
         });
     }
-    let medication = h.concept(rxe.field(2), "RXE-2", t);
+    let medication = h.concept(rxe.field(2), &at(rxe, 2), t);
     if medication.is_none() {
-        t.warn("RXE-2", "give code is empty");
+        t.warn(&at(rxe, 2), "give code is empty");
     }
     let mut dose = Quantity::default();
-    if let Some(v) = h.number(&m.component(rxe.field(3), 1), "RXE-3", t) {
-        dose = unit(h, rxe.field(5), "RXE-5", t);
+    if let Some(v) = h.number(&m.component(rxe.field(3), 1), &at(rxe, 3), t) {
+        dose = unit(h, rxe.field(5), &at(rxe, 5), t);
         dose.value = Some(v);
     }
     let mut dispense = None;
-    if let Some(v) = h.number(&m.component(rxe.field(10), 1), "RXE-10", t) {
-        let mut q = unit(h, rxe.field(11), "RXE-11", t);
+    if let Some(v) = h.number(&m.component(rxe.field(10), 1), &at(rxe, 10), t) {
+        let mut q = unit(h, rxe.field(11), &at(rxe, 11), t);
         q.value = Some(v);
         dispense = Some(q);
     }
@@ -155,7 +155,7 @@ fn request(
         category,
         medication_codeable_concept: Some(medication.unwrap_or_else(|| CodeableConcept::text("(薬剤コードなし)"))),
         subject: h.patient_ref(),
-        authored_on: orc.and_then(|o| h.date_time(o.field(9), "ORC-9", t)),
+        authored_on: orc.and_then(|o| h.date_time(o.field(9), &at(o, 9), t)),
         requester: orc.and_then(|o| h.person(m.repetitions(o.field(12)).next().unwrap_or(""))),
         recorder: orc.and_then(|o| h.person(m.repetitions(o.field(10)).next().unwrap_or(""))),
         dosage_instruction: vec![Dosage {
@@ -197,9 +197,9 @@ fn timing(h: &Helper<'_>, tq1: &Segment, mr: &mut MedicationRequest, t: &mut Tra
     let mut timing = Timing::default();
     if !code.is_empty() {
         if table == "JAMISDP01" && (code.len() != 16 || !code.bytes().all(|b| b.is_ascii_alphanumeric())) {
-            t.warn("TQ1-3", format!("usage code `{code}` is not a 16-character JAMI usage code"));
+            t.warn(&at(tq1, 3), format!("usage code `{code}` is not a 16-character JAMI usage code"));
         }
-        let mut c = Coding::new(h.system(&table, "TQ1-3", t), code);
+        let mut c = Coding::new(h.system(&table, &at(tq1, 3), t), code);
         if !text.is_empty() {
             c.display = Some(text.clone());
         }
@@ -209,13 +209,13 @@ fn timing(h: &Helper<'_>, tq1: &Segment, mr: &mut MedicationRequest, t: &mut Tra
     }
     let duration = m.component(tq1.field(6), 1).trim().to_string();
     let mut supply = None;
-    if let Some(n) = h.number(&duration, "TQ1-6", t) {
+    if let Some(n) = h.number(&duration, &at(tq1, 6), t) {
         let (ucum, label) = match m.component(tq1.field(6), 2).trim() {
             "d" | "D" | "" => ("d", "日"),
             "wk" | "W" => ("wk", "週"),
             "mo" | "M" => ("mo", "月"),
             other => {
-                t.warn("TQ1-6", format!("duration unit `{other}` is unknown; days assumed"));
+                t.warn(&at(tq1, 6), format!("duration unit `{other}` is unknown; days assumed"));
                 ("d", "日")
             }
         };
@@ -229,7 +229,7 @@ fn timing(h: &Helper<'_>, tq1: &Segment, mr: &mut MedicationRequest, t: &mut Tra
         timing.repeat = Some(TimingRepeat { bounds_duration: Some(q.clone()), ..Default::default() });
         supply = Some(q);
     }
-    let start = h.date_time(tq1.field(7), "TQ1-7", t);
+    let start = h.date_time(tq1.field(7), &at(tq1, 7), t);
     if let Some(d) = mr.dosage_instruction.first_mut() {
         if !text.is_empty() {
             d.text = Some(text);

@@ -39,6 +39,11 @@ pub fn patient_id(msg: &Message) -> Option<String> {
     (!id.trim().is_empty()).then(|| id.trim().to_string())
 }
 
+/// Where a warning points: `OBX-5 (segment 9)`.
+pub(crate) fn at(seg: &Segment, field: usize) -> String {
+    format!("{}-{field} (segment {})", seg.id, seg.position)
+}
+
 /// What every sub-mapping needs.
 pub(crate) struct Helper<'a> {
     pub msg: &'a Message,

@@ -1,7 +1,7 @@
 //! ADT (ADT-00 and friends): Patient, AllergyIntolerance (AL1), Coverage (IN1) and the
 //! height, weight and blood-type Observations carried in OBX.
 
-use super::{ascii_fold, Helper};
+use super::{ascii_fold, at, Helper};
 use crate::codes;
 use crate::Translation;
 use kakehashi_fhir::*;
@@ -50,7 +50,7 @@ fn patient(h: &Helper<'_>, pid: &kakehashi_adapters::hl7v2::Segment, t: &mut Tra
             "A" => Some("ABC"),
             "" => None,
             other => {
-                t.warn("PID-5.8", format!("name representation `{other}` is unknown"));
+                t.warn(&at(pid, 5), format!("name representation `{other}` is unknown"));
                 None
             }
         };
@@ -74,7 +74,7 @@ fn patient(h: &Helper<'_>, pid: &kakehashi_adapters::hl7v2::Segment, t: &mut Tra
     if !birth.is_empty() {
         match crate::datetime::date(birth) {
             Ok(d) => p.birth_date = Some(d),
-            Err(e) => t.warn("PID-7", e.to_string()),
+            Err(e) => t.warn(&at(pid, 7), e.to_string()),
         }
     }
     p.gender = match pid.field(8).trim() {
@@ -84,7 +84,7 @@ fn patient(h: &Helper<'_>, pid: &kakehashi_adapters::hl7v2::Segment, t: &mut Tra
         "U" | "A" | "N" => Some("unknown".into()),
         "" => None,
         other => {
-            t.warn("PID-8", format!("administrative sex `{other}` is unknown"));
+            t.warn(&at(pid, 8), format!("administrative sex `{other}` is unknown"));
             Some("unknown".into())
         }
     };
@@ -145,14 +145,14 @@ fn patient(h: &Helper<'_>, pid: &kakehashi_adapters::hl7v2::Segment, t: &mut Tra
 fn allergy(
     h: &Helper<'_>,
     al1: &kakehashi_adapters::hl7v2::Segment,
-    i: usize,
+    _index: usize,
     t: &mut Translation,
 ) -> Option<AllergyIntolerance> {
     let m = h.msg;
     let raw_code = m.repetitions(al1.field(3)).next().unwrap_or("");
-    let code = h.concept(raw_code, "AL1-3", t);
+    let code = h.concept(raw_code, &at(al1, 3), t);
     let Some(code) = code else {
-        t.warn(format!("AL1[{}]-3", i + 1), "allergen is empty; allergy not mapped");
+        t.warn(at(al1, 3), "allergen is empty; allergy not mapped");
         return None;
     };
     let key = format!(
@@ -192,7 +192,7 @@ fn allergy(
         criticality: criticality.map(String::from),
         code: Some(code),
         patient: h.patient_ref(),
-        onset_date_time: h.date_time(al1.field(6), "AL1-6", t),
+        onset_date_time: h.date_time(al1.field(6), &at(al1, 6), t),
         reaction,
         ..Default::default()
     })
@@ -204,11 +204,11 @@ fn coverage(h: &Helper<'_>, in1: &kakehashi_adapters::hl7v2::Segment, t: &mut Tr
     let m = h.msg;
     let insurer = ascii_fold(&m.unescape(in1.field(3)));
     if insurer.is_empty() {
-        t.warn("IN1-3", "insurer number (保険者番号) is empty; coverage not mapped");
+        t.warn(&at(in1, 3), "insurer number (保険者番号) is empty; coverage not mapped");
         return None;
     }
     if !insurer.bytes().all(|b| b.is_ascii_digit()) || !matches!(insurer.len(), 6 | 8) {
-        t.warn("IN1-3", format!("insurer number `{insurer}` is not 6 or 8 digits"));
+        t.warn(&at(in1, 3), format!("insurer number `{insurer}` is not 6 or 8 digits"));
     }
     // SS-MIX2: 記号 in IN1-10, 番号 in IN1-11 (as written on the card, full-width allowed).
     let symbol = m.unescape(in1.field(10)).trim().to_string();
@@ -224,8 +224,8 @@ fn coverage(h: &Helper<'_>, in1: &kakehashi_adapters::hl7v2::Segment, t: &mut Tr
         }
     }
     let member_id = format!("{insurer}:{}:{}", ascii_fold(&symbol), ascii_fold(&number));
-    let start = h.date_time(in1.field(12), "IN1-12", t);
-    let end = h.date_time(in1.field(13), "IN1-13", t);
+    let start = h.date_time(in1.field(12), &at(in1, 12), t);
+    let end = h.date_time(in1.field(13), &at(in1, 13), t);
     let relationship = match h.comp(in1, 17, 1).as_str() {
         "SEL" => Some(("self", "本人")),
         "SPO" => Some(("spouse", "配偶者")),
@@ -245,7 +245,7 @@ fn coverage(h: &Helper<'_>, in1: &kakehashi_adapters::hl7v2::Segment, t: &mut Tr
             .into_iter()
             .collect(),
         status: "active".into(),
-        type_: h.concept(m.repetitions(in1.field(2)).next().unwrap_or(""), "IN1-2", t),
+        type_: h.concept(m.repetitions(in1.field(2)).next().unwrap_or(""), &at(in1, 2), t),
         subscriber_id: (!number.is_empty()).then(|| ascii_fold(&number)),
         beneficiary: h.patient_ref(),
         relationship: relationship.map(|(c, d)| {
@@ -280,7 +280,7 @@ fn body_observation(
         "9N006000000000001" => ("29463-7", "Body weight"),
         "5H010000009199911" => ("883-9", "ABO group [Type] in Blood"),
         _ => {
-            t.warn("OBX-3", format!("ADT observation `{jlac}` is not height, weight or blood type; not mapped"));
+            t.warn(&at(obx, 3), format!("ADT observation `{jlac}` is not height, weight or blood type; not mapped"));
             return None;
         }
     };

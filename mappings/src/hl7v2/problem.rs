@@ -1,7 +1,7 @@
 //! Problems (PPR-01, PPR^ZD1): a Condition per PRB with the MEDIS disease code
 //! (病名管理番号 / 病名交換用コード) and ICD-10, onset, abatement and clinical status.
 
-use super::Helper;
+use super::{at, Helper};
 use crate::codes;
 use crate::Translation;
 use kakehashi_fhir::*;
@@ -10,11 +10,11 @@ pub(super) fn translate(h: &Helper<'_>, t: &mut Translation) {
     let m = h.msg;
     let zpr = m.segment("ZPR");
     let mut any = false;
-    for (i, prb) in m.segments("PRB").enumerate() {
+    for prb in m.segments("PRB") {
         any = true;
         let action = prb.field(1).trim();
-        let Some(mut code) = h.concept(prb.field(3), "PRB-3", t) else {
-            t.warn(format!("PRB[{}]-3", i + 1), "problem without a code; not mapped");
+        let Some(mut code) = h.concept(prb.field(3), &at(prb, 3), t) else {
+            t.warn(at(prb, 3), "problem without a code; not mapped");
             continue;
         };
         // MDCDX2 carries both the 8-digit 病名管理番号 and the 4-character 病名交換用コード.
@@ -34,7 +34,7 @@ pub(super) fn translate(h: &Helper<'_>, t: &mut Translation) {
                 code.coding.push(c);
             }
         }
-        if let Some(icd) = h.concept(prb.field(10), "PRB-10", t) {
+        if let Some(icd) = h.concept(prb.field(10), &at(prb, 10), t) {
             code.coding.extend(icd.coding.into_iter().filter(|c| c.system.as_deref() == codes::system_for("I10")));
         }
         let instance = h.comp(prb, 4, 1);
@@ -47,7 +47,7 @@ pub(super) fn translate(h: &Helper<'_>, t: &mut Translation) {
                 instance
             }
         );
-        let abatement = h.date_time(prb.field(9), "PRB-9", t);
+        let abatement = h.date_time(prb.field(9), &at(prb, 9), t);
         let outcome = h.comp(prb, 14, 1);
         let clinical = match (action, abatement.is_some(), outcome.as_str()) {
             ("DE", _, _) => None,
@@ -77,9 +77,9 @@ pub(super) fn translate(h: &Helper<'_>, t: &mut Translation) {
             ))],
             code: Some(code),
             subject: h.patient_ref(),
-            onset_date_time: h.date_time(prb.field(16), "PRB-16", t),
+            onset_date_time: h.date_time(prb.field(16), &at(prb, 16), t),
             abatement_date_time: abatement,
-            recorded_date: h.date_time(prb.field(2), "PRB-2", t),
+            recorded_date: h.date_time(prb.field(2), &at(prb, 2), t),
             note: {
                 let text = m.unescape(prb.field(17)).trim().to_string();
                 (!text.is_empty()).then(|| Annotation { text, ..Default::default() }).into_iter().collect()
