@@ -76,6 +76,8 @@ pub struct Server {
     pub shutdown_grace_secs: u64,
     /// How often CRL files are checked for changes, in seconds.
     pub crl_check_secs: u64,
+    /// How often sites are re-scanned for new or changed records, in milliseconds.
+    pub records_refresh_ms: u64,
 }
 
 impl Default for Server {
@@ -90,6 +92,7 @@ impl Default for Server {
             max_body_bytes: 8 * 1024 * 1024,
             shutdown_grace_secs: 30,
             crl_check_secs: 2,
+            records_refresh_ms: 2000,
         }
     }
 }

@@ -67,6 +67,16 @@ pub fn fingerprint(der: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, der).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The institution code a certificate claims, whether or not it is a member.
+pub fn claimed_institution(der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let sans = cert.subject_alternative_name().ok()??;
+    sans.value.general_names.iter().find_map(|n| match n {
+        GeneralName::URI(u) => u.strip_prefix(INSTITUTION_URI).map(str::to_string),
+        _ => None,
+    })
+}
+
 /// Read the principal out of a leaf certificate.
 pub fn principal_from_cert(der: Option<&[u8]>, members: &Members) -> Result<Principal, IdentityError> {
     let der = der.ok_or(IdentityError::NoCertificate)?;
@@ -178,6 +188,10 @@ mod tests {
 pub struct ConnInfo {
     /// The client's socket address.
     pub peer: std::net::SocketAddr,
+    /// SHA-256 of the client certificate, when one was presented.
+    pub fingerprint: Option<String>,
+    /// The institution the certificate claims, even when it is not a member.
+    pub claimed_institution: Option<String>,
     /// The principal, or why the certificate does not name one.
     pub identity: Result<Arc<Principal>, IdentityError>,
 }
@@ -216,7 +230,12 @@ mod layer_tests {
     fn req(identity: Option<Result<Arc<Principal>, IdentityError>>) -> http::Request<axum::body::Body> {
         let mut r = http::Request::new(axum::body::Body::empty());
         if let Some(identity) = identity {
-            r.extensions_mut().insert(ConnInfo { peer: "127.0.0.1:1".parse().unwrap(), identity });
+            r.extensions_mut().insert(ConnInfo {
+                peer: "127.0.0.1:1".parse().unwrap(),
+                fingerprint: None,
+                claimed_institution: None,
+                identity,
+            });
         }
         r
     }

@@ -4,11 +4,14 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod fhir_api;
 pub mod identity;
+pub mod policy;
+pub mod records;
 pub mod sites;
 pub mod store;
 pub mod tls;

@@ -14,10 +14,16 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-/// Institutions of the test federation.
-pub const HUB: &str = "0110000001";
-/// A clinic.
-pub const CLINIC: &str = "0120000002";
+/// Institutions of the test federation (the demo's codes, so the demo's sample sites fit).
+pub const HUB: &str = "4610100011";
+/// A clinic (owner of the demo's clinic-a MML site).
+pub const CLINIC: &str = "4610200021";
+/// A second clinic.
+pub const CLINIC_B: &str = "4610200032";
+/// A pharmacy.
+pub const PHARMACY: &str = "4640300043";
+/// The federation audit body.
+pub const AUDIT_BODY: &str = "4690000054";
 /// An institution with valid certificates that is not in the configuration.
 pub const OUTSIDER: &str = "0990000009";
 
@@ -44,6 +50,7 @@ name = "test"
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 crl_check_secs = 1
+records_refresh_ms = 200
 {server_extra}
 [tls]
 client_ca = "pki/ca.pem"
@@ -60,6 +67,26 @@ kind = "hub-hospital"
 code = "{CLINIC}"
 name = "Clinic"
 kind = "clinic"
+[[institution]]
+code = "{CLINIC_B}"
+name = "Clinic B"
+kind = "clinic"
+[[institution]]
+code = "{PHARMACY}"
+name = "Pharmacy"
+kind = "pharmacy"
+[[institution]]
+code = "{AUDIT_BODY}"
+name = "Audit body"
+kind = "audit-body"
+[[site]]
+id = "hub"
+owner = "{HUB}"
+connector = {{ kind = "ss-mix2", root = "sites/hub/ss-mix2" }}
+[[site]]
+id = "clinic-a"
+owner = "{CLINIC}"
+connector = {{ kind = "mml", dir = "sites/clinic-a/mml" }}
 "#
     );
     let p = dir.join("kakehashi.toml");
@@ -77,6 +104,7 @@ impl TestGateway {
     pub async fn start_with(server_extra: &str) -> TestGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = Pki::init(&dir.path().join("pki"), &InitOptions::default()).expect("pki");
+        kakehashi::demo::write_sites(dir.path()).expect("sample sites");
         let cfg = Config::load(&write_config(dir.path(), server_extra)).expect("config");
         let gw = Gateway::bind(cfg).await.expect("bind");
         let (addr, admin) = (gw.local_addr(), gw.admin_addr());
@@ -99,6 +127,11 @@ impl TestGateway {
     /// A client trusting the federation CA and presenting `id`.
     pub fn client(&self, id: Option<&Identity>) -> Client {
         Client::new(&self.pki.ca_cert_path(), id, &[b"http/1.1"], None)
+    }
+
+    /// The gateway's SQLite database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("kakehashi.db")
     }
 
     /// Stop the gateway and wait for it to drain.

@@ -35,18 +35,31 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// The database.
     pub store: crate::store::Store,
+    /// Every site's records.
+    pub records: Arc<crate::records::Records>,
+    /// The policy decision point.
+    pub policy: Arc<crate::policy::Policy>,
+    /// The audit log writer.
+    pub audit: crate::audit::AuditLog,
 }
 
 impl AppState {
     /// State for a configuration.
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, store: crate::store::Store) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        store: crate::store::Store,
+        records: Arc<crate::records::Records>,
+        audit: crate::audit::AuditLog,
+    ) -> Self {
         let started = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into());
         let capability =
             serde_json::to_vec(&crate::fhir_api::capability::statement(&started)).map(Bytes::from).unwrap_or_default();
         let request_timeout = Duration::from_secs(config.server.request_timeout_secs);
-        AppState { config, metrics, capability, request_timeout, store }
+        let policy = crate::policy::Policy::new();
+        AppState { config, metrics, capability, request_timeout, store, records, policy, audit }
     }
 }
 
@@ -61,11 +74,37 @@ pub fn build(state: AppState) -> Router {
 }
 
 async fn identity(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let refused = req.extensions().get::<crate::identity::ConnInfo>().is_none_or(|c| c.identity.is_err());
-    if refused {
+    let conn = req.extensions().get::<crate::identity::ConnInfo>().cloned();
+    if conn.as_ref().is_none_or(|c| c.identity.is_err()) {
         state.metrics.identity_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let reason = e_reason(conn.as_ref());
+        let rec = crate::audit::AuditRecord {
+            interaction: crate::audit::Interaction::Connect,
+            outcome: crate::audit::Outcome::Denied,
+            outcome_desc: Some(reason.clone()),
+            requestor: crate::audit::Requestor::Unidentified {
+                fingerprint: conn.as_ref().and_then(|c| c.fingerprint.clone()),
+                institution: conn.as_ref().and_then(|c| c.claimed_institution.clone()),
+            },
+            source_address: conn.as_ref().map(|c| c.peer.to_string()).unwrap_or_default(),
+            disclosed: vec![],
+            query: None,
+            purpose: "TREAT".into(),
+            break_glass_reason: None,
+            recorded_micros: crate::audit::now_micros(),
+        };
+        if let Err(e) = state.audit.record(rec).await {
+            return ApiError::Unavailable(e.to_string()).into_response();
+        }
     }
     crate::identity::layer(req, next).await
+}
+
+fn e_reason(conn: Option<&crate::identity::ConnInfo>) -> String {
+    match conn.map(|c| &c.identity) {
+        Some(Err(e)) => e.to_string(),
+        _ => crate::identity::IdentityError::NoCertificate.to_string(),
+    }
 }
 
 async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {

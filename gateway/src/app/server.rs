@@ -74,7 +74,10 @@ impl Gateway {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Gateway { config, listener, admin, tls, members, metrics, store } = self;
         let limits = &config.server;
-        let state = AppState::new(config.clone(), metrics.clone(), store.clone());
+        let records = crate::records::Records::load(&config);
+        let refresh = tokio::spawn(records.clone().watch(Duration::from_millis(limits.records_refresh_ms.max(100))));
+        let audit = crate::audit::AuditLog::start(store.clone(), format!("kakehashi {}", config.federation.name));
+        let state = AppState::new(config.clone(), metrics.clone(), store.clone(), records, audit);
         let app = build(state);
         let http = Arc::new(http_builder(limits.header_read_timeout_secs, limits.max_header_bytes));
         let graceful = GracefulShutdown::new();
@@ -119,7 +122,12 @@ impl Gateway {
                 metrics.connections_accepted.fetch_add(1, Relaxed);
                 metrics.connections_open.fetch_add(1, Relaxed);
                 let identity = principal_from_cert(leaf.as_deref(), &members).map(Arc::new);
-                let conn = ConnInfo { peer, identity };
+                let conn = ConnInfo {
+                    peer,
+                    fingerprint: leaf.as_deref().map(crate::identity::fingerprint),
+                    claimed_institution: leaf.as_deref().and_then(crate::identity::claimed_institution),
+                    identity,
+                };
                 let svc = app.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(conn.clone());
                     req.map(axum::body::Body::new)
@@ -133,6 +141,7 @@ impl Gateway {
         }
         drop(listener);
         watcher.abort();
+        refresh.abort();
         admin_task.abort();
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
         if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {

@@ -32,7 +32,26 @@ pub fn statement(started: &str) -> CapabilityStatement {
                     "Mutual TLS: every client presents a certificate of the federation CA naming institution, role and terminal.".into(),
                 ),
             }),
-            resource: vec![],
+            resource: super::read::SERVED_TYPES
+                .iter()
+                .map(|ty| RestResource {
+                    type_: (*ty).to_string(),
+                    interaction: ["read", "search-type"].iter().map(|c| Interaction { code: (*c).into() }).collect(),
+                    search_param: super::params::supported(ty)
+                        .iter()
+                        .map(|(name, kind)| SearchParam { name: (*name).into(), type_: (*kind).into(), documentation: None })
+                        .chain(std::iter::once(SearchParam { name: "_id".into(), type_: "token".into(), documentation: None }))
+                        .collect(),
+                    operation: if *ty == "Patient" {
+                        vec![Operation {
+                            name: "everything".into(),
+                            definition: "http://hl7.org/fhir/OperationDefinition/Patient-everything".into(),
+                        }]
+                    } else {
+                        vec![]
+                    },
+                })
+                .collect(),
             interaction: vec![],
             operation: vec![],
         }],

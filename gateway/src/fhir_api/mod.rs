@@ -4,6 +4,8 @@
 
 pub mod capability;
 pub mod negotiate;
+pub mod params;
+pub mod read;
 
 use crate::app::{ApiError, AppState};
 use axum::extract::Request;
@@ -15,6 +17,9 @@ use axum::Router;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/fhir/metadata", get(capability::metadata))
+        .route("/fhir/Patient/{id}/$everything", get(read::everything))
+        .route("/fhir/{type}", get(read::search))
+        .route("/fhir/{type}/{id}", get(read::read))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }

@@ -1,0 +1,133 @@
+//! The audit log writer: one task per gateway appends events in batches (group
+//! commit), each event chained to the previous one by SHA-256, and answers every
+//! waiting request only after its batch is committed (`synchronous=FULL` on SQLite,
+//! a committed transaction on PostgreSQL). Callers that get an error must not
+//! disclose anything.
+
+use super::event::AuditRecord;
+use crate::store::{Backend, Store};
+use sqlx::Row;
+use tokio::sync::{mpsc, oneshot};
+
+/// Hash of the (virtual) event before the first one.
+pub const GENESIS: [u8; 32] = [0; 32];
+/// Largest batch committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// The audit store could not record an event.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the audit log is unavailable: {0}")]
+pub struct AuditError(pub String);
+
+/// Chain hash of one event: SHA-256 over its sequence number (big-endian), the previous
+/// hash and the exact stored event bytes.
+pub fn chain_hash(seq: i64, prev: &[u8], event: &[u8]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(&seq.to_be_bytes());
+    ctx.update(prev);
+    ctx.update(event);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+struct Job {
+    record: AuditRecord,
+    reply: oneshot::Sender<Result<i64, AuditError>>,
+}
+
+/// Handle to the audit writer.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Job>,
+}
+
+impl AuditLog {
+    /// Start the writer task for `store`; `observer` names this gateway in events.
+    pub fn start(store: Store, observer: String) -> AuditLog {
+        let (tx, rx) = mpsc::channel(8192);
+        tokio::spawn(writer(store, observer, rx));
+        AuditLog { tx }
+    }
+
+    /// Record one event durably; returns its sequence number.
+    pub async fn record(&self, record: AuditRecord) -> Result<i64, AuditError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Job { record, reply }).await.map_err(|_| AuditError("writer stopped".into()))?;
+        rx.await.map_err(|_| AuditError("writer stopped".into()))?
+    }
+}
+
+async fn writer(store: Store, observer: String, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        match write_batch(&store, &observer, &batch).await {
+            Ok(first_seq) => {
+                for (i, job) in batch.into_iter().enumerate() {
+                    let _ = job.reply.send(Ok(first_seq + i as i64));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, events = batch.len(), "audit batch not written; the reads are refused");
+                for job in batch {
+                    let _ = job.reply.send(Err(AuditError(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+fn list(items: Vec<&str>) -> String {
+    if items.is_empty() {
+        String::new()
+    } else {
+        format!(",{},", items.join(","))
+    }
+}
+
+async fn write_batch(store: &Store, observer: &str, batch: &[Job]) -> Result<i64, sqlx::Error> {
+    let mut tx = store.pool().begin().await?;
+    if store.backend() == Backend::Postgres {
+        // Instances sharing one database append to one chain, one batch at a time.
+        sqlx::query("SELECT pg_advisory_xact_lock(7263002)").execute(&mut *tx).await?;
+    }
+    let head =
+        sqlx::query("SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *tx).await?;
+    let (mut seq, mut prev): (i64, Vec<u8>) = match head {
+        Some(row) => (row.try_get(0)?, row.try_get(1)?),
+        None => (0, GENESIS.to_vec()),
+    };
+    let first = seq + 1;
+    for job in batch {
+        seq += 1;
+        let r = &job.record;
+        let event = serde_json::to_vec(&r.to_fhir(seq, observer)).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+        let hash = chain_hash(seq, &prev, &event);
+        sqlx::query(
+            "INSERT INTO audit_event (seq, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, event, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(seq)
+        .bind(r.recorded_micros)
+        .bind(r.agent_institution().unwrap_or("").to_string())
+        .bind(list(r.owners()))
+        .bind(list(r.patients()))
+        .bind(r.outcome.code())
+        .bind(r.interaction.code())
+        .bind(i64::from(r.crosses_boundary()))
+        .bind(String::from_utf8_lossy(&event).into_owned())
+        .bind(prev.clone())
+        .bind(hash.to_vec())
+        .execute(&mut *tx)
+        .await?;
+        prev = hash.to_vec();
+    }
+    tx.commit().await?;
+    Ok(first)
+}

@@ -1,0 +1,13 @@
+//! Audit: one AuditEvent per disclosure or refusal, written durably and hash-chained
+//! before the response body leaves.
+
+pub mod event;
+pub mod log;
+
+pub use event::{AuditRecord, Disclosed, Interaction, Outcome, Requestor};
+pub use log::{AuditError, AuditLog};
+
+/// Now, in Unix microseconds.
+pub fn now_micros() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
+}

@@ -1,0 +1,312 @@
+//! Reads, searches and `$everything`: look up, let the policy decide per resource,
+//! audit exactly what is returned, then answer. Nothing reaches the response without
+//! passing through `Policy` (as [`Permitted`]) and a committed audit record.
+
+use super::params::{self, Criterion, Search};
+use crate::app::{fhir_bytes, ApiError, AppState};
+use crate::audit::{now_micros, AuditRecord, Disclosed, Interaction, Outcome, Requestor};
+use crate::identity::{ConnInfo, Principal};
+use crate::policy::{Permitted, Refusal};
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use std::sync::Arc;
+
+/// Resource types served under `/fhir/{type}`.
+pub const SERVED_TYPES: &[&str] =
+    &["Patient", "MedicationRequest", "Observation", "Condition", "AllergyIntolerance", "Coverage", "DiagnosticReport"];
+
+struct Caller {
+    who: Arc<Principal>,
+    peer: String,
+    base: String,
+    strict: bool,
+}
+
+fn caller(req: &Request, state: &AppState) -> Result<Caller, ApiError> {
+    let who = req
+        .extensions()
+        .get::<Arc<Principal>>()
+        .cloned()
+        .ok_or_else(|| ApiError::Forbidden("no principal on this request".into()))?;
+    let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer.to_string()).unwrap_or_default();
+    Ok(Caller { who, peer, base: base_url(req.headers(), req.uri(), state), strict: prefers_strict(req.headers()) })
+}
+
+/// `https://host/fhir`, from the request's authority when it is a plain host name.
+fn base_url(headers: &HeaderMap, uri: &http::Uri, state: &AppState) -> String {
+    let host = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .filter(|h| {
+            !h.is_empty() && h.len() < 256 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .unwrap_or_else(|| state.config.server.listen.to_string());
+    format!("https://{host}/fhir")
+}
+
+fn prefers_strict(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .any(|p| p.trim().eq_ignore_ascii_case("handling=strict"))
+}
+
+fn check_type(ty: &str) -> Result<(), ApiError> {
+    if SERVED_TYPES.contains(&ty) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!("resource type `{ty}` is not served here")))
+    }
+}
+
+fn disclosed(p: &Permitted) -> Disclosed {
+    Disclosed {
+        reference: p.record.key(),
+        owner: p.record.owner.clone(),
+        patient: p.record.patient.clone(),
+        basis: p.permit.basis().code().to_string(),
+    }
+}
+
+fn record(
+    c: &Caller,
+    interaction: Interaction,
+    outcome: Outcome,
+    desc: Option<String>,
+    disclosed: Vec<Disclosed>,
+    query: Option<String>,
+) -> AuditRecord {
+    AuditRecord {
+        interaction,
+        outcome,
+        outcome_desc: desc,
+        requestor: Requestor::Principal(c.who.clone()),
+        source_address: c.peer.clone(),
+        disclosed,
+        query,
+        purpose: "TREAT".into(),
+        break_glass_reason: None,
+        recorded_micros: now_micros(),
+    }
+}
+
+/// Write the audit record or refuse: nothing is disclosed unaudited.
+async fn audit(state: &AppState, rec: AuditRecord) -> Result<(), ApiError> {
+    state.audit.record(rec).await.map(|_| ()).map_err(|e| ApiError::Unavailable(format!("{e}; nothing was disclosed")))
+}
+
+/// A role-level refusal: audited, then 403 (reveals nothing about existence).
+async fn refuse_role(
+    state: &AppState,
+    c: &Caller,
+    interaction: Interaction,
+    r: Refusal,
+    query: Option<String>,
+) -> ApiError {
+    let rec = record(c, interaction, Outcome::Denied, Some(r.to_string()), vec![], query);
+    match audit(state, rec).await {
+        Ok(()) => ApiError::Forbidden(r.to_string()),
+        Err(e) => e,
+    }
+}
+
+/// `GET /fhir/{type}/{id}`.
+pub async fn read(State(state): State<AppState>, Path((ty, id)): Path<(String, String)>, req: Request) -> Response {
+    read_inner(state, ty, id, req).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn read_inner(state: AppState, ty: String, id: String, req: Request) -> Result<Response, ApiError> {
+    check_type(&ty)?;
+    let c = caller(&req, &state)?;
+    if let Err(r) = state.policy.may_read_type(&c.who, &ty) {
+        return Err(refuse_role(&state, &c, Interaction::Read, r, None).await);
+    }
+    let snap = state.records.snapshot();
+    let not_found = || ApiError::NotFound(format!("{ty}/{id} is not known or not visible to you"));
+    let Some(stored) = snap.get(&ty, &id) else { return Err(not_found()) };
+    match state.policy.decide(&c.who, stored) {
+        Ok(permit) => {
+            let p = Permitted { permit, record: stored.clone() };
+            audit(&state, record(&c, Interaction::Read, Outcome::Success, None, vec![disclosed(&p)], None)).await?;
+            Ok(fhir_bytes(StatusCode::OK, p.record.json.get().to_string()))
+        }
+        Err(r) => {
+            // Existence must not leak across a boundary: the refusal looks like absence.
+            let asked = Disclosed {
+                reference: stored.key(),
+                owner: stored.owner.clone(),
+                patient: stored.patient.clone(),
+                basis: String::new(),
+            };
+            audit(&state, record(&c, Interaction::Read, Outcome::Denied, Some(r.to_string()), vec![asked], None))
+                .await?;
+            Err(not_found())
+        }
+    }
+}
+
+/// `GET /fhir/{type}?...`.
+pub async fn search(State(state): State<AppState>, Path(ty): Path<String>, req: Request) -> Response {
+    search_inner(state, ty, req).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn search_inner(state: AppState, ty: String, req: Request) -> Result<Response, ApiError> {
+    check_type(&ty)?;
+    let c = caller(&req, &state)?;
+    let query = req.uri().query().unwrap_or("").to_string();
+    if let Err(r) = state.policy.may_read_type(&c.who, &ty) {
+        return Err(refuse_role(&state, &c, Interaction::Search, r, Some(query)).await);
+    }
+    let search = params::parse(&ty, &query, c.strict)?;
+    let snap = state.records.snapshot();
+    let patient_filter = search.criteria.iter().find_map(|cr| match cr {
+        Criterion::Patient(ids) => Some(ids.clone()),
+        _ => None,
+    });
+    let candidates: Vec<&Arc<crate::records::Stored>> = match &patient_filter {
+        Some(ids) => ids.iter().flat_map(|id| snap.for_patient(id)).filter(|s| s.resource.type_name() == ty).collect(),
+        None => snap.of_type(&ty).collect(),
+    };
+    let matching =
+        candidates.into_iter().filter(|s| params::matches(&s.resource, s.patient.as_deref(), &search.criteria));
+    let permitted = state.policy.filter(&c.who, matching);
+    respond_page(&state, &c, Interaction::Search, &format!("{ty}"), &search, permitted, Some(query)).await
+}
+
+/// `GET /fhir/Patient/{id}/$everything`.
+pub async fn everything(State(state): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
+    everything_inner(state, id, req).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn everything_inner(state: AppState, id: String, req: Request) -> Result<Response, ApiError> {
+    let c = caller(&req, &state)?;
+    let query = req.uri().query().unwrap_or("").to_string();
+    if let Err(r) = state.policy.may_read_type(&c.who, "Patient") {
+        return Err(refuse_role(&state, &c, Interaction::Everything, r, None).await);
+    }
+    let mut search = params::parse("Patient", &query, c.strict)?;
+    if !search.criteria.is_empty() {
+        return Err(ApiError::invalid("$everything takes only _count and _offset here", "Patient/$everything"));
+    }
+    search.used.clear();
+    let snap = state.records.snapshot();
+    let permitted = state.policy.filter(&c.who, snap.for_patient(&id));
+    if permitted.is_empty() {
+        let asked: Vec<Disclosed> = snap
+            .get("Patient", &id)
+            .map(|s| Disclosed {
+                reference: s.key(),
+                owner: s.owner.clone(),
+                patient: s.patient.clone(),
+                basis: String::new(),
+            })
+            .into_iter()
+            .collect();
+        audit(
+            &state,
+            record(&c, Interaction::Everything, Outcome::Denied, Some(Refusal::NoGrant.to_string()), asked, None),
+        )
+        .await?;
+        return Err(ApiError::NotFound(format!("Patient/{id} is not known or not visible to you")));
+    }
+    respond_page(&state, &c, Interaction::Everything, &format!("Patient/{id}/$everything"), &search, permitted, None)
+        .await
+}
+
+#[derive(Serialize)]
+struct BundleOut<'a> {
+    #[serde(rename = "resourceType")]
+    resource_type: &'static str,
+    #[serde(rename = "type")]
+    type_: &'static str,
+    total: usize,
+    link: Vec<LinkOut>,
+    entry: Vec<EntryOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct LinkOut {
+    relation: &'static str,
+    url: String,
+}
+
+#[derive(Serialize)]
+struct EntryOut<'a> {
+    #[serde(rename = "fullUrl", skip_serializing_if = "Option::is_none")]
+    full_url: Option<String>,
+    resource: &'a RawValue,
+    search: SearchOut,
+}
+
+#[derive(Serialize)]
+struct SearchOut {
+    mode: &'static str,
+}
+
+fn page_url(base: &str, path: &str, used: &[(String, String)], count: usize, offset: usize) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in used {
+        q.append_pair(k, v);
+    }
+    q.append_pair("_count", &count.to_string());
+    if offset > 0 {
+        q.append_pair("_offset", &offset.to_string());
+    }
+    format!("{base}/{path}?{}", q.finish())
+}
+
+async fn respond_page(
+    state: &AppState,
+    c: &Caller,
+    interaction: Interaction,
+    path: &str,
+    search: &Search,
+    permitted: Vec<Permitted>,
+    query: Option<String>,
+) -> Result<Response, ApiError> {
+    let total = permitted.len();
+    let start = search.offset.min(total);
+    let end = (start + search.count).min(total);
+    let page = &permitted[start..end];
+    audit(state, record(c, interaction, Outcome::Success, None, page.iter().map(disclosed).collect(), query)).await?;
+
+    let mut link = vec![LinkOut { relation: "self", url: page_url(&c.base, path, &search.used, search.count, start) }];
+    if end < total && search.count > 0 {
+        link.push(LinkOut { relation: "next", url: page_url(&c.base, path, &search.used, search.count, end) });
+    }
+    if start > 0 {
+        link.push(LinkOut {
+            relation: "previous",
+            url: page_url(&c.base, path, &search.used, search.count, start.saturating_sub(search.count)),
+        });
+    }
+    let outcome = (!search.ignored.is_empty()).then(|| {
+        let oo = kakehashi_fhir::OperationOutcome::single(
+            kakehashi_fhir::IssueSeverity::Warning,
+            kakehashi_fhir::IssueType::NotSupported,
+            format!("search parameters ignored: {}", search.ignored.join(", ")),
+            None,
+        );
+        serde_json::value::to_raw_value(&oo).ok()
+    });
+    let mut entry: Vec<EntryOut<'_>> = page
+        .iter()
+        .map(|p| EntryOut {
+            full_url: Some(format!("{}/{}", c.base, p.record.key())),
+            resource: &p.record.json,
+            search: SearchOut { mode: "match" },
+        })
+        .collect();
+    if let Some(Some(oo)) = &outcome {
+        entry.push(EntryOut { full_url: None, resource: oo, search: SearchOut { mode: "outcome" } });
+    }
+    let body = BundleOut { resource_type: "Bundle", type_: "searchset", total, link, entry };
+    let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(fhir_bytes(StatusCode::OK, bytes))
+}

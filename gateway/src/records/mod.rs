@@ -1,0 +1,243 @@
+//! Records: each site's resources, translated once and kept in memory, refreshed when
+//! the site's files change. Requests read an immutable [`Snapshot`]; a background task
+//! re-scans the sites and swaps in a new snapshot, re-translating only changed files.
+
+use crate::config::{Config, Connector};
+use crate::sites::Owner;
+use kakehashi_adapters::ss_mix2::Storage;
+use kakehashi_adapters::text::Charset;
+use kakehashi_fhir::Resource;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+/// One resource as served: parsed, pre-serialised, with its owner and patient.
+#[derive(Debug)]
+pub struct Stored {
+    /// The resource.
+    pub resource: Resource,
+    /// Its JSON, serialised once.
+    pub json: Box<RawValue>,
+    /// The institution owning it (the boundary it sits behind).
+    pub owner: String,
+    /// The site it came from.
+    pub site: String,
+    /// The id of the Patient it is about (or its own id for a Patient).
+    pub patient: Option<String>,
+}
+
+impl Stored {
+    fn new(resource: Resource, owner: &Owner) -> Option<Stored> {
+        let json = serde_json::value::to_raw_value(&resource).ok()?;
+        let patient = patient_of(&resource);
+        Some(Stored { resource, json, owner: owner.code.clone(), site: owner.site.clone(), patient })
+    }
+
+    /// `Type/id`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.resource.type_name(), self.resource.id().unwrap_or(""))
+    }
+}
+
+/// The patient a resource is about.
+fn patient_of(r: &Resource) -> Option<String> {
+    let reference = match r {
+        Resource::Patient(p) => return p.id.clone(),
+        Resource::MedicationRequest(x) => Some(&x.subject),
+        Resource::AllergyIntolerance(x) => Some(&x.patient),
+        Resource::Condition(x) => Some(&x.subject),
+        Resource::Coverage(x) => Some(&x.beneficiary),
+        Resource::Observation(x) => x.subject.as_ref(),
+        Resource::DiagnosticReport(x) => x.subject.as_ref(),
+        Resource::Composition(x) => x.subject.as_ref(),
+        Resource::Consent(x) => x.patient.as_ref(),
+        _ => None,
+    }?;
+    reference.reference.as_deref()?.strip_prefix("Patient/").map(str::to_string)
+}
+
+/// An immutable view of every site's records.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// All resources.
+    pub all: Vec<Arc<Stored>>,
+    by_key: HashMap<(String, String), usize>,
+    by_patient: HashMap<String, Vec<usize>>,
+}
+
+impl Snapshot {
+    fn build(all: Vec<Arc<Stored>>) -> Snapshot {
+        let mut by_key = HashMap::with_capacity(all.len());
+        let mut by_patient: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, s) in all.iter().enumerate() {
+            by_key.insert((s.resource.type_name().to_string(), s.resource.id().unwrap_or("").to_string()), i);
+            if let Some(p) = &s.patient {
+                by_patient.entry(p.clone()).or_default().push(i);
+            }
+        }
+        Snapshot { all, by_key, by_patient }
+    }
+
+    /// A resource by type and id.
+    pub fn get(&self, ty: &str, id: &str) -> Option<&Arc<Stored>> {
+        self.by_key.get(&(ty.to_string(), id.to_string())).map(|&i| &self.all[i])
+    }
+
+    /// Every resource about a patient.
+    pub fn for_patient<'a>(&'a self, patient: &str) -> impl Iterator<Item = &'a Arc<Stored>> + 'a {
+        self.by_patient.get(patient).into_iter().flatten().map(move |&i| &self.all[i])
+    }
+
+    /// Every resource of a type.
+    pub fn of_type<'a>(&'a self, ty: &'a str) -> impl Iterator<Item = &'a Arc<Stored>> + 'a {
+        self.all.iter().filter(move |s| s.resource.type_name() == ty)
+    }
+}
+
+type Stamp = (SystemTime, u64);
+
+struct SiteState {
+    owner: Owner,
+    connector: Connector,
+    /// Per source file: its stamp and what it translated to.
+    files: HashMap<PathBuf, (Stamp, Vec<Arc<Stored>>)>,
+    /// Problems of the last scan, for logs (never sent to clients).
+    problems: usize,
+}
+
+/// All sites' records, refreshed in the background.
+pub struct Records {
+    sites: Mutex<Vec<SiteState>>,
+    current: RwLock<Arc<Snapshot>>,
+}
+
+impl Records {
+    /// Index the configured sites once.
+    pub fn load(cfg: &Config) -> Arc<Records> {
+        let sites = cfg
+            .sites
+            .iter()
+            .map(|s| SiteState {
+                owner: Owner {
+                    code: s.owner.clone(),
+                    name: cfg.institution(&s.owner).map(|i| i.name.clone()).unwrap_or_default(),
+                    site: s.id.clone(),
+                },
+                connector: s.connector.clone(),
+                files: HashMap::new(),
+                problems: 0,
+            })
+            .collect();
+        let r = Arc::new(Records { sites: Mutex::new(sites), current: RwLock::new(Arc::default()) });
+        r.refresh();
+        r
+    }
+
+    /// Records from explicit resources (tests, benchmarks).
+    pub fn from_resources(resources: Vec<(Resource, Owner)>) -> Arc<Records> {
+        let all = resources.into_iter().filter_map(|(r, o)| Stored::new(r, &o)).map(Arc::new).collect();
+        Arc::new(Records { sites: Mutex::new(Vec::new()), current: RwLock::new(Arc::new(Snapshot::build(all))) })
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Re-scan every site; re-translate changed files; swap the snapshot if anything
+    /// changed. Returns whether it did.
+    pub fn refresh(&self) -> bool {
+        let mut sites = match self.sites.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let mut changed = false;
+        for site in sites.iter_mut() {
+            changed |= refresh_site(site);
+        }
+        if changed {
+            let mut all: Vec<Arc<Stored>> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for site in sites.iter() {
+                let mut paths: Vec<&PathBuf> = site.files.keys().collect();
+                paths.sort();
+                for p in paths {
+                    for s in &site.files[p].1 {
+                        if seen.insert(s.key()) {
+                            all.push(s.clone());
+                        }
+                    }
+                }
+            }
+            let snap = Arc::new(Snapshot::build(all));
+            match self.current.write() {
+                Ok(mut g) => *g = snap,
+                Err(p) => *p.into_inner() = snap,
+            }
+        }
+        changed
+    }
+
+    /// Refresh every `every` until dropped.
+    pub async fn watch(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let me = self.clone();
+            // Directory walks and translation are blocking work.
+            let _ = tokio::task::spawn_blocking(move || me.refresh()).await;
+        }
+    }
+}
+
+fn stamp(p: &std::path::Path) -> Option<Stamp> {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+fn refresh_site(site: &mut SiteState) -> bool {
+    let (current, problems): (Vec<PathBuf>, usize) = match &site.connector {
+        Connector::SsMix2 { root } => match Storage::new(root).scan_all() {
+            Ok(scan) => (scan.files.into_iter().map(|f| f.path).collect(), scan.problems.len()),
+            Err(e) => {
+                tracing::error!(site = %site.owner.site, reason = %e.message, "site storage unreadable; keeping its last records");
+                return false;
+            }
+        },
+        // MML sites are served once the MML adapter lands (issue 4); until then they
+        // contribute no records rather than half-translated ones.
+        Connector::Mml { .. } => (Vec::new(), 0),
+    };
+    if problems != site.problems {
+        tracing::warn!(site = %site.owner.site, problems, "site storage has files that cannot be used");
+        site.problems = problems;
+    }
+    let mut changed = false;
+    let keep: std::collections::HashSet<&PathBuf> = current.iter().collect();
+    let before = site.files.len();
+    site.files.retain(|p, _| keep.contains(p));
+    changed |= site.files.len() != before;
+    for path in &current {
+        let Some(st) = stamp(path) else { continue };
+        if site.files.get(path).is_some_and(|(s, _)| *s == st) {
+            continue;
+        }
+        changed = true;
+        let resources = match crate::sites::translate_hl7_file(path, &site.owner, Some(Charset::Iso2022Jp)) {
+            Ok(t) => t.resources.into_iter().filter_map(|r| Stored::new(r, &site.owner)).map(Arc::new).collect(),
+            Err(e) => {
+                // The path names the patient: log the reason only.
+                tracing::warn!(site = %site.owner.site, reason = %e.message, "record not translated");
+                Vec::new()
+            }
+        };
+        site.files.insert(path.clone(), (st, resources));
+    }
+    changed
+}
