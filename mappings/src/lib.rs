@@ -47,8 +47,14 @@ pub fn stable_id(owner: &str, resource_type: &str, key: &str) -> String {
     input.push(0);
     input.extend_from_slice(key.as_bytes());
     let d = ring::digest::digest(&ring::digest::SHA256, &input);
-    let hex: String = d.as_ref()[..12].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{hex}", resource_type.to_ascii_lowercase())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = resource_type.to_ascii_lowercase();
+    id.push('-');
+    for b in &d.as_ref()[..12] {
+        id.push(HEX[usize::from(b >> 4)] as char);
+        id.push(HEX[usize::from(b & 15)] as char);
+    }
+    id
 }
 
 /// The institution owning a resource, as stamped by [`Context::own`].

@@ -38,9 +38,12 @@ impl Default for Delimiters {
 pub struct Segment {
     /// Segment id (`MSH`, `PID`, `ZPR` ...).
     pub id: String,
-    /// Raw fields; index 0 is field 1. For MSH, field 1 is the field separator and
-    /// field 2 the encoding characters, as the standard numbers them.
-    fields: Vec<String>,
+    /// The segment's text after the id and first separator.
+    line: String,
+    /// Byte ranges of the raw fields in `line`; index 0 is field 1. For MSH, field 1
+    /// is the field separator and field 2 the encoding characters, as the standard
+    /// numbers them (both kept in `line` ahead of the rest).
+    fields: Vec<(u32, u32)>,
     /// 1-based position in the message.
     pub position: usize,
 }
@@ -227,7 +230,15 @@ impl Message {
                     ),
                 ));
             }
-            let mut fields: Vec<String> = Vec::new();
+            let mut seg_line = String::new();
+            let mut fields: Vec<(u32, u32)> = Vec::new();
+            let push_fields = |rest: &str, seg_line: &mut String, fields: &mut Vec<(u32, u32)>| {
+                for f in rest.split(d.field) {
+                    let start = seg_line.len() as u32;
+                    seg_line.push_str(f);
+                    fields.push((start, seg_line.len() as u32));
+                }
+            };
             if id == "MSH" {
                 if position != 1 {
                     return Err(err(
@@ -237,13 +248,13 @@ impl Message {
                         "a second MSH segment: one message per input",
                     ));
                 }
-                fields.push(d.field.to_string());
-                let rest = &line[id_end + d.field.len_utf8()..];
-                fields.extend(rest.split(d.field).map(str::to_string));
+                seg_line.push(d.field);
+                fields.push((0, seg_line.len() as u32));
+                push_fields(&line[id_end + d.field.len_utf8()..], &mut seg_line, &mut fields);
             } else if id_end < line.len() {
-                fields.extend(line[id_end + d.field.len_utf8()..].split(d.field).map(str::to_string));
+                push_fields(&line[id_end + d.field.len_utf8()..], &mut seg_line, &mut fields);
             }
-            segments.push(Segment { id: id.to_string(), fields, position });
+            segments.push(Segment { id: id.to_string(), line: seg_line, fields, position });
         }
         Ok(Message { delimiters: d, segments, charset: Charset::Utf8 })
     }
@@ -337,7 +348,10 @@ impl Message {
 impl Segment {
     /// Raw field `n` (1-based, as the standard numbers it); empty when absent.
     pub fn field(&self, n: usize) -> &str {
-        n.checked_sub(1).and_then(|i| self.fields.get(i)).map(String::as_str).unwrap_or("")
+        n.checked_sub(1)
+            .and_then(|i| self.fields.get(i))
+            .and_then(|&(a, b)| self.line.get(a as usize..b as usize))
+            .unwrap_or("")
     }
 
     /// Number of fields present.

@@ -19,7 +19,7 @@ pub fn translate(msg: &Message, ctx: &Context) -> Translation {
         return t;
     };
     let (code, event, _) = msg.message_type();
-    let h = Helper { msg, ctx, pid: &pid };
+    let h = Helper { msg, ctx, pid: &pid, patient_id: ctx.id_for("Patient", &pid) };
     match (code.as_str(), event.as_str()) {
         ("ADT", _) => patient::translate(&h, &mut t),
         ("RDE", _) | ("OMP", _) => medication::translate(&h, &mut t),
@@ -49,6 +49,8 @@ pub(crate) struct Helper<'a> {
     pub msg: &'a Message,
     pub ctx: &'a Context,
     pub pid: &'a str,
+    /// The stable id of this message's Patient, computed once.
+    patient_id: String,
 }
 
 impl Helper<'_> {
@@ -59,7 +61,7 @@ impl Helper<'_> {
 
     /// The stable id of this message's patient.
     pub fn patient_id(&self) -> String {
-        self.ctx.id_for("Patient", self.pid)
+        self.patient_id.clone()
     }
 
     /// Component `n` of field `f` of a segment (first repetition), unescaped and trimmed.
