@@ -934,6 +934,63 @@ pub struct MedicationRequest {
     pub insurance: Vec<Reference>,
 }
 
+/// A record of medication given (SS-MIX2 OMP-11/12 実施).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "resourceType", rename = "MedicationAdministration", rename_all = "camelCase")]
+pub struct MedicationAdministration {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Meta>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<Narrative>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extension: Vec<Extension>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identifier: Vec<Identifier>,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<CodeableConcept>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub medication_codeable_concept: Option<CodeableConcept>,
+    pub subject: Reference,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effective_date_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub performer: Vec<MedicationAdministrationPerformer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<Reference>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub note: Vec<Annotation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dosage: Option<MedicationAdministrationDosage>,
+}
+
+/// Who administered.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MedicationAdministrationPerformer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function: Option<CodeableConcept>,
+    pub actor: Reference,
+}
+
+/// The dose given.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MedicationAdministrationDosage {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<CodeableConcept>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<CodeableConcept>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<CodeableConcept>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dose: Option<Quantity>,
+}
+
 /// A problem, diagnosis or other clinical condition.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "resourceType", rename = "Condition", rename_all = "camelCase")]
@@ -1189,6 +1246,8 @@ pub enum Resource {
     DiagnosticReport(DiagnosticReport),
     /// A MedicationRequest.
     MedicationRequest(MedicationRequest),
+    /// A MedicationAdministration.
+    MedicationAdministration(MedicationAdministration),
     /// A Condition.
     Condition(Condition),
     /// A Composition.
@@ -1218,6 +1277,7 @@ impl Resource {
             Resource::Observation(_) => "Observation",
             Resource::DiagnosticReport(_) => "DiagnosticReport",
             Resource::MedicationRequest(_) => "MedicationRequest",
+            Resource::MedicationAdministration(_) => "MedicationAdministration",
             Resource::Condition(_) => "Condition",
             Resource::Composition(_) => "Composition",
             Resource::Encounter(_) => "Encounter",
@@ -1240,6 +1300,7 @@ impl Resource {
             Resource::Observation(x) => x.id.as_deref(),
             Resource::DiagnosticReport(x) => x.id.as_deref(),
             Resource::MedicationRequest(x) => x.id.as_deref(),
+            Resource::MedicationAdministration(x) => x.id.as_deref(),
             Resource::Condition(x) => x.id.as_deref(),
             Resource::Composition(x) => x.id.as_deref(),
             Resource::Encounter(x) => x.id.as_deref(),
@@ -1262,6 +1323,7 @@ impl Resource {
             Resource::Observation(x) => x.meta.get_or_insert_with(Meta::default),
             Resource::DiagnosticReport(x) => x.meta.get_or_insert_with(Meta::default),
             Resource::MedicationRequest(x) => x.meta.get_or_insert_with(Meta::default),
+            Resource::MedicationAdministration(x) => x.meta.get_or_insert_with(Meta::default),
             Resource::Condition(x) => x.meta.get_or_insert_with(Meta::default),
             Resource::Composition(x) => x.meta.get_or_insert_with(Meta::default),
             Resource::Encounter(x) => x.meta.get_or_insert_with(Meta::default),
@@ -1284,6 +1346,7 @@ impl Resource {
             Resource::Observation(x) => x.meta.as_ref(),
             Resource::DiagnosticReport(x) => x.meta.as_ref(),
             Resource::MedicationRequest(x) => x.meta.as_ref(),
+            Resource::MedicationAdministration(x) => x.meta.as_ref(),
             Resource::Condition(x) => x.meta.as_ref(),
             Resource::Composition(x) => x.meta.as_ref(),
             Resource::Encounter(x) => x.meta.as_ref(),
@@ -1307,6 +1370,7 @@ impl Serialize for Resource {
             Resource::Observation(x) => x.serialize(s),
             Resource::DiagnosticReport(x) => x.serialize(s),
             Resource::MedicationRequest(x) => x.serialize(s),
+            Resource::MedicationAdministration(x) => x.serialize(s),
             Resource::Condition(x) => x.serialize(s),
             Resource::Composition(x) => x.serialize(s),
             Resource::Encounter(x) => x.serialize(s),
@@ -1339,6 +1403,9 @@ impl<'de> Deserialize<'de> for Resource {
             "Observation" => serde_json::from_value(v).map(Resource::Observation).map_err(D::Error::custom),
             "DiagnosticReport" => serde_json::from_value(v).map(Resource::DiagnosticReport).map_err(D::Error::custom),
             "MedicationRequest" => serde_json::from_value(v).map(Resource::MedicationRequest).map_err(D::Error::custom),
+            "MedicationAdministration" => {
+                serde_json::from_value(v).map(Resource::MedicationAdministration).map_err(D::Error::custom)
+            }
             "Condition" => serde_json::from_value(v).map(Resource::Condition).map_err(D::Error::custom),
             "Composition" => serde_json::from_value(v).map(Resource::Composition).map_err(D::Error::custom),
             "Encounter" => serde_json::from_value(v).map(Resource::Encounter).map_err(D::Error::custom),

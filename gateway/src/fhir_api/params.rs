@@ -86,6 +86,7 @@ pub fn supported(resource_type: &str) -> &'static [(&'static str, &'static str)]
             ("code", "token"),
             ("authoredon", "date"),
         ],
+        "MedicationAdministration" => &[("patient", "reference"), ("subject", "reference"), ("status", "token")],
         "Observation" => &[
             ("patient", "reference"),
             ("subject", "reference"),
@@ -346,6 +347,7 @@ pub fn matches(r: &Resource, patient: Option<&str>, criteria: &[Criterion]) -> b
             (Resource::MedicationRequest(m), "code") => {
                 token_matches_codings(values, &m.medication_codeable_concept.iter().collect::<Vec<_>>())
             }
+            (Resource::MedicationAdministration(a), "status") => token_matches_plain(values, Some(&a.status)),
             (Resource::Observation(o), "code") => token_matches_codings(values, &[&o.code]),
             (Resource::Observation(o), "category") => {
                 token_matches_codings(values, &o.category.iter().collect::<Vec<_>>())

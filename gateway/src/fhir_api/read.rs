@@ -15,8 +15,16 @@ use serde_json::value::RawValue;
 use std::sync::Arc;
 
 /// Resource types served under `/fhir/{type}`.
-pub const SERVED_TYPES: &[&str] =
-    &["Patient", "MedicationRequest", "Observation", "Condition", "AllergyIntolerance", "Coverage", "DiagnosticReport"];
+pub const SERVED_TYPES: &[&str] = &[
+    "Patient",
+    "MedicationRequest",
+    "MedicationAdministration",
+    "Observation",
+    "Condition",
+    "AllergyIntolerance",
+    "Coverage",
+    "DiagnosticReport",
+];
 
 struct Caller {
     who: Arc<Principal>,

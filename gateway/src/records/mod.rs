@@ -46,6 +46,7 @@ fn patient_of(r: &Resource) -> Option<String> {
     let reference = match r {
         Resource::Patient(p) => return p.id.clone(),
         Resource::MedicationRequest(x) => Some(&x.subject),
+        Resource::MedicationAdministration(x) => Some(&x.subject),
         Resource::AllergyIntolerance(x) => Some(&x.patient),
         Resource::Condition(x) => Some(&x.subject),
         Resource::Coverage(x) => Some(&x.beneficiary),

@@ -1,6 +1,7 @@
 //! HL7 v2.5 (SS-MIX2 profile) to FHIR R4 / JP Core. One module per message family;
 //! shared helpers for codes, names, references and dates live here.
 
+mod administration;
 mod lab;
 mod medication;
 mod patient;
@@ -23,6 +24,7 @@ pub fn translate(msg: &Message, ctx: &Context) -> Translation {
     match (code.as_str(), event.as_str()) {
         ("ADT", _) => patient::translate(&h, &mut t),
         ("RDE", _) | ("OMP", _) => medication::translate(&h, &mut t),
+        ("RAS", _) => administration::translate(&h, &mut t),
         ("OUL", _) | ("ORU", _) | ("OML", _) => lab::translate(&h, &mut t),
         ("PPR", _) => problem::translate(&h, &mut t),
         _ => t.warn("MSH-9", format!("message type {code}^{event} is not mapped")),
