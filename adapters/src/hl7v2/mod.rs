@@ -320,7 +320,7 @@ impl Message {
                 "E" => out.push(d.escape),
                 "H" | "N" => {}
                 ".br" => out.push('\n'),
-                c if c.starts_with('X') && c.len() > 1 && c.len() % 2 == 1 => {
+                c if c.len() > 1 && c.len() % 2 == 1 && c.starts_with('X') && c.bytes().skip(1).all(|b| b.is_ascii_hexdigit()) => {
                     let bytes: Option<Vec<u8>> =
                         (1..c.len()).step_by(2).map(|k| u8::from_str_radix(&c[k..k + 2], 16).ok()).collect();
                     match bytes.and_then(|b| String::from_utf8(b).ok()) {
@@ -442,6 +442,10 @@ mod tests {
         assert_eq!(m.unescape("%H%bold%N%"), "bold");
         assert_eq!(m.unescape("50%"), "50%", "unterminated escape stays literal");
         assert_eq!(m.unescape("%Q%"), "%Q%", "unknown escape stays literal");
+        // Found by the fuzzer: a non-ASCII character inside a hex escape.
+        assert_eq!(m.unescape("%XﾚZ%"), "%XﾚZ%");
+        assert_eq!(m.unescape("%XE3818%"), "%XE3818%", "odd hex length stays literal");
+        assert_eq!(m.unescape("%XE38182%"), "あ");
     }
 
     #[test]
