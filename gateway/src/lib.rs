@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod fhir_api;
 pub mod identity;
+pub mod outbox;
 pub mod policy;
 pub mod records;
 pub mod sites;

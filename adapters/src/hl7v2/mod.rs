@@ -320,7 +320,11 @@ impl Message {
                 "E" => out.push(d.escape),
                 "H" | "N" => {}
                 ".br" => out.push('\n'),
-                c if c.len() > 1 && c.len() % 2 == 1 && c.starts_with('X') && c.bytes().skip(1).all(|b| b.is_ascii_hexdigit()) => {
+                c if c.len() > 1
+                    && c.len() % 2 == 1
+                    && c.starts_with('X')
+                    && c.bytes().skip(1).all(|b| b.is_ascii_hexdigit()) =>
+                {
                     let bytes: Option<Vec<u8>> =
                         (1..c.len()).step_by(2).map(|k| u8::from_str_radix(&c[k..k + 2], 16).ok()).collect();
                     match bytes.and_then(|b| String::from_utf8(b).ok()) {

@@ -26,6 +26,9 @@ pub enum ApiError {
     /// 406: the requested format is not one we produce.
     #[error("{0}")]
     NotAcceptable(String),
+    /// 409: the request conflicts with stored state.
+    #[error("{0}")]
+    Conflict(String),
     /// 413: body larger than the limit.
     #[error("request body exceeds {0} bytes")]
     PayloadTooLarge(usize),
@@ -60,6 +63,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, IssueType::NotFound, None),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, IssueType::NotSupported, None),
             ApiError::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, IssueType::NotSupported, None),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, IssueType::Conflict, None),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, IssueType::TooCostly, None),
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, IssueType::NotSupported, None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, IssueType::Transient, None),

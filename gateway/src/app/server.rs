@@ -78,6 +78,22 @@ impl Gateway {
         let refresh = tokio::spawn(records.clone().watch(Duration::from_millis(limits.records_refresh_ms.max(100))));
         let audit = crate::audit::AuditLog::start(store.clone(), format!("kakehashi {}", config.federation.name));
         let state = AppState::new(config.clone(), metrics.clone(), store.clone(), records, audit);
+        if let Err(e) = state.policy.grants.reload(&store).await {
+            tracing::error!(error = %e, "grants could not be loaded; cross-site reads are refused until they are");
+        }
+        // Other instances sharing the database change grants too.
+        let grants_task = {
+            let (policy, store) = (state.policy.clone(), store.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(2));
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = policy.grants.reload(&store).await {
+                        tracing::warn!(error = %e, "grants reload failed; keeping the last ones");
+                    }
+                }
+            })
+        };
         let app = build(state);
         let http = Arc::new(http_builder(limits.header_read_timeout_secs, limits.max_header_bytes));
         let graceful = GracefulShutdown::new();
@@ -142,6 +158,7 @@ impl Gateway {
         drop(listener);
         watcher.abort();
         refresh.abort();
+        grants_task.abort();
         admin_task.abort();
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
         if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {

@@ -19,8 +19,10 @@ pub enum Interaction {
     Search,
     /// `GET Patient/[id]/$everything`.
     Everything,
-    /// `POST /fhir` (a pushed document).
+    /// `POST` (a pushed document, a grant).
     Create,
+    /// `DELETE` (a grant revoked).
+    Delete,
     /// Refused before any handler ran (identity step).
     Connect,
 }
@@ -33,6 +35,7 @@ impl Interaction {
             Interaction::Search => "search-type",
             Interaction::Everything => "operation",
             Interaction::Create => "create",
+            Interaction::Delete => "delete",
             Interaction::Connect => "110114",
         }
     }
@@ -40,6 +43,7 @@ impl Interaction {
     fn action(self) -> &'static str {
         match self {
             Interaction::Create => "C",
+            Interaction::Delete => "D",
             Interaction::Connect => "E",
             _ => "R",
         }

@@ -2,7 +2,9 @@
 //! pushes. Every route here is behind the identity layer; routes that return patient
 //! data take a `policy::Permit`.
 
+pub mod body;
 pub mod capability;
+pub mod consent;
 pub mod negotiate;
 pub mod params;
 pub mod read;
@@ -17,6 +19,8 @@ use axum::Router;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/fhir/metadata", get(capability::metadata))
+        .route("/fhir/Consent", get(consent::search).post(consent::create))
+        .route("/fhir/Consent/{id}", get(consent::read).delete(consent::revoke))
         .route("/fhir/Patient/{id}/$everything", get(read::everything))
         .route("/fhir/{type}", get(read::search))
         .route("/fhir/{type}/{id}", get(read::read))

@@ -35,7 +35,7 @@ pub enum Criterion {
     Token { name: String, values: Vec<(Option<String>, Option<String>)> },
     /// A string, prefix match unless `:exact`/`:contains`.
     Str { name: String, values: Vec<String>, modifier: StrMatch },
-    /// A date range: instants in Unix seconds [start, end).
+    /// A date range: instants in Unix seconds [start, end) (`patient.birthdate` included).
     Date { name: String, prefix: Prefix, start: i64, end: i64 },
     /// A reference to a patient.
     Patient(Vec<String>),
@@ -312,8 +312,9 @@ fn name_parts(names: &[HumanName], which: &str) -> Vec<String> {
     out.iter().map(|s| fold(s)).collect()
 }
 
-/// True when the resource satisfies every criterion.
-pub fn matches(r: &Resource, patient: Option<&str>, criteria: &[Criterion]) -> bool {
+/// True when the resource satisfies every criterion. `patient_birth` is the birth date
+/// of the resource's patient, for the chained `patient.birthdate`.
+pub fn matches(r: &Resource, patient: Option<&str>, patient_birth: Option<&str>, criteria: &[Criterion]) -> bool {
     criteria.iter().all(|c| match c {
         Criterion::Id(ids) => r.id().is_some_and(|id| ids.iter().any(|i| i == id)),
         Criterion::Patient(ids) => patient.is_some_and(|p| ids.iter().any(|i| i == p)),
@@ -327,6 +328,9 @@ pub fn matches(r: &Resource, patient: Option<&str>, criteria: &[Criterion]) -> b
                     StrMatch::Contains => part.contains(v.as_str()),
                 })
             })
+        }
+        Criterion::Date { name, prefix, start, end } if name == "patient.birthdate" => {
+            date_matches(*prefix, *start, *end, patient_birth)
         }
         Criterion::Date { name, prefix, start, end } => {
             let value = match (r, name.as_str()) {

@@ -6,10 +6,11 @@ use super::params::{self, Criterion, Search};
 use crate::app::{fhir_bytes, ApiError, AppState};
 use crate::audit::{now_micros, AuditRecord, Disclosed, Interaction, Outcome, Requestor};
 use crate::identity::{ConnInfo, Principal};
-use crate::policy::{Permitted, Refusal};
+use crate::policy::{Basis, Permitted, ReadContext, Refusal};
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
+use kakehashi_certs::Role;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -26,21 +27,50 @@ pub const SERVED_TYPES: &[&str] = &[
     "DiagnosticReport",
 ];
 
-struct Caller {
-    who: Arc<Principal>,
-    peer: String,
-    base: String,
-    strict: bool,
+pub(super) struct Caller {
+    pub who: Arc<Principal>,
+    pub peer: String,
+    pub base: String,
+    pub strict: bool,
+    pub ctx: ReadContext,
 }
 
-fn caller(req: &Request, state: &AppState) -> Result<Caller, ApiError> {
+/// The header a doctor sets to read without a grant (break-glass); the value is the
+/// reason, percent-encoded UTF-8 where it is not ASCII.
+pub const BREAK_GLASS_HEADER: &str = "kakehashi-break-glass";
+
+fn break_glass_reason(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(BREAK_GLASS_HEADER) else { return Ok(None) };
+    let raw = v.to_str().map_err(|_| {
+        ApiError::invalid("the break-glass reason must be ASCII (percent-encode UTF-8)", BREAK_GLASS_HEADER)
+    })?;
+    let reason: String = form_urlencoded::parse(format!("r={}", raw.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let reason = reason.trim().to_string();
+    if reason.is_empty() || reason.chars().count() > 500 {
+        return Err(ApiError::invalid("a break-glass reason of 1 to 500 characters is required", BREAK_GLASS_HEADER));
+    }
+    Ok(Some(reason))
+}
+
+pub(super) fn caller(req: &Request, state: &AppState) -> Result<Caller, ApiError> {
     let who = req
         .extensions()
         .get::<Arc<Principal>>()
         .cloned()
         .ok_or_else(|| ApiError::Forbidden("no principal on this request".into()))?;
     let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer.to_string()).unwrap_or_default();
-    Ok(Caller { who, peer, base: base_url(req.headers(), req.uri(), state), strict: prefers_strict(req.headers()) })
+    let ctx =
+        ReadContext { now: crate::audit::now_micros() / 1_000_000, break_glass: break_glass_reason(req.headers())? };
+    Ok(Caller {
+        who,
+        peer,
+        base: base_url(req.headers(), req.uri(), state),
+        strict: prefers_strict(req.headers()),
+        ctx,
+    })
 }
 
 /// `https://host/fhir`, from the request's authority when it is a plain host name.
@@ -78,11 +108,11 @@ fn disclosed(p: &Permitted) -> Disclosed {
         reference: p.record.key(),
         owner: p.record.owner.clone(),
         patient: p.record.patient.clone(),
-        basis: p.permit.basis().code().to_string(),
+        basis: p.permit.basis().code(),
     }
 }
 
-fn record(
+pub(super) fn record(
     c: &Caller,
     interaction: Interaction,
     outcome: Outcome,
@@ -90,6 +120,7 @@ fn record(
     disclosed: Vec<Disclosed>,
     query: Option<String>,
 ) -> AuditRecord {
+    let glass = disclosed.iter().any(|d| d.basis == Basis::BreakGlass.code());
     AuditRecord {
         interaction,
         outcome,
@@ -98,14 +129,36 @@ fn record(
         source_address: c.peer.clone(),
         disclosed,
         query,
-        purpose: "TREAT".into(),
-        break_glass_reason: None,
+        purpose: if glass { "ETREAT" } else { "TREAT" }.into(),
+        break_glass_reason: if glass { c.ctx.break_glass.clone() } else { None },
         recorded_micros: now_micros(),
     }
 }
 
+/// Break-glass reads notify each owner crossed through the outbox, before disclosure.
+async fn notify_break_glass(state: &AppState, c: &Caller, permitted: &[&Permitted]) -> Result<(), ApiError> {
+    let mut owners: Vec<&str> =
+        permitted.iter().filter(|p| *p.permit.basis() == Basis::BreakGlass).map(|p| p.record.owner.as_str()).collect();
+    owners.sort_unstable();
+    owners.dedup();
+    for owner in owners {
+        let resources: Vec<String> =
+            permitted.iter().filter(|p| p.record.owner == owner).map(|p| p.record.key()).collect();
+        let payload = serde_json::json!({
+            "reader": { "institution": c.who.institution, "name": c.who.institution_name, "terminal": c.who.terminal, "certificate": c.who.fingerprint },
+            "reason": c.ctx.break_glass,
+            "resources": resources,
+            "at": c.ctx.now,
+        });
+        crate::outbox::enqueue(&state.store, "break-glass", owner, &payload).await.map_err(|e| {
+            ApiError::Unavailable(format!("the break-glass notice could not be stored ({e}); nothing was disclosed"))
+        })?;
+    }
+    Ok(())
+}
+
 /// Write the audit record or refuse: nothing is disclosed unaudited.
-async fn audit(state: &AppState, rec: AuditRecord) -> Result<(), ApiError> {
+pub(super) async fn audit(state: &AppState, rec: AuditRecord) -> Result<(), ApiError> {
     state.audit.record(rec).await.map(|_| ()).map_err(|e| ApiError::Unavailable(format!("{e}; nothing was disclosed")))
 }
 
@@ -138,9 +191,10 @@ async fn read_inner(state: AppState, ty: String, id: String, req: Request) -> Re
     let snap = state.records.snapshot();
     let not_found = || ApiError::NotFound(format!("{ty}/{id} is not known or not visible to you"));
     let Some(stored) = snap.get(&ty, &id) else { return Err(not_found()) };
-    match state.policy.decide(&c.who, stored) {
+    match state.policy.decide(&c.who, stored, &c.ctx) {
         Ok(permit) => {
             let p = Permitted { permit, record: stored.clone() };
+            notify_break_glass(&state, &c, &[&p]).await?;
             audit(&state, record(&c, Interaction::Read, Outcome::Success, None, vec![disclosed(&p)], None)).await?;
             Ok(fhir_bytes(StatusCode::OK, p.record.json.get().to_string()))
         }
@@ -181,10 +235,44 @@ async fn search_inner(state: AppState, ty: String, req: Request) -> Result<Respo
         Some(ids) => ids.iter().flat_map(|id| snap.for_patient(id)).filter(|s| s.resource.type_name() == ty).collect(),
         None => snap.of_type(&ty).collect(),
     };
-    let matching =
-        candidates.into_iter().filter(|s| params::matches(&s.resource, s.patient.as_deref(), &search.criteria));
-    let permitted = state.policy.filter(&c.who, matching);
-    respond_page(&state, &c, Interaction::Search, &format!("{ty}"), &search, permitted, Some(query)).await
+    let birth_of = |s: &crate::records::Stored| -> Option<String> {
+        let p = snap.get("Patient", s.patient.as_deref()?)?;
+        match &p.resource {
+            kakehashi_fhir::Resource::Patient(p) => p.birth_date.clone(),
+            _ => None,
+        }
+    };
+    let matching: Vec<&Arc<crate::records::Stored>> = candidates
+        .into_iter()
+        .filter(|s| params::matches(&s.resource, s.patient.as_deref(), birth_of(s).as_deref(), &search.criteria))
+        .collect();
+    // A pharmacy that presents the prescription number and the patient's birth date
+    // may read that prescription and its Patient; a wrong birth date matches nothing,
+    // which reveals nothing about whether the prescription exists.
+    let presented = c.who.role == Role::Pharmacy
+        && ty == "MedicationRequest"
+        && search.criteria.iter().any(|cr| matches!(cr, Criterion::Token { name, .. } if name == "identifier"))
+        && search.criteria.iter().any(|cr| matches!(cr, Criterion::Date { name, .. } if name == "patient.birthdate"));
+    let mut includes: Vec<Permitted> = Vec::new();
+    let permitted: Vec<Permitted> = if presented {
+        let mut out = Vec::new();
+        for s in matching {
+            let permit =
+                state.policy.decide(&c.who, s, &c.ctx).or_else(|_| state.policy.presented_prescription(&c.who, s));
+            let Ok(permit) = permit else { continue };
+            out.push(Permitted { permit, record: s.clone() });
+            let Some(p) = s.patient.as_deref().and_then(|id| snap.get("Patient", id)) else { continue };
+            if !includes.iter().any(|i| i.record.key() == p.key()) {
+                if let Ok(permit) = state.policy.presented_prescription(&c.who, p) {
+                    includes.push(Permitted { permit, record: p.clone() });
+                }
+            }
+        }
+        out
+    } else {
+        state.policy.filter(&c.who, matching, &c.ctx)
+    };
+    respond_page(&state, &c, Interaction::Search, &ty, &search, permitted, includes, Some(query)).await
 }
 
 /// `GET /fhir/Patient/{id}/$everything`.
@@ -204,7 +292,7 @@ async fn everything_inner(state: AppState, id: String, req: Request) -> Result<R
     }
     search.used.clear();
     let snap = state.records.snapshot();
-    let permitted = state.policy.filter(&c.who, snap.for_patient(&id));
+    let permitted = state.policy.filter(&c.who, snap.for_patient(&id), &c.ctx);
     if permitted.is_empty() {
         let asked: Vec<Disclosed> = snap
             .get("Patient", &id)
@@ -223,8 +311,17 @@ async fn everything_inner(state: AppState, id: String, req: Request) -> Result<R
         .await?;
         return Err(ApiError::NotFound(format!("Patient/{id} is not known or not visible to you")));
     }
-    respond_page(&state, &c, Interaction::Everything, &format!("Patient/{id}/$everything"), &search, permitted, None)
-        .await
+    respond_page(
+        &state,
+        &c,
+        Interaction::Everything,
+        &format!("Patient/{id}/$everything"),
+        &search,
+        permitted,
+        vec![],
+        None,
+    )
+    .await
 }
 
 #[derive(Serialize)]
@@ -276,13 +373,17 @@ async fn respond_page(
     path: &str,
     search: &Search,
     permitted: Vec<Permitted>,
+    includes: Vec<Permitted>,
     query: Option<String>,
 ) -> Result<Response, ApiError> {
     let total = permitted.len();
     let start = search.offset.min(total);
     let end = (start + search.count).min(total);
     let page = &permitted[start..end];
-    audit(state, record(c, interaction, Outcome::Success, None, page.iter().map(disclosed).collect(), query)).await?;
+    let shown: Vec<&Permitted> = page.iter().chain(includes.iter()).collect();
+    notify_break_glass(state, c, &shown).await?;
+    audit(state, record(c, interaction, Outcome::Success, None, shown.iter().map(|p| disclosed(p)).collect(), query))
+        .await?;
 
     let mut link = vec![LinkOut { relation: "self", url: page_url(&c.base, path, &search.used, search.count, start) }];
     if end < total && search.count > 0 {

@@ -53,6 +53,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0002_audit.sql"),
         postgres: include_str!("../../migrations/postgres/0002_audit.sql"),
     },
+    Migration {
+        version: 3,
+        sqlite: include_str!("../../migrations/sqlite/0003_grants.sql"),
+        postgres: include_str!("../../migrations/postgres/0003_grants.sql"),
+    },
 ];
 
 impl Store {

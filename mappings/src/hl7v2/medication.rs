@@ -102,6 +102,14 @@ fn request(
             ..Default::default()
         });
     }
+    if !order.is_empty() {
+        // The bare order number is what a pharmacist reads off the prescription.
+        identifier.push(Identifier {
+            system: Some(codes::local_system(&h.ctx.owner, "prescription-number")),
+            value: Some(order.clone()),
+            ..Default::default()
+        });
+    }
     if !rp.is_empty() {
         identifier.push(Identifier {
             system: Some(codes::RP_NUMBER.into()),

@@ -1,0 +1,244 @@
+//! Grants: what an owner institution allows across its boundary. Every grant is a
+//! FHIR Consent posted by the owner's hospital system; its `category` names the kind.
+//! Grants live in the database and are mirrored in memory for the per-resource
+//! decisions; the mirror is reloaded after every change and periodically (other
+//! gateway instances may change grants too).
+
+use crate::store::Store;
+use kakehashi_fhir::{Consent, Resource};
+use sqlx::Row;
+use std::sync::RwLock;
+
+/// Code system of grant kinds in `Consent.category`.
+pub const GRANT_KIND_SYSTEM: &str = "urn:kakehashi:grant-kind";
+/// Identifier system naming "every member of the regional network" as a grantee.
+pub const NETWORK_SYSTEM: &str = "urn:kakehashi:network";
+/// The grantee value meaning every member institution.
+pub const ALL_MEMBERS: &str = "all-members";
+
+/// What a grant allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantKind {
+    /// Patient consent to share with named institutions (or the whole network).
+    Consent,
+    /// A referral or discharge summary gives the receiving institution access.
+    Referral,
+    /// On-call delegation: the grantee's doctors read the owner's patients.
+    Delegation,
+    /// A pharmacy designated for a patient's prescriptions.
+    Pharmacy,
+}
+
+impl GrantKind {
+    /// The code in `urn:kakehashi:grant-kind`.
+    pub fn code(self) -> &'static str {
+        match self {
+            GrantKind::Consent => "consent",
+            GrantKind::Referral => "referral",
+            GrantKind::Delegation => "delegation",
+            GrantKind::Pharmacy => "pharmacy",
+        }
+    }
+
+    /// From the code.
+    pub fn from_code(c: &str) -> Option<GrantKind> {
+        [GrantKind::Consent, GrantKind::Referral, GrantKind::Delegation, GrantKind::Pharmacy]
+            .into_iter()
+            .find(|k| k.code() == c)
+    }
+}
+
+/// One grant, as decided on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grant {
+    /// Id (also the Consent id).
+    pub id: String,
+    /// Granting (owning) institution.
+    pub owner: String,
+    /// Kind.
+    pub kind: GrantKind,
+    /// Patient id at the owner, or empty for all the owner's patients (delegation).
+    pub patient: String,
+    /// Institutions allowed (or [`ALL_MEMBERS`]).
+    pub grantees: Vec<String>,
+    /// Resource types allowed; empty means all.
+    pub resource_types: Vec<String>,
+    /// Validity start, Unix seconds (inclusive).
+    pub valid_from: i64,
+    /// Validity end, Unix seconds (exclusive).
+    pub valid_to: i64,
+    /// When revoked, if it was.
+    pub revoked_at: Option<i64>,
+    /// The Consent as stored.
+    pub resource: String,
+}
+
+impl Grant {
+    /// True when in force at `now`.
+    pub fn active_at(&self, now: i64) -> bool {
+        self.revoked_at.is_none_or(|r| r > now) && self.valid_from <= now && now < self.valid_to
+    }
+
+    /// True when it names `institution` (directly or as a network member).
+    pub fn names(&self, institution: &str) -> bool {
+        self.grantees.iter().any(|g| g == institution || g == ALL_MEMBERS)
+    }
+
+    /// True when it covers this resource type.
+    pub fn covers(&self, resource_type: &str) -> bool {
+        self.resource_types.is_empty() || self.resource_types.iter().any(|t| t == resource_type)
+    }
+
+    /// The stored Consent.
+    pub fn consent(&self) -> Option<Consent> {
+        match serde_json::from_str::<Resource>(&self.resource) {
+            Ok(Resource::Consent(c)) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        String::new()
+    } else {
+        format!(",{},", items.join(","))
+    }
+}
+
+fn unlist(s: &str) -> Vec<String> {
+    s.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()
+}
+
+/// A grant conflicts with another for the same owner, kind, patient and a shared grantee.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantStoreError {
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// An active grant overlaps this one.
+    #[error("grant {0} already covers an overlapping period for the same patient and institution; revoke it first")]
+    Overlap(String),
+    /// No such grant of this owner.
+    #[error("no grant {0} of this institution")]
+    NotFound(String),
+}
+
+/// All grants, mirrored in memory.
+#[derive(Debug, Default)]
+pub struct Grants {
+    all: RwLock<Vec<Grant>>,
+}
+
+impl Grants {
+    /// Reload the mirror from the database.
+    pub async fn reload(&self, store: &Store) -> Result<(), sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id, owner, kind, patient, grantees, resource_types, valid_from, valid_to, revoked_at, resource FROM policy_grant",
+        )
+        .fetch_all(store.pool())
+        .await?;
+        let mut all = Vec::with_capacity(rows.len());
+        for r in rows {
+            let kind: String = r.try_get(2)?;
+            let Some(kind) = GrantKind::from_code(&kind) else { continue };
+            all.push(Grant {
+                id: r.try_get(0)?,
+                owner: r.try_get(1)?,
+                kind,
+                patient: r.try_get(3)?,
+                grantees: unlist(&r.try_get::<String, _>(4)?),
+                resource_types: unlist(&r.try_get::<String, _>(5)?),
+                valid_from: r.try_get(6)?,
+                valid_to: r.try_get(7)?,
+                revoked_at: r.try_get(8)?,
+                resource: r.try_get(9)?,
+            });
+        }
+        match self.all.write() {
+            Ok(mut g) => *g = all,
+            Err(p) => *p.into_inner() = all,
+        }
+        Ok(())
+    }
+
+    /// Grants matching a predicate (cloned out of the lock).
+    pub fn find(&self, mut pred: impl FnMut(&Grant) -> bool) -> Vec<Grant> {
+        let g = match self.all.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        g.iter().filter(|x| pred(x)).cloned().collect()
+    }
+
+    /// The first grant satisfying `pred`, without cloning the rest.
+    pub fn first(&self, mut pred: impl FnMut(&Grant) -> bool) -> Option<Grant> {
+        let g = match self.all.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        g.iter().find(|x| pred(x)).cloned()
+    }
+
+    /// Store a new grant, refusing overlaps, atomically; then reload.
+    pub async fn insert(&self, store: &Store, g: &Grant, created_by: &str) -> Result<(), GrantStoreError> {
+        let mut tx = store.pool().begin().await?;
+        if store.backend() == crate::store::Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7263003)").execute(&mut *tx).await?;
+        }
+        let rows = sqlx::query(
+            "SELECT id, grantees FROM policy_grant WHERE owner = $1 AND kind = $2 AND patient = $3 \
+             AND revoked_at IS NULL AND valid_from < $4 AND valid_to > $5",
+        )
+        .bind(&g.owner)
+        .bind(g.kind.code())
+        .bind(&g.patient)
+        .bind(g.valid_to)
+        .bind(g.valid_from)
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in rows {
+            let other: Vec<String> = unlist(&r.try_get::<String, _>(1)?);
+            if other.iter().any(|o| g.grantees.contains(o)) {
+                return Err(GrantStoreError::Overlap(r.try_get(0)?));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO policy_grant (id, owner, kind, patient, grantees, resource_types, valid_from, valid_to, revoked_at, created_at, created_by, resource) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, $11)",
+        )
+        .bind(&g.id)
+        .bind(&g.owner)
+        .bind(g.kind.code())
+        .bind(&g.patient)
+        .bind(list(&g.grantees))
+        .bind(list(&g.resource_types))
+        .bind(g.valid_from)
+        .bind(g.valid_to)
+        .bind(crate::audit::now_micros() / 1_000_000)
+        .bind(created_by)
+        .bind(&g.resource)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.reload(store).await?;
+        Ok(())
+    }
+
+    /// Revoke a grant of `owner` (kept, with its revocation time); then reload.
+    pub async fn revoke(&self, store: &Store, owner: &str, id: &str, now: i64) -> Result<(), GrantStoreError> {
+        let done =
+            sqlx::query("UPDATE policy_grant SET revoked_at = $1 WHERE id = $2 AND owner = $3 AND revoked_at IS NULL")
+                .bind(now)
+                .bind(id)
+                .bind(owner)
+                .execute(store.pool())
+                .await?
+                .rows_affected();
+        if done == 0 {
+            return Err(GrantStoreError::NotFound(id.to_string()));
+        }
+        self.reload(store).await?;
+        Ok(())
+    }
+}
