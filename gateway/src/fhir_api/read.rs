@@ -36,13 +36,13 @@ pub(super) struct Caller {
 }
 
 /// The header a doctor sets to read without a grant (break-glass); the value is the
-/// reason, percent-encoded UTF-8 where it is not ASCII.
+/// reason, in UTF-8 or percent-encoded UTF-8.
 pub const BREAK_GLASS_HEADER: &str = "kakehashi-break-glass";
 
 fn break_glass_reason(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get(BREAK_GLASS_HEADER) else { return Ok(None) };
-    let raw = v.to_str().map_err(|_| {
-        ApiError::invalid("the break-glass reason must be ASCII (percent-encode UTF-8)", BREAK_GLASS_HEADER)
+    let raw = std::str::from_utf8(v.as_bytes()).map_err(|_| {
+        ApiError::invalid("the break-glass reason must be UTF-8 (or percent-encoded UTF-8)", BREAK_GLASS_HEADER)
     })?;
     let reason: String = form_urlencoded::parse(format!("r={}", raw.replace('+', "%2B")).as_bytes())
         .next()
