@@ -188,6 +188,7 @@ impl Pki {
 
         pki.write_index(&Index::default())?;
         pki.write_crl(&issuer, &mut Index::default())?;
+        pki.write_audit_key()?;
         Ok(pki)
     }
 
@@ -220,6 +221,25 @@ impl Pki {
     /// `DIR/server.key`.
     pub fn server_key_path(&self) -> PathBuf {
         self.path("server.key")
+    }
+
+    /// `DIR/audit-signing.pk8`: the gateway's Ed25519 key for audit checkpoints
+    /// (PKCS#8 DER, mode 0600).
+    pub fn audit_key_path(&self) -> PathBuf {
+        self.path("audit-signing.pk8")
+    }
+
+    /// Generate the audit checkpoint key (and `audit-signing.pub`, its public key in
+    /// hex, for verifiers that must not hold the private key).
+    pub fn write_audit_key(&self) -> Result<()> {
+        use ring::signature::KeyPair;
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+            .map_err(|_| CertsError::Invalid("could not generate the audit signing key".into()))?;
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+            .map_err(|_| CertsError::Invalid("generated audit key is unusable".into()))?;
+        write_atomic_bytes(&self.audit_key_path(), pkcs8.as_ref(), 0o600)?;
+        write_public(&self.path("audit-signing.pub"), &(hex(pair.public_key().as_ref()) + "\n"))
     }
 
     /// Issue a client certificate, written as `DIR/<out>.pem` and `DIR/<out>.key`.
@@ -443,6 +463,10 @@ fn read(p: &Path) -> Result<String> {
 
 /// Write atomically (temp file + rename) so a watcher never sees half a file.
 fn write_atomic(p: &Path, content: &str, mode: u32) -> Result<()> {
+    write_atomic_bytes(p, content.as_bytes(), mode)
+}
+
+fn write_atomic_bytes(p: &Path, content: &[u8], mode: u32) -> Result<()> {
     let tmp = p.with_extension(format!("{}.tmp", p.extension().and_then(|e| e.to_str()).unwrap_or("")));
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -451,7 +475,7 @@ fn write_atomic(p: &Path, content: &str, mode: u32) -> Result<()> {
         .mode(mode)
         .open(&tmp)
         .map_err(|e| io(&tmp, e))?;
-    f.write_all(content.as_bytes()).map_err(|e| io(&tmp, e))?;
+    f.write_all(content).map_err(|e| io(&tmp, e))?;
     f.sync_all().map_err(|e| io(&tmp, e))?;
     drop(f);
     fs::rename(&tmp, p).map_err(|e| io(p, e))

@@ -31,6 +31,51 @@ enum Command {
     Certs(CertsCommand),
     /// Translate native records to FHIR offline; prints a Bundle (JSON) on stdout.
     Translate(TranslateArgs),
+    /// The audit log: verify the chain and signatures, export, prune.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Re-walk the hash chain and checkpoint signatures; non-zero exit names the first bad sequence number.
+    Verify {
+        /// The federation configuration (database and audit key).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Stream events with their hashes.
+    Export {
+        /// The federation configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// ndjson or csv.
+        #[arg(long, value_enum, default_value = "ndjson")]
+        format: ExportFormat,
+        /// Only events recorded at or after this date/dateTime.
+        #[arg(long)]
+        from: Option<String>,
+        /// Only events recorded before this date/dateTime (a date includes its whole day).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Delete events recorded before DATE, keeping a signed anchor so the rest still verifies.
+    Prune {
+        /// The federation configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// Prune events recorded before this date/dateTime.
+        #[arg(long)]
+        before: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    /// Newline-delimited JSON.
+    Ndjson,
+    /// CSV with a header row.
+    Csv,
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +228,58 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Certs(c) => certs(c).map_err(|e| e.to_string()),
         Command::Translate(a) => translate(a),
+        Command::Audit(a) => runtime()?.block_on(audit(a)),
+    }
+}
+
+fn date_arg(v: &str, end: bool) -> Result<i64, String> {
+    let (s, e) = crate::fhir_api::params::date_range(v)
+        .ok_or_else(|| format!("`{v}` is not a date (YYYY-MM-DD) or RFC 3339 dateTime"))?;
+    Ok(if end { e } else { s } * 1_000_000)
+}
+
+async fn audit(a: AuditCommand) -> Result<(), String> {
+    let config = match &a {
+        AuditCommand::Verify { config } | AuditCommand::Export { config, .. } | AuditCommand::Prune { config, .. } => {
+            config.clone()
+        }
+    };
+    let cfg = Config::load(&config).map_err(|e| e.to_string())?;
+    let store = crate::store::Store::open(&cfg.database.url).await.map_err(|e| e.to_string())?;
+    match a {
+        AuditCommand::Verify { .. } => {
+            let cp = crate::app::server::checkpoints(&cfg, &store).await.map_err(|e| e.to_string())?;
+            let r = crate::audit::verify::verify(&store, &cp.signer.public_key(), cp.every)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "audit log verified: events {}..{} ({} events), {} signed checkpoints, {} events after the last checkpoint",
+                r.first, r.last, r.events, r.checkpoints, r.unsigned_tail
+            );
+            Ok(())
+        }
+        AuditCommand::Export { format, from, to, .. } => {
+            let from = from.as_deref().map(|v| date_arg(v, false)).transpose()?.unwrap_or(i64::MIN);
+            let to = to.as_deref().map(|v| date_arg(v, true)).transpose()?.unwrap_or(i64::MAX);
+            let format = match format {
+                ExportFormat::Ndjson => crate::audit::export::Format::Ndjson,
+                ExportFormat::Csv => crate::audit::export::Format::Csv,
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let n =
+                crate::audit::export::export(&store, format, from, to, &mut out).await.map_err(|e| e.to_string())?;
+            eprintln!("exported {n} events");
+            Ok(())
+        }
+        AuditCommand::Prune { before, .. } => {
+            let before = date_arg(&before, false)?;
+            match crate::audit::verify::prune(&store, before).await.map_err(|e| e.to_string())? {
+                Some(seq) => println!("pruned events up to {seq}; the signed checkpoint at {seq} is the new anchor"),
+                None => println!("nothing to prune: no signed checkpoint among the events before that date"),
+            }
+            Ok(())
+        }
     }
 }
 

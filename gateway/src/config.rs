@@ -35,6 +35,8 @@ pub struct Config {
     pub tls: Tls,
     /// Database connection.
     pub database: Database,
+    /// Audit log settings.
+    pub audit: AuditSettings,
     /// Member institutions.
     #[serde(default, rename = "institution")]
     pub institutions: Vec<Institution>,
@@ -117,6 +119,29 @@ pub struct Tls {
 pub struct Database {
     /// `sqlite://path` (embedded) or `postgres://...`.
     pub url: String,
+}
+
+/// Audit log settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// The gateway's Ed25519 key for checkpoints (PKCS#8 DER, from `certs init`).
+    pub signing_key: PathBuf,
+    /// A signed checkpoint at every multiple of this sequence number. Fixed for a
+    /// database at its first start (kept in `kk_meta`).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// Also sign the chain head when this many seconds passed since the last checkpoint.
+    #[serde(default = "default_checkpoint_secs")]
+    pub checkpoint_secs: u64,
+}
+
+fn default_checkpoint_every() -> u64 {
+    1000
+}
+
+fn default_checkpoint_secs() -> u64 {
+    60
 }
 
 /// What kind of member an institution is.
@@ -208,6 +233,7 @@ impl Config {
         fix(&mut self.tls.client_ca);
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
+        fix(&mut self.audit.signing_key);
         self.tls.crls.iter_mut().for_each(fix);
         for s in &mut self.sites {
             match &mut s.connector {
@@ -259,6 +285,9 @@ impl Config {
                 return Err(self.invalid(format!("site[{i}].id"), format!("`{}` is used twice", site.id)));
             }
         }
+        if self.audit.checkpoint_every == 0 || self.audit.checkpoint_secs == 0 {
+            return Err(self.invalid("audit.checkpoint_every", "checkpoint_every and checkpoint_secs must be positive"));
+        }
         if self.server.max_header_bytes < 8192 {
             return Err(self.invalid("server.max_header_bytes", "must be at least 8192"));
         }
@@ -280,6 +309,8 @@ key = "pki/server.key"
 crls = ["pki/ca.crl"]
 [database]
 url = "sqlite://kakehashi.db"
+[audit]
+signing_key = "pki/audit-signing.pk8"
 [[institution]]
 code = "0110000001"
 name = "Hub"

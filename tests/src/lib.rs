@@ -41,8 +41,28 @@ pub struct TestGateway {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Write the test federation's configuration; `extra` is appended to `[server]`.
-pub fn write_config(dir: &Path, server_extra: &str) -> PathBuf {
+/// How to start a test gateway.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Lines appended to `[server]`.
+    pub server_extra: String,
+    /// Database URL (default: SQLite in the temp dir).
+    pub db_url: Option<String>,
+    /// `audit.checkpoint_every`.
+    pub checkpoint_every: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { server_extra: String::new(), db_url: None, checkpoint_every: 1000 }
+    }
+}
+
+/// Write the test federation's configuration.
+pub fn write_config(dir: &Path, opts: &Options) -> PathBuf {
+    let server_extra = &opts.server_extra;
+    let every = opts.checkpoint_every;
+    let db = opts.db_url.clone().unwrap_or_else(|| "sqlite://kakehashi.db".into());
     let text = format!(
         r#"[federation]
 name = "test"
@@ -58,7 +78,11 @@ cert = "pki/server.pem"
 key = "pki/server.key"
 crls = ["pki/ca.crl"]
 [database]
-url = "sqlite://kakehashi.db"
+url = "{db}"
+[audit]
+signing_key = "pki/audit-signing.pk8"
+checkpoint_every = {every}
+checkpoint_secs = 2
 [[institution]]
 code = "{HUB}"
 name = "Hub"
@@ -102,10 +126,15 @@ impl TestGateway {
 
     /// Start a gateway with extra `[server]` settings.
     pub async fn start_with(server_extra: &str) -> TestGateway {
+        Self::start_opts(Options { server_extra: server_extra.into(), ..Default::default() }).await
+    }
+
+    /// Start a gateway with options.
+    pub async fn start_opts(opts: Options) -> TestGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = Pki::init(&dir.path().join("pki"), &InitOptions::default()).expect("pki");
         kakehashi::demo::write_sites(dir.path()).expect("sample sites");
-        let cfg = Config::load(&write_config(dir.path(), server_extra)).expect("config");
+        let cfg = Config::load(&write_config(dir.path(), &opts)).expect("config");
         let gw = Gateway::bind(cfg).await.expect("bind");
         let (addr, admin) = (gw.local_addr(), gw.admin_addr());
         let (stop, rx) = oneshot::channel();
@@ -127,6 +156,11 @@ impl TestGateway {
     /// A client trusting the federation CA and presenting `id`.
     pub fn client(&self, id: Option<&Identity>) -> Client {
         Client::new(&self.pki.ca_cert_path(), id, &[b"http/1.1"], None)
+    }
+
+    /// The configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("kakehashi.toml")
     }
 
     /// The gateway's SQLite database file.
@@ -272,4 +306,20 @@ async fn read(
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
     Ok(Reply { status, headers, body, resumed, alpn })
+}
+
+/// The `kakehashi` binary of this workspace (built on demand).
+pub fn kakehashi_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    // target/<profile>/deps/<test> → target/<profile>/kakehashi
+    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    let bin = dir.join("kakehashi");
+    if !bin.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "kakehashi", "--bin", "kakehashi"])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building the kakehashi binary failed");
+    }
+    bin
 }

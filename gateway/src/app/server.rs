@@ -29,6 +29,9 @@ pub enum StartError {
     /// The database could not be opened or migrated.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The audit signing key is unusable.
+    #[error(transparent)]
+    AuditKey(#[from] crate::audit::checkpoint::KeyError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
@@ -43,6 +46,7 @@ pub struct Gateway {
     members: Arc<Members>,
     metrics: Arc<Metrics>,
     store: Store,
+    checkpoints: crate::audit::Checkpoints,
 }
 
 impl Gateway {
@@ -56,7 +60,17 @@ impl Gateway {
         let admin = bind(config.server.admin_listen).await?;
         let members = Members::from_config(&config);
         let store = Store::open(&config.database.url).await?;
-        Ok(Gateway { config: Arc::new(config), listener, admin, tls, members, metrics: Arc::default(), store })
+        let checkpoints = checkpoints(&config, &store).await?;
+        Ok(Gateway {
+            config: Arc::new(config),
+            listener,
+            admin,
+            tls,
+            members,
+            metrics: Arc::default(),
+            store,
+            checkpoints,
+        })
     }
 
     /// The FHIR listener's address.
@@ -72,11 +86,12 @@ impl Gateway {
     /// Serve until `shutdown` resolves, then stop accepting and give in-flight
     /// requests `server.shutdown_grace_secs` to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Gateway { config, listener, admin, tls, members, metrics, store } = self;
+        let Gateway { config, listener, admin, tls, members, metrics, store, checkpoints } = self;
         let limits = &config.server;
         let records = crate::records::Records::load(&config);
         let refresh = tokio::spawn(records.clone().watch(Duration::from_millis(limits.records_refresh_ms.max(100))));
-        let audit = crate::audit::AuditLog::start(store.clone(), format!("kakehashi {}", config.federation.name));
+        let audit =
+            crate::audit::AuditLog::start(store.clone(), format!("kakehashi {}", config.federation.name), checkpoints);
         let state = AppState::new(config.clone(), metrics.clone(), store.clone(), records, audit);
         if let Err(e) = state.policy.grants.reload(&store).await {
             tracing::error!(error = %e, "grants could not be loaded; cross-site reads are refused until they are");
@@ -169,6 +184,22 @@ impl Gateway {
         }
         tracing::info!("gateway stopped");
     }
+}
+
+/// The audit checkpoint settings in force: the key from the configuration, and the
+/// interval fixed for this database at its first start.
+pub async fn checkpoints(config: &Config, store: &Store) -> Result<crate::audit::Checkpoints, StartError> {
+    let signer = Arc::new(crate::audit::checkpoint::Signer::load(&config.audit.signing_key)?);
+    let every = store.meta_init("audit.checkpoint_every", &config.audit.checkpoint_every.to_string()).await?;
+    let every: i64 = every.parse().unwrap_or(1000).max(1);
+    if every as u64 != config.audit.checkpoint_every {
+        tracing::warn!(
+            in_force = every,
+            configured = config.audit.checkpoint_every,
+            "audit.checkpoint_every is fixed per database; the configured value is ignored"
+        );
+    }
+    Ok(crate::audit::Checkpoints { signer, every, interval: Duration::from_secs(config.audit.checkpoint_secs) })
 }
 
 fn http_builder(header_read_timeout: u64, max_header_bytes: usize) -> auto::Builder<TokioExecutor> {

@@ -4,9 +4,12 @@
 //! a committed transaction on PostgreSQL). Callers that get an error must not
 //! disclose anything.
 
+use super::checkpoint::Signer;
 use super::event::AuditRecord;
 use crate::store::{Backend, Store};
 use sqlx::Row;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// Hash of the (virtual) event before the first one.
@@ -42,11 +45,22 @@ pub struct AuditLog {
     tx: mpsc::Sender<Job>,
 }
 
+/// How the writer signs checkpoints.
+#[derive(Clone, Debug)]
+pub struct Checkpoints {
+    /// The signer.
+    pub signer: Arc<Signer>,
+    /// A checkpoint at every multiple of this sequence number.
+    pub every: i64,
+    /// And at the head when this long passed with events waiting.
+    pub interval: Duration,
+}
+
 impl AuditLog {
     /// Start the writer task for `store`; `observer` names this gateway in events.
-    pub fn start(store: Store, observer: String) -> AuditLog {
+    pub fn start(store: Store, observer: String, checkpoints: Checkpoints) -> AuditLog {
         let (tx, rx) = mpsc::channel(8192);
-        tokio::spawn(writer(store, observer, rx));
+        tokio::spawn(writer(store, observer, checkpoints, rx));
         AuditLog { tx }
     }
 
@@ -58,8 +72,22 @@ impl AuditLog {
     }
 }
 
-async fn writer(store: Store, observer: String, mut rx: mpsc::Receiver<Job>) {
-    while let Some(first) = rx.recv().await {
+async fn writer(store: Store, observer: String, cp: Checkpoints, mut rx: mpsc::Receiver<Job>) {
+    let mut tick = tokio::time::interval(cp.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            job = rx.recv() => match job {
+                Some(j) => j,
+                None => break,
+            },
+            _ = tick.tick() => {
+                if let Err(e) = checkpoint_head(&store, &cp.signer).await {
+                    tracing::warn!(error = %e, "periodic audit checkpoint failed; retrying at the next tick");
+                }
+                continue;
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -67,7 +95,7 @@ async fn writer(store: Store, observer: String, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        match write_batch(&store, &observer, &batch).await {
+        match write_batch(&store, &observer, &cp, &batch).await {
             Ok(first_seq) => {
                 for (i, job) in batch.into_iter().enumerate() {
                     let _ = job.reply.send(Ok(first_seq + i as i64));
@@ -91,7 +119,7 @@ fn list(items: Vec<&str>) -> String {
     }
 }
 
-async fn write_batch(store: &Store, observer: &str, batch: &[Job]) -> Result<i64, sqlx::Error> {
+async fn write_batch(store: &Store, observer: &str, cp: &Checkpoints, batch: &[Job]) -> Result<i64, sqlx::Error> {
     let mut tx = store.pool().begin().await?;
     if store.backend() == Backend::Postgres {
         // Instances sharing one database append to one chain, one batch at a time.
@@ -110,8 +138,8 @@ async fn write_batch(store: &Store, observer: &str, batch: &[Job]) -> Result<i64
         let event = serde_json::to_vec(&r.to_fhir(seq, observer)).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
         let hash = chain_hash(seq, &prev, &event);
         sqlx::query(
-            "INSERT INTO audit_event (seq, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, event, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "INSERT INTO audit_event (seq, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, event, prev_hash, hash, entities) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(seq)
         .bind(r.recorded_micros)
@@ -124,10 +152,53 @@ async fn write_batch(store: &Store, observer: &str, batch: &[Job]) -> Result<i64
         .bind(String::from_utf8_lossy(&event).into_owned())
         .bind(prev.clone())
         .bind(hash.to_vec())
+        .bind(list(r.disclosed.iter().map(|d| d.reference.as_str()).collect()))
         .execute(&mut *tx)
         .await?;
+        if seq % cp.every == 0 {
+            insert_checkpoint(&mut tx, &cp.signer, seq, &hash).await?;
+        }
         prev = hash.to_vec();
     }
     tx.commit().await?;
     Ok(first)
+}
+
+async fn insert_checkpoint(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    signer: &Signer,
+    seq: i64,
+    hash: &[u8],
+) -> Result<(), sqlx::Error> {
+    let signed_at = super::now_micros() / 1_000_000;
+    sqlx::query(
+        "INSERT INTO audit_checkpoint (seq, hash, signed_at, key_id, signature) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING",
+    )
+    .bind(seq)
+    .bind(hash.to_vec())
+    .bind(signed_at)
+    .bind(signer.key_id().to_string())
+    .bind(signer.sign(seq, hash, signed_at))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Sign the chain head if events were added since the last checkpoint.
+pub async fn checkpoint_head(store: &Store, signer: &Signer) -> Result<Option<i64>, sqlx::Error> {
+    let mut tx = store.pool().begin().await?;
+    if store.backend() == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock(7263002)").execute(&mut *tx).await?;
+    }
+    let head =
+        sqlx::query("SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *tx).await?;
+    let Some(head) = head else { return Ok(None) };
+    let (seq, hash): (i64, Vec<u8>) = (head.try_get(0)?, head.try_get(1)?);
+    let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_checkpoint").fetch_one(&mut *tx).await?;
+    if last.is_some_and(|l| l >= seq) {
+        return Ok(None);
+    }
+    insert_checkpoint(&mut tx, signer, seq, &hash).await?;
+    tx.commit().await?;
+    Ok(Some(seq))
 }

@@ -1,11 +1,14 @@
 //! Audit: one AuditEvent per disclosure or refusal, written durably and hash-chained
 //! before the response body leaves.
 
+pub mod checkpoint;
 pub mod event;
+pub mod export;
 pub mod log;
+pub mod verify;
 
 pub use event::{AuditRecord, Disclosed, Interaction, Outcome, Requestor};
-pub use log::{AuditError, AuditLog};
+pub use log::{AuditError, AuditLog, Checkpoints};
 
 /// Now, in Unix microseconds.
 pub fn now_micros() -> i64 {

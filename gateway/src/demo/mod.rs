@@ -94,7 +94,11 @@ pub fn prepare(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> Result<Conf
         write(&cfg_path, &config_text())?;
     } else {
         // A reused demo may be older than the CRL's validity; stale CRLs fail closed.
-        Pki::open(&pki_dir)?.refresh_crl()?;
+        let pki = Pki::open(&pki_dir)?;
+        pki.refresh_crl()?;
+        if !pki.audit_key_path().exists() {
+            pki.write_audit_key()?;
+        }
     }
     let mut cfg = Config::load(&cfg_path)?;
     cfg.server.listen = listen;
@@ -124,6 +128,11 @@ crls = ["pki/ca.crl"]
 
 [database]
 url = "sqlite://kakehashi.db"
+
+[audit]
+signing_key = "pki/audit-signing.pk8"
+checkpoint_every = 1000
+checkpoint_secs = 60
 "#,
     );
     for i in [&HUB, &CLINIC_A, &CLINIC_B, &PHARMACY, &AUDITOR] {

@@ -58,6 +58,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0003_grants.sql"),
         postgres: include_str!("../../migrations/postgres/0003_grants.sql"),
     },
+    Migration {
+        version: 4,
+        sqlite: include_str!("../../migrations/sqlite/0004_audit_verify.sql"),
+        postgres: include_str!("../../migrations/postgres/0004_audit_verify.sql"),
+    },
 ];
 
 impl Store {
@@ -100,6 +105,21 @@ impl Store {
     /// The connection pool.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// A value from `kk_meta`.
+    pub async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT value FROM kk_meta WHERE key = $1").bind(key).fetch_optional(&self.pool).await?)
+    }
+
+    /// Set a value in `kk_meta` only if it is not set yet; returns the value in force.
+    pub async fn meta_init(&self, key: &str, value: &str) -> Result<String, StoreError> {
+        sqlx::query("INSERT INTO kk_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(self.meta(key).await?.unwrap_or_else(|| value.to_string()))
     }
 
     /// True when the database answers.

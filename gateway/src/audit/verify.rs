@@ -1,0 +1,172 @@
+//! Verifying the audit log: re-walk the chain from the start (or from the signed
+//! anchor left by pruning), recompute every hash, require a valid checkpoint at every
+//! multiple of `checkpoint_every`, and check every checkpoint's signature. The first
+//! problem is reported with its sequence number. Pruning lives here too, because it
+//! must leave exactly what verification starts from.
+
+use super::checkpoint;
+use super::log::{chain_hash, GENESIS};
+use crate::store::Store;
+use sqlx::Row;
+use std::collections::BTreeMap;
+
+/// What a successful verification covered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Events checked.
+    pub events: u64,
+    /// Checkpoints whose signature was checked.
+    pub checkpoints: u64,
+    /// First sequence number checked (after the anchor, if any).
+    pub first: i64,
+    /// Last sequence number checked.
+    pub last: i64,
+    /// Events after the last checkpoint (protected by the chain only until signed).
+    pub unsigned_tail: u64,
+}
+
+/// Why verification failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The database could not be read.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// The log is not what the gateway wrote.
+    #[error("audit log broken at sequence {seq}: {reason}")]
+    Broken {
+        /// First bad sequence number.
+        seq: i64,
+        /// What is wrong there.
+        reason: String,
+    },
+}
+
+fn broken(seq: i64, reason: impl Into<String>) -> VerifyError {
+    VerifyError::Broken { seq, reason: reason.into() }
+}
+
+struct Cp {
+    hash: Vec<u8>,
+    signed_at: i64,
+    signature: Vec<u8>,
+}
+
+/// Verify the whole log with the gateway's public key.
+pub async fn verify(store: &Store, public_key: &[u8], every: i64) -> Result<Report, VerifyError> {
+    let mut checkpoints: BTreeMap<i64, Cp> = BTreeMap::new();
+    for r in sqlx::query("SELECT seq, hash, signed_at, signature FROM audit_checkpoint").fetch_all(store.pool()).await?
+    {
+        checkpoints
+            .insert(r.try_get(0)?, Cp { hash: r.try_get(1)?, signed_at: r.try_get(2)?, signature: r.try_get(3)? });
+    }
+    // Start from the signed anchor left by pruning, or from the beginning.
+    let (mut expect, mut prev) =
+        match sqlx::query("SELECT seq, hash, signed_at, signature FROM audit_anchor WHERE id = 1")
+            .fetch_optional(store.pool())
+            .await?
+        {
+            Some(r) => {
+                let (seq, hash, at, sig): (i64, Vec<u8>, i64, Vec<u8>) =
+                    (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+                if !checkpoint::verify(public_key, seq, &hash, at, &sig) {
+                    return Err(broken(seq, "the pruning anchor's signature is not valid for this gateway's key"));
+                }
+                (seq + 1, hash)
+            }
+            None => (1, GENESIS.to_vec()),
+        };
+    let first = expect;
+    let mut events = 0u64;
+    let mut checked = 0u64;
+    let mut last_signed = expect - 1;
+    const PAGE: i64 = 10_000;
+    loop {
+        let rows =
+            sqlx::query("SELECT seq, event, prev_hash, hash FROM audit_event WHERE seq >= $1 ORDER BY seq LIMIT $2")
+                .bind(expect)
+                .bind(PAGE)
+                .fetch_all(store.pool())
+                .await?;
+        if rows.is_empty() {
+            break;
+        }
+        for r in &rows {
+            let seq: i64 = r.try_get(0)?;
+            let event: String = r.try_get(1)?;
+            let stored_prev: Vec<u8> = r.try_get(2)?;
+            let stored: Vec<u8> = r.try_get(3)?;
+            if seq != expect {
+                return Err(broken(expect, format!("event missing (the next stored event is {seq})")));
+            }
+            if stored_prev != prev {
+                return Err(broken(seq, "does not link to the previous event (inserted, removed or reordered)"));
+            }
+            let h = chain_hash(seq, &prev, event.as_bytes());
+            if h.as_slice() != stored.as_slice() {
+                return Err(broken(seq, "content does not match its hash (modified)"));
+            }
+            match checkpoints.get(&seq) {
+                Some(cp) => {
+                    if cp.hash != stored {
+                        return Err(broken(seq, "the checkpoint here signs a different chain"));
+                    }
+                    if !checkpoint::verify(public_key, seq, &cp.hash, cp.signed_at, &cp.signature) {
+                        return Err(broken(seq, "the checkpoint signature is forged or from another key"));
+                    }
+                    checked += 1;
+                    last_signed = seq;
+                }
+                None if seq % every == 0 => return Err(broken(seq, "the signed checkpoint due here is missing")),
+                None => {}
+            }
+            prev = stored;
+            expect = seq + 1;
+            events += 1;
+        }
+    }
+    // A checkpoint beyond the last event means the events it signed were removed.
+    if let Some((&seq, _)) = checkpoints.range(expect..).next() {
+        return Err(broken(expect, format!("events up to the checkpoint at {seq} are missing (removed from the end)")));
+    }
+    Ok(Report {
+        events,
+        checkpoints: checked,
+        first,
+        last: expect - 1,
+        unsigned_tail: (expect - 1 - last_signed).max(0) as u64,
+    })
+}
+
+/// Delete events recorded before `before_micros` up to the last checkpoint among them,
+/// keeping that checkpoint as the signed anchor the remaining chain verifies from.
+/// Returns the anchor's sequence number, or None when nothing could be pruned.
+pub async fn prune(store: &Store, before_micros: i64) -> Result<Option<i64>, sqlx::Error> {
+    let mut tx = store.pool().begin().await?;
+    if store.backend() == crate::store::Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock(7263002)").execute(&mut *tx).await?;
+    }
+    let anchor = sqlx::query(
+        "SELECT c.seq, c.hash, c.signed_at, c.key_id, c.signature FROM audit_checkpoint c \
+         JOIN audit_event e ON e.seq = c.seq WHERE e.recorded < $1 ORDER BY c.seq DESC LIMIT 1",
+    )
+    .bind(before_micros)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(a) = anchor else { return Ok(None) };
+    let seq: i64 = a.try_get(0)?;
+    sqlx::query("DELETE FROM audit_anchor WHERE id = 1").execute(&mut *tx).await?;
+    sqlx::query(
+        "INSERT INTO audit_anchor (id, seq, hash, signed_at, key_id, signature) VALUES (1, $1, $2, $3, $4, $5)",
+    )
+    .bind(seq)
+    .bind(a.try_get::<Vec<u8>, _>(1)?)
+    .bind(a.try_get::<i64, _>(2)?)
+    .bind(a.try_get::<String, _>(3)?)
+    .bind(a.try_get::<Vec<u8>, _>(4)?)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM audit_event WHERE seq <= $1").bind(seq).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM audit_checkpoint WHERE seq <= $1").bind(seq).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(Some(seq))
+}
