@@ -2,6 +2,7 @@
 //! pushes. Every route here is behind the identity layer; routes that return patient
 //! data take a `policy::Permit`.
 
+pub mod audit_events;
 pub mod body;
 pub mod capability;
 pub mod consent;
@@ -19,6 +20,7 @@ use axum::Router;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/fhir/metadata", get(capability::metadata))
+        .route("/fhir/AuditEvent", get(audit_events::search))
         .route("/fhir/Consent", get(consent::search).post(consent::create))
         .route("/fhir/Consent/{id}", get(consent::read).delete(consent::revoke))
         .route("/fhir/Patient/{id}/$everything", get(read::everything))
