@@ -22,9 +22,20 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// State shared by every handler.
+/// State shared by every handler: one pointer, so the per-request clones made by each
+/// layer cost a single reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] points to.
+pub struct Shared {
     /// The loaded configuration.
     pub config: Arc<Config>,
     /// Counters for `/metrics`.
@@ -59,7 +70,7 @@ impl AppState {
             serde_json::to_vec(&crate::fhir_api::capability::statement(&started)).map(Bytes::from).unwrap_or_default();
         let request_timeout = Duration::from_secs(config.server.request_timeout_secs);
         let policy = crate::policy::Policy::new();
-        AppState { config, metrics, capability, request_timeout, store, records, policy, audit }
+        AppState(Arc::new(Shared { config, metrics, capability, request_timeout, store, records, policy, audit }))
     }
 }
 

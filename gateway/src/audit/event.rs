@@ -155,8 +155,8 @@ impl AuditRecord {
         self.disclosed.iter().any(|d| Some(d.owner.as_str()) != reader)
     }
 
-    /// The FHIR AuditEvent (id = sequence number in the log).
-    pub fn to_fhir(&self, seq: i64, observer: &str) -> AuditEvent {
+    /// The FHIR AuditEvent (id = sequence number in the log, when known).
+    pub fn to_fhir(&self, seq: Option<i64>, observer: &str) -> AuditEvent {
         let recorded = time::OffsetDateTime::from_unix_timestamp_nanos(self.recorded_micros as i128 * 1000)
             .ok()
             .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
@@ -237,7 +237,7 @@ impl AuditRecord {
             "http://hl7.org/fhir/restful-interaction"
         };
         AuditEvent {
-            id: Some(seq.to_string()),
+            id: seq.map(|s| s.to_string()),
             type_: if self.interaction == Interaction::Connect {
                 Coding::new("http://dicom.nema.org/resources/ontology/DCM", "110114")
                     .with_display("User Authentication")

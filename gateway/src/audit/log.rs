@@ -34,8 +34,51 @@ pub fn chain_hash(seq: i64, prev: &[u8], event: &[u8]) -> [u8; 32] {
     out
 }
 
+/// An event made ready in the requesting task, so the single writer only numbers,
+/// hashes and stores.
+struct Prepared {
+    /// The AuditEvent JSON after `{"resourceType":"AuditEvent",` (the id goes first).
+    rest: String,
+    recorded: i64,
+    agent: String,
+    owners: String,
+    patients: String,
+    outcome: &'static str,
+    subtype: &'static str,
+    cross: i64,
+    entities: String,
+}
+
+const EVENT_PREFIX: &str = "{\"resourceType\":\"AuditEvent\",";
+
+impl Prepared {
+    fn new(r: &AuditRecord, observer: &str) -> Result<Prepared, AuditError> {
+        let json = serde_json::to_string(&r.to_fhir(None, observer)).map_err(|e| AuditError(e.to_string()))?;
+        let rest = json
+            .strip_prefix(EVENT_PREFIX)
+            .ok_or_else(|| AuditError("unexpected AuditEvent serialisation".into()))?
+            .to_string();
+        Ok(Prepared {
+            rest,
+            recorded: r.recorded_micros,
+            agent: r.agent_institution().unwrap_or("").to_string(),
+            owners: list(r.owners()),
+            patients: list(r.patients()),
+            outcome: r.outcome.code(),
+            subtype: r.interaction.code(),
+            cross: i64::from(r.crosses_boundary()),
+            entities: list(r.disclosed.iter().map(|d| d.reference.as_str()).collect()),
+        })
+    }
+
+    /// The stored event: the prepared JSON with its sequence number as id.
+    fn event(&self, seq: i64) -> String {
+        format!("{EVENT_PREFIX}\"id\":\"{seq}\",{}", self.rest)
+    }
+}
+
 struct Job {
-    record: AuditRecord,
+    prepared: Prepared,
     reply: oneshot::Sender<Result<i64, AuditError>>,
 }
 
@@ -43,6 +86,11 @@ struct Job {
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Job>,
+    observer: Arc<str>,
+    /// Benchmark-only builds can measure reads without auditing; production builds
+    /// have no way to turn auditing off.
+    #[cfg(feature = "bench")]
+    disabled: bool,
 }
 
 /// How the writer signs checkpoints.
@@ -60,19 +108,37 @@ impl AuditLog {
     /// Start the writer task for `store`; `observer` names this gateway in events.
     pub fn start(store: Store, observer: String, checkpoints: Checkpoints) -> AuditLog {
         let (tx, rx) = mpsc::channel(8192);
-        tokio::spawn(writer(store, observer, checkpoints, rx));
-        AuditLog { tx }
+        tokio::spawn(writer(store, checkpoints, rx));
+        AuditLog {
+            tx,
+            observer: observer.into(),
+            #[cfg(feature = "bench")]
+            disabled: false,
+        }
+    }
+
+    /// DANGER, benchmark builds only: a log that records nothing, to measure what
+    /// auditing costs. Not compiled into the gateway users run.
+    #[cfg(feature = "bench")]
+    pub fn danger_disabled_for_benchmark() -> AuditLog {
+        let (tx, _rx) = mpsc::channel(1);
+        AuditLog { tx, observer: "".into(), disabled: true }
     }
 
     /// Record one event durably; returns its sequence number.
     pub async fn record(&self, record: AuditRecord) -> Result<i64, AuditError> {
+        #[cfg(feature = "bench")]
+        if self.disabled {
+            return Ok(0);
+        }
+        let prepared = Prepared::new(&record, &self.observer)?;
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job { record, reply }).await.map_err(|_| AuditError("writer stopped".into()))?;
+        self.tx.send(Job { prepared, reply }).await.map_err(|_| AuditError("writer stopped".into()))?;
         rx.await.map_err(|_| AuditError("writer stopped".into()))?
     }
 }
 
-async fn writer(store: Store, observer: String, cp: Checkpoints, mut rx: mpsc::Receiver<Job>) {
+async fn writer(store: Store, cp: Checkpoints, mut rx: mpsc::Receiver<Job>) {
     let mut tick = tokio::time::interval(cp.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -95,7 +161,7 @@ async fn writer(store: Store, observer: String, cp: Checkpoints, mut rx: mpsc::R
                 Err(_) => break,
             }
         }
-        match write_batch(&store, &observer, &cp, &batch).await {
+        match write_batch(&store, &cp, &batch).await {
             Ok(first_seq) => {
                 for (i, job) in batch.into_iter().enumerate() {
                     let _ = job.reply.send(Ok(first_seq + i as i64));
@@ -119,7 +185,11 @@ fn list(items: Vec<&str>) -> String {
     }
 }
 
-async fn write_batch(store: &Store, observer: &str, cp: &Checkpoints, batch: &[Job]) -> Result<i64, sqlx::Error> {
+/// Rows per INSERT statement: fewer round trips to the database worker, while SQLite's
+/// lookup of `$N` parameter names (linear in the parameter count) stays cheap.
+const ROWS_PER_INSERT: usize = 16;
+
+async fn write_batch(store: &Store, cp: &Checkpoints, batch: &[Job]) -> Result<i64, sqlx::Error> {
     let mut tx = store.pool().begin().await?;
     if store.backend() == Backend::Postgres {
         // Instances sharing one database append to one chain, one batch at a time.
@@ -132,33 +202,64 @@ async fn write_batch(store: &Store, observer: &str, cp: &Checkpoints, batch: &[J
         None => (0, GENESIS.to_vec()),
     };
     let first = seq + 1;
-    for job in batch {
-        seq += 1;
-        let r = &job.record;
-        let event = serde_json::to_vec(&r.to_fhir(seq, observer)).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-        let hash = chain_hash(seq, &prev, &event);
-        sqlx::query(
-            "INSERT INTO audit_event (seq, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, event, prev_hash, hash, entities) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(seq)
-        .bind(r.recorded_micros)
-        .bind(r.agent_institution().unwrap_or("").to_string())
-        .bind(list(r.owners()))
-        .bind(list(r.patients()))
-        .bind(r.outcome.code())
-        .bind(r.interaction.code())
-        .bind(i64::from(r.crosses_boundary()))
-        .bind(String::from_utf8_lossy(&event).into_owned())
-        .bind(prev.clone())
-        .bind(hash.to_vec())
-        .bind(list(r.disclosed.iter().map(|d| d.reference.as_str()).collect()))
-        .execute(&mut *tx)
-        .await?;
-        if seq % cp.every == 0 {
-            insert_checkpoint(&mut tx, &cp.signer, seq, &hash).await?;
+    let mut due = Vec::new();
+    for chunk in batch.chunks(ROWS_PER_INSERT) {
+        let mut rows = Vec::with_capacity(chunk.len());
+        for job in chunk {
+            seq += 1;
+            let event = job.prepared.event(seq);
+            let hash = chain_hash(seq, &prev, event.as_bytes());
+            if seq % cp.every == 0 {
+                due.push((seq, hash));
+            }
+            rows.push((seq, event, std::mem::replace(&mut prev, hash.to_vec()), hash));
         }
-        prev = hash.to_vec();
+        let mut sql = String::from(
+            "INSERT INTO audit_event (seq, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, event, prev_hash, hash, entities) VALUES ",
+        );
+        for i in 0..rows.len() {
+            let b = i * 12;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${},${},${},${},${},${},${},${},${},${},${},${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8,
+                b + 9,
+                b + 10,
+                b + 11,
+                b + 12
+            ));
+        }
+        // The statement holds placeholders only; every value is bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (job, (seq, event, prev_hash, hash)) in chunk.iter().zip(rows) {
+            let p = &job.prepared;
+            q = q
+                .bind(seq)
+                .bind(p.recorded)
+                .bind(p.agent.clone())
+                .bind(p.owners.clone())
+                .bind(p.patients.clone())
+                .bind(p.outcome)
+                .bind(p.subtype)
+                .bind(p.cross)
+                .bind(event)
+                .bind(prev_hash)
+                .bind(hash.to_vec())
+                .bind(p.entities.clone());
+        }
+        q.execute(&mut *tx).await?;
+    }
+    for (seq, hash) in due {
+        insert_checkpoint(&mut tx, &cp.signer, seq, &hash).await?;
     }
     tx.commit().await?;
     Ok(first)

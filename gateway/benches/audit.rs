@@ -1,0 +1,187 @@
+//! What auditing costs, and how fast the log verifies.
+//!
+//! `cargo bench -p kakehashi --features bench --bench audit [-- VERIFY_EVENTS [CONCURRENCY]]`
+//!
+//! 1. Audited reads per second (one Patient, translation cached, embedded SQLite with
+//!    `synchronous=FULL`, CONCURRENCY (default 256) requests through the tower stack minus
+//!    TLS) against the same reads with auditing switched off, alternating in one run.
+//! 2. `audit verify` speed over a log of VERIFY_EVENTS (default 1,000,000) events.
+
+use axum::body::Body;
+use kakehashi::app::{build, AppState};
+use kakehashi::audit::{AuditLog, Checkpoints};
+use kakehashi::identity::{ConnInfo, Principal};
+use kakehashi::records::Records;
+use kakehashi::store::Store;
+use kakehashi::Config;
+use kakehashi_certs::{InitOptions, Pki, Role};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower::ServiceExt;
+
+const CONFIG: &str = r#"
+[federation]
+name = "bench"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[tls]
+client_ca = "pki/ca.pem"
+cert = "pki/server.pem"
+key = "pki/server.key"
+crls = ["pki/ca.crl"]
+[database]
+url = "sqlite://bench.db"
+[audit]
+signing_key = "pki/audit-signing.pk8"
+[[institution]]
+code = "4610100011"
+name = "Hub"
+kind = "hub-hospital"
+[[site]]
+id = "hub"
+owner = "4610100011"
+connector = { kind = "ss-mix2", root = "sites/hub/ss-mix2" }
+"#;
+
+async fn rate(
+    app: &axum::Router,
+    path: &str,
+    conn: &ConnInfo,
+    who: &Arc<Principal>,
+    dur: Duration,
+    concurrency: usize,
+) -> f64 {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (app, path, conn, who) = (app.clone(), path.to_string(), conn.clone(), who.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while started.elapsed() < dur {
+                let mut req = http::Request::get(&path).header("host", "bench").body(Body::empty()).unwrap();
+                req.extensions_mut().insert(conn.clone());
+                req.extensions_mut().insert(who.clone());
+                let resp = app.clone().oneshot(req).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                let _ = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn verify_speed(events: i64, store: &Store, signer: &kakehashi::audit::checkpoint::Signer) {
+    use kakehashi::audit::log::chain_hash;
+    let event = r#"{"resourceType":"AuditEvent","id":"0","type":{"system":"http://terminology.hl7.org/CodeSystem/audit-event-type","code":"rest"},"subtype":[{"system":"http://hl7.org/fhir/restful-interaction","code":"read"}],"action":"R","recorded":"2026-11-22T00:00:00Z","outcome":"0","agent":[{"type":{"coding":[{"system":"http://dicom.nema.org/resources/ontology/DCM","code":"110153"}]},"who":{"identifier":{"system":"http://jpfhir.jp/fhir/core/IdSystem/insurance-medical-institution-no","value":"4610200021"}},"altId":"kuroshima-01","requestor":true,"network":{"address":"10.0.0.1:5000","type":"2"}}],"source":{"observer":{"display":"kakehashi"}},"entity":[{"what":{"reference":"Patient/patient-c18f07549e960059f1f6d75c"},"detail":[{"type":"owner","valueString":"4610100011"},{"type":"boundary","valueString":"cross-site"}]}]}"#;
+    let started = Instant::now();
+    let mut prev = kakehashi::audit::log::GENESIS.to_vec();
+    let mut seq = 0i64;
+    while seq < events {
+        let mut tx = store.pool().begin().await.unwrap();
+        for _ in 0..10_000.min(events - seq) {
+            seq += 1;
+            let h = chain_hash(seq, &prev, event.as_bytes());
+            sqlx::query("INSERT INTO audit_event (seq, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, event, prev_hash, hash, entities) VALUES ($1, 0, '4610200021', ',4610100011,', '', '0', 'read', 1, $2, $3, $4, '')")
+                .bind(seq).bind(event).bind(prev.clone()).bind(h.to_vec()).execute(&mut *tx).await.unwrap();
+            if seq % 1000 == 0 {
+                sqlx::query(
+                    "INSERT INTO audit_checkpoint (seq, hash, signed_at, key_id, signature) VALUES ($1, $2, 0, $3, $4)",
+                )
+                .bind(seq)
+                .bind(h.to_vec())
+                .bind(signer.key_id().to_string())
+                .bind(signer.sign(seq, &h, 0))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            }
+            prev = h.to_vec();
+        }
+        tx.commit().await.unwrap();
+    }
+    println!("wrote {events} events in {:.1} s", started.elapsed().as_secs_f64());
+    let started = Instant::now();
+    let r = kakehashi::audit::verify::verify(store, &signer.public_key(), 1000).await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "audit verify: {} events, {} checkpoints in {secs:.1} s = {:.0} events/s",
+        r.events,
+        r.checkpoints,
+        r.events as f64 / secs
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let nums: Vec<i64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let verify_events = nums.first().copied().unwrap_or(1_000_000);
+    let concurrency = nums.get(1).copied().unwrap_or(256) as usize;
+    let dir = std::env::temp_dir().join(format!("kk-bench-audit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    Pki::init(&dir.join("pki"), &InitOptions::default()).unwrap();
+    kakehashi::demo::write_sites(&dir).unwrap();
+    std::fs::write(dir.join("kakehashi.toml"), CONFIG).unwrap();
+    let cfg = Config::load(&dir.join("kakehashi.toml")).unwrap();
+    let store = Store::open(&cfg.database.url).await.unwrap();
+    let records = Records::load(&cfg);
+    let cfg = Arc::new(cfg);
+    let signer = Arc::new(kakehashi::audit::checkpoint::Signer::load(&cfg.audit.signing_key).unwrap());
+    let cp = Checkpoints { signer: signer.clone(), every: 1000, interval: Duration::from_secs(60) };
+    let audited = build(AppState::new(
+        cfg.clone(),
+        Arc::default(),
+        store.clone(),
+        records.clone(),
+        AuditLog::start(store.clone(), "bench".into(), cp),
+    ));
+    let unaudited = build(AppState::new(
+        cfg.clone(),
+        Arc::default(),
+        store.clone(),
+        records.clone(),
+        AuditLog::danger_disabled_for_benchmark(),
+    ));
+    let who = Arc::new(Principal {
+        institution: "4610100011".into(),
+        institution_name: "Hub".into(),
+        kind: kakehashi::config::InstitutionKind::HubHospital,
+        role: Role::HospitalSystem,
+        terminal: "bench".into(),
+        fingerprint: "00".into(),
+    });
+    let conn = ConnInfo {
+        peer: "127.0.0.1:1".parse().unwrap(),
+        fingerprint: None,
+        claimed_institution: None,
+        identity: Ok(who.clone()),
+    };
+    let snap = records.snapshot();
+    let patient = snap.of_type("Patient").next().unwrap().resource.id().unwrap().to_string();
+    let path = format!("/fhir/Patient/{patient}");
+    let d = Duration::from_secs(3);
+    rate(&audited, &path, &conn, &who, Duration::from_secs(1), concurrency).await; // warm up
+    let mut best = (0f64, 0f64);
+    for _ in 0..3 {
+        best.0 = best.0.max(rate(&audited, &path, &conn, &who, d, concurrency).await);
+        best.1 = best.1.max(rate(&unaudited, &path, &conn, &who, d, concurrency).await);
+    }
+    println!(
+        "audited reads: {:.0}/s, unaudited: {:.0}/s, ratio {:.2} (in-process stack without TLS, SQLite synchronous=FULL, {concurrency} concurrent)",
+        best.0, best.1, best.0 / best.1
+    );
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_event").fetch_one(store.pool()).await.unwrap();
+    println!("({events} events written during the audited runs)");
+
+    let vdir = dir.join("verify");
+    std::fs::create_dir_all(&vdir).unwrap();
+    let vstore = Store::open(&format!("sqlite://{}/verify.db", vdir.display())).await.unwrap();
+    verify_speed(verify_events, &vstore, &signer).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
