@@ -34,6 +34,46 @@ enum Command {
     /// The audit log: verify the chain and signatures, export, prune.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Load harness: the gateway against a bare TLS baseline on loopback.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// patient-read, search-20 or metadata.
+    #[arg(long, value_enum, default_value = "patient-read")]
+    workload: BenchWorkload,
+    /// h1 (keep-alive), h2, new (full handshake per request) or resume.
+    #[arg(long, value_enum, default_value = "h1")]
+    mode: BenchMode,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// Alternating rounds of gateway and baseline.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Requests per second per client (open loop); 0 runs closed loop.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BenchWorkload {
+    PatientRead,
+    #[value(name = "search-20")]
+    Search20,
+    Metadata,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BenchMode {
+    H1,
+    H2,
+    New,
+    Resume,
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,6 +269,27 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Certs(c) => certs(c).map_err(|e| e.to_string()),
         Command::Translate(a) => translate(a),
         Command::Audit(a) => runtime()?.block_on(audit(a)),
+        Command::Bench(b) => {
+            use crate::loadgen::{scenario, Mode};
+            let opts = scenario::Options {
+                workload: match b.workload {
+                    BenchWorkload::PatientRead => scenario::Workload::PatientRead,
+                    BenchWorkload::Search20 => scenario::Workload::Search20,
+                    BenchWorkload::Metadata => scenario::Workload::Metadata,
+                },
+                mode: match b.mode {
+                    BenchMode::H1 => Mode::H1,
+                    BenchMode::H2 => Mode::H2,
+                    BenchMode::New => Mode::NewConnection,
+                    BenchMode::Resume => Mode::Resumed,
+                },
+                connections: b.connections.max(1),
+                duration: std::time::Duration::from_secs(b.duration.clamp(1, 600)),
+                rounds: b.rounds,
+                rate_per_client: b.rate.max(0.0),
+            };
+            runtime()?.block_on(scenario::bench(opts)).map(|_| ())
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 -- The audit log: one row per AuditEvent, hash-chained by seq.
 CREATE TABLE audit_event (
-    seq BIGINT PRIMARY KEY,
+    seq INTEGER PRIMARY KEY,
     recorded BIGINT NOT NULL,
     agent_institution TEXT NOT NULL,
     owners TEXT NOT NULL,
@@ -16,7 +16,7 @@ CREATE INDEX audit_event_recorded ON audit_event (recorded);
 CREATE INDEX audit_event_agent ON audit_event (agent_institution, recorded);
 -- Signed checkpoints over the chain head.
 CREATE TABLE audit_checkpoint (
-    seq BIGINT PRIMARY KEY,
+    seq INTEGER PRIMARY KEY,
     hash BLOB NOT NULL,
     signed_at BIGINT NOT NULL,
     key_id TEXT NOT NULL,

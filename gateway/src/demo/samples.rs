@@ -231,6 +231,20 @@ fn mml_patient(
     )
 }
 
+/// Add `orders` more prescriptions (two drugs each) for a hub patient, for benchmarks
+/// that need a patient with many records.
+pub fn write_bulk_prescriptions(dir: &Path, patient_index: usize, orders: usize) -> Result<(), String> {
+    let root = dir.join("sites/hub/ss-mix2");
+    let p = HUB_PATIENTS.get(patient_index).ok_or("no such sample patient")?;
+    for n in 0..orders {
+        let order = format!("{:015}", 500_000 + n);
+        let date = format!("2026{:02}{:02}", 1 + (n / 28) % 12, 1 + n % 28);
+        let path = ss_mix2_path(&root, p.id, &date, "OMP-01", &order, &format!("{date}103100000"), "01");
+        write_bytes(&path, &iso2022jp(&omp01(p, &order))?)?;
+    }
+    Ok(())
+}
+
 /// Write the demo's sample sites below `dir/sites`.
 pub fn write_sites(dir: &Path) -> Result<(), String> {
     let root = dir.join("sites/hub/ss-mix2");

@@ -1,0 +1,272 @@
+//! Load harness (`kakehashi bench`): mutual-TLS clients over HTTP/1.1 keep-alive, HTTP/2,
+//! or a new connection per request (full handshakes, or with session resumption),
+//! N connections for D seconds, latency in an HDR histogram and errors by kind; and a
+//! bare tokio + hyper + rustls baseline server that answers the same bytes. Loopback
+//! only, bounded in time, stops by itself.
+
+pub mod baseline;
+pub mod scenario;
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use rustls::pki_types::ServerName;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// How clients use connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// HTTP/1.1, one keep-alive connection per client.
+    H1,
+    /// HTTP/2, one connection per client.
+    H2,
+    /// A new TLS connection (full handshake) per request.
+    NewConnection,
+    /// A new TCP connection per request, resuming the TLS session.
+    Resumed,
+}
+
+/// One request to repeat.
+#[derive(Debug, Clone)]
+pub struct RequestSpec {
+    /// Method.
+    pub method: http::Method,
+    /// Path and query.
+    pub path: String,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Bytes,
+    /// Status that counts as success.
+    pub expect: u16,
+}
+
+/// A load run.
+#[derive(Clone)]
+pub struct LoadSpec {
+    /// Target (loopback).
+    pub addr: SocketAddr,
+    /// Connection use.
+    pub mode: Mode,
+    /// Concurrent clients.
+    pub connections: usize,
+    /// How long.
+    pub duration: Duration,
+    /// What each client sends.
+    pub request: RequestSpec,
+    /// Client TLS configuration (CA, certificate, key).
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Requests per second per client; 0 = as fast as possible.
+    pub rate_per_client: f64,
+}
+
+/// What a run measured.
+#[derive(Debug)]
+pub struct LoadReport {
+    /// Successful requests.
+    pub ok: u64,
+    /// Failures by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Latency of successful requests, microseconds.
+    pub latency: Histogram<u64>,
+}
+
+impl LoadReport {
+    /// Successful requests per second.
+    pub fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// One line: rate, percentiles, errors.
+    pub fn line(&self) -> String {
+        let q = |p: f64| self.latency.value_at_quantile(p) as f64 / 1000.0;
+        let errors: Vec<String> = self.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!(
+            "{:>9.0} req/s  p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  errors: {}",
+            self.rate(),
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            self.latency.max() as f64 / 1000.0,
+            if errors.is_empty() { "none".into() } else { errors.join(" ") }
+        )
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 60 s at 3 significant digits; the bounds are constants, so this cannot fail.
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).expect("histogram"))
+}
+
+/// A TLS client configuration for the harness.
+pub fn client_config(
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    alpn: &[&[u8]],
+    resumption: bool,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
+        roots.add(c.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("{}: {e}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let mut cfg = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    if !resumption {
+        cfg.resumption = rustls::client::Resumption::disabled();
+    }
+    Ok(Arc::new(cfg))
+}
+
+type Sender1 = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+type Sender2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+enum Conn {
+    H1(Sender1),
+    H2(Sender2),
+}
+
+async fn connect(spec: &LoadSpec, h2: bool) -> Result<Conn, String> {
+    let tcp = TcpStream::connect(spec.addr).await.map_err(|_| "connect".to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from("localhost").map_err(|_| "name".to_string())?;
+    let tls =
+        tokio_rustls::TlsConnector::from(spec.tls.clone()).connect(name, tcp).await.map_err(|_| "tls".to_string())?;
+    let io = hyper_util::rt::TokioIo::new(tls);
+    if h2 {
+        let (send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .map_err(|_| "h2-handshake".to_string())?;
+        tokio::spawn(conn);
+        Ok(Conn::H2(send))
+    } else {
+        let (send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|_| "h1-handshake".to_string())?;
+        tokio::spawn(conn);
+        Ok(Conn::H1(send))
+    }
+}
+
+fn build(spec: &RequestSpec, h2: bool, close: bool) -> http::Request<Full<Bytes>> {
+    let uri = if h2 { format!("https://localhost{}", spec.path) } else { spec.path.clone() };
+    let mut b = http::Request::builder().method(spec.method.clone()).uri(uri);
+    if !h2 {
+        b = b.header(http::header::HOST, "localhost");
+        if close {
+            b = b.header(http::header::CONNECTION, "close");
+        }
+    }
+    for (k, v) in &spec.headers {
+        b = b.header(k.as_str(), v.as_str());
+    }
+    b.body(Full::new(spec.body.clone())).unwrap_or_else(|_| http::Request::new(Full::new(Bytes::new())))
+}
+
+async fn send(conn: &mut Conn, spec: &RequestSpec, close: bool) -> Result<(), String> {
+    let resp = match conn {
+        Conn::H1(s) => {
+            s.ready().await.map_err(|_| "closed".to_string())?;
+            s.send_request(build(spec, false, close)).await
+        }
+        Conn::H2(s) => {
+            s.ready().await.map_err(|_| "closed".to_string())?;
+            s.send_request(build(spec, true, false)).await
+        }
+    }
+    .map_err(|_| "request".to_string())?;
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await.map_err(|_| "body".to_string())?;
+    if status == spec.expect {
+        Ok(())
+    } else {
+        Err(format!("status-{status}"))
+    }
+}
+
+/// Run one load test.
+pub async fn run(spec: LoadSpec) -> LoadReport {
+    let started = Instant::now();
+    let deadline = started + spec.duration;
+    let mut tasks = Vec::new();
+    for i in 0..spec.connections {
+        let spec = spec.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = histogram();
+            let mut ok = 0u64;
+            let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+            let mut conn: Option<Conn> = None;
+            let interval = (spec.rate_per_client > 0.0).then(|| Duration::from_secs_f64(1.0 / spec.rate_per_client));
+            // Spread open-loop clients over the interval.
+            let mut next =
+                Instant::now() + interval.map(|d| d.mul_f64(i as f64 / spec.connections as f64)).unwrap_or_default();
+            while Instant::now() < deadline {
+                if let Some(d) = interval {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += d;
+                }
+                let t0 = Instant::now();
+                let result = match spec.mode {
+                    Mode::H1 | Mode::H2 => {
+                        if conn.is_none() {
+                            match connect(&spec, spec.mode == Mode::H2).await {
+                                Ok(c) => conn = Some(c),
+                                Err(e) => {
+                                    *errors.entry(e).or_default() += 1;
+                                    tokio::time::sleep(Duration::from_millis(5)).await;
+                                    continue;
+                                }
+                            }
+                        }
+                        let c = conn.as_mut().expect("connected above");
+                        let r = send(c, &spec.request, false).await;
+                        if r.is_err() {
+                            conn = None;
+                        }
+                        r
+                    }
+                    Mode::NewConnection | Mode::Resumed => match connect(&spec, false).await {
+                        Ok(mut c) => send(&mut c, &spec.request, true).await,
+                        Err(e) => Err(e),
+                    },
+                };
+                match result {
+                    Ok(()) => {
+                        ok += 1;
+                        let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
+                    }
+                    Err(e) => *errors.entry(e).or_default() += 1,
+                }
+            }
+            (ok, errors, hist)
+        }));
+    }
+    let mut report = LoadReport { ok: 0, errors: BTreeMap::new(), elapsed: Duration::ZERO, latency: histogram() };
+    for t in tasks {
+        if let Ok((ok, errors, hist)) = t.await {
+            report.ok += ok;
+            for (k, v) in errors {
+                *report.errors.entry(k).or_default() += v;
+            }
+            let _ = report.latency.add(&hist);
+        }
+    }
+    report.elapsed = started.elapsed();
+    report
+}

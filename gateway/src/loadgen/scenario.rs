@@ -1,0 +1,248 @@
+//! `kakehashi bench`: a throw-away federation in a temporary directory (PKI, synthetic
+//! sites, a consent so the clinic's reads cross the hub's boundary), the gateway on a
+//! loopback port, and the baseline answering the gateway's own bytes; the same client
+//! drives both, alternately, and the ratio is printed.
+
+use super::{baseline, client_config, run, LoadReport, LoadSpec, Mode, RequestSpec};
+use crate::demo::{CLINIC_A, HUB};
+use crate::{Config, Gateway};
+use bytes::Bytes;
+use kakehashi_certs::{ClientCertRequest, InitOptions, Pki, Role};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// (a) audited cross-site read of one Patient (translation cached).
+    PatientRead,
+    /// (b) audited search returning 20 MedicationRequests.
+    Search20,
+    /// (e) `GET /fhir/metadata`, for handshake rates.
+    Metadata,
+}
+
+/// Options of a bench run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Workload.
+    pub workload: Workload,
+    /// Connection use.
+    pub mode: Mode,
+    /// Concurrent clients.
+    pub connections: usize,
+    /// Seconds per measurement.
+    pub duration: Duration,
+    /// Alternating rounds (gateway, baseline).
+    pub rounds: usize,
+    /// Requests/s per client (open loop); 0 = closed loop, as fast as possible.
+    pub rate_per_client: f64,
+}
+
+struct Federation {
+    dir: PathBuf,
+}
+
+impl Drop for Federation {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn config(dir: &Path) -> String {
+    format!(
+        r#"[federation]
+name = "bench"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[tls]
+client_ca = "pki/ca.pem"
+cert = "pki/server.pem"
+key = "pki/server.key"
+crls = ["pki/ca.crl"]
+[database]
+url = "sqlite://{}/bench.db"
+[audit]
+signing_key = "pki/audit-signing.pk8"
+[[institution]]
+code = "{}"
+name = "Hub"
+kind = "hub-hospital"
+[[institution]]
+code = "{}"
+name = "Clinic"
+kind = "clinic"
+[[site]]
+id = "hub"
+owner = "{}"
+connector = {{ kind = "ss-mix2", root = "sites/hub/ss-mix2" }}
+"#,
+        dir.display(),
+        HUB.code,
+        CLINIC_A.code,
+        HUB.code
+    )
+}
+
+async fn one(spec: &LoadSpec) -> Result<(u16, Bytes), String> {
+    let mut s = spec.clone();
+    s.connections = 1;
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(s.tls.clone()).connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut b =
+        http::Request::builder().method(s.request.method.clone()).uri(&s.request.path).header("host", "localhost");
+    for (k, v) in &s.request.headers {
+        b = b.header(k.as_str(), v.as_str());
+    }
+    let resp = send
+        .send_request(b.body(http_body_util::Full::new(s.request.body.clone())).map_err(|e| e.to_string())?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    use http_body_util::BodyExt;
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((status, body))
+}
+
+/// Set up, measure, print. Returns (gateway report, baseline report) of the best round.
+pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
+    let dir = std::env::temp_dir().join(format!("kakehashi-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let fed = Federation { dir: dir.clone() };
+    let pki = Pki::init(&dir.join("pki"), &InitOptions::default()).map_err(|e| e.to_string())?;
+    for (name, inst, role) in [("hub", &HUB, Role::HospitalSystem), ("clinic", &CLINIC_A, Role::ClinicTerminal)] {
+        pki.issue(&ClientCertRequest::new(inst.code, inst.name, role, name), name).map_err(|e| e.to_string())?;
+    }
+    crate::demo::write_sites(&dir)?;
+    crate::demo::write_bulk_prescriptions(&dir, 0, 10)?;
+    std::fs::write(dir.join("kakehashi.toml"), config(&dir)).map_err(|e| e.to_string())?;
+    let cfg = Config::load(&dir.join("kakehashi.toml")).map_err(|e| e.to_string())?;
+    let tls_files: crate::tls::TlsFiles = (&cfg.tls).into();
+    let gw = Gateway::bind(cfg).await.map_err(|e| e.to_string())?;
+    let addr = gw.local_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(gw.run(async {
+        let _ = stop_rx.await;
+    }));
+
+    let p = pki.dir();
+    let alpn: &[&[u8]] = if opts.mode == Mode::H2 { &[b"h2"] } else { &[b"http/1.1"] };
+    let resumption = opts.mode != Mode::NewConnection;
+    let hub = client_config(&p.join("ca.pem"), &p.join("hub.pem"), &p.join("hub.key"), &[b"http/1.1"], true)?;
+    let clinic = client_config(&p.join("ca.pem"), &p.join("clinic.pem"), &p.join("clinic.key"), alpn, resumption)?;
+    let get = |path: String| RequestSpec {
+        method: http::Method::GET,
+        path,
+        headers: vec![],
+        body: Bytes::new(),
+        expect: 200,
+    };
+    let mut setup = LoadSpec {
+        addr,
+        mode: Mode::H1,
+        connections: 1,
+        duration: Duration::ZERO,
+        request: get("/fhir/Patient?identifier=1000001".into()),
+        tls: hub.clone(),
+        rate_per_client: 0.0,
+    };
+    let (_, found) = one(&setup).await?;
+    let found: serde_json::Value = serde_json::from_slice(&found).map_err(|e| e.to_string())?;
+    let patient = found["entry"][0]["resource"]["id"].as_str().ok_or("sample patient not found")?.to_string();
+    let consent = serde_json::json!({
+        "resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "urn:kakehashi:grant-kind", "code": "consent"}]}],
+        "patient": {"reference": format!("Patient/{patient}")},
+        "provision": {"period": {"end": "2099-12-31"}, "actor": [{"role": {"text": "recipient"}, "reference": {"identifier": {"system": kakehashi_mappings::codes::INSTITUTION_NUMBER, "value": CLINIC_A.code}}}]}
+    });
+    setup.request = RequestSpec {
+        method: http::Method::POST,
+        path: "/fhir/Consent".into(),
+        headers: vec![("content-type".into(), "application/fhir+json".into())],
+        body: Bytes::from(consent.to_string()),
+        expect: 201,
+    };
+    let (status, body) = one(&setup).await?;
+    if status != 201 {
+        return Err(format!("consent not created: {}", String::from_utf8_lossy(&body)));
+    }
+
+    let request = match opts.workload {
+        Workload::PatientRead => get(format!("/fhir/Patient/{patient}")),
+        Workload::Search20 => get(format!("/fhir/MedicationRequest?patient={patient}&_count=20")),
+        Workload::Metadata => get("/fhir/metadata".into()),
+    };
+    let spec = LoadSpec {
+        addr,
+        mode: opts.mode,
+        connections: opts.connections,
+        duration: opts.duration,
+        request,
+        tls: clinic,
+        rate_per_client: opts.rate_per_client,
+    };
+    let (status, reference) = one(&spec).await?;
+    if status != 200 {
+        return Err(format!("the workload's request failed: {}", String::from_utf8_lossy(&reference)));
+    }
+    if opts.workload == Workload::Search20 {
+        let v: serde_json::Value = serde_json::from_slice(&reference).map_err(|e| e.to_string())?;
+        println!(
+            "search returns {} of {} MedicationRequests per page",
+            v["entry"].as_array().map(|a| a.len()).unwrap_or(0),
+            v["total"]
+        );
+    }
+    let server_cfg = Arc::new(crate::tls::build_server_config(&tls_files).map_err(|e| e.to_string())?);
+    let (base_addr, base_task) =
+        baseline::start(server_cfg, reference.clone(), "application/fhir+json; charset=utf-8", 200)
+            .await
+            .map_err(|e| e.to_string())?;
+    let base_spec = LoadSpec { addr: base_addr, ..spec.clone() };
+
+    println!(
+        "workload {:?}, mode {:?}, {} connections, {:?} per run, response {} bytes",
+        opts.workload,
+        opts.mode,
+        opts.connections,
+        opts.duration,
+        reference.len()
+    );
+    let mut best: Option<(LoadReport, LoadReport)> = None;
+    for round in 0..opts.rounds.max(1) {
+        let g = run(spec.clone()).await;
+        println!("round {} gateway  {}", round + 1, g.line());
+        let b = run(base_spec.clone()).await;
+        println!("round {} baseline {}", round + 1, b.line());
+        best = Some(match best {
+            None => (g, b),
+            Some((bg, bb)) => (if g.rate() > bg.rate() { g } else { bg }, if b.rate() > bb.rate() { b } else { bb }),
+        });
+    }
+    let (g, b) = best.ok_or("no rounds")?;
+    println!("best: gateway {:.0} req/s, baseline {:.0} req/s, ratio {:.2}", g.rate(), b.rate(), g.rate() / b.rate());
+    println!("resident memory of this process (gateway + baseline + clients): {} MB", rss_mb());
+    base_task.abort();
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    drop(fed);
+    Ok((g, b))
+}
+
+/// Resident set size of this process in MB, from /proc.
+pub fn rss_mb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(0)
+}
