@@ -3,6 +3,7 @@
 //! FHIR happens in `kakehashi-mappings`, never here.
 
 pub mod hl7v2;
+pub mod mml;
 pub mod ss_mix2;
 pub mod text;
 
@@ -21,6 +22,8 @@ pub struct Location {
     pub field: Option<usize>,
     /// Byte offset from the start of the source.
     pub offset: Option<usize>,
+    /// 1-based line (XML).
+    pub line: Option<usize>,
 }
 
 impl fmt::Display for Location {
@@ -34,6 +37,9 @@ impl fmt::Display for Location {
             (Some(n), None) => parts.push(format!("segment {n}")),
             (None, Some(id)) => parts.push(id.clone()),
             (None, None) => {}
+        }
+        if let Some(line) = self.line {
+            parts.push(format!("line {line}"));
         }
         if let Some(field) = self.field {
             parts.push(format!("field {field}"));

@@ -80,6 +80,19 @@ fn run_hl7(dir: &Path, case: &Value, default_charset: Option<Charset>) -> Result
     })
 }
 
+fn run_mml(dir: &Path, case: &Value) -> Result<Value, String> {
+    let input = match case.get("input").and_then(Value::as_str) {
+        Some(p) => resolve(p),
+        None => dir.join("input.xml"),
+    };
+    let bytes = std::fs::read(&input).map_err(|e| format!("{}: {e}", input.display()))?;
+    let key = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(match kakehashi_mappings::mml::translate_bytes(&bytes, &ParseOptions::default(), &context(case, &key)) {
+        Ok(t) => translation_json(&t),
+        Err(e) => json!({ "error": e.in_file(label(&input)).to_string() }),
+    })
+}
+
 fn run_storage(case: &Value) -> Result<Value, String> {
     let root = resolve(case.get("storage").and_then(Value::as_str).ok_or("storage case without `storage`")?);
     let scan = Storage::new(&root).scan_all().map_err(|e| e.to_string())?;
@@ -109,6 +122,7 @@ pub fn run_case(format: &str, dir: &Path) -> Result<CaseResult, String> {
         (_, Some("storage")) => run_storage(&case)?,
         ("ss-mix2", _) => run_hl7(dir, &case, Some(Charset::Iso2022Jp))?,
         ("hl7v2", _) => run_hl7(dir, &case, None)?,
+        ("mml", _) => run_mml(dir, &case)?,
         (other, _) => return Err(format!("no runner for format `{other}`")),
     };
     let expected_file = dir.join("expected.json");

@@ -39,3 +39,8 @@ fn ss_mix2_cases() {
 fn hl7v2_cases() {
     run_format("hl7v2");
 }
+
+#[test]
+fn mml_cases() {
+    run_format("mml");
+}

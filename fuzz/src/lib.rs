@@ -1,8 +1,9 @@
 //! A mutation fuzzer for the parsers that runs on the stable toolchain: seeds from the
-//! conformance inputs, mutations that matter to ER7 (delimiters, escapes, truncation,
-//! duplication, huge repeats, invalid bytes), every input run through the full
-//! decode → parse → map pipeline under `catch_unwind`. A panic is a failure and its
-//! input is saved. `cargo run --release -p kakehashi-fuzz --bin fuzz-hl7 -- SECONDS`.
+//! conformance inputs and corpus (HL7 v2, SS-MIX2, MML), mutations that matter to ER7
+//! and XML (delimiters, escapes, entities, tags, truncation, duplication, huge repeats,
+//! invalid bytes), every input run through the full decode → parse → map pipeline of
+//! each parser under `catch_unwind`. A panic is a failure and its input is saved.
+//! `cargo run --release -p kakehashi-fuzz --bin fuzz-hl7 -- SECONDS`.
 
 use kakehashi_adapters::text::Charset;
 use kakehashi_adapters::ParseOptions;
@@ -121,7 +122,9 @@ pub fn run_one(input: &[u8]) -> Result<(), String> {
         let opts = ParseOptions { default_charset: cs, force_charset: None };
         let r = std::panic::catch_unwind(|| {
             if let Ok(t) = kakehashi_mappings::hl7v2::translate_bytes(input, &opts, &ctx) {
-                // Serialisation is part of the pipeline too.
+                let _ = t.resources.len();
+            }
+            if let Ok(t) = kakehashi_mappings::mml::translate_bytes(input, &opts, &ctx) {
                 let _ = t.resources.len();
             }
         });
@@ -140,6 +143,7 @@ pub fn seeds(repo: &Path) -> Vec<Vec<u8>> {
         repo.join("conformance"),
         repo.join("../shared/corpus/ss-mix2"),
         repo.join("../shared/corpus/hl7v2-generic"),
+        repo.join("../shared/corpus/mml/sample"),
     ];
     while let Some(d) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&d) else { continue };
@@ -149,7 +153,11 @@ pub fn seeds(repo: &Path) -> Vec<Vec<u8>> {
                 stack.push(p);
             } else if p.file_name().is_some_and(|n| {
                 let n = n.to_string_lossy();
-                n.starts_with("input.") || n.ends_with(".hl7") || n.ends_with("_1") || n.ends_with("_0")
+                n.starts_with("input.")
+                    || n.ends_with(".hl7")
+                    || n.ends_with(".xml")
+                    || n.ends_with("_1")
+                    || n.ends_with("_0")
             }) {
                 if let Ok(b) = std::fs::read(&p) {
                     if b.len() < (1 << 20) {

@@ -146,6 +146,8 @@ enum SourceKind {
     SsMix2,
     /// A bare HL7 v2.5 message (charset from MSH-18, else UTF-8).
     Hl7v2,
+    /// An MML 2.3 or 4.x document.
+    Mml,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -354,6 +356,7 @@ fn translate(a: TranslateArgs) -> Result<(), String> {
             single(sites::translate_hl7_file(&a.path, &owner, Some(kakehashi_adapters::text::Charset::Iso2022Jp)))
         }
         SourceKind::Hl7v2 => single(sites::translate_hl7_file(&a.path, &owner, None)),
+        SourceKind::Mml => single(sites::translate_mml_file(&a.path, &owner)),
     };
     for w in &records.translation.warnings {
         eprintln!("warning: {}: {}", w.location, w.message);

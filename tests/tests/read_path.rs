@@ -229,3 +229,25 @@ async fn reads_fail_closed_with_503_when_the_audit_store_cannot_be_written() {
     assert_eq!(hub.get(gw.addr, "/fhir/Patient").await.unwrap().status, 200, "recovers by itself");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn clinic_mml_records_are_served_through_the_same_endpoints() {
+    let gw = TestGateway::start().await;
+    let clinic = gw.client(Some(&gw.issue("clinic", CLINIC, Role::ClinicTerminal)));
+    let all = clinic.get(gw.addr, "/fhir/Patient").await.unwrap().json();
+    assert_eq!(all["total"], 2, "the clinic's own two MML patients: {all}");
+    let shimada = clinic.get(gw.addr, "/fhir/Patient?name=%E3%82%B7%E3%83%9E%E3%83%80").await.unwrap().json(); // シマダ
+    assert_eq!(shimada["total"], 1);
+    let p = &shimada["entry"][0]["resource"];
+    assert_eq!(p["meta"]["source"], "urn:kakehashi:site:clinic-a");
+    let owner = p["meta"]["security"].as_array().unwrap().iter().find(|c| c["system"] == "urn:kakehashi:owner-institution").unwrap();
+    assert_eq!(owner["code"], CLINIC);
+    assert_eq!(p["identifier"][0]["value"], "A-0101");
+    assert_eq!(p["birthDate"], "1952-03-14");
+    // The hub sees none of the clinic's patients without a grant.
+    let hub = gw.client(Some(&gw.issue("hub", HUB, Role::HospitalSystem)));
+    let hub_view = hub.get(gw.addr, "/fhir/Patient?name=%E3%82%B7%E3%83%9E%E3%83%80").await.unwrap().json();
+    assert_eq!(ids(&hub_view).len(), 1, "only the hub's own 島田: {hub_view}");
+    assert!(ids(&hub_view)[0] != format!("Patient/{}", p["id"].as_str().unwrap()));
+    gw.stop().await;
+}

@@ -211,9 +211,13 @@ fn refresh_site(site: &mut SiteState) -> bool {
                 return false;
             }
         },
-        // MML sites are served once the MML adapter lands (issue 4); until then they
-        // contribute no records rather than half-translated ones.
-        Connector::Mml { .. } => (Vec::new(), 0),
+        Connector::Mml { dir } => match crate::sites::mml_files(dir) {
+            Ok(files) => (files, 0),
+            Err(e) => {
+                tracing::error!(site = %site.owner.site, reason = %e.message, "site directory unreadable; keeping its last records");
+                return false;
+            }
+        },
     };
     if problems != site.problems {
         tracing::warn!(site = %site.owner.site, problems, "site storage has files that cannot be used");
@@ -230,7 +234,11 @@ fn refresh_site(site: &mut SiteState) -> bool {
             continue;
         }
         changed = true;
-        let resources = match crate::sites::translate_hl7_file(path, &site.owner, Some(Charset::Iso2022Jp)) {
+        let translated = match &site.connector {
+            Connector::SsMix2 { .. } => crate::sites::translate_hl7_file(path, &site.owner, Some(Charset::Iso2022Jp)),
+            Connector::Mml { .. } => crate::sites::translate_mml_file(path, &site.owner),
+        };
+        let resources = match translated {
             Ok(t) => t.resources.into_iter().filter_map(|r| Stored::new(r, &site.owner)).map(Arc::new).collect(),
             Err(e) => {
                 // The path names the patient: log the reason only.

@@ -52,6 +52,27 @@ pub fn translate_hl7_file(
         .map_err(|e| e.in_file(path.display().to_string()))
 }
 
+/// Translate one MML document.
+pub fn translate_mml_file(path: &Path, owner: &Owner) -> Result<Translation, SourceError> {
+    let bytes = read(path)?;
+    let key = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    kakehashi_mappings::mml::translate_bytes(&bytes, &ParseOptions::default(), &owner.context(key))
+        .map_err(|e| e.in_file(path.display().to_string()))
+}
+
+/// The `.xml` files of an MML site directory, sorted.
+pub fn mml_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, SourceError> {
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| SourceError::at(Default::default(), e.to_string()).in_file(dir.display().to_string()))?;
+    let mut files: Vec<_> = rd
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x.eq_ignore_ascii_case("xml")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// Translate an SS-MIX2 storage: the whole root, or one patient.
 pub fn translate_ss_mix2(root: &Path, owner: &Owner, patient: Option<&str>) -> SiteRecords {
     let storage = Storage::new(root);
@@ -85,11 +106,23 @@ fn dedupe(resources: &mut Vec<Resource>) {
     resources.retain(|r| seen.insert((r.type_name(), r.id().map(str::to_string))));
 }
 
-/// A `collection` Bundle of resources, with warnings as a trailing OperationOutcome-free
-/// list (warnings are reported separately by callers).
+/// A Bundle of translated resources: a `document` when a Composition leads (MML
+/// summaries and referrals), otherwise a `collection`. Warnings are reported by callers.
 pub fn collection(resources: Vec<Resource>) -> Bundle {
+    let composition = match resources.first() {
+        Some(Resource::Composition(c)) => Some((c.id.clone().unwrap_or_default(), c.date.clone())),
+        _ => None,
+    };
+    let document = composition.is_some();
     Bundle {
-        type_: "collection".into(),
+        // A document is identified by its Composition (same source, same identifier).
+        identifier: composition.as_ref().map(|(id, _)| kakehashi_fhir::Identifier {
+            system: Some("urn:kakehashi:document".into()),
+            value: Some(id.clone()),
+            ..Default::default()
+        }),
+        timestamp: composition.map(|(_, date)| if date.len() == 10 { format!("{date}T00:00:00+09:00") } else { date }),
+        type_: if document { "document" } else { "collection" }.into(),
         entry: resources
             .into_iter()
             .map(|r| BundleEntry { resource: Some(Box::new(r)), ..Default::default() })

@@ -1,0 +1,923 @@
+//! MML (2.3 and 4.x) to FHIR R4 / JP Core. Every content module with a FHIR
+//! counterpart is mapped; a module that is not becomes a warning, never a silent drop.
+//! `docInfo` gives provenance (creator, facility, confirmation date) and its security
+//! level becomes a confidentiality label.
+
+use crate::codes;
+use crate::hl7v2::ascii_fold;
+use crate::{Context, Translation};
+use kakehashi_adapters::mml::model::{
+    self as mml, ClinicalBase, DocInfo, Document, DocumentKind, HealthInsurance, Lifestyle, Medication, Module,
+    PatientInfo, TestResult, VitalSigns,
+};
+use kakehashi_adapters::mml::MmlDocument;
+use kakehashi_fhir::*;
+
+const YJ: &str = "http://capstandard.jp/iyaku.info/CodeSystem/YJ-code";
+const ICD10: &str = "http://jpfhir.jp/fhir/core/mhlw/CodeSystem/ICD10-2013-full";
+const JP_COVERAGE_EXT: &str = "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Coverage_InsuredPerson";
+const OBS_CATEGORY: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
+
+/// Translate one MML document.
+pub fn translate(doc: &MmlDocument, ctx: &Context) -> Translation {
+    let mut t = Translation::default();
+    let header_patient = doc.header.as_ref().and_then(|h| h.master_id.clone());
+    for (i, item) in doc.items.iter().enumerate() {
+        let patient = header_patient.clone().or_else(|| {
+            item.modules.iter().find_map(|m| match m {
+                Module::Patient(p) => p.master_id.clone(),
+                _ => None,
+            })
+        });
+        let key = item.doc_info.uid.clone().unwrap_or_else(|| format!("{}#{i}", ctx.source_key));
+        let m = Mapper { ctx, patient: patient.as_deref(), key: &key, info: &item.doc_info };
+        let before = t.resources.len();
+        for (j, module) in item.modules.iter().enumerate() {
+            m.module(module, &format!("{j}"), &mut t);
+        }
+        if let Some(label) = confidentiality(item.doc_info.security.as_deref()) {
+            for r in &mut t.resources[before..] {
+                r.meta_mut().security.push(label.clone());
+            }
+        }
+    }
+    match &doc.shared_component {
+        Some(name) => t.warn(
+            name.as_str(),
+            format!("{name} is an MML shared component, not a content module: nothing to map on its own"),
+        ),
+        None if doc.items.is_empty() => t.warn("MmlBody", "the document holds no module items"),
+        None => {}
+    }
+    t.resources = t.resources.into_iter().map(|r| ctx.own(r)).collect();
+    t
+}
+
+/// docInfo security level → v3 confidentiality.
+fn confidentiality(permit: Option<&str>) -> Option<Coding> {
+    let code = match permit? {
+        "all" | "read" | "write" | "delete" => "N",
+        "none" => "R",
+        _ => return None,
+    };
+    Some(Coding::new("http://terminology.hl7.org/CodeSystem/v3-Confidentiality", code))
+}
+
+struct Mapper<'a> {
+    ctx: &'a Context,
+    patient: Option<&'a str>,
+    key: &'a str,
+    info: &'a DocInfo,
+}
+
+fn text_div(s: &str) -> Narrative {
+    let esc = s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('\n', "<br/>");
+    Narrative { status: "generated".into(), div: format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{esc}</div>") }
+}
+
+/// MML dates are `YYYY-MM-DD` or `YYYY-MM-DDThh:mm:ss` (local time, JST).
+fn fhir_date(v: Option<&str>, t: &mut Translation, at: &str) -> Option<String> {
+    let v = v?.trim();
+    let compact: String = v.chars().filter(|c| c.is_ascii_digit()).collect();
+    let ok = match v.len() {
+        10 => crate::datetime::date(&compact).ok(),
+        19 if v.as_bytes()[10] == b'T' => crate::datetime::date_time(&compact).ok(),
+        _ => None,
+    };
+    if ok.is_none() {
+        t.warn(at, format!("`{v}` is not an MML date (YYYY-MM-DD[Thh:mm:ss]); left out"));
+    }
+    ok
+}
+
+fn number(v: Option<&str>) -> Option<f64> {
+    v.and_then(|v| ascii_fold(v).parse::<f64>().ok()).filter(|n| n.is_finite())
+}
+
+impl Mapper<'_> {
+    fn id(&self, ty: &str, part: &str) -> Option<String> {
+        Some(self.ctx.id_for(ty, &format!("{}:{}:{part}", self.patient.unwrap_or("-"), self.key)))
+    }
+
+    fn subject(&self, t: &mut Translation) -> Reference {
+        match self.patient {
+            Some(p) => Reference {
+                reference: Some(format!("Patient/{}", self.ctx.id_for("Patient", p))),
+                ..Default::default()
+            },
+            None => {
+                if !t.warnings.iter().any(|w| w.location == "MmlHeader/masterId") {
+                    t.warn(
+                        "MmlHeader/masterId",
+                        "the document names no patient; records refer to an unidentified patient",
+                    );
+                }
+                Reference { display: Some("患者不明 (the document names no patient)".into()), ..Default::default() }
+            }
+        }
+    }
+
+    fn author(&self) -> Option<Reference> {
+        let c = self.info.creator.as_ref()?;
+        let display = match (&c.name, &c.facility_name) {
+            (Some(n), Some(f)) => format!("{n} ({f})"),
+            (Some(n), None) => n.clone(),
+            (None, Some(f)) => f.clone(),
+            (None, None) => return None,
+        };
+        Some(Reference {
+            display: Some(display),
+            type_: Some(if c.name.is_some() { "Practitioner" } else { "Organization" }.into()),
+            ..Default::default()
+        })
+    }
+
+    fn module(&self, m: &Module, part: &str, t: &mut Translation) -> Vec<Reference> {
+        let start = t.resources.len();
+        match m {
+            Module::Patient(p) => self.patient_info(p, part, t),
+            Module::Insurance(h) => self.insurance(h, part, t),
+            Module::Diagnosis(d) => self.diagnosis(d, part, t),
+            Module::Prescription(meds) => self.medications(meds, part, false, t),
+            Module::Injection(meds) => self.medications(meds, part, true, t),
+            Module::Test(r) => self.test(r, part, t),
+            Module::Vitals(v) => self.vitals(v, part, t),
+            Module::FlowSheet(sets) => {
+                for (i, v) in sets.iter().enumerate() {
+                    self.vitals(v, &format!("{part}.{i}"), t);
+                }
+            }
+            Module::Base(b) => self.base(b, part, t),
+            Module::Lifestyle(l) => self.lifestyle(l, part, t),
+            Module::Document(d) => self.document(d, part, t),
+            Module::Unmapped { name, line } => {
+                t.warn(format!("line {line}"), format!("MML module {name} is not mapped to FHIR"))
+            }
+        }
+        t.resources[start..]
+            .iter()
+            .filter_map(|r| {
+                Some(Reference { reference: Some(format!("{}/{}", r.type_name(), r.id()?)), ..Default::default() })
+            })
+            .collect()
+    }
+
+    fn patient_info(&self, p: &PatientInfo, _part: &str, t: &mut Translation) {
+        let Some(master) = p.master_id.as_deref().or(self.patient) else {
+            t.warn("PatientModule/uniqueInfo/masterId", "patient without a master id; not mapped");
+            return;
+        };
+        let mut out = Patient {
+            id: Some(self.ctx.id_for("Patient", master)),
+            identifier: vec![Identifier {
+                system: Some(codes::patient_id_system(&self.ctx.owner)),
+                value: Some(master.to_string()),
+                ..Default::default()
+            }],
+            birth_date: fhir_date(p.birthday.as_deref(), t, "PatientModule/birthday"),
+            gender: p.sex.as_deref().map(|s| {
+                match s {
+                    "male" | "M" => "male",
+                    "female" | "F" => "female",
+                    "other" | "O" => "other",
+                    _ => "unknown",
+                }
+                .to_string()
+            }),
+            ..Default::default()
+        };
+        for (ty, id) in &p.other_ids {
+            out.identifier.push(Identifier {
+                system: Some(codes::local_system(&self.ctx.owner, &format!("mml-{ty}"))),
+                value: Some(id.clone()),
+                ..Default::default()
+            });
+        }
+        for n in &p.names {
+            let repr = match n.rep_code.as_deref() {
+                Some("I") => Some("IDE"),
+                Some("P") => Some("SYL"),
+                Some("A") => Some("ABC"),
+                _ => None,
+            };
+            let text = n.full.clone().or_else(|| {
+                Some(
+                    format!("{} {}", n.family.clone().unwrap_or_default(), n.given.clone().unwrap_or_default())
+                        .trim()
+                        .to_string(),
+                )
+            });
+            out.name.push(HumanName {
+                extension: repr
+                    .map(|r| Extension {
+                        url: codes::EN_REPRESENTATION.into(),
+                        value_code: Some(r.into()),
+                        ..Default::default()
+                    })
+                    .into_iter()
+                    .collect(),
+                use_: Some("official".into()),
+                text: text.filter(|s| !s.is_empty()),
+                family: n.family.clone(),
+                given: n.given.clone().into_iter().collect(),
+                ..Default::default()
+            });
+        }
+        for a in &p.addresses {
+            out.address.push(kakehashi_fhir::Address {
+                use_: match a.class.as_deref() {
+                    Some("home") => Some("home".into()),
+                    Some("business") => Some("work".into()),
+                    _ => None,
+                },
+                text: a.full.clone().or_else(|| {
+                    let s: String = [&a.prefecture, &a.city, &a.town, &a.home_number]
+                        .iter()
+                        .filter_map(|x| x.as_deref())
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    (!s.is_empty()).then_some(s)
+                }),
+                line: [&a.town, &a.home_number].iter().filter_map(|x| (*x).clone()).collect(),
+                city: a.city.clone(),
+                state: a.prefecture.clone(),
+                postal_code: a.zip.clone(),
+                country: a.country.clone(),
+                ..Default::default()
+            });
+        }
+        for ph in &p.phones {
+            out.telecom.push(ContactPoint {
+                system: Some(if ph.equip.as_deref() == Some("FX") { "fax" } else { "phone" }.into()),
+                value: Some(ph.number.clone()),
+                use_: None,
+                rank: None,
+            });
+        }
+        for e in &p.emails {
+            out.telecom.push(ContactPoint {
+                system: Some("email".into()),
+                value: Some(e.clone()),
+                use_: None,
+                rank: None,
+            });
+        }
+        match p.death.as_deref() {
+            Some("true") => out.deceased_boolean = Some(true),
+            Some(d) => out.deceased_date_time = fhir_date(Some(d), t, "PatientModule/death"),
+            None => {}
+        }
+        push(Resource::Patient(out), t);
+    }
+
+    fn insurance(&self, h: &HealthInsurance, part: &str, t: &mut Translation) {
+        let insurer = h.insurer.as_deref().map(ascii_fold);
+        let mut ext = Vec::new();
+        for (suffix, v) in [("Symbol", &h.group), ("Number", &h.number)] {
+            if let Some(v) = v {
+                ext.push(Extension {
+                    url: format!("{JP_COVERAGE_EXT}{suffix}"),
+                    value_string: Some(v.clone()),
+                    ..Default::default()
+                });
+            }
+        }
+        let member = (h.group.is_some() || h.number.is_some()).then(|| {
+            format!(
+                "{}:{}:{}",
+                insurer.clone().unwrap_or_default(),
+                ascii_fold(h.group.as_deref().unwrap_or("")),
+                ascii_fold(h.number.as_deref().unwrap_or(""))
+            )
+        });
+        let subject = self.subject(t);
+        let start = fhir_date(h.start.as_deref(), t, "HealthInsuranceModule/startDate");
+        let end = fhir_date(h.expired.as_deref(), t, "HealthInsuranceModule/expiredDate");
+        push(
+            Resource::Coverage(Coverage {
+                id: self.id("Coverage", part),
+                extension: ext,
+                identifier: member
+                    .map(|m| Identifier {
+                        system: Some(codes::INSURANCE_MEMBER_ID.into()),
+                        value: Some(m),
+                        ..Default::default()
+                    })
+                    .into_iter()
+                    .collect(),
+                status: "active".into(),
+                type_: h.class_name.as_ref().map(|n| {
+                    let mut cc = CodeableConcept::text(n.clone());
+                    if let Some(c) = &h.class_code {
+                        cc.coding.push(
+                            Coding::new(codes::local_system(&self.ctx.owner, "MMC0002"), c.clone())
+                                .with_display(n.clone()),
+                        );
+                    }
+                    cc
+                }),
+                subscriber_id: h.number.as_deref().map(ascii_fold),
+                beneficiary: subject.clone(),
+                relationship: h.family.map(|f| {
+                    CodeableConcept::coding(
+                        Coding::new(
+                            "http://terminology.hl7.org/CodeSystem/subscriber-relationship",
+                            if f { "other" } else { "self" },
+                        )
+                        .with_display(if f { "家族" } else { "本人" }),
+                    )
+                }),
+                period: (start.is_some() || end.is_some()).then_some(Period { start, end }),
+                payor: vec![Reference {
+                    identifier: insurer.map(|i| Identifier {
+                        system: Some(codes::INSURER_NUMBER.into()),
+                        value: Some(i),
+                        ..Default::default()
+                    }),
+                    type_: Some("Organization".into()),
+                    display: if h.insurer.is_none() { Some("保険者不明".into()) } else { None },
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            t,
+        );
+        for (i, p) in h.public.iter().enumerate() {
+            let start = fhir_date(p.start.as_deref(), t, "publicInsuranceItem/startDate");
+            let end = fhir_date(p.expired.as_deref(), t, "publicInsuranceItem/expiredDate");
+            push(
+                Resource::Coverage(Coverage {
+                    id: self.id("Coverage", &format!("{part}.public{i}")),
+                    status: "active".into(),
+                    type_: Some(CodeableConcept::text(p.provider_name.clone().unwrap_or_else(|| "公費".into()))),
+                    subscriber_id: p.recipient.clone(),
+                    beneficiary: subject.clone(),
+                    period: (start.is_some() || end.is_some()).then_some(Period { start, end }),
+                    payor: vec![Reference {
+                        identifier: p.provider.clone().map(|v| Identifier {
+                            system: Some("urn:oid:1.2.392.100495.20.3.71".into()),
+                            value: Some(v),
+                            ..Default::default()
+                        }),
+                        display: p.provider_name.clone(),
+                        type_: Some("Organization".into()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                t,
+            );
+        }
+    }
+
+    fn diagnosis(&self, d: &mml::Diagnosis, part: &str, t: &mut Translation) {
+        let mut code = CodeableConcept { coding: vec![], text: d.name.clone() };
+        if let Some(c) = &d.code {
+            let system = match d.system.as_deref().map(|s| s.to_ascii_uppercase().replace(['-', ' '], "")) {
+                Some(s) if s.starts_with("ICD10") => ICD10.to_string(),
+                Some(s) if s.contains("MEDIS") || s == "MDCDX2" => {
+                    "http://medis.or.jp/CodeSystem/master-disease-keyNumber".into()
+                }
+                Some(s) => {
+                    t.warn(
+                        "RegisteredDiagnosisModule/diagnosis/@system",
+                        format!("code system `{s}` is unknown; kept as local"),
+                    );
+                    codes::local_system(&self.ctx.owner, &s)
+                }
+                None => codes::local_system(&self.ctx.owner, "diagnosis"),
+            };
+            let mut coding = Coding::new(system, c.clone());
+            coding.display = d.name.clone();
+            code.coding.push(coding);
+        }
+        if code.text.is_none() && code.coding.is_empty() {
+            t.warn("RegisteredDiagnosisModule/diagnosis", "diagnosis without a name or code; not mapped");
+            return;
+        }
+        let end = fhir_date(d.end.as_deref(), t, "RegisteredDiagnosisModule/endDate");
+        let status = match (d.outcome.as_deref(), end.is_some()) {
+            (Some("recovered" | "fullyRecovered" | "cured"), _) => "resolved",
+            (Some("died" | "transferred" | "end" | "discontinued"), _) | (_, true) => "inactive",
+            _ => "active",
+        };
+        let subject = self.subject(t);
+        push(
+            Resource::Condition(Condition {
+                id: self.id("Condition", part),
+                clinical_status: Some(CodeableConcept::coding(Coding::new(
+                    "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                    status,
+                ))),
+                verification_status: Some(CodeableConcept::coding(Coding::new(
+                    "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                    "confirmed",
+                ))),
+                category: vec![CodeableConcept::coding(Coding::new(
+                    "http://terminology.hl7.org/CodeSystem/condition-category",
+                    "encounter-diagnosis",
+                ))],
+                code: Some(code),
+                subject,
+                onset_date_time: fhir_date(d.start.as_deref(), t, "RegisteredDiagnosisModule/startDate"),
+                abatement_date_time: end,
+                recorded_date: fhir_date(
+                    d.first_encounter.as_deref().or(self.info.confirm_date.as_deref()),
+                    t,
+                    "RegisteredDiagnosisModule/firstEncounterDate",
+                ),
+                note: d
+                    .outcome
+                    .as_ref()
+                    .map(|o| Annotation { text: format!("転帰: {o}"), ..Default::default() })
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            }),
+            t,
+        );
+    }
+
+    fn medications(&self, meds: &[Medication], part: &str, injection: bool, t: &mut Translation) {
+        for (i, m) in meds.iter().enumerate() {
+            let mut concept = CodeableConcept { coding: vec![], text: m.name.clone() };
+            if let Some(code) = &m.code {
+                // Codes are written with stray characters at times (a quote after a YJ code).
+                let clean: String = code.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+                if clean != *code {
+                    t.warn(
+                        format!("medication[{i}]/medicine/code"),
+                        format!("drug code `{code}` contains stray characters; read as `{clean}`"),
+                    );
+                }
+                let system = match m.code_system.as_deref() {
+                    Some("YJ") => YJ.to_string(),
+                    Some("HOT" | "HOT9") => "urn:oid:1.2.392.200119.4.403.1".into(),
+                    Some(other) => {
+                        t.warn(
+                            format!("medication[{i}]/medicine/code/@system"),
+                            format!("drug code system `{other}` is unknown; kept as local"),
+                        );
+                        codes::local_system(&self.ctx.owner, other)
+                    }
+                    None => codes::local_system(&self.ctx.owner, "drug"),
+                };
+                let mut c = Coding::new(system, clean);
+                c.display = m.name.clone();
+                concept.coding.push(c);
+            }
+            let mut dosage = Dosage { text: m.instruction.clone(), ..Default::default() };
+            if let Some(v) = number(m.dose.as_deref()) {
+                dosage.dose_and_rate.push(DoseAndRate {
+                    dose_quantity: Some(Quantity { value: Some(v), unit: m.dose_unit.clone(), ..Default::default() }),
+                    ..Default::default()
+                });
+            } else if m.dose.is_some() {
+                t.warn(
+                    format!("medication[{i}]/dose"),
+                    format!("dose `{}` is not a number", m.dose.clone().unwrap_or_default()),
+                );
+            }
+            let mut repeat = TimingRepeat::default();
+            if let Some(f) = m.frequency_per_day.as_deref().and_then(|f| ascii_fold(f).parse::<u32>().ok()) {
+                repeat.frequency = Some(f);
+                repeat.period = Some(1.0);
+                repeat.period_unit = Some("d".into());
+            }
+            let supply = m.duration.as_deref().and_then(|d| {
+                let days = d.strip_prefix('P').and_then(|x| x.strip_suffix('D')).and_then(|n| n.parse::<f64>().ok());
+                if days.is_none() {
+                    t.warn(format!("medication[{i}]/duration"), format!("duration `{d}` is not PnD"));
+                }
+                days.map(|n| Quantity {
+                    value: Some(n),
+                    unit: Some("日".into()),
+                    system: Some("http://unitsofmeasure.org".into()),
+                    code: Some("d".into()),
+                    ..Default::default()
+                })
+            });
+            repeat.bounds_duration = supply.clone();
+            if repeat != TimingRepeat::default() {
+                dosage.timing = Some(Timing { repeat: Some(repeat), ..Default::default() });
+            }
+            dosage.route = m.route.clone().map(CodeableConcept::text);
+            dosage.site = m.site.clone().map(CodeableConcept::text);
+            dosage.method = m.method.clone().map(CodeableConcept::text);
+            let start = fhir_date(m.start.as_deref(), t, &format!("medication[{i}]/startDate"));
+            if let Some(s) = start.clone() {
+                dosage.extension.push(Extension {
+                    url: "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_MedicationDosage_PeriodOfUse"
+                        .into(),
+                    value_period: Some(Period {
+                        start: Some(s),
+                        end: fhir_date(m.end.as_deref(), t, &format!("medication[{i}]/endDateTime")),
+                    }),
+                    ..Default::default()
+                });
+            }
+            let subject = self.subject(t);
+            push(
+                Resource::MedicationRequest(MedicationRequest {
+                    id: self.id("MedicationRequest", &format!("{part}.{i}")),
+                    identifier: m
+                        .batch_no
+                        .iter()
+                        .map(|b| Identifier {
+                            system: Some(codes::RP_NUMBER.into()),
+                            value: Some(ascii_fold(b)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    status: "active".into(),
+                    intent: "order".into(),
+                    category: vec![CodeableConcept::text(if injection { "注射" } else { "内服・外用" })],
+                    medication_codeable_concept: Some(concept),
+                    subject,
+                    authored_on: fhir_date(self.info.confirm_date.as_deref(), t, "docInfo/confirmDate"),
+                    requester: self.author(),
+                    dosage_instruction: vec![dosage],
+                    dispense_request: supply
+                        .map(|s| DispenseRequest { expected_supply_duration: Some(s), ..Default::default() }),
+                    substitution: m
+                        .substitution
+                        .map(|b| MedicationRequestSubstitution { allowed_boolean: Some(b), ..Default::default() }),
+                    ..Default::default()
+                }),
+                t,
+            );
+        }
+    }
+
+    fn test(&self, r: &TestResult, part: &str, t: &mut Translation) {
+        let effective = fhir_date(r.sample_time.as_deref(), t, "TestModule/information/@sampleTime");
+        for (k, lt) in r.tests.iter().enumerate() {
+            let mut results = Vec::new();
+            for (i, it) in lt.items.iter().enumerate() {
+                let mut code = CodeableConcept { coding: vec![], text: it.name.clone() };
+                if let Some(c) = &it.code {
+                    let system = match it.code_id.as_deref() {
+                        Some(id) if id.eq_ignore_ascii_case("JLAC10") => "urn:oid:1.2.392.200119.4.504".to_string(),
+                        Some(id) => codes::local_system(&self.ctx.owner, id),
+                        None => codes::local_system(&self.ctx.owner, "lab"),
+                    };
+                    let mut coding = Coding::new(system, c.clone());
+                    coding.display = it.name.clone();
+                    code.coding.push(coding);
+                }
+                let mut o = Observation {
+                    id: self.id("Observation", &format!("{part}.{k}.{i}")),
+                    status: match r.status.as_deref() {
+                        Some("mid") => "preliminary",
+                        _ => "final",
+                    }
+                    .into(),
+                    category: vec![CodeableConcept::coding(Coding::new(OBS_CATEGORY, "laboratory"))],
+                    code,
+                    subject: Some(self.subject(t)),
+                    effective_date_time: effective.clone(),
+                    ..Default::default()
+                };
+                match number(it.num_value.as_deref()) {
+                    Some(v) => {
+                        o.value_quantity =
+                            Some(Quantity { value: Some(v), unit: it.unit.clone(), ..Default::default() })
+                    }
+                    None => o.value_string = it.value.clone().or_else(|| it.num_value.clone()),
+                }
+                if o.value_quantity.is_none() && o.value_string.is_none() {
+                    o.data_absent_reason = Some(CodeableConcept::coding(Coding::new(
+                        "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                        "unknown",
+                    )));
+                }
+                if it.low.is_some() || it.up.is_some() || it.normal.is_some() {
+                    let q = |v: Option<&str>| {
+                        number(v).map(|n| Quantity { value: Some(n), unit: it.unit.clone(), ..Default::default() })
+                    };
+                    o.reference_range.push(ObservationReferenceRange {
+                        low: q(it.low.as_deref()),
+                        high: q(it.up.as_deref()),
+                        text: it.normal.clone(),
+                        ..Default::default()
+                    });
+                }
+                if let Some(flag) = it.out.as_deref() {
+                    let code = match flag {
+                        "H" | "L" | "N" | "A" | "HH" | "LL" => Some(flag),
+                        _ => None,
+                    };
+                    o.interpretation.push(match code {
+                        Some(c) => CodeableConcept::coding(Coding::new(
+                            "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                            c,
+                        )),
+                        None => CodeableConcept::text(flag),
+                    });
+                }
+                results.push(Reference {
+                    reference: o.id.as_ref().map(|id| format!("Observation/{id}")),
+                    ..Default::default()
+                });
+                push(Resource::Observation(o), t);
+            }
+            let subject = self.subject(t);
+            push(
+                Resource::DiagnosticReport(DiagnosticReport {
+                    id: self.id("DiagnosticReport", &format!("{part}.{k}")),
+                    identifier: r
+                        .regist_id
+                        .iter()
+                        .map(|id| Identifier {
+                            system: Some(codes::local_system(&self.ctx.owner, "lab-order")),
+                            value: Some(id.clone()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    status: if r.status.as_deref() == Some("mid") { "partial" } else { "final" }.into(),
+                    category: vec![CodeableConcept::coding(Coding::new(
+                        "http://terminology.hl7.org/CodeSystem/v2-0074",
+                        "LAB",
+                    ))],
+                    code: CodeableConcept::text(
+                        lt.specimen.clone().map(|s| format!("検体検査 ({s})")).unwrap_or_else(|| "検体検査".into()),
+                    ),
+                    subject: Some(subject),
+                    effective_date_time: effective.clone(),
+                    issued: fhir_date(r.report_time.as_deref(), t, "TestModule/information/@reportTime")
+                        .filter(|d| d.contains('T')),
+                    performer: r
+                        .facility
+                        .iter()
+                        .map(|f| Reference {
+                            display: Some(f.clone()),
+                            type_: Some("Organization".into()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    result: results,
+                    ..Default::default()
+                }),
+                t,
+            );
+        }
+    }
+
+    fn vitals(&self, v: &VitalSigns, part: &str, t: &mut Translation) {
+        let effective =
+            fhir_date(v.observed.as_deref().or(self.info.confirm_date.as_deref()), t, "VitalSignModule/observedTime");
+        for (i, it) in v.items.iter().enumerate() {
+            let name = it.name.clone().unwrap_or_default();
+            let loinc = match name.to_ascii_lowercase().as_str() {
+                "systolic blood pressure" | "収縮期血圧" => Some(("8480-6", "Systolic blood pressure")),
+                "diastolic blood pressure" | "拡張期血圧" => Some(("8462-4", "Diastolic blood pressure")),
+                "pulse rate" | "脈拍" => Some(("8867-4", "Heart rate")),
+                "body temperature" | "体温" => Some(("8310-5", "Body temperature")),
+                "respiration rate" | "respiratory rate" | "呼吸数" => Some(("9279-1", "Respiratory rate")),
+                "body height" | "身長" => Some(("8302-2", "Body height")),
+                "body weight" | "体重" => Some(("29463-7", "Body weight")),
+                "spo2" | "oxygen saturation" => Some(("59408-5", "Oxygen saturation")),
+                _ => None,
+            };
+            let mut code = CodeableConcept::text(name.clone());
+            if let Some((c, d)) = loinc {
+                code.coding.push(Coding::new("http://loinc.org", c).with_display(d));
+            }
+            let (ucum, unit_text) = match it.unit.as_deref() {
+                Some("mmHg") => (Some("mm[Hg]"), "mmHg"),
+                Some("/min") => (Some("/min"), "/min"),
+                Some("centigrade" | "℃" | "Cel") => (Some("Cel"), "℃"),
+                Some("cm") => (Some("cm"), "cm"),
+                Some("kg") => (Some("kg"), "kg"),
+                Some("%") => (Some("%"), "%"),
+                Some(other) => (None, other),
+                None => (None, ""),
+            };
+            let mut o = Observation {
+                id: self.id("Observation", &format!("{part}.v{i}")),
+                status: "final".into(),
+                category: vec![CodeableConcept::coding(Coding::new(OBS_CATEGORY, "vital-signs"))],
+                code,
+                subject: Some(self.subject(t)),
+                effective_date_time: effective.clone(),
+                ..Default::default()
+            };
+            match number(it.value.as_deref()) {
+                Some(n) => {
+                    o.value_quantity = Some(Quantity {
+                        value: Some(n),
+                        unit: (!unit_text.is_empty()).then(|| unit_text.to_string()),
+                        system: ucum.map(|_| "http://unitsofmeasure.org".to_string()),
+                        code: ucum.map(str::to_string),
+                        ..Default::default()
+                    })
+                }
+                None => o.value_string = it.value.clone(),
+            }
+            if o.value_quantity.is_none() && o.value_string.is_none() {
+                o.data_absent_reason = Some(CodeableConcept::coding(Coding::new(
+                    "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                    "unknown",
+                )));
+            }
+            push(Resource::Observation(o), t);
+        }
+    }
+
+    fn base(&self, b: &ClinicalBase, part: &str, t: &mut Translation) {
+        for (i, a) in b.allergies.iter().enumerate() {
+            let Some(factor) = &a.factor else {
+                t.warn(format!("allergyItem[{i}]/factor"), "allergy without an allergen; not mapped");
+                continue;
+            };
+            let patient = self.subject(t);
+            let notes: Vec<Annotation> = [a.identified.as_ref().map(|d| format!("判明時期: {d}")), a.memo.clone()]
+                .into_iter()
+                .flatten()
+                .map(|text| Annotation { text, ..Default::default() })
+                .collect();
+            push(
+                Resource::AllergyIntolerance(AllergyIntolerance {
+                    id: self.id("AllergyIntolerance", &format!("{part}.{i}")),
+                    clinical_status: Some(CodeableConcept::coding(Coding::new(
+                        "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+                        "active",
+                    ))),
+                    code: Some(CodeableConcept::text(factor.clone())),
+                    criticality: match a.severity.as_deref() {
+                        Some("severe" | "high") => Some("high".into()),
+                        Some("mild" | "moderate" | "low") => Some("low".into()),
+                        _ => None,
+                    },
+                    patient,
+                    note: notes,
+                    ..Default::default()
+                }),
+                t,
+            );
+        }
+        for (suffix, value, loinc, display) in
+            [("abo", &b.abo, "883-9", "ABO group [Type] in Blood"), ("rh", &b.rh, "10331-7", "Rh [Type] in Blood")]
+        {
+            if let Some(v) = value {
+                let subject = self.subject(t);
+                push(
+                    Resource::Observation(Observation {
+                        id: self.id("Observation", &format!("{part}.{suffix}")),
+                        status: "final".into(),
+                        category: vec![CodeableConcept::coding(Coding::new(OBS_CATEGORY, "laboratory"))],
+                        code: CodeableConcept::coding(Coding::new("http://loinc.org", loinc).with_display(display)),
+                        subject: Some(subject),
+                        value_string: Some(v.clone()),
+                        ..Default::default()
+                    }),
+                    t,
+                );
+            }
+        }
+    }
+
+    fn lifestyle(&self, l: &Lifestyle, part: &str, t: &mut Translation) {
+        for (suffix, value, loinc, display) in [
+            ("occupation", &l.occupation, "11341-5", "History of Occupation"),
+            ("tobacco", &l.tobacco, "72166-2", "Tobacco smoking status"),
+            ("alcohol", &l.alcohol, "11331-6", "History of Alcohol use"),
+            ("other", &l.other, "", "生活習慣 その他"),
+        ] {
+            let Some(v) = value else { continue };
+            let subject = self.subject(t);
+            let code = if loinc.is_empty() {
+                CodeableConcept::text(display)
+            } else {
+                CodeableConcept::coding(Coding::new("http://loinc.org", loinc).with_display(display))
+            };
+            push(
+                Resource::Observation(Observation {
+                    id: self.id("Observation", &format!("{part}.{suffix}")),
+                    status: "final".into(),
+                    category: vec![CodeableConcept::coding(Coding::new(OBS_CATEGORY, "social-history"))],
+                    code,
+                    subject: Some(subject),
+                    effective_date_time: fhir_date(self.info.confirm_date.as_deref(), t, "docInfo/confirmDate"),
+                    value_string: Some(v.clone()),
+                    ..Default::default()
+                }),
+                t,
+            );
+        }
+    }
+
+    fn document(&self, d: &Document, part: &str, t: &mut Translation) {
+        let (loinc, display, title) = match d.kind {
+            DocumentKind::Summary => ("34133-9", "Summary of episode note", "サマリー"),
+            DocumentKind::Referral => ("57133-1", "Referral note", "診療情報提供書"),
+            DocumentKind::Report => ("11526-1", "Pathology study", "報告書"),
+            DocumentKind::ProgressCourse => ("11506-3", "Progress note", "経過記録"),
+            DocumentKind::FirstClinic => ("34117-2", "History and physical note", "初診時特有情報"),
+            DocumentKind::Surgery => ("11504-8", "Surgical operation note", "手術記録"),
+            DocumentKind::Procedure => ("28570-0", "Procedure note", "処置記録"),
+            DocumentKind::HemoDialysis => ("28570-0", "Procedure note", "透析記録"),
+        };
+        let mut entries = Vec::new();
+        for (i, m) in d.nested.iter().enumerate() {
+            entries.extend(self.module(m, &format!("{part}.n{i}"), t));
+        }
+        if d.base != ClinicalBase::default() {
+            let start = t.resources.len();
+            self.base(&d.base, &format!("{part}.base"), t);
+            entries.extend(t.resources[start..].iter().filter_map(|r| {
+                Some(Reference { reference: Some(format!("{}/{}", r.type_name(), r.id()?)), ..Default::default() })
+            }));
+        }
+        let written = self.info.confirm_date.as_deref().or(d.first_date.as_deref());
+        let Some(date) = fhir_date(written, t, "docInfo/confirmDate") else {
+            t.warn(
+                "docInfo/confirmDate",
+                format!("{title} without any date: its records are mapped but no Composition is made"),
+            );
+            return;
+        };
+        let mut section: Vec<CompositionSection> = d
+            .sections
+            .iter()
+            .map(|(name, text)| CompositionSection {
+                title: Some(name.clone()),
+                text: Some(text_div(text)),
+                ..Default::default()
+            })
+            .collect();
+        if let Some(f) = &d.to_facility {
+            section.push(CompositionSection {
+                title: Some("紹介先".into()),
+                text: Some(text_div(f)),
+                ..Default::default()
+            });
+        }
+        if !entries.is_empty() {
+            section.push(CompositionSection {
+                title: Some("含まれる記録".into()),
+                text: Some(text_div(&format!("{} records", entries.len()))),
+                entry: entries,
+                ..Default::default()
+            });
+        }
+        if section.is_empty() {
+            section.push(CompositionSection {
+                title: Some(title.into()),
+                text: Some(text_div("(empty)")),
+                ..Default::default()
+            });
+        }
+        let subject = self.subject(t);
+        t.resources.insert(
+            0,
+            Resource::Composition(Composition {
+                id: self.id("Composition", part),
+                status: "final".into(),
+                type_: CodeableConcept::coding(Coding::new("http://loinc.org", loinc).with_display(display)),
+                subject: Some(subject),
+                date,
+                author: self
+                    .author()
+                    .into_iter()
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .chain(std::iter::once(Reference {
+                        display: Some(self.ctx.owner_name.clone()),
+                        type_: Some("Organization".into()),
+                        ..Default::default()
+                    }))
+                    .take(1)
+                    .collect(),
+                title: self.info.title.clone().unwrap_or_else(|| title.into()),
+                custodian: Some(Reference {
+                    identifier: Some(Identifier {
+                        system: Some(codes::INSTITUTION_NUMBER.into()),
+                        value: Some(self.ctx.owner.clone()),
+                        ..Default::default()
+                    }),
+                    display: Some(self.ctx.owner_name.clone()),
+                    type_: Some("Organization".into()),
+                    ..Default::default()
+                }),
+                section,
+                ..Default::default()
+            }),
+        );
+    }
+}
+
+/// Push after the resource is built: building it may record warnings.
+fn push(r: Resource, t: &mut Translation) {
+    t.resources.push(r);
+}
+
+/// Parse MML bytes and translate them, pure.
+pub fn translate_bytes(
+    bytes: &[u8],
+    options: &kakehashi_adapters::ParseOptions,
+    ctx: &Context,
+) -> Result<Translation, kakehashi_adapters::SourceError> {
+    let doc = kakehashi_adapters::mml::parse(bytes, options)?;
+    Ok(translate(&doc, ctx))
+}
