@@ -3,6 +3,7 @@
 //! FHIR happens in `kakehashi-mappings`, never here.
 
 pub mod hl7v2;
+pub mod jahis_rx;
 pub mod mml;
 pub mod ss_mix2;
 pub mod text;

@@ -93,6 +93,26 @@ fn run_mml(dir: &Path, case: &Value) -> Result<Value, String> {
     })
 }
 
+fn run_jahis(dir: &Path, case: &Value) -> Result<Value, String> {
+    let input = dir.join("input.csv");
+    let bytes = std::fs::read(&input).map_err(|e| format!("{}: {e}", input.display()))?;
+    let mut case = case.clone();
+    if case.get("owner").is_none() {
+        case["owner"] = json!("4610200021");
+        case["owner_name"] = json!("黒潮村立黒島診療所");
+    }
+    Ok(
+        match kakehashi_mappings::jahis_rx::translate_bytes(
+            &bytes,
+            &ParseOptions::default(),
+            &context(&case, "input.csv"),
+        ) {
+            Ok(t) => translation_json(&t),
+            Err(e) => json!({ "error": e.in_file(label(&input)).to_string() }),
+        },
+    )
+}
+
 fn run_storage(case: &Value) -> Result<Value, String> {
     let root = resolve(case.get("storage").and_then(Value::as_str).ok_or("storage case without `storage`")?);
     let scan = Storage::new(&root).scan_all().map_err(|e| e.to_string())?;
@@ -123,6 +143,7 @@ pub fn run_case(format: &str, dir: &Path) -> Result<CaseResult, String> {
         ("ss-mix2", _) => run_hl7(dir, &case, Some(Charset::Iso2022Jp))?,
         ("hl7v2", _) => run_hl7(dir, &case, None)?,
         ("mml", _) => run_mml(dir, &case)?,
+        ("jahis-rx", _) => run_jahis(dir, &case)?,
         (other, _) => return Err(format!("no runner for format `{other}`")),
     };
     let expected_file = dir.join("expected.json");

@@ -44,3 +44,8 @@ fn hl7v2_cases() {
 fn mml_cases() {
     run_format("mml");
 }
+
+#[test]
+fn jahis_rx_cases() {
+    run_format("jahis-rx");
+}

@@ -127,6 +127,9 @@ pub fn run_one(input: &[u8]) -> Result<(), String> {
             if let Ok(t) = kakehashi_mappings::mml::translate_bytes(input, &opts, &ctx) {
                 let _ = t.resources.len();
             }
+            if let Ok(t) = kakehashi_mappings::jahis_rx::translate_bytes(input, &opts, &ctx) {
+                let _ = t.resources.len();
+            }
         });
         if let Err(p) = r {
             let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));

@@ -5,6 +5,7 @@
 pub mod codes;
 pub mod datetime;
 pub mod hl7v2;
+pub mod jahis_rx;
 pub mod mml;
 
 use kakehashi_fhir::{Coding, IssueSeverity, IssueType, Meta, OperationOutcome, OperationOutcomeIssue, Resource};

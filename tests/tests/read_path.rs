@@ -240,7 +240,12 @@ async fn clinic_mml_records_are_served_through_the_same_endpoints() {
     assert_eq!(shimada["total"], 1);
     let p = &shimada["entry"][0]["resource"];
     assert_eq!(p["meta"]["source"], "urn:kakehashi:site:clinic-a");
-    let owner = p["meta"]["security"].as_array().unwrap().iter().find(|c| c["system"] == "urn:kakehashi:owner-institution").unwrap();
+    let owner = p["meta"]["security"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["system"] == "urn:kakehashi:owner-institution")
+        .unwrap();
     assert_eq!(owner["code"], CLINIC);
     assert_eq!(p["identifier"][0]["value"], "A-0101");
     assert_eq!(p["birthDate"], "1952-03-14");

@@ -152,9 +152,9 @@ fn declared_encoding(bytes: &[u8]) -> Option<String> {
     let decl = &head[..head.find("?>")?];
     let i = decl.find("encoding")?;
     let rest = decl[i + 8..].trim_start().strip_prefix('=')?.trim_start();
-    let q = rest.chars().next()?;
-    let end = rest[1..].find(q)?;
-    Some(rest[1..1 + end].to_string())
+    let q = rest.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+    let body = &rest[1..];
+    Some(body[..body.find(q)?].to_string())
 }
 
 /// Decode (UTF-8 unless the declaration or configuration says Shift_JIS) and parse.
@@ -416,6 +416,13 @@ mod tests {
         assert!(parse_str(&deep).unwrap_err().to_string().contains("deeper"));
         let e = parse(b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><x>\xff</x>", &ParseOptions::default()).unwrap_err();
         assert!(e.to_string().contains("not valid UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn odd_declarations_do_not_panic() {
+        // Found by the fuzzer: a multi-byte character where the quote should be.
+        assert!(declared_encoding("<?xml version=\"1.0\" encoding=学附属病院\n\"UTF-8\"?>".as_bytes()).is_none());
+        assert_eq!(declared_encoding(b"<?xml version='1.0' encoding='Shift_JIS'?>").as_deref(), Some("Shift_JIS"));
     }
 
     #[test]
