@@ -2,11 +2,13 @@
 //! source model (parse, don't validate) behind the [`SourceFormat`] trait. Mapping to
 //! FHIR happens in `kakehashi-mappings`, never here.
 
+pub mod cda;
 pub mod hl7v2;
 pub mod jahis_rx;
 pub mod mml;
 pub mod ss_mix2;
 pub mod text;
+pub mod xml;
 
 use std::fmt;
 

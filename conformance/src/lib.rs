@@ -80,14 +80,17 @@ fn run_hl7(dir: &Path, case: &Value, default_charset: Option<Charset>) -> Result
     })
 }
 
-fn run_mml(dir: &Path, case: &Value) -> Result<Value, String> {
+type Translate = fn(&[u8], &ParseOptions, &Context) -> Result<Translation, kakehashi_adapters::SourceError>;
+
+/// Cases whose input is one XML file (`input.xml`, or `input` in case.json).
+fn run_xml(dir: &Path, case: &Value, translate: Translate) -> Result<Value, String> {
     let input = match case.get("input").and_then(Value::as_str) {
         Some(p) => resolve(p),
         None => dir.join("input.xml"),
     };
     let bytes = std::fs::read(&input).map_err(|e| format!("{}: {e}", input.display()))?;
     let key = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    Ok(match kakehashi_mappings::mml::translate_bytes(&bytes, &ParseOptions::default(), &context(case, &key)) {
+    Ok(match translate(&bytes, &ParseOptions::default(), &context(case, &key)) {
         Ok(t) => translation_json(&t),
         Err(e) => json!({ "error": e.in_file(label(&input)).to_string() }),
     })
@@ -142,7 +145,8 @@ pub fn run_case(format: &str, dir: &Path) -> Result<CaseResult, String> {
         (_, Some("storage")) => run_storage(&case)?,
         ("ss-mix2", _) => run_hl7(dir, &case, Some(Charset::Iso2022Jp))?,
         ("hl7v2", _) => run_hl7(dir, &case, None)?,
-        ("mml", _) => run_mml(dir, &case)?,
+        ("mml", _) => run_xml(dir, &case, kakehashi_mappings::mml::translate_bytes)?,
+        ("cda", _) => run_xml(dir, &case, kakehashi_mappings::cda::translate_bytes)?,
         ("jahis-rx", _) => run_jahis(dir, &case)?,
         (other, _) => return Err(format!("no runner for format `{other}`")),
     };

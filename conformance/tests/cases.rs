@@ -49,3 +49,8 @@ fn mml_cases() {
 fn jahis_rx_cases() {
     run_format("jahis-rx");
 }
+
+#[test]
+fn cda_cases() {
+    run_format("cda");
+}

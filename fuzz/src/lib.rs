@@ -130,6 +130,9 @@ pub fn run_one(input: &[u8]) -> Result<(), String> {
             if let Ok(t) = kakehashi_mappings::jahis_rx::translate_bytes(input, &opts, &ctx) {
                 let _ = t.resources.len();
             }
+            if let Ok(t) = kakehashi_mappings::cda::translate_bytes(input, &opts, &ctx) {
+                let _ = t.resources.len();
+            }
         });
         if let Err(p) = r {
             let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
@@ -147,6 +150,7 @@ pub fn seeds(repo: &Path) -> Vec<Vec<u8>> {
         repo.join("../shared/corpus/ss-mix2"),
         repo.join("../shared/corpus/hl7v2-generic"),
         repo.join("../shared/corpus/mml/sample"),
+        repo.join("../shared/corpus/cda"),
     ];
     while let Some(d) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&d) else { continue };

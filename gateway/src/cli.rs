@@ -151,6 +151,8 @@ enum SourceKind {
     /// A JAHIS 院外処方箋 2D-symbol CSV (JAHIS5-9, Shift_JIS or UTF-8).
     #[value(name = "jahis-rx")]
     JahisRx,
+    /// An HL7 CDA R2 document.
+    Cda,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -361,6 +363,7 @@ fn translate(a: TranslateArgs) -> Result<(), String> {
         SourceKind::Hl7v2 => single(sites::translate_hl7_file(&a.path, &owner, None)),
         SourceKind::Mml => single(sites::translate_mml_file(&a.path, &owner)),
         SourceKind::JahisRx => single(sites::translate_jahis_file(&a.path, &owner)),
+        SourceKind::Cda => single(sites::translate_cda_file(&a.path, &owner)),
     };
     for w in &records.translation.warnings {
         eprintln!("warning: {}: {}", w.location, w.message);

@@ -2,6 +2,7 @@
 //! (and back). No I/O: a mapping takes a parsed model and a [`Context`] and returns a
 //! [`Translation`]; conformance cases check each rule.
 
+pub mod cda;
 pub mod codes;
 pub mod datetime;
 pub mod hl7v2;

@@ -11,7 +11,6 @@ pub mod model;
 use crate::text::{self, Charset};
 use crate::{Location, ParseOptions, SourceError, SourceFormat};
 use quick_xml::events::Event;
-use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
 
 /// Largest document accepted.
@@ -132,13 +131,7 @@ impl SourceFormat for Mml {
     }
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
-}
-
-fn err(text: &str, offset: usize, msg: impl Into<String>) -> SourceError {
-    SourceError::at(Location { line: Some(line_of(text, offset)), offset: Some(offset), ..Default::default() }, msg)
-}
+use crate::xml::{err_at as err, line_of};
 
 /// The encoding named in the XML declaration, if any.
 fn declared_encoding(bytes: &[u8]) -> Option<String> {
@@ -212,17 +205,7 @@ pub fn parse_str(text: &str) -> Result<MmlDocument, SourceError> {
             Ok(x) => x,
             Err(e) => return Err(err(text, reader.error_position() as usize, format!("malformed XML: {e}"))),
         };
-        let ns = match &res {
-            ResolveResult::Bound(n) => String::from_utf8_lossy(n.as_ref()).into_owned(),
-            ResolveResult::Unknown(p) => {
-                return Err(err(
-                    text,
-                    pos,
-                    format!("namespace prefix `{}` is not declared", String::from_utf8_lossy(p)),
-                ))
-            }
-            ResolveResult::Unbound => String::new(),
-        };
+        let ns = crate::xml::namespace(text, pos, &res)?;
         match ev {
             Event::DocType(_) => {
                 return Err(err(text, pos, "DOCTYPE declarations are not accepted (no DTDs, no entity definitions)"))
@@ -322,21 +305,7 @@ pub fn parse_str(text: &str) -> Result<MmlDocument, SourceError> {
                 }
             }
             Event::GeneralRef(r) => {
-                let c = match r.resolve_char_ref() {
-                    Ok(Some(c)) => c.to_string(),
-                    Ok(None) => {
-                        let name = r.decode().map_err(|e| err(text, pos, format!("entity: {e}")))?;
-                        match name.as_ref() {
-                            "lt" => "<".into(),
-                            "gt" => ">".into(),
-                            "amp" => "&".into(),
-                            "apos" => "'".into(),
-                            "quot" => "\"".into(),
-                            other => return Err(err(text, pos, format!("entity `&{other};` is not defined (only the five XML entities and character references are accepted)"))),
-                        }
-                    }
-                    Err(e) => return Err(err(text, pos, format!("character reference: {e}"))),
-                };
+                let c = crate::xml::resolve_ref(&r).map_err(|m| err(text, pos, m))?;
                 if let Some(b) = unit.as_mut() {
                     push_text(b, &c, text, pos)?;
                 }

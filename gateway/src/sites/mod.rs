@@ -68,6 +68,14 @@ pub fn translate_jahis_file(path: &Path, owner: &Owner) -> Result<Translation, S
         .map_err(|e| e.in_file(path.display().to_string()))
 }
 
+/// Translate one CDA R2 document.
+pub fn translate_cda_file(path: &Path, owner: &Owner) -> Result<Translation, SourceError> {
+    let bytes = read(path)?;
+    let key = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    kakehashi_mappings::cda::translate_bytes(&bytes, &ParseOptions::default(), &owner.context(key))
+        .map_err(|e| e.in_file(path.display().to_string()))
+}
+
 /// The `.xml` files of an MML site directory, sorted.
 pub fn mml_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, SourceError> {
     let rd = std::fs::read_dir(dir)

@@ -1,0 +1,329 @@
+//! CDA R2 to a FHIR document Bundle: Composition (type, title, date, author,
+//! custodian, one section per CDA section with its narrative), Patient, Practitioner
+//! and Organization, and the structured entries mapped by section: problems →
+//! Condition, allergies → AllergyIntolerance, medications → MedicationRequest, results,
+//! vital signs and social history → Observation.
+
+use crate::codes;
+use crate::{Context, Translation};
+use kakehashi_adapters::cda::{CdaDocument, Code, Entry, Value};
+use kakehashi_fhir::*;
+
+/// CDA code system OID → FHIR system URI.
+pub fn system_of(oid: &str) -> String {
+    match oid {
+        "2.16.840.1.113883.6.1" => "http://loinc.org".into(),
+        "2.16.840.1.113883.6.96" => "http://snomed.info/sct".into(),
+        "2.16.840.1.113883.6.88" => "http://www.nlm.nih.gov/research/umls/rxnorm".into(),
+        "2.16.840.1.113883.6.90" => "http://hl7.org/fhir/sid/icd-10-cm".into(),
+        "2.16.840.1.113883.6.103" => "http://hl7.org/fhir/sid/icd-9-cm".into(),
+        "2.16.840.1.113883.6.8" => "http://unitsofmeasure.org".into(),
+        "2.16.840.1.113883.5.4" => "http://terminology.hl7.org/CodeSystem/v3-ActCode".into(),
+        "1.2.392.200119.4.504" => "urn:oid:1.2.392.200119.4.504".into(),
+        "1.2.392.200119.4.403.1" => "urn:oid:1.2.392.200119.4.403.1".into(),
+        other => format!("urn:oid:{other}"),
+    }
+}
+
+fn concept(c: &Code) -> CodeableConcept {
+    let mut cc = CodeableConcept { coding: vec![], text: c.display.clone() };
+    if let (Some(code), Some(system)) = (&c.code, &c.system) {
+        let mut coding = Coding::new(system_of(system), code.clone());
+        coding.display = c.display.clone();
+        cc.coding.push(coding);
+    } else if let Some(code) = &c.code {
+        cc.text = Some(cc.text.unwrap_or_else(|| code.clone()));
+    }
+    cc
+}
+
+fn when(v: Option<&str>, at: &str, t: &mut Translation) -> Option<String> {
+    let v = v?;
+    match crate::datetime::date_time(v) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            t.warn(at, e.to_string());
+            None
+        }
+    }
+}
+
+fn div(text: &str) -> Narrative {
+    let esc = text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('\n', "<br/>");
+    Narrative { status: "generated".into(), div: format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{esc}</div>") }
+}
+
+fn push(r: Resource, t: &mut Translation) -> Reference {
+    let reference =
+        Reference { reference: Some(format!("{}/{}", r.type_name(), r.id().unwrap_or(""))), ..Default::default() };
+    t.resources.push(r);
+    reference
+}
+
+/// Translate a CDA document.
+pub fn translate(doc: &CdaDocument, ctx: &Context) -> Translation {
+    let mut t = Translation::default();
+    let doc_key = doc
+        .id
+        .as_ref()
+        .map(|(r, e)| format!("{r}^{}", e.clone().unwrap_or_default()))
+        .unwrap_or_else(|| ctx.source_key.clone());
+    let id = |ty: &str, part: &str| Some(ctx.id_for(ty, &format!("{doc_key}:{part}")));
+
+    let patient_ref = match &doc.patient {
+        Some(p) => {
+            let (root, ext) = p.ids.first().cloned().unwrap_or_default();
+            let pid = ctx.id_for("Patient", &format!("{root}^{ext}"));
+            let patient = Patient {
+                id: Some(pid.clone()),
+                identifier: p
+                    .ids
+                    .iter()
+                    .map(|(r, e)| Identifier {
+                        system: Some(format!("urn:oid:{r}")),
+                        value: Some(e.clone()),
+                        ..Default::default()
+                    })
+                    .collect(),
+                name: p
+                    .names
+                    .iter()
+                    .map(|(given, family)| HumanName {
+                        text: Some([given.join(" "), family.clone().unwrap_or_default()].join(" ").trim().to_string()),
+                        family: family.clone(),
+                        given: given.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                gender: p.gender.as_deref().map(|g| {
+                    match g {
+                        "M" => "male",
+                        "F" => "female",
+                        "UN" => "other",
+                        _ => "unknown",
+                    }
+                    .to_string()
+                }),
+                birth_date: p.birth.as_deref().and_then(|b| crate::datetime::date(&b[..b.len().min(8)]).ok()),
+                address: p
+                    .addresses
+                    .iter()
+                    .map(|(lines, city, state, zip, country)| kakehashi_fhir::Address {
+                        line: lines.clone(),
+                        city: city.clone(),
+                        state: state.clone(),
+                        postal_code: zip.clone(),
+                        country: country.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                telecom: p
+                    .telecoms
+                    .iter()
+                    .map(|v| {
+                        let (system, value) = match v.split_once(':') {
+                            Some(("tel", n)) => ("phone", n.trim()),
+                            Some(("mailto", m)) => ("email", m.trim()),
+                            Some(("fax", n)) => ("fax", n.trim()),
+                            _ => ("other", v.as_str()),
+                        };
+                        ContactPoint {
+                            system: Some(system.into()),
+                            value: Some(value.to_string()),
+                            use_: None,
+                            rank: None,
+                        }
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            push(Resource::Patient(patient), &mut t)
+        }
+        None => {
+            t.warn("recordTarget", "the document has no patient (recordTarget/patientRole)");
+            Reference { display: Some("patient not given in the document".into()), ..Default::default() }
+        }
+    };
+
+    let mut authors = Vec::new();
+    for (i, a) in doc.authors.iter().enumerate() {
+        if let Some(name) = &a.name {
+            let pr = Practitioner {
+                id: id("Practitioner", &format!("author{i}")),
+                name: vec![HumanName { text: Some(name.clone()), ..Default::default() }],
+                ..Default::default()
+            };
+            authors.push(push(Resource::Practitioner(pr), &mut t));
+        }
+    }
+    let custodian = doc.custodian.as_ref().map(|name| {
+        let org = Organization { id: id("Organization", "custodian"), name: Some(name.clone()), ..Default::default() };
+        push(Resource::Organization(org), &mut t)
+    });
+    if authors.is_empty() {
+        authors.push(
+            custodian
+                .clone()
+                .unwrap_or_else(|| Reference { display: Some(ctx.owner_name.clone()), ..Default::default() }),
+        );
+    }
+
+    let mut section = Vec::new();
+    for (si, s) in doc.sections.iter().enumerate() {
+        let sec_code = s.code.as_ref().and_then(|c| c.code.clone()).unwrap_or_default();
+        let mut entry_refs = Vec::new();
+        for (ei, e) in s.entries.iter().enumerate() {
+            let part = format!("s{si}e{ei}");
+            let at = format!("section {} entry {}", si + 1, ei + 1);
+            let r = match e {
+                Entry::Allergy { substance, reaction, time } => Resource::AllergyIntolerance(AllergyIntolerance {
+                    id: id("AllergyIntolerance", &part),
+                    clinical_status: Some(CodeableConcept::coding(Coding::new("http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "active"))),
+                    code: Some(concept(substance)),
+                    patient: patient_ref.clone(),
+                    onset_date_time: when(time.as_deref(), &at, &mut t),
+                    reaction: reaction.iter().map(|r| AllergyReaction { manifestation: vec![concept(r)], ..Default::default() }).collect(),
+                    ..Default::default()
+                }),
+                Entry::Medication { drug, dose, route, start, text } => Resource::MedicationRequest(MedicationRequest {
+                    id: id("MedicationRequest", &part),
+                    status: "active".into(),
+                    intent: "plan".into(),
+                    medication_codeable_concept: Some(concept(drug)),
+                    subject: patient_ref.clone(),
+                    dosage_instruction: vec![Dosage {
+                        text: text.clone(),
+                        route: route.as_ref().map(concept),
+                        dose_and_rate: dose
+                            .iter()
+                            .map(|(v, u)| DoseAndRate { dose_quantity: Some(Quantity { value: Some(*v), unit: u.clone(), ..Default::default() }), ..Default::default() })
+                            .collect(),
+                        extension: when(start.as_deref(), &at, &mut t)
+                            .map(|s| Extension {
+                                url: "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_MedicationDosage_PeriodOfUse".into(),
+                                value_period: Some(Period { start: Some(s), end: None }),
+                                ..Default::default()
+                            })
+                            .into_iter()
+                            .collect(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                Entry::Observation { code, value, time, interpretation } => {
+                    if matches!(sec_code.as_str(), "11450-4" | "11535-2" | "46241-6" | "29548-5" | "11348-0" | "10164-2") {
+                        let problem = match value {
+                            Value::Coded(c) => concept(c),
+                            _ => concept(code),
+                        };
+                        Resource::Condition(Condition {
+                            id: id("Condition", &part),
+                            clinical_status: Some(CodeableConcept::coding(Coding::new("http://terminology.hl7.org/CodeSystem/condition-clinical", "active"))),
+                            category: vec![CodeableConcept::coding(Coding::new("http://terminology.hl7.org/CodeSystem/condition-category", if sec_code == "11450-4" || sec_code == "11348-0" { "problem-list-item" } else { "encounter-diagnosis" }))],
+                            code: Some(problem),
+                            subject: patient_ref.clone(),
+                            onset_date_time: when(time.as_deref(), &at, &mut t),
+                            ..Default::default()
+                        })
+                    } else {
+                        let category = match sec_code.as_str() {
+                            "8716-3" => "vital-signs",
+                            "29762-2" => "social-history",
+                            "30954-2" => "laboratory",
+                            _ => "exam",
+                        };
+                        let mut o = Observation {
+                            id: id("Observation", &part),
+                            status: "final".into(),
+                            category: vec![CodeableConcept::coding(Coding::new("http://terminology.hl7.org/CodeSystem/observation-category", category))],
+                            code: if code.is_empty() { CodeableConcept::text("(uncoded observation)") } else { concept(code) },
+                            subject: Some(patient_ref.clone()),
+                            effective_date_time: when(time.as_deref(), &at, &mut t),
+                            interpretation: interpretation.iter().map(|i| CodeableConcept::coding(Coding::new("http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", i.clone()))).collect(),
+                            ..Default::default()
+                        };
+                        match value {
+                            Value::Quantity(v, u) => {
+                                o.value_quantity = Some(Quantity {
+                                    value: Some(*v),
+                                    unit: u.clone(),
+                                    system: u.as_ref().map(|_| "http://unitsofmeasure.org".to_string()),
+                                    code: u.clone(),
+                                    ..Default::default()
+                                })
+                            }
+                            Value::Coded(c) => o.value_codeable_concept = Some(concept(c)),
+                            Value::Text(s) => o.value_string = Some(s.clone()),
+                            Value::None => {
+                                o.data_absent_reason = Some(CodeableConcept::coding(Coding::new("http://terminology.hl7.org/CodeSystem/data-absent-reason", "unknown")))
+                            }
+                        }
+                        Resource::Observation(o)
+                    }
+                }
+            };
+            entry_refs.push(push(r, &mut t));
+        }
+        let text = if s.text.trim().is_empty() { "(no narrative)".to_string() } else { s.text.clone() };
+        section.push(CompositionSection {
+            title: s.title.clone(),
+            code: s.code.as_ref().map(concept),
+            text: Some(div(&text)),
+            entry: entry_refs,
+            ..Default::default()
+        });
+    }
+
+    let date = when(doc.effective.as_deref(), "ClinicalDocument/effectiveTime", &mut t).unwrap_or_else(|| {
+        t.warn(
+            "ClinicalDocument/effectiveTime",
+            "no usable effectiveTime; the Composition's date falls back to 1970-01-01",
+        );
+        "1970-01-01".into()
+    });
+    let composition = Composition {
+        id: id("Composition", "document"),
+        identifier: doc.id.as_ref().map(|(r, e)| Identifier {
+            system: Some(format!("urn:oid:{r}")),
+            value: Some(e.clone().unwrap_or_else(|| r.clone())),
+            ..Default::default()
+        }),
+        status: "final".into(),
+        type_: concept(&doc.code),
+        subject: Some(patient_ref),
+        date,
+        author: authors,
+        title: doc.title.clone().unwrap_or_else(|| "Clinical document".into()),
+        confidentiality: doc
+            .confidentiality
+            .clone()
+            .filter(|c| matches!(c.as_str(), "U" | "L" | "M" | "N" | "R" | "V")),
+        custodian: Some(custodian.unwrap_or_else(|| Reference {
+            identifier: Some(Identifier {
+                system: Some(codes::INSTITUTION_NUMBER.into()),
+                value: Some(ctx.owner.clone()),
+                ..Default::default()
+            }),
+            display: Some(ctx.owner_name.clone()),
+            ..Default::default()
+        })),
+        section,
+        ..Default::default()
+    };
+    if let Some(recipient) = &doc.recipient {
+        t.warn("informationRecipient", format!("recipient `{recipient}` is kept as text only"));
+    }
+    t.resources.insert(0, Resource::Composition(composition));
+    t.resources = t.resources.into_iter().map(|r| ctx.own(r)).collect();
+    t
+}
+
+/// Parse CDA bytes and translate them, pure.
+pub fn translate_bytes(
+    bytes: &[u8],
+    options: &kakehashi_adapters::ParseOptions,
+    ctx: &Context,
+) -> Result<Translation, kakehashi_adapters::SourceError> {
+    let doc = kakehashi_adapters::cda::parse(bytes, options)?;
+    Ok(translate(&doc, ctx))
+}
