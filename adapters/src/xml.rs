@@ -114,6 +114,10 @@ pub fn parse_tree(text: &str, limits: Limits) -> Result<Node, SourceError> {
             Event::End(_) => {
                 let done = stack.pop().unwrap_or_default();
                 match stack.last_mut() {
+                    // A line break in narrative text stays a line break.
+                    Some(parent) if done.name == "br" && done.children.is_empty() && done.text.is_empty() => {
+                        parent.text.push('\n')
+                    }
                     Some(parent) => parent.children.push(done),
                     None => root = Some(done),
                 }

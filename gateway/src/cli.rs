@@ -153,12 +153,18 @@ enum SourceKind {
     JahisRx,
     /// An HL7 CDA R2 document.
     Cda,
+    /// A FHIR R4 document Bundle (JSON), for `--to mml` or `--to cda`.
+    Fhir,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum TargetKind {
     /// FHIR R4 JSON.
     Fhir,
+    /// MML 4.x XML (from a FHIR document).
+    Mml,
+    /// CDA R2 XML (from a FHIR document).
+    Cda,
 }
 
 #[derive(Debug, Args)]
@@ -353,7 +359,12 @@ async fn audit(a: AuditCommand) -> Result<(), String> {
 
 fn translate(a: TranslateArgs) -> Result<(), String> {
     use crate::sites::{self, Owner};
-    let TargetKind::Fhir = a.to;
+    if let SourceKind::Fhir = a.from {
+        return from_fhir(&a.path, a.to);
+    }
+    if !matches!(a.to, TargetKind::Fhir) {
+        return Err("--to mml and --to cda take a FHIR document Bundle: translate to FHIR first (--from fhir)".into());
+    }
     let owner = Owner { code: a.owner, name: a.owner_name, site: a.site };
     let records = match a.from {
         SourceKind::SsMix2 if a.path.is_dir() => sites::translate_ss_mix2(&a.path, &owner, None),
@@ -364,6 +375,7 @@ fn translate(a: TranslateArgs) -> Result<(), String> {
         SourceKind::Mml => single(sites::translate_mml_file(&a.path, &owner)),
         SourceKind::JahisRx => single(sites::translate_jahis_file(&a.path, &owner)),
         SourceKind::Cda => single(sites::translate_cda_file(&a.path, &owner)),
+        SourceKind::Fhir => unreachable!("handled above"),
     };
     for w in &records.translation.warnings {
         eprintln!("warning: {}: {}", w.location, w.message);
@@ -381,6 +393,26 @@ fn translate(a: TranslateArgs) -> Result<(), String> {
     if failed > 0 {
         return Err(format!("{failed} source(s) could not be translated (see above); the bundle holds the rest"));
     }
+    Ok(())
+}
+
+/// A FHIR document Bundle to MML, CDA, or checked FHIR.
+fn from_fhir(path: &std::path::Path, to: TargetKind) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let resource: kakehashi_fhir::Resource =
+        serde_json::from_str(&text).map_err(|e| format!("{}: not a FHIR resource: {e}", path.display()))?;
+    let kakehashi_fhir::Resource::Bundle(bundle) = resource else {
+        return Err(format!("{}: expected a document Bundle", path.display()));
+    };
+    let view =
+        kakehashi_mappings::document::DocumentView::new(&bundle).map_err(|e| format!("{}: {e}", path.display()))?;
+    let out = match to {
+        TargetKind::Mml => kakehashi_mappings::export::mml::to_mml(&view),
+        TargetKind::Cda => kakehashi_mappings::export::cda::to_cda(&view),
+        TargetKind::Fhir => serde_json::to_string_pretty(&kakehashi_fhir::Resource::Bundle(bundle.clone()))
+            .map_err(|e| e.to_string())?,
+    };
+    println!("{out}");
     Ok(())
 }
 

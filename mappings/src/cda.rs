@@ -21,6 +21,7 @@ pub fn system_of(oid: &str) -> String {
         "2.16.840.1.113883.5.4" => "http://terminology.hl7.org/CodeSystem/v3-ActCode".into(),
         "1.2.392.200119.4.504" => "urn:oid:1.2.392.200119.4.504".into(),
         "1.2.392.200119.4.403.1" => "urn:oid:1.2.392.200119.4.403.1".into(),
+        uri if uri.contains("://") || uri.starts_with("urn:") => uri.to_string(),
         other => format!("urn:oid:{other}"),
     }
 }
@@ -88,11 +89,28 @@ pub fn translate(doc: &CdaDocument, ctx: &Context) -> Translation {
                 name: p
                     .names
                     .iter()
-                    .map(|(given, family)| HumanName {
-                        text: Some([given.join(" "), family.clone().unwrap_or_default()].join(" ").trim().to_string()),
-                        family: family.clone(),
-                        given: given.clone(),
-                        ..Default::default()
+                    .map(|(given, family, use_)| {
+                        // Japanese names (IDE/SYL/ABC representation) are written family first.
+                        let repr = use_.as_deref().filter(|u| matches!(*u, "IDE" | "SYL" | "ABC"));
+                        let parts = if repr.is_some() {
+                            [family.clone().unwrap_or_default(), given.join(" ")]
+                        } else {
+                            [given.join(" "), family.clone().unwrap_or_default()]
+                        };
+                        HumanName {
+                            extension: repr
+                                .map(|r| Extension {
+                                    url: codes::EN_REPRESENTATION.into(),
+                                    value_code: Some(r.into()),
+                                    ..Default::default()
+                                })
+                                .into_iter()
+                                .collect(),
+                            text: Some(parts.join(" ").trim().to_string()),
+                            family: family.clone(),
+                            given: given.clone(),
+                            ..Default::default()
+                        }
                     })
                     .collect(),
                 gender: p.gender.as_deref().map(|g| {
@@ -211,7 +229,7 @@ pub fn translate(doc: &CdaDocument, ctx: &Context) -> Translation {
                     ..Default::default()
                 }),
                 Entry::Observation { code, value, time, interpretation } => {
-                    if matches!(sec_code.as_str(), "11450-4" | "11535-2" | "46241-6" | "29548-5" | "11348-0" | "10164-2") {
+                    if matches!(sec_code.as_str(), "11450-4" | "11535-2" | "46241-6" | "29548-5" | "11348-0" | "10164-2" | "340" | "370") {
                         let problem = match value {
                             Value::Coded(c) => concept(c),
                             _ => concept(code),

@@ -5,6 +5,8 @@
 pub mod cda;
 pub mod codes;
 pub mod datetime;
+pub mod document;
+pub mod export;
 pub mod hl7v2;
 pub mod jahis_rx;
 pub mod mml;

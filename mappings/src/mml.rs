@@ -837,18 +837,43 @@ impl Mapper<'_> {
             );
             return;
         };
-        let mut section: Vec<CompositionSection> = d
-            .sections
-            .iter()
-            .map(|(name, text)| CompositionSection {
-                title: Some(name.clone()),
-                text: Some(text_div(text)),
-                ..Default::default()
-            })
-            .collect();
+        let mut section = Vec::new();
+        for (name, text) in &d.sections {
+            match name.as_str() {
+                // The Referral module's own title is the Composition's title.
+                "title" => continue,
+                // Sections MML has no element for travel in remarks as 【title】 blocks.
+                "remarks" if text.trim_start().starts_with('【') => {
+                    for block in split_remarks(text) {
+                        section.push(CompositionSection {
+                            title: Some(block.0),
+                            text: Some(text_div(&block.1)),
+                            ..Default::default()
+                        });
+                    }
+                }
+                _ => {
+                    let known = crate::export::SECTIONS.iter().find(|(_, element, _)| element == name);
+                    section.push(CompositionSection {
+                        title: Some(known.map(|(_, _, title)| (*title).to_string()).unwrap_or_else(|| name.clone())),
+                        code: known.map(|(code, _, title)| {
+                            CodeableConcept::coding(
+                                Coding::new(crate::document::SECTION_SYSTEM, *code).with_display(*title),
+                            )
+                        }),
+                        text: Some(text_div(text)),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
         if let Some(f) = &d.to_facility {
             section.push(CompositionSection {
-                title: Some("紹介先".into()),
+                title: Some("紹介先情報".into()),
+                code: Some(CodeableConcept::coding(
+                    Coding::new(crate::document::SECTION_SYSTEM, crate::document::RECIPIENT_SECTION)
+                        .with_display("紹介先情報"),
+                )),
                 text: Some(text_div(f)),
                 ..Default::default()
             });
@@ -889,7 +914,13 @@ impl Mapper<'_> {
                     }))
                     .take(1)
                     .collect(),
-                title: self.info.title.clone().unwrap_or_else(|| title.into()),
+                title: d
+                    .sections
+                    .iter()
+                    .find(|(n, _)| n == "title")
+                    .map(|(_, t)| t.clone())
+                    .or_else(|| self.info.title.clone())
+                    .unwrap_or_else(|| title.into()),
                 custodian: Some(Reference {
                     identifier: Some(Identifier {
                         system: Some(codes::INSTITUTION_NUMBER.into()),
@@ -905,6 +936,23 @@ impl Mapper<'_> {
             }),
         );
     }
+}
+
+/// `【title】\ntext` blocks of an MML remarks element.
+fn split_remarks(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        let l = line.trim();
+        if let Some(title) = l.strip_prefix('【').and_then(|x| x.strip_suffix('】')) {
+            out.push((title.to_string(), String::new()));
+        } else if let Some(last) = out.last_mut() {
+            if !last.1.is_empty() {
+                last.1.push('\n');
+            }
+            last.1.push_str(l);
+        }
+    }
+    out
 }
 
 /// Push after the resource is built: building it may record warnings.

@@ -31,7 +31,11 @@ impl Code {
         };
         Code {
             code: n.attr("code").and_then(clean),
-            system: n.attr("codeSystem").and_then(clean),
+            // Kakehashi writes URI code systems (JP-CLINS) as codeSystemName.
+            system: n
+                .attr("codeSystem")
+                .and_then(clean)
+                .or_else(|| n.attr("codeSystemName").and_then(clean).filter(|s| s.contains(':'))),
             display: n.attr("displayName").and_then(clean).or_else(|| n.text_at(&["originalText"])),
         }
     }
@@ -111,8 +115,8 @@ pub struct Section {
 pub struct Patient {
     /// Ids as (root OID, extension).
     pub ids: Vec<(String, String)>,
-    /// Names as (given names, family).
-    pub names: Vec<(Vec<String>, Option<String>)>,
+    /// Names as (given names, family, `use`).
+    pub names: Vec<(Vec<String>, Option<String>, Option<String>)>,
     /// Administrative gender code (M, F, UN).
     pub gender: Option<String>,
     /// Birth time.
@@ -216,7 +220,7 @@ fn entries(section_code: Option<&str>, sec: &Node) -> Vec<Entry> {
     let mut out = Vec::new();
     for entry in sec.children_named("entry") {
         match section_code {
-            Some("48765-2") => {
+            Some("48765-2" | "510") => {
                 let mut obs = Vec::new();
                 collect(entry, "observation", &mut obs);
                 for o in obs {
@@ -238,7 +242,7 @@ fn entries(section_code: Option<&str>, sec: &Node) -> Vec<Entry> {
                     out.push(Entry::Allergy { substance, reaction, time: time_of(o) });
                 }
             }
-            Some("10160-0" | "10183-2" | "29549-3" | "42346-7") => {
+            Some("10160-0" | "10183-2" | "29549-3" | "42346-7" | "440") => {
                 let mut sas = Vec::new();
                 collect(entry, "substanceAdministration", &mut sas);
                 for sa in sas.into_iter().take(1) {
@@ -334,7 +338,13 @@ pub fn parse(bytes: &[u8], options: &ParseOptions) -> Result<CdaDocument, Source
             names: p
                 .map(|p| {
                     p.children_named("name")
-                        .map(|n| (n.children_named("given").filter_map(Node::value).collect(), n.text_at(&["family"])))
+                        .map(|n| {
+                            (
+                                n.children_named("given").filter_map(Node::value).collect(),
+                                n.text_at(&["family"]),
+                                n.attr("use").map(str::to_string),
+                            )
+                        })
                         .collect()
                 })
                 .unwrap_or_default(),

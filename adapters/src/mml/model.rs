@@ -538,7 +538,10 @@ fn sections(n: &Node) -> Vec<(String, String)> {
     // Every direct child that is not a nested module becomes a section of its text.
     n.children
         .iter()
-        .filter(|c| !is_module(c))
+        .filter(|c| {
+            !is_module(c)
+                && !matches!(c.name.as_str(), "referFrom" | "referToFacility" | "referToPerson" | "referToUnknownName")
+        })
         .filter_map(|c| {
             let mut text = String::new();
             fn walk(n: &Node, out: &mut String) {
