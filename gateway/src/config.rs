@@ -80,6 +80,12 @@ pub struct Server {
     pub crl_check_secs: u64,
     /// How often sites are re-scanned for new or changed records, in milliseconds.
     pub records_refresh_ms: u64,
+    /// How often the outbox is polled for deliveries, in milliseconds.
+    pub outbox_poll_ms: u64,
+    /// How long a new delivery waits before its first attempt, in milliseconds.
+    pub outbox_delay_ms: u64,
+    /// Days a pushed referral or discharge summary gives its recipient access.
+    pub referral_days: u64,
 }
 
 impl Default for Server {
@@ -95,6 +101,9 @@ impl Default for Server {
             shutdown_grace_secs: 30,
             crl_check_secs: 2,
             records_refresh_ms: 2000,
+            outbox_poll_ms: 500,
+            outbox_delay_ms: 0,
+            referral_days: 180,
         }
     }
 }
@@ -182,6 +191,31 @@ pub struct Site {
     pub owner: String,
     /// How records are reached.
     pub connector: Connector,
+    /// Where documents pushed to this site's owner are delivered, and in which format.
+    #[serde(default)]
+    pub inbox: Option<Inbox>,
+}
+
+/// A delivery inbox: a directory the site's system picks documents up from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inbox {
+    /// Directory.
+    pub dir: PathBuf,
+    /// Native format written there.
+    pub format: InboxFormat,
+}
+
+/// Format of delivered documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InboxFormat {
+    /// MML 4.x XML.
+    Mml,
+    /// CDA R2 XML.
+    Cda,
+    /// The FHIR document Bundle as JSON.
+    Fhir,
 }
 
 /// How a site's records are reached.
@@ -219,6 +253,11 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The delivery inbox of an institution, if one of its sites has one.
+    pub fn inbox_of(&self, institution: &str) -> Option<&Inbox> {
+        self.sites.iter().filter(|s| s.owner == institution).find_map(|s| s.inbox.as_ref())
+    }
+
     /// The institution with this code, if it is a member.
     pub fn institution(&self, code: &str) -> Option<&Institution> {
         self.institutions.iter().find(|i| i.code == code)
@@ -236,6 +275,9 @@ impl Config {
         fix(&mut self.audit.signing_key);
         self.tls.crls.iter_mut().for_each(fix);
         for s in &mut self.sites {
+            if let Some(inbox) = &mut s.inbox {
+                fix(&mut inbox.dir);
+            }
             match &mut s.connector {
                 Connector::SsMix2 { root } => fix(root),
                 Connector::Mml { dir } => fix(dir),

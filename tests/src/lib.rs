@@ -71,6 +71,7 @@ listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 crl_check_secs = 1
 records_refresh_ms = 200
+outbox_poll_ms = 100
 {server_extra}
 [tls]
 client_ca = "pki/ca.pem"
@@ -111,6 +112,12 @@ connector = {{ kind = "ss-mix2", root = "sites/hub/ss-mix2" }}
 id = "clinic-a"
 owner = "{CLINIC}"
 connector = {{ kind = "mml", dir = "sites/clinic-a/mml" }}
+inbox = {{ dir = "sites/clinic-a/inbox", format = "mml" }}
+[[site]]
+id = "clinic-b"
+owner = "{CLINIC_B}"
+connector = {{ kind = "mml", dir = "sites/clinic-b/mml" }}
+inbox = {{ dir = "sites/clinic-b/inbox", format = "cda" }}
 "#
     );
     let p = dir.join("kakehashi.toml");
@@ -166,6 +173,17 @@ impl TestGateway {
     /// The gateway's SQLite database file.
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("kakehashi.db")
+    }
+
+    /// Stop the gateway and keep its directory (PKI, configuration, sites, database).
+    pub async fn stop_keeping_dir(mut self) -> tempfile::TempDir {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        self.dir
     }
 
     /// Stop the gateway and wait for it to drain.
@@ -308,18 +326,21 @@ async fn read(
     Ok(Reply { status, headers, body, resumed, alpn })
 }
 
-/// The `kakehashi` binary of this workspace (built on demand).
+/// The `kakehashi` binary of this workspace, built (or confirmed up to date) once per
+/// test process so tests never run a stale binary.
 pub fn kakehashi_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    // target/<profile>/deps/<test> → target/<profile>/kakehashi
-    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
-    let bin = dir.join("kakehashi");
-    if !bin.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "kakehashi", "--bin", "kakehashi"])
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building the kakehashi binary failed");
-    }
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test exe");
+            // target/<profile>/deps/<test> → target/<profile>/kakehashi
+            let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+            let status = std::process::Command::new(env!("CARGO"))
+                .args(["build", "-q", "-p", "kakehashi", "--bin", "kakehashi"])
+                .status()
+                .expect("cargo build");
+            assert!(status.success(), "building the kakehashi binary failed");
+            dir.join("kakehashi")
+        })
+        .clone()
 }

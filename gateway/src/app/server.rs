@@ -97,6 +97,10 @@ impl Gateway {
             tracing::error!(error = %e, "grants could not be loaded; cross-site reads are refused until they are");
         }
         // Other instances sharing the database change grants too.
+        if let Err(e) = crate::fhir_api::push::load_pushed(&store, &config, &state.records).await {
+            tracing::error!(error = %e, "pushed documents could not be loaded; they are served once the database answers");
+        }
+        let delivery = tokio::spawn(crate::outbox::run(store.clone(), config.clone()));
         let grants_task = {
             let (policy, store) = (state.policy.clone(), store.clone());
             tokio::spawn(async move {
@@ -174,6 +178,7 @@ impl Gateway {
         watcher.abort();
         refresh.abort();
         grants_task.abort();
+        delivery.abort();
         admin_task.abort();
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
         if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {

@@ -141,12 +141,25 @@ checkpoint_secs = 60
             i.code, i.name, i.kind
         ));
     }
-    for (id, owner, connector) in [
-        ("hub", HUB.code, r#"{ kind = "ss-mix2", root = "sites/hub/ss-mix2" }"#),
-        ("clinic-a", CLINIC_A.code, r#"{ kind = "mml", dir = "sites/clinic-a/mml" }"#),
-        ("clinic-b", CLINIC_B.code, r#"{ kind = "mml", dir = "sites/clinic-b/mml" }"#),
+    for (id, owner, connector, inbox) in [
+        ("hub", HUB.code, r#"{ kind = "ss-mix2", root = "sites/hub/ss-mix2" }"#, None),
+        (
+            "clinic-a",
+            CLINIC_A.code,
+            r#"{ kind = "mml", dir = "sites/clinic-a/mml" }"#,
+            Some(r#"{ dir = "sites/clinic-a/inbox", format = "mml" }"#),
+        ),
+        (
+            "clinic-b",
+            CLINIC_B.code,
+            r#"{ kind = "mml", dir = "sites/clinic-b/mml" }"#,
+            Some(r#"{ dir = "sites/clinic-b/inbox", format = "cda" }"#),
+        ),
     ] {
         s.push_str(&format!("\n[[site]]\nid = \"{id}\"\nowner = \"{owner}\"\nconnector = {connector}\n"));
+        if let Some(inbox) = inbox {
+            s.push_str(&format!("inbox = {inbox}\n"));
+        }
     }
     s
 }

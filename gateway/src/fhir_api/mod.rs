@@ -8,6 +8,7 @@ pub mod capability;
 pub mod consent;
 pub mod negotiate;
 pub mod params;
+pub mod push;
 pub mod read;
 
 use crate::app::{ApiError, AppState};
@@ -20,6 +21,8 @@ use axum::Router;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/fhir/metadata", get(capability::metadata))
+        .route("/fhir", axum::routing::post(push::push))
+        .route("/fhir/Bundle/{id}/$delivery-status", get(push::delivery_status))
         .route("/fhir/AuditEvent", get(audit_events::search))
         .route("/fhir/Consent", get(consent::search).post(consent::create))
         .route("/fhir/Consent/{id}", get(consent::read).delete(consent::revoke))

@@ -103,6 +103,7 @@ pub fn supported(resource_type: &str) -> &'static [(&'static str, &'static str)]
             ("onset-date", "date"),
         ],
         "AllergyIntolerance" => &[("patient", "reference"), ("code", "token"), ("clinical-status", "token")],
+        "Composition" => &[("patient", "reference"), ("subject", "reference"), ("type", "token"), ("date", "date")],
         "Coverage" => &[("patient", "reference"), ("beneficiary", "reference"), ("identifier", "token")],
         "DiagnosticReport" => &[
             ("patient", "reference"),
@@ -339,6 +340,7 @@ pub fn matches(r: &Resource, patient: Option<&str>, patient_birth: Option<&str>,
                 (Resource::DiagnosticReport(d), "date") => d.effective_date_time.as_deref(),
                 (Resource::MedicationRequest(m), "authoredon") => m.authored_on.as_deref(),
                 (Resource::Condition(c), "onset-date") => c.onset_date_time.as_deref(),
+                (Resource::Composition(c), "date") => Some(c.date.as_str()),
                 _ => None,
             };
             date_matches(*prefix, *start, *end, value)
@@ -368,6 +370,7 @@ pub fn matches(r: &Resource, patient: Option<&str>, patient_birth: Option<&str>,
                 token_matches_codings(values, &a.clinical_status.iter().collect::<Vec<_>>())
             }
             (Resource::Coverage(c), "identifier") => token_matches_identifiers(values, &c.identifier),
+            (Resource::Composition(c), "type") => token_matches_codings(values, &[&c.type_]),
             (Resource::DiagnosticReport(d), "code") => token_matches_codings(values, &[&d.code]),
             (Resource::DiagnosticReport(d), "category") => {
                 token_matches_codings(values, &d.category.iter().collect::<Vec<_>>())

@@ -25,6 +25,7 @@ pub const SERVED_TYPES: &[&str] = &[
     "AllergyIntolerance",
     "Coverage",
     "DiagnosticReport",
+    "Composition",
 ];
 
 pub(super) struct Caller {

@@ -44,3 +44,160 @@ pub async fn list(
         })
         .collect()
 }
+
+/// Delivery state of one outbox row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryState {
+    /// pending, claimed, delivered.
+    pub state: String,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// Last error, if any.
+    pub last_error: Option<String>,
+    /// When delivered (Unix seconds).
+    pub delivered_at: Option<i64>,
+}
+
+/// The delivery state of a pushed document.
+pub async fn delivery_of(store: &Store, push_id: &str) -> Result<Option<DeliveryState>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT state, attempts, last_error, delivered_at FROM outbox WHERE kind = 'deliver' AND payload = $1",
+    )
+    .bind(serde_json::json!({ "push": push_id }).to_string())
+    .fetch_optional(store.pool())
+    .await?;
+    row.map(|r| {
+        Ok(DeliveryState {
+            state: r.try_get(0)?,
+            attempts: r.try_get(1)?,
+            last_error: r.try_get(2)?,
+            delivered_at: r.try_get(3)?,
+        })
+    })
+    .transpose()
+}
+
+fn now() -> i64 {
+    crate::audit::now_micros() / 1_000_000
+}
+
+/// Claim up to `limit` due deliveries for `seconds`. Claims are atomic per row, so
+/// several gateway instances never deliver the same row at once; a claim that lapses
+/// (its instance died) is claimed again.
+async fn claim(store: &Store, limit: i64, seconds: i64) -> Result<Vec<(i64, String, String)>, sqlx::Error> {
+    let t = now();
+    let sql = match store.backend() {
+        crate::store::Backend::Postgres => {
+            "UPDATE outbox SET state = 'claimed', claim_until = $1, attempts = attempts + 1 WHERE id IN \
+             (SELECT id FROM outbox WHERE kind = 'deliver' AND ((state = 'pending' AND next_attempt <= $2) OR (state = 'claimed' AND claim_until < $2)) \
+              ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING id, destination, payload"
+        }
+        crate::store::Backend::Sqlite => {
+            "UPDATE outbox SET state = 'claimed', claim_until = $1, attempts = attempts + 1 WHERE id IN \
+             (SELECT id FROM outbox WHERE kind = 'deliver' AND ((state = 'pending' AND next_attempt <= $2) OR (state = 'claimed' AND claim_until < $2)) \
+              ORDER BY id LIMIT $3) RETURNING id, destination, payload"
+        }
+    };
+    let rows = sqlx::query(sql).bind(t + seconds).bind(t).bind(limit).fetch_all(store.pool()).await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+}
+
+async fn finish(store: &Store, id: i64, result: Result<(), String>, attempts_backoff: bool) -> Result<(), sqlx::Error> {
+    match result {
+        Ok(()) => {
+            sqlx::query("UPDATE outbox SET state = 'delivered', delivered_at = $1, last_error = NULL WHERE id = $2")
+                .bind(now())
+                .bind(id)
+                .execute(store.pool())
+                .await?;
+        }
+        Err(e) => {
+            let attempts: i64 = sqlx::query_scalar("SELECT attempts FROM outbox WHERE id = $1")
+                .bind(id)
+                .fetch_one(store.pool())
+                .await?;
+            let wait = if attempts_backoff { (1i64 << attempts.clamp(0, 8)).min(300) } else { 1 };
+            sqlx::query("UPDATE outbox SET state = 'pending', next_attempt = $1, last_error = $2 WHERE id = $3")
+                .bind(now() + wait)
+                .bind(e)
+                .bind(id)
+                .execute(store.pool())
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Write a file atomically and durably: temp file, fsync, rename, fsync the directory.
+fn write_durably(dir: &std::path::Path, name: &str, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join(name)).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Deliver one pushed document to its recipient's inbox in the inbox's format. The
+/// file is named after the push, so a repeated delivery replaces, never duplicates.
+async fn deliver(
+    store: &Store,
+    config: &crate::config::Config,
+    destination: &str,
+    payload: &str,
+) -> Result<(), String> {
+    let push_id = serde_json::from_str::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| v["push"].as_str().map(str::to_string))
+        .ok_or("malformed delivery payload")?;
+    let inbox =
+        config.inbox_of(destination).ok_or_else(|| format!("institution {destination} has no delivery inbox"))?;
+    let bundle: String = sqlx::query_scalar("SELECT bundle FROM pushed_document WHERE id = $1")
+        .bind(&push_id)
+        .fetch_one(store.pool())
+        .await
+        .map_err(|e| format!("pushed document {push_id}: {e}"))?;
+    let resource: kakehashi_fhir::Resource =
+        serde_json::from_str(&bundle).map_err(|e| format!("stored document unreadable: {e}"))?;
+    let kakehashi_fhir::Resource::Bundle(b) = resource else { return Err("stored document is not a Bundle".into()) };
+    let view = kakehashi_mappings::document::DocumentView::new(&b).map_err(|e| e.to_string())?;
+    let (name, bytes) = match inbox.format {
+        crate::config::InboxFormat::Mml => {
+            (format!("{push_id}.xml"), kakehashi_mappings::export::mml::to_mml(&view).into_bytes())
+        }
+        crate::config::InboxFormat::Cda => {
+            (format!("{push_id}.xml"), kakehashi_mappings::export::cda::to_cda(&view).into_bytes())
+        }
+        crate::config::InboxFormat::Fhir => (format!("{push_id}.json"), bundle.into_bytes()),
+    };
+    let dir = inbox.dir.clone();
+    tokio::task::spawn_blocking(move || write_durably(&dir, &name, &bytes)).await.map_err(|e| e.to_string())?
+}
+
+/// The delivery worker: poll, claim, deliver, record; forever.
+pub async fn run(store: Store, config: std::sync::Arc<crate::config::Config>) {
+    let every = std::time::Duration::from_millis(config.server.outbox_poll_ms.max(50));
+    loop {
+        tokio::time::sleep(every).await;
+        let claimed = match claim(&store, 16, 60).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox unavailable; retrying");
+                continue;
+            }
+        };
+        for (id, destination, payload) in claimed {
+            let result = deliver(&store, &config, &destination, &payload).await;
+            if let Err(e) = &result {
+                tracing::warn!(outbox = id, reason = %e, "delivery failed; will retry with backoff");
+            }
+            if let Err(e) = finish(&store, id, result, true).await {
+                tracing::warn!(outbox = id, error = %e, "delivery result not recorded; the claim will lapse and retry");
+            }
+        }
+    }
+}

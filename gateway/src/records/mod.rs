@@ -111,6 +111,8 @@ struct SiteState {
 /// All sites' records, refreshed in the background.
 pub struct Records {
     sites: Mutex<Vec<SiteState>>,
+    /// Records that arrived by push (documents), kept alongside the sites'.
+    pushed: Mutex<Vec<Arc<Stored>>>,
     current: RwLock<Arc<Snapshot>>,
 }
 
@@ -131,7 +133,11 @@ impl Records {
                 problems: 0,
             })
             .collect();
-        let r = Arc::new(Records { sites: Mutex::new(sites), current: RwLock::new(Arc::default()) });
+        let r = Arc::new(Records {
+            sites: Mutex::new(sites),
+            pushed: Mutex::new(Vec::new()),
+            current: RwLock::new(Arc::default()),
+        });
         r.refresh();
         r
     }
@@ -139,7 +145,11 @@ impl Records {
     /// Records from explicit resources (tests, benchmarks).
     pub fn from_resources(resources: Vec<(Resource, Owner)>) -> Arc<Records> {
         let all = resources.into_iter().filter_map(|(r, o)| Stored::new(r, &o)).map(Arc::new).collect();
-        Arc::new(Records { sites: Mutex::new(Vec::new()), current: RwLock::new(Arc::new(Snapshot::build(all))) })
+        Arc::new(Records {
+            sites: Mutex::new(Vec::new()),
+            pushed: Mutex::new(Vec::new()),
+            current: RwLock::new(Arc::new(Snapshot::build(all))),
+        })
     }
 
     /// The current snapshot.
@@ -150,14 +160,30 @@ impl Records {
         }
     }
 
+    /// Add pushed resources (each with its owner) and rebuild the snapshot now.
+    pub fn add_pushed(&self, resources: Vec<(Resource, Owner)>) {
+        {
+            let mut pushed = match self.pushed.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            pushed.extend(resources.into_iter().filter_map(|(r, o)| Stored::new(r, &o)).map(Arc::new));
+        }
+        self.rebuild(true);
+    }
+
     /// Re-scan every site; re-translate changed files; swap the snapshot if anything
     /// changed. Returns whether it did.
     pub fn refresh(&self) -> bool {
+        self.rebuild(false)
+    }
+
+    fn rebuild(&self, force: bool) -> bool {
         let mut sites = match self.sites.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        let mut changed = false;
+        let mut changed = force;
         for site in sites.iter_mut() {
             changed |= refresh_site(site);
         }
@@ -173,6 +199,15 @@ impl Records {
                             all.push(s.clone());
                         }
                     }
+                }
+            }
+            let pushed = match self.pushed.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            for s in pushed.iter() {
+                if seen.insert(s.key()) {
+                    all.push(s.clone());
                 }
             }
             let snap = Arc::new(Snapshot::build(all));

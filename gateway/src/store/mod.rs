@@ -63,6 +63,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0004_audit_verify.sql"),
         postgres: include_str!("../../migrations/postgres/0004_audit_verify.sql"),
     },
+    Migration {
+        version: 5,
+        sqlite: include_str!("../../migrations/sqlite/0005_push.sql"),
+        postgres: include_str!("../../migrations/postgres/0005_push.sql"),
+    },
 ];
 
 impl Store {

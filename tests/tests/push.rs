@@ -1,0 +1,257 @@
+//! Issue 7 (journey 3): a hospital pushes a discharge summary; it is acknowledged only
+//! once durable, idempotent by Bundle.identifier, delivered to the recipient clinic's
+//! inbox in its native format through the outbox, and a process killed after the
+//! acknowledgement delivers exactly once after restart.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use kakehashi_certs::Role;
+use kakehashi_e2e::{kakehashi_bin, Client, TestGateway, CLINIC, HUB};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const SUMMARY: &str = include_str!("../../mappings/tests/fixtures/discharge-summary.json");
+
+async fn post(c: &Client, addr: SocketAddr, body: &Value) -> kakehashi_e2e::Reply {
+    let req = http::Request::post("/fhir")
+        .header("content-type", "application/fhir+json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    c.send(addr, req).await.unwrap()
+}
+
+async fn wait_for_file(dir: &std::path::Path, secs: u64) -> Vec<std::path::PathBuf> {
+    for _ in 0..secs * 10 {
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            let files: Vec<_> = rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+                .collect();
+            if !files.is_empty() {
+                return files;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    vec![]
+}
+
+async fn count(gw: &TestGateway, sql: &'static str) -> i64 {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", gw.db_path().display())).await.unwrap();
+    sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap()
+}
+
+#[tokio::test]
+async fn push_is_durable_idempotent_delivered_and_grants_the_recipient() {
+    let gw = TestGateway::start().await;
+    let hub = gw.client(Some(&gw.issue("hub", HUB, Role::HospitalSystem)));
+    let clinic = gw.client(Some(&gw.issue("clinic", CLINIC, Role::ClinicTerminal)));
+    let doc: Value = serde_json::from_str(SUMMARY).unwrap();
+
+    // Before: the clinic sees nothing of the hub's patient.
+    let before = clinic
+        .get(gw.addr, "/fhir/Patient?identifier=urn:oid:1.2.392.100495.20.3.51.14610100011|1000001")
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(before["total"], 0);
+
+    let r = post(&hub, gw.addr, &doc).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let location = r.headers["location"].to_str().unwrap().to_string();
+    assert!(location.contains("/fhir/Bundle/"));
+    assert_eq!(count(&gw, "SELECT COUNT(*) FROM pushed_document").await, 1, "durable before the 201");
+
+    // A retry returns the first result and stores nothing twice.
+    let again = post(&hub, gw.addr, &doc).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.headers["location"].to_str().unwrap(), location);
+    assert_eq!(count(&gw, "SELECT COUNT(*) FROM pushed_document").await, 1);
+    assert_eq!(count(&gw, "SELECT COUNT(*) FROM outbox WHERE kind = 'deliver'").await, 1);
+    // Same identifier, different content.
+    let mut changed = doc.clone();
+    changed["entry"][0]["resource"]["title"] = json!("改訂版");
+    let conflict = post(&hub, gw.addr, &changed).await;
+    assert_eq!(conflict.status, 409);
+    assert_eq!(conflict.json()["issue"][0]["code"], "conflict");
+
+    // Delivered to clinic A's inbox as MML 4, readable back.
+    let files = wait_for_file(&gw.dir.path().join("sites/clinic-a/inbox"), 10).await;
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mml = std::fs::read(&files[0]).unwrap();
+    let parsed = kakehashi_adapters_mml_patient(&mml);
+    assert_eq!(parsed.as_deref(), Some("1000001"));
+    let status_path = format!("{}/$delivery-status", &location[location.find("/fhir").unwrap()..]);
+    let mut state = String::new();
+    for _ in 0..50 {
+        let s = hub.get(gw.addr, &status_path).await.unwrap().json();
+        state = s["parameter"][0]["valueCode"].as_str().unwrap_or("").to_string();
+        if state == "delivered" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "delivered");
+
+    // The referral lets the clinic read the hub's patient and the pushed summary.
+    let after = clinic
+        .get(gw.addr, "/fhir/Patient?identifier=urn:oid:1.2.392.100495.20.3.51.14610100011|1000001")
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(after["total"], 1, "{after}");
+    let pid = after["entry"][0]["resource"]["id"].as_str().unwrap().to_string();
+    let comps = clinic.get(gw.addr, &format!("/fhir/Composition?patient={pid}")).await.unwrap().json();
+    assert_eq!(comps["total"], 1, "{comps}");
+    assert_eq!(comps["entry"][0]["resource"]["title"], "退院時サマリー");
+    gw.stop().await;
+}
+
+fn kakehashi_adapters_mml_patient(bytes: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let start = text.find("<masterId>")?;
+    let rest = &text[start..];
+    let v = &rest[rest.find('>')? + 1..];
+    let v = &v[v.find('>')? + 1..];
+    Some(v[..v.find('<')?].to_string())
+}
+
+#[tokio::test]
+async fn bad_pushes_are_refused_precisely_and_nothing_is_stored_or_delivered() {
+    let gw = TestGateway::start().await;
+    let hub = gw.client(Some(&gw.issue("hub", HUB, Role::HospitalSystem)));
+    let doc: Value = serde_json::from_str(SUMMARY).unwrap();
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut d = doc.clone();
+        f(&mut d);
+        d
+    };
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (with(&|d| d["type"] = json!("collection")), 400, "Bundle.type"),
+        (with(&|d| d["entry"].as_array_mut().unwrap().swap(0, 1)), 400, "Bundle.entry[0].resource"),
+        (
+            with(&|d| d["entry"][5]["resource"]["subject"] = json!({"reference": "urn:uuid:does-not-exist"})),
+            400,
+            "Bundle.entry[5].resource",
+        ),
+        (
+            with(&|d| d["entry"][4]["resource"]["identifier"][0]["value"] = json!("4999999999")),
+            400,
+            "Composition.section",
+        ),
+        (
+            with(&|d| {
+                d["entry"][0]["resource"]["section"].as_array_mut().unwrap().remove(1);
+            }),
+            400,
+            "Composition.section",
+        ),
+        (with(&|d| d["entry"][3]["resource"]["identifier"][0]["value"] = json!(CLINIC)), 403, ""),
+        (
+            with(&|d| d.as_object_mut().unwrap().remove("identifier").map(|_| ()).unwrap_or(())),
+            400,
+            "Bundle.identifier",
+        ),
+    ];
+    for (body, status, expr) in cases {
+        let r = post(&hub, gw.addr, &body).await;
+        let v = r.json();
+        assert_eq!(r.status, status, "{v}");
+        if !expr.is_empty() {
+            assert_eq!(v["issue"][0]["expression"][0], expr, "{v}");
+        }
+    }
+    let clinic_sys = gw.client(Some(&gw.issue("clinic-t", CLINIC, Role::ClinicTerminal)));
+    assert_eq!(post(&clinic_sys, gw.addr, &doc).await.status, 403);
+    assert_eq!(count(&gw, "SELECT COUNT(*) FROM pushed_document").await, 0);
+    assert_eq!(count(&gw, "SELECT COUNT(*) FROM outbox").await, 0);
+    assert_eq!(count(&gw, "SELECT COUNT(*) FROM policy_grant").await, 0);
+    assert!(
+        count(&gw, "SELECT COUNT(*) FROM audit_event WHERE subtype = 'create' AND outcome = '4'").await >= 7,
+        "refused pushes are audited"
+    );
+    assert!(wait_for_file(&gw.dir.path().join("sites/clinic-a/inbox"), 1).await.is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn killed_after_acknowledging_delivers_exactly_once_after_restart() {
+    // A real `kakehashi serve` process, killed with SIGKILL between the 201 and the delivery.
+    let gw = TestGateway::start().await;
+    let hub_id = gw.issue("hub", HUB, Role::HospitalSystem);
+    let ca = gw.pki.ca_cert_path();
+    // Keep its directory, PKI and sample sites; run our own processes on them.
+    let kept = gw.stop_keeping_dir().await;
+    let dir = kept.path().to_path_buf();
+    let config = dir.join("kakehashi.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let (port, admin) = free_ports();
+    let serve_cfg = |delay: u64| {
+        // admin_listen first: `listen = ` is a suffix of it.
+        text.replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"127.0.0.1:{admin}\""))
+            .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{port}\""))
+            .replace("outbox_poll_ms = 100", &format!("outbox_poll_ms = 100\noutbox_delay_ms = {delay}"))
+    };
+    std::fs::write(&config, serve_cfg(5_000)).unwrap();
+    let mut child = std::process::Command::new(kakehashi_bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("KAKEHASHI_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let client = Client::new(&ca, Some(&hub_id), &[b"http/1.1"], None);
+    wait_ready(&client, addr).await;
+    let doc: Value = serde_json::from_str(SUMMARY).unwrap();
+    let r = post(&client, addr, &doc).await;
+    assert_eq!(r.status, 201);
+    // SIGKILL: no chance to flush anything beyond what was committed before the 201.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let inbox = dir.join("sites/clinic-a/inbox");
+    assert!(std::fs::read_dir(&inbox).map(|r| r.count()).unwrap_or(0) == 0, "not delivered before the kill");
+
+    std::fs::write(&config, serve_cfg(0)).unwrap();
+    let mut child = std::process::Command::new(kakehashi_bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("KAKEHASHI_LOG", "warn")
+        .spawn()
+        .unwrap();
+    wait_ready(&client, addr).await;
+    let files = wait_for_file(&inbox, 15).await;
+    // Give a duplicate delivery every chance to show up.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let files_after: Vec<_> = std::fs::read_dir(&inbox)
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files_after.len(), 1, "exactly one delivery");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.join("kakehashi.db").display())).await.unwrap();
+    let (state, attempts): (String, i64) =
+        sqlx::query_as("SELECT state, attempts FROM outbox WHERE kind = 'deliver'").fetch_one(&pool).await.unwrap();
+    assert_eq!((state.as_str(), attempts), ("delivered", 1));
+}
+
+/// Two distinct free ports (both held until both are known).
+fn free_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
+}
+
+async fn wait_ready(c: &Client, addr: SocketAddr) {
+    for _ in 0..100 {
+        if c.get(addr, "/fhir/metadata").await.is_ok_and(|r| r.status == 200) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("gateway did not come up on {addr}");
+}
