@@ -39,6 +39,39 @@ pub struct TestGateway {
     pub admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The gateway's database URL.
+    pub db_url: String,
+}
+
+/// True when the tests run against PostgreSQL (`KAKEHASHI_TEST_BACKEND=postgres`).
+pub fn backend_is_postgres() -> bool {
+    std::env::var("KAKEHASHI_TEST_BACKEND").is_ok_and(|v| v == "postgres")
+}
+
+/// The PostgreSQL server tests use (`KAKEHASHI_TEST_PG`, default the local one).
+pub fn postgres_base() -> String {
+    std::env::var("KAKEHASHI_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Create a new, empty PostgreSQL database and return its URL.
+pub async fn fresh_postgres_database() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    sqlx::any::install_default_drivers();
+    let base = postgres_base();
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let name = format!("kk_test_{}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), nanos);
+    let pool = sqlx::AnyPool::connect(&base).await.expect("PostgreSQL for tests (start it with scripts/test)");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&pool)
+        .await
+        .expect("create test database");
+    pool.close().await;
+    match base.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => format!("{base}/{name}"),
+    }
 }
 
 /// How to start a test gateway.
@@ -136,8 +169,12 @@ impl TestGateway {
         Self::start_opts(Options { server_extra: server_extra.into(), ..Default::default() }).await
     }
 
-    /// Start a gateway with options.
-    pub async fn start_opts(opts: Options) -> TestGateway {
+    /// Start a gateway with options. With `KAKEHASHI_TEST_BACKEND=postgres` every
+    /// gateway gets a fresh PostgreSQL database of its own.
+    pub async fn start_opts(mut opts: Options) -> TestGateway {
+        if opts.db_url.is_none() && backend_is_postgres() {
+            opts.db_url = Some(fresh_postgres_database().await);
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = Pki::init(&dir.path().join("pki"), &InitOptions::default()).expect("pki");
         kakehashi::demo::write_sites(dir.path()).expect("sample sites");
@@ -148,7 +185,9 @@ impl TestGateway {
         let task = tokio::spawn(gw.run(async {
             let _ = rx.await;
         }));
-        TestGateway { dir, pki, addr, admin, stop: Some(stop), task: Some(task) }
+        let db_url =
+            opts.db_url.clone().unwrap_or_else(|| format!("sqlite://{}", dir.path().join("kakehashi.db").display()));
+        TestGateway { dir, pki, addr, admin, stop: Some(stop), task: Some(task), db_url }
     }
 
     /// Issue a client certificate from the federation CA.
@@ -170,9 +209,15 @@ impl TestGateway {
         self.dir.path().join("kakehashi.toml")
     }
 
-    /// The gateway's SQLite database file.
+    /// The gateway's SQLite database file (SQLite backend only).
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("kakehashi.db")
+    }
+
+    /// A connection pool to the gateway's database, whichever the backend.
+    pub async fn db(&self) -> sqlx::AnyPool {
+        sqlx::any::install_default_drivers();
+        sqlx::AnyPool::connect(&self.db_url).await.expect("test database")
     }
 
     /// Stop the gateway and keep its directory (PKI, configuration, sites, database).

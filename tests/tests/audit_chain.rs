@@ -7,7 +7,7 @@ use kakehashi::audit::verify::{verify, VerifyError};
 use kakehashi::store::Store;
 use kakehashi_certs::Role;
 use kakehashi_e2e::{kakehashi_bin, Options, TestGateway, CLINIC, HUB, OUTSIDER};
-use sqlx::{Row, SqlitePool};
+use sqlx::{AnyPool, Row};
 
 struct Row_ {
     seq: i64,
@@ -24,7 +24,7 @@ struct Row_ {
     entities: String,
 }
 
-async fn rows(pool: &SqlitePool) -> Vec<Row_> {
+async fn rows(pool: &AnyPool) -> Vec<Row_> {
     sqlx::query("SELECT seq, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, event, prev_hash, hash, entities FROM audit_event ORDER BY seq")
         .fetch_all(pool)
         .await
@@ -47,8 +47,8 @@ async fn rows(pool: &SqlitePool) -> Vec<Row_> {
         .collect()
 }
 
-async fn put(pool: &SqlitePool, r: &Row_) {
-    sqlx::query("INSERT INTO audit_event (seq, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, event, prev_hash, hash, entities) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+async fn put(pool: &AnyPool, r: &Row_) {
+    sqlx::query("INSERT INTO audit_event (seq, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, event, prev_hash, hash, entities) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)")
         .bind(r.seq).bind(r.recorded).bind(&r.agent).bind(&r.owners).bind(&r.patients).bind(&r.outcome).bind(&r.subtype)
         .bind(r.cross).bind(&r.event).bind(&r.prev).bind(&r.hash).bind(&r.entities)
         .execute(pool)
@@ -56,7 +56,7 @@ async fn put(pool: &SqlitePool, r: &Row_) {
         .unwrap();
 }
 
-async fn restore(pool: &SqlitePool, saved: &[Row_]) {
+async fn restore(pool: &AnyPool, saved: &[Row_]) {
     sqlx::query("DELETE FROM audit_event").execute(pool).await.unwrap();
     for r in saved {
         put(pool, r).await;
@@ -84,9 +84,8 @@ async fn verify_catches_every_kind_of_tampering() {
     let clinic = gw.client(Some(&gw.issue("clinic", CLINIC, Role::ClinicTerminal)));
     assert_eq!(clinic.get(gw.addr, "/fhir/Patient").await.unwrap().status, 200);
 
-    let db = format!("sqlite://{}", gw.db_path().display());
-    let pool = SqlitePool::connect(&db).await.unwrap();
-    let store = Store::open(&db).await.unwrap();
+    let pool = gw.db().await;
+    let store = Store::open(&gw.db_url).await.unwrap();
     let key =
         kakehashi::audit::checkpoint::Signer::load(&gw.dir.path().join("pki/audit-signing.pk8")).unwrap().public_key();
     let saved = rows(&pool).await;
@@ -176,7 +175,7 @@ async fn verify_catches_every_kind_of_tampering() {
     };
     let signer = kakehashi::audit::checkpoint::Signer::load(&gw.dir.path().join("pki/audit-signing.pk8")).unwrap();
     let h10 = saved[9].hash.clone();
-    sqlx::query("INSERT INTO audit_checkpoint (seq, hash, signed_at, key_id, signature) VALUES (10, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO audit_checkpoint (seq, hash, signed_at, key_id, signature) VALUES (10, $1, $2, $3, $4)")
         .bind(&h10)
         .bind(cp.1)
         .bind(&cp.2)
@@ -189,11 +188,11 @@ async fn verify_catches_every_kind_of_tampering() {
     // A checkpoint forged (signature altered).
     let mut bad = cp.3.clone();
     bad[0] ^= 0xff;
-    sqlx::query("UPDATE audit_checkpoint SET signature = ? WHERE seq = 15").bind(&bad).execute(&pool).await.unwrap();
+    sqlx::query("UPDATE audit_checkpoint SET signature = $1 WHERE seq = 15").bind(&bad).execute(&pool).await.unwrap();
     let (seq, why) = check(&store, &key).await.unwrap_err();
     assert_eq!(seq, 15);
     assert!(why.contains("forged"));
-    sqlx::query("UPDATE audit_checkpoint SET signature = ? WHERE seq = 15").bind(&cp.3).execute(&pool).await.unwrap();
+    sqlx::query("UPDATE audit_checkpoint SET signature = $1 WHERE seq = 15").bind(&cp.3).execute(&pool).await.unwrap();
 
     // Events removed from the end, past a checkpoint.
     sqlx::query("DELETE FROM audit_event WHERE seq >= 17").execute(&pool).await.unwrap();

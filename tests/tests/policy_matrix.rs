@@ -189,7 +189,7 @@ async fn boundary_policy_matrix() {
     assert_eq!(ct.get(gw.addr, &format!("/fhir/Patient/{p3}")).await.unwrap().status, 404);
 
     // Break-glass reads were flagged and the owner notified through the outbox.
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", gw.db_path().display())).await.unwrap();
+    let pool = gw.db().await;
     let notices: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE kind = 'break-glass' AND destination = $1")
             .bind(HUB)

@@ -39,7 +39,7 @@ async fn wait_for_file(dir: &std::path::Path, secs: u64) -> Vec<std::path::PathB
 }
 
 async fn count(gw: &TestGateway, sql: &'static str) -> i64 {
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", gw.db_path().display())).await.unwrap();
+    let pool = gw.db().await;
     sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap()
 }
 
@@ -182,6 +182,7 @@ async fn killed_after_acknowledging_delivers_exactly_once_after_restart() {
     let gw = TestGateway::start().await;
     let hub_id = gw.issue("hub", HUB, Role::HospitalSystem);
     let ca = gw.pki.ca_cert_path();
+    let db_url = gw.db_url.clone();
     // Keep its directory, PKI and sample sites; run our own processes on them.
     let kept = gw.stop_keeping_dir().await;
     let dir = kept.path().to_path_buf();
@@ -233,7 +234,8 @@ async fn killed_after_acknowledging_delivers_exactly_once_after_restart() {
     child.wait().unwrap();
     assert_eq!(files.len(), 1);
     assert_eq!(files_after.len(), 1, "exactly one delivery");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.join("kakehashi.db").display())).await.unwrap();
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&db_url).await.unwrap();
     let (state, attempts): (String, i64) =
         sqlx::query_as("SELECT state, attempts FROM outbox WHERE kind = 'deliver'").fetch_one(&pool).await.unwrap();
     assert_eq!((state.as_str(), attempts), ("delivered", 1));

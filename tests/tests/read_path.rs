@@ -20,7 +20,7 @@ fn ids(bundle: &Value) -> Vec<String> {
 }
 
 async fn audit_rows(gw: &TestGateway) -> Vec<(i64, String, String, String, Value)> {
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", gw.db_path().display())).await.unwrap();
+    let pool = gw.db().await;
     let rows = sqlx::query("SELECT seq, agent_institution, outcome, subtype, event FROM audit_event ORDER BY seq")
         .fetch_all(&pool)
         .await
@@ -218,7 +218,7 @@ async fn reads_fail_closed_with_503_when_the_audit_store_cannot_be_written() {
     let hub = gw.client(Some(&gw.issue("hub", HUB, Role::HospitalSystem)));
     assert_eq!(hub.get(gw.addr, "/fhir/Patient").await.unwrap().status, 200);
     // Break the audit table underneath the running gateway.
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", gw.db_path().display())).await.unwrap();
+    let pool = gw.db().await;
     sqlx::query("ALTER TABLE audit_event RENAME TO audit_event_gone").execute(&pool).await.unwrap();
     let r = hub.get(gw.addr, "/fhir/Patient").await.unwrap();
     assert_eq!(r.status, 503);

@@ -1,0 +1,203 @@
+//! Issue 8: two `kakehashi serve` processes on one PostgreSQL database. Concurrent
+//! audited reads and pushes through both; one instance killed mid-load and restarted;
+//! then: `audit verify` passes over the combined log, no audit event is missing, and
+//! every push is delivered exactly once. And: with the database gone, reads fail closed
+//! with 503 and service resumes by itself.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use kakehashi_certs::Role;
+use kakehashi_e2e::{fresh_postgres_database, kakehashi_bin, Client, Options, TestGateway, HUB};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+const SUMMARY: &str = include_str!("../../mappings/tests/fixtures/discharge-summary.json");
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+fn spawn(config: &std::path::Path) -> Child {
+    Command::new(kakehashi_bin()).args(["serve", "--config"]).arg(config).env("KAKEHASHI_LOG", "error").spawn().unwrap()
+}
+
+async fn ready(c: &Client, addr: SocketAddr) {
+    for _ in 0..150 {
+        if c.get(addr, "/fhir/metadata").await.is_ok_and(|r| r.status == 200) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("instance on {addr} did not come up");
+}
+
+async fn push(c: &Client, addr: SocketAddr, n: usize) -> Result<u16, String> {
+    let mut doc: Value = serde_json::from_str(SUMMARY).unwrap();
+    doc["identifier"]["value"] = json!(format!("4610100011^2026^MULTI-{n}"));
+    let req = http::Request::post("/fhir")
+        .header("content-type", "application/fhir+json")
+        .body(Full::new(Bytes::from(doc.to_string())))
+        .unwrap();
+    c.send(addr, req).await.map(|r| r.status)
+}
+
+#[tokio::test]
+async fn two_instances_share_one_trustworthy_store() {
+    let db_url = fresh_postgres_database().await;
+    let gw =
+        TestGateway::start_opts(Options { db_url: Some(db_url.clone()), checkpoint_every: 10, ..Default::default() })
+            .await;
+    let hub = gw.issue("hub", HUB, Role::HospitalSystem);
+    let ca = gw.pki.ca_cert_path();
+    let kept = gw.stop_keeping_dir().await;
+    let dir = kept.path().to_path_buf();
+    let base = std::fs::read_to_string(dir.join("kakehashi.toml")).unwrap();
+    let ports = free_ports(4);
+    let mut configs = Vec::new();
+    for i in 0..2 {
+        let text = base
+            .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"127.0.0.1:{}\"", ports[2 * i + 1]))
+            .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{}\"", ports[2 * i]));
+        let path = dir.join(format!("instance-{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        configs.push(path);
+    }
+    let addrs: Vec<SocketAddr> = (0..2).map(|i| format!("127.0.0.1:{}", ports[2 * i]).parse().unwrap()).collect();
+    let client = Client::new(&ca, Some(&hub), &[b"http/1.1"], None);
+    let mut a = spawn(&configs[0]);
+    let mut b = spawn(&configs[1]);
+    ready(&client, addrs[0]).await;
+    ready(&client, addrs[1]).await;
+
+    // Concurrent load through both: reads and pushes, instance B killed half-way.
+    let mut tasks = Vec::new();
+    for w in 0..8usize {
+        let (client, addrs) = (client.clone(), addrs.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ok_reads = 0u64;
+            let mut pushes = Vec::new();
+            for i in 0..15usize {
+                let addr = addrs[(w + i) % 2];
+                if i % 5 == 0 {
+                    let n = w * 100 + i;
+                    if let Ok(201) = push(&client, addr, n).await {
+                        pushes.push(n);
+                    }
+                } else if client.get(addr, "/fhir/Patient?_count=1").await.is_ok_and(|r| r.status == 200) {
+                    ok_reads += 1;
+                }
+            }
+            (ok_reads, pushes)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.kill().unwrap();
+    b.wait().unwrap();
+    let mut ok_reads = 0;
+    let mut pushed = Vec::new();
+    for t in tasks {
+        let (r, p) = t.await.unwrap();
+        ok_reads += r;
+        pushed.extend(p);
+    }
+    // B comes back; a push the client saw fail may be retried: idempotency keeps it single.
+    let mut b = spawn(&configs[1]);
+    ready(&client, addrs[1]).await;
+    assert!(ok_reads > 20, "{ok_reads} reads succeeded");
+
+    // Every acknowledged push is delivered exactly once (one file per push in the inbox).
+    let inbox = dir.join("sites/clinic-a/inbox");
+    let mut files = 0;
+    for _ in 0..150 {
+        files = std::fs::read_dir(&inbox)
+            .map(|r| r.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count())
+            .unwrap_or(0);
+        if files >= pushed.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&db_url).await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pushed_document").fetch_one(&pool).await.unwrap();
+    assert!(stored as usize >= pushed.len());
+    let delivered: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE kind = 'deliver' AND state = 'delivered'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    for _ in 0..100 {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE kind = 'deliver' AND state <> 'delivered'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let files = std::fs::read_dir(&inbox)
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .count();
+    assert_eq!(files as i64, stored, "one delivered file per stored push (delivered so far: {delivered})");
+
+    // No successful read went unaudited.
+    let reads: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM audit_event WHERE subtype = 'search-type' AND outcome = '0'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(reads as u64 >= ok_reads, "audited {reads} < answered {ok_reads}");
+
+    // One chain across both instances.
+    let out = Command::new(kakehashi_bin()).args(["audit", "verify", "--config"]).arg(&configs[0]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Database unreachable: reads fail closed; service resumes by itself.
+    let name = db_url.rsplit('/').next().unwrap().to_string();
+    let admin = sqlx::AnyPool::connect(&kakehashi_e2e::postgres_base()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    pool.close().await;
+    let mut saw_503 = false;
+    for _ in 0..20 {
+        let r = client.get(addrs[0], "/fhir/Patient?_count=1").await.unwrap();
+        assert_ne!(r.status, 200, "no disclosure without the audit store");
+        if r.status == 503 {
+            saw_503 = true;
+            assert!(!String::from_utf8_lossy(&r.body).contains("Patient/"), "nothing disclosed");
+            break;
+        }
+    }
+    assert!(saw_503);
+    sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let mut back = false;
+    for _ in 0..100 {
+        if client.get(addrs[0], "/fhir/Patient?_count=1").await.is_ok_and(|r| r.status == 200) {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(back, "service resumes when the database is back");
+    a.kill().unwrap();
+    b.kill().unwrap();
+    let _ = (a.wait(), b.wait());
+}
