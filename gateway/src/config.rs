@@ -232,6 +232,11 @@ pub enum Connector {
         /// Directory of `.xml` files.
         dir: PathBuf,
     },
+    /// A directory of JAHIS prescription CSV files (院外処方箋 2D-symbol data).
+    JahisRx {
+        /// Directory of `.csv` files.
+        dir: PathBuf,
+    },
 }
 
 impl Config {
@@ -280,7 +285,7 @@ impl Config {
             }
             match &mut s.connector {
                 Connector::SsMix2 { root } => fix(root),
-                Connector::Mml { dir } => fix(dir),
+                Connector::Mml { dir } | Connector::JahisRx { dir } => fix(dir),
             }
         }
         if let Some(rest) = self.database.url.strip_prefix("sqlite://") {

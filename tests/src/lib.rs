@@ -151,6 +151,10 @@ id = "clinic-b"
 owner = "{CLINIC_B}"
 connector = {{ kind = "mml", dir = "sites/clinic-b/mml" }}
 inbox = {{ dir = "sites/clinic-b/inbox", format = "cda" }}
+[[site]]
+id = "clinic-b-rx"
+owner = "{CLINIC_B}"
+connector = {{ kind = "jahis-rx", dir = "sites/clinic-b/rx" }}
 "#
     );
     let p = dir.join("kakehashi.toml");

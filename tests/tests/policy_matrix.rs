@@ -177,10 +177,25 @@ async fn boundary_policy_matrix() {
     }
     assert!(cases >= 40, "{cases} cases");
 
-    // Totals count only what is visible: clinic B sees P1's two prescriptions, nothing else.
+    // Totals count only what is visible: of the hub's prescriptions clinic B sees P1's
+    // two, besides its own (the JAHIS prescription of its site).
     let cb = &readers[3].1;
     let all_mr = cb.get(gw.addr, "/fhir/MedicationRequest").await.unwrap().json();
-    assert_eq!(match_ids(&all_mr), truth[&(p1.clone(), "MedicationRequest")]);
+    let owned_by = |owner: &str| -> Vec<String> {
+        let mut ids: Vec<String> = all_mr["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["resource"]["meta"]["security"][0]["code"] == owner)
+            .map(|e| e["resource"]["id"].as_str().unwrap_or("").to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(owned_by(HUB), truth[&(p1.clone(), "MedicationRequest")]);
+    assert_eq!(owned_by(CLINIC_B).len(), 1);
+    assert_eq!(all_mr["total"], match_ids(&all_mr).len());
+    assert_eq!(match_ids(&all_mr).len(), 3);
     assert_eq!(cb.get(gw.addr, "/fhir/Observation").await.unwrap().json()["total"], 0);
     // Direct reads: a patient without a grant looks absent.
     let ct = &readers[1].1;

@@ -161,6 +161,7 @@ checkpoint_secs = 60
             s.push_str(&format!("inbox = {inbox}\n"));
         }
     }
+    s.push_str(&format!("\n[[site]]\nid = \"clinic-b-rx\"\nowner = \"{}\"\nconnector = {{ kind = \"jahis-rx\", dir = \"sites/clinic-b/rx\" }}\n", CLINIC_B.code));
     s
 }
 

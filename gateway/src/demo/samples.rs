@@ -245,8 +245,16 @@ pub fn write_bulk_prescriptions(dir: &Path, patient_index: usize, orders: usize)
     Ok(())
 }
 
-/// Write the demo's sample sites below `dir/sites`.
+/// A JAHIS prescription of clinic B for its patient 黒木 一郎 (prescription RX-YAMABE-0001).
+const CLINIC_B_RX: &str = "JAHIS7\r\n1,1,0200032,46,青波町立山辺診療所\r\n5,D01,ﾔﾏﾍﾞ ｼﾞﾛｳ,山辺　次郎\r\n11,B-0201,黒木　一郎,ｸﾛｷ ｲﾁﾛｳ\r\n12,1\r\n13,19451102\r\n21,7\r\n22,39461002\r\n23,山辺,５６７,1\r\n51,20260415\r\n82,1,RX-YAMABE-0001\r\n101,1,1,,14\r\n111,1,1,1013044400000000,1日3回 朝昼夕食後,3\r\n201,1,1,1,7,1149019F1ZZZ,【般】ロキソプロフェンＮａ錠６０ｍｇ,3,1,錠\r\n281,1,1,1,3,後発品変更不可\r\n";
+
+/// A JP-CLINS discharge summary from the hub to clinic A for hub patient 1000001, for
+/// the push step of the tour (the same document the mapping tests round-trip).
+const DISCHARGE_SUMMARY: &str = include_str!("../../../mappings/tests/fixtures/discharge-summary.json");
+
+/// Write the demo's sample sites below `dir/sites` and documents to push below `dir/samples`.
 pub fn write_sites(dir: &Path) -> Result<(), String> {
+    write_bytes(&dir.join("samples/discharge-summary.json"), DISCHARGE_SUMMARY.as_bytes())?;
     let root = dir.join("sites/hub/ss-mix2");
     for (n, p) in HUB_PATIENTS.iter().enumerate() {
         let order = format!("{:015}", 1000 + n);
@@ -260,6 +268,11 @@ pub fn write_sites(dir: &Path) -> Result<(), String> {
             write_bytes(&path, &iso2022jp(&msg)?)?;
         }
     }
+    let (rx, _, unmappable) = encoding_rs::SHIFT_JIS.encode(CLINIC_B_RX);
+    if unmappable {
+        return Err("the sample prescription has characters outside Shift_JIS".into());
+    }
+    write_bytes(&dir.join("sites/clinic-b/rx/RX-YAMABE-0001.csv"), &rx)?;
     let a = (super::CLINIC_A.code, super::CLINIC_A.name);
     let b = (super::CLINIC_B.code, super::CLINIC_B.name);
     for (site, id, fac, kanji, kana, birth, sex) in [

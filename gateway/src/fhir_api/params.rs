@@ -85,6 +85,7 @@ pub fn supported(resource_type: &str) -> &'static [(&'static str, &'static str)]
             ("status", "token"),
             ("code", "token"),
             ("authoredon", "date"),
+            ("patient.birthdate", "date"),
         ],
         "MedicationAdministration" => &[("patient", "reference"), ("subject", "reference"), ("status", "token")],
         "Observation" => &[

@@ -405,12 +405,12 @@ async fn respond_page(
         );
         serde_json::value::to_raw_value(&oo).ok()
     });
-    let mut entry: Vec<EntryOut<'_>> = page
-        .iter()
-        .map(|p| EntryOut {
+    let modes = page.iter().map(|p| (p, "match")).chain(includes.iter().map(|p| (p, "include")));
+    let mut entry: Vec<EntryOut<'_>> = modes
+        .map(|(p, mode)| EntryOut {
             full_url: Some(format!("{}/{}", c.base, p.record.key())),
             resource: &p.record.json,
-            search: SearchOut { mode: "match" },
+            search: SearchOut { mode },
         })
         .collect();
     if let Some(Some(oo)) = &outcome {

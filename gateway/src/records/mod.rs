@@ -246,7 +246,10 @@ fn refresh_site(site: &mut SiteState) -> bool {
                 return false;
             }
         },
-        Connector::Mml { dir } => match crate::sites::mml_files(dir) {
+        Connector::Mml { dir } | Connector::JahisRx { dir } => match crate::sites::files_with(
+            dir,
+            if matches!(site.connector, Connector::Mml { .. }) { "xml" } else { "csv" },
+        ) {
             Ok(files) => (files, 0),
             Err(e) => {
                 tracing::error!(site = %site.owner.site, reason = %e.message, "site directory unreadable; keeping its last records");
@@ -272,6 +275,7 @@ fn refresh_site(site: &mut SiteState) -> bool {
         let translated = match &site.connector {
             Connector::SsMix2 { .. } => crate::sites::translate_hl7_file(path, &site.owner, Some(Charset::Iso2022Jp)),
             Connector::Mml { .. } => crate::sites::translate_mml_file(path, &site.owner),
+            Connector::JahisRx { .. } => crate::sites::translate_jahis_file(path, &site.owner),
         };
         let resources = match translated {
             Ok(t) => t.resources.into_iter().filter_map(|r| Stored::new(r, &site.owner)).map(Arc::new).collect(),

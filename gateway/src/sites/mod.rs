@@ -76,14 +76,14 @@ pub fn translate_cda_file(path: &Path, owner: &Owner) -> Result<Translation, Sou
         .map_err(|e| e.in_file(path.display().to_string()))
 }
 
-/// The `.xml` files of an MML site directory, sorted.
-pub fn mml_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, SourceError> {
+/// The files with extension `ext` of a site directory, sorted.
+pub fn files_with(dir: &Path, ext: &str) -> Result<Vec<std::path::PathBuf>, SourceError> {
     let rd = std::fs::read_dir(dir)
         .map_err(|e| SourceError::at(Default::default(), e.to_string()).in_file(dir.display().to_string()))?;
     let mut files: Vec<_> = rd
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x.eq_ignore_ascii_case("xml")))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x.eq_ignore_ascii_case(ext)))
         .collect();
     files.sort();
     Ok(files)
