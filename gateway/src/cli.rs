@@ -341,8 +341,14 @@ async fn audit(a: AuditCommand) -> Result<(), String> {
             };
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            let n =
-                crate::audit::export::export(&store, format, from, to, &mut out).await.map_err(|e| e.to_string())?;
+            let n = match crate::audit::export::export(&store, format, from, to, &mut out).await {
+                Ok(n) => n,
+                // The reader stopped early (`| head`): nothing more is wanted, not an error.
+                Err(crate::audit::export::ExportError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    return Ok(())
+                }
+                Err(e) => return Err(e.to_string()),
+            };
             eprintln!("exported {n} events");
             Ok(())
         }
@@ -389,7 +395,7 @@ fn translate(a: TranslateArgs) -> Result<(), String> {
     }
     let bundle = sites::collection(records.translation.resources);
     let json = serde_json::to_string_pretty(&bundle).map_err(|e| format!("cannot serialise the bundle: {e}"))?;
-    println!("{json}");
+    emit(&json)?;
     if failed > 0 {
         return Err(format!("{failed} source(s) could not be translated (see above); the bundle holds the rest"));
     }
@@ -412,8 +418,17 @@ fn from_fhir(path: &std::path::Path, to: TargetKind) -> Result<(), String> {
         TargetKind::Fhir => serde_json::to_string_pretty(&kakehashi_fhir::Resource::Bundle(bundle.clone()))
             .map_err(|e| e.to_string())?,
     };
-    println!("{out}");
-    Ok(())
+    emit(&out)
+}
+
+/// Print a document on stdout; a reader that stops early (`| head`) is not an error.
+fn emit(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("stdout: {e}")),
+        _ => Ok(()),
+    }
 }
 
 fn single(r: Result<kakehashi_mappings::Translation, kakehashi_adapters::SourceError>) -> crate::sites::SiteRecords {

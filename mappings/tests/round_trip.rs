@@ -117,6 +117,14 @@ fn round_trip(original: &Bundle) {
     let cda_doc = as_document(back);
     let after_cda = project(&resources(&cda_doc), &sections(&cda_doc));
     assert_eq!(after_cda, before, "CDA round trip\n{cda}");
+    // The document keeps its business identifier: the value as the id extension, under
+    // a root derived from the identifier system, the same on every export.
+    let id_start = cda.find("<id root=\"2.25.").expect("a ClinicalDocument id under 2.25");
+    let id_elem = &cda[id_start..id_start + cda[id_start..].find("/>").unwrap()];
+    let business = view.composition.identifier.as_ref().or(view.bundle.identifier.as_ref());
+    let value = business.and_then(|i| i.value.as_deref()).expect("the fixture has a business identifier");
+    assert!(id_elem.ends_with(&format!("extension=\"{value}\"")), "{id_elem}");
+    assert_eq!(export::cda::to_cda(&view), cda);
 }
 
 #[test]

@@ -52,12 +52,46 @@ fn ts(fhir: &str) -> String {
     format!("{digits}{zone}")
 }
 
+/// The ClinicalDocument id (root OID, extension): the Composition's identifier, else the
+/// Bundle's. A `urn:oid:` system is the root as is (the inverse of the CDA import); any
+/// other system, or a document with no identifier at all, gets a name-based UUID OID
+/// under `2.25` derived from it, so the same document always gets the same id.
+fn document_id(doc: &DocumentView<'_>) -> (String, Option<String>) {
+    let ident = doc.composition.identifier.as_ref().or(doc.bundle.identifier.as_ref());
+    let system = ident.and_then(|i| i.system.as_deref());
+    let value = ident.and_then(|i| i.value.clone());
+    if let (Some(oid), Some(_)) = (system.and_then(|s| s.strip_prefix("urn:oid:")), &value) {
+        return (oid.to_string(), value);
+    }
+    match (system, value) {
+        (Some(system), Some(value)) => (uuid_oid(system), Some(value)),
+        (_, value) => {
+            (uuid_oid(&format!("{}|{}", doc.composition.id.as_deref().unwrap_or(""), value.unwrap_or_default())), None)
+        }
+    }
+}
+
+/// `2.25.<n>` where n is a version-8 (name-based, SHA-256) UUID read as an integer (X.667).
+fn uuid_oid(name: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d.as_ref()[..16]);
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    format!("2.25.{}", u128::from_be_bytes(b))
+}
+
 /// Write the document as a CDA R2 ClinicalDocument.
 pub fn to_cda(doc: &DocumentView<'_>) -> String {
     let c = doc.composition;
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ClinicalDocument xmlns=\"urn:hl7-org:v3\" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\">");
     out.push_str("<typeId root=\"2.16.840.1.113883.1.3\" extension=\"POCD_HD000040\"/>");
-    let _ = write!(out, "<id root=\"2.25\" extension=\"{}\"/>", esc(c.id.as_deref().unwrap_or("")));
+    let (root, extension) = document_id(doc);
+    match extension {
+        Some(e) => write!(out, "<id root=\"{}\" extension=\"{}\"/>", esc(&root), esc(&e)),
+        None => write!(out, "<id root=\"{}\"/>", esc(&root)),
+    }
+    .ok();
     out.push_str(&code_element("code", &c.type_, ""));
     let _ = write!(out, "<title>{}</title><effectiveTime value=\"{}\"/>", esc(&c.title), ts(&c.date));
     let _ = write!(
