@@ -9,6 +9,7 @@
 
 use axum::body::Body;
 use kakehashi::app::{build, AppState};
+use kakehashi::audit::checkpoint::TrustedKeys;
 use kakehashi::audit::{AuditLog, Checkpoints};
 use kakehashi::identity::{ConnInfo, Principal};
 use kakehashi::records::Records;
@@ -18,31 +19,6 @@ use kakehashi_certs::{InitOptions, Pki, Role};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
-
-const CONFIG: &str = r#"
-[federation]
-name = "bench"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-[tls]
-client_ca = "pki/ca.pem"
-cert = "pki/server.pem"
-key = "pki/server.key"
-crls = ["pki/ca.crl"]
-[database]
-url = "sqlite://bench.db"
-[audit]
-signing_key = "pki/audit-signing.pk8"
-[[institution]]
-code = "4610100011"
-name = "Hub"
-kind = "hub-hospital"
-[[site]]
-id = "hub"
-owner = "4610100011"
-connector = { kind = "ss-mix2", root = "sites/hub/ss-mix2" }
-"#;
 
 async fn rate(
     app: &axum::Router,
@@ -108,7 +84,7 @@ async fn verify_speed(events: i64, store: &Store, signer: &kakehashi::audit::che
     }
     println!("wrote {events} events in {:.1} s", started.elapsed().as_secs_f64());
     let started = Instant::now();
-    let r = kakehashi::audit::verify::verify(store, &signer.public_key(), 1000).await.unwrap();
+    let r = kakehashi::audit::verify::verify(store, &TrustedKeys::new([signer.public_key()]), 1000).await.unwrap();
     let secs = started.elapsed().as_secs_f64();
     println!(
         "audit verify: {} events, {} checkpoints in {secs:.1} s = {:.0} events/s",
@@ -127,7 +103,7 @@ async fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     Pki::init(&dir.join("pki"), &InitOptions::default()).unwrap();
     kakehashi::demo::write_sites(&dir).unwrap();
-    std::fs::write(dir.join("kakehashi.toml"), CONFIG).unwrap();
+    std::fs::write(dir.join("kakehashi.toml"), kakehashi::loadgen::scenario::federation_config(&dir)).unwrap();
     let cfg = Config::load(&dir.join("kakehashi.toml")).unwrap();
     let store = Store::open(&cfg.database.url).await.unwrap();
     let records = Records::load(&cfg);

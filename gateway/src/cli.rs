@@ -323,9 +323,9 @@ async fn audit(a: AuditCommand) -> Result<(), String> {
     match a {
         AuditCommand::Verify { .. } => {
             let cp = crate::app::server::checkpoints(&cfg, &store).await.map_err(|e| e.to_string())?;
-            let r = crate::audit::verify::verify(&store, &cp.signer.public_key(), cp.every)
-                .await
+            let keys = crate::audit::checkpoint::TrustedKeys::load(&cp.signer, &cfg.audit.retired_public_keys)
                 .map_err(|e| e.to_string())?;
+            let r = crate::audit::verify::verify(&store, &keys, cp.every).await.map_err(|e| e.to_string())?;
             println!(
                 "audit log verified: events {}..{} ({} events), {} signed checkpoints, {} events after the last checkpoint",
                 r.first, r.last, r.events, r.checkpoints, r.unsigned_tail

@@ -143,6 +143,9 @@ pub struct AuditSettings {
     /// Also sign the chain head when this many seconds passed since the last checkpoint.
     #[serde(default = "default_checkpoint_secs")]
     pub checkpoint_secs: u64,
+    /// Public halves (hex) of retired signing keys, so checkpoints they signed still verify.
+    #[serde(default)]
+    pub retired_public_keys: Vec<PathBuf>,
 }
 
 fn default_checkpoint_every() -> u64 {
@@ -278,6 +281,7 @@ impl Config {
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
         fix(&mut self.audit.signing_key);
+        self.audit.retired_public_keys.iter_mut().for_each(fix);
         self.tls.crls.iter_mut().for_each(fix);
         for s in &mut self.sites {
             if let Some(inbox) = &mut s.inbox {

@@ -98,14 +98,7 @@ pub fn translate(doc: &CdaDocument, ctx: &Context) -> Translation {
                             [given.join(" "), family.clone().unwrap_or_default()]
                         };
                         HumanName {
-                            extension: repr
-                                .map(|r| Extension {
-                                    url: codes::EN_REPRESENTATION.into(),
-                                    value_code: Some(r.into()),
-                                    ..Default::default()
-                                })
-                                .into_iter()
-                                .collect(),
+                            extension: repr.map(codes::name_representation).into_iter().collect(),
                             text: Some(parts.join(" ").trim().to_string()),
                             family: family.clone(),
                             given: given.clone(),
@@ -126,12 +119,12 @@ pub fn translate(doc: &CdaDocument, ctx: &Context) -> Translation {
                 address: p
                     .addresses
                     .iter()
-                    .map(|(lines, city, state, zip, country)| kakehashi_fhir::Address {
-                        line: lines.clone(),
-                        city: city.clone(),
-                        state: state.clone(),
-                        postal_code: zip.clone(),
-                        country: country.clone(),
+                    .map(|a| kakehashi_fhir::Address {
+                        line: a.lines.clone(),
+                        city: a.city.clone(),
+                        state: a.state.clone(),
+                        postal_code: a.postal_code.clone(),
+                        country: a.country.clone(),
                         ..Default::default()
                     })
                     .collect(),
@@ -316,15 +309,7 @@ pub fn translate(doc: &CdaDocument, ctx: &Context) -> Translation {
             .confidentiality
             .clone()
             .filter(|c| matches!(c.as_str(), "U" | "L" | "M" | "N" | "R" | "V")),
-        custodian: Some(custodian.unwrap_or_else(|| Reference {
-            identifier: Some(Identifier {
-                system: Some(codes::INSTITUTION_NUMBER.into()),
-                value: Some(ctx.owner.clone()),
-                ..Default::default()
-            }),
-            display: Some(ctx.owner_name.clone()),
-            ..Default::default()
-        })),
+        custodian: Some(custodian.unwrap_or_else(|| ctx.owner_ref())),
         section,
         ..Default::default()
     };

@@ -44,6 +44,12 @@ pub const RP_NUMBER: &str = "http://jpfhir.jp/fhir/core/mhlw/IdSystem/Medication
 pub const MEDIS_EXCHANGE: &str = "http://medis.or.jp/CodeSystem/master-disease-exCode";
 /// Kana/kanji name representation extension.
 pub const EN_REPRESENTATION: &str = "http://hl7.org/fhir/StructureDefinition/iso21090-EN-representation";
+
+/// The name-representation extension JP Core puts on each HumanName: `IDE` kanji,
+/// `SYL` kana, `ABC` alphabetic.
+pub fn name_representation(code: &str) -> kakehashi_fhir::Extension {
+    kakehashi_fhir::Extension { url: EN_REPRESENTATION.into(), value_code: Some(code.into()), ..Default::default() }
+}
 /// Where the owning institution is carried in `meta.security`.
 pub const OWNER_SYSTEM: &str = "urn:kakehashi:owner-institution";
 

@@ -96,11 +96,7 @@ pub fn translate(p: &Prescription, ctx: &Context) -> Translation {
             None => (None, vec![]),
         };
         patient.name.push(HumanName {
-            extension: vec![Extension {
-                url: codes::EN_REPRESENTATION.into(),
-                value_code: Some(repr.into()),
-                ..Default::default()
-            }],
+            extension: vec![codes::name_representation(repr)],
             use_: Some("official".into()),
             text: Some(name.clone()),
             family,
@@ -157,15 +153,7 @@ pub fn translate(p: &Prescription, ctx: &Context) -> Translation {
             .into_iter()
             .filter_map(|(n, r)| {
                 let n = n.filter(|n| !n.trim().is_empty())?;
-                Some(HumanName {
-                    extension: vec![Extension {
-                        url: codes::EN_REPRESENTATION.into(),
-                        value_code: Some(r.into()),
-                        ..Default::default()
-                    }],
-                    text: Some(n),
-                    ..Default::default()
-                })
+                Some(HumanName { extension: vec![codes::name_representation(r)], text: Some(n), ..Default::default() })
             })
             .collect(),
         ..Default::default()

@@ -11,7 +11,9 @@ pub mod hl7v2;
 pub mod jahis_rx;
 pub mod mml;
 
-use kakehashi_fhir::{Coding, IssueSeverity, IssueType, Meta, OperationOutcome, OperationOutcomeIssue, Resource};
+use kakehashi_fhir::{
+    Coding, Identifier, IssueSeverity, IssueType, Meta, OperationOutcome, OperationOutcomeIssue, Reference, Resource,
+};
 
 /// Who owns what is being translated, and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +32,20 @@ impl Context {
     /// A stable resource id: same owner, type and key give the same id.
     pub fn id_for(&self, resource_type: &str, key: &str) -> String {
         stable_id(&self.owner, resource_type, key)
+    }
+
+    /// The owning institution as a logical Organization reference (by 医療機関コード).
+    pub fn owner_ref(&self) -> Reference {
+        Reference {
+            identifier: Some(Identifier {
+                system: Some(codes::INSTITUTION_NUMBER.into()),
+                value: Some(self.owner.clone()),
+                ..Default::default()
+            }),
+            display: Some(self.owner_name.clone()),
+            type_: Some("Organization".into()),
+            ..Default::default()
+        }
     }
 
     /// Stamp ownership and provenance on a resource.

@@ -208,14 +208,7 @@ impl Mapper<'_> {
                 )
             });
             out.name.push(HumanName {
-                extension: repr
-                    .map(|r| Extension {
-                        url: codes::EN_REPRESENTATION.into(),
-                        value_code: Some(r.into()),
-                        ..Default::default()
-                    })
-                    .into_iter()
-                    .collect(),
+                extension: repr.map(codes::name_representation).into_iter().collect(),
                 use_: Some("official".into()),
                 text: text.filter(|s| !s.is_empty()),
                 family: n.family.clone(),
@@ -921,16 +914,7 @@ impl Mapper<'_> {
                     .map(|(_, t)| t.clone())
                     .or_else(|| self.info.title.clone())
                     .unwrap_or_else(|| title.into()),
-                custodian: Some(Reference {
-                    identifier: Some(Identifier {
-                        system: Some(codes::INSTITUTION_NUMBER.into()),
-                        value: Some(self.ctx.owner.clone()),
-                        ..Default::default()
-                    }),
-                    display: Some(self.ctx.owner_name.clone()),
-                    type_: Some("Organization".into()),
-                    ..Default::default()
-                }),
+                custodian: Some(self.ctx.owner_ref()),
                 section,
                 ..Default::default()
             }),

@@ -4,7 +4,7 @@
 
 use kakehashi_adapters::ParseOptions;
 use kakehashi_fhir::{Bundle, Resource};
-use kakehashi_mappings::document::{narrative_text, DocumentView};
+use kakehashi_mappings::document::DocumentView;
 use kakehashi_mappings::export::{self, concept_text};
 use kakehashi_mappings::Context;
 use std::collections::BTreeSet;

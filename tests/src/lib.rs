@@ -336,6 +336,21 @@ impl Client {
         self.send(addr, http::Request::get(path).body(Full::new(Bytes::new())).expect("request")).await
     }
 
+    /// POST a FHIR JSON body to a path.
+    pub async fn post_json(&self, addr: SocketAddr, path: &str, body: &serde_json::Value) -> Result<Reply, String> {
+        let req = http::Request::post(path)
+            .header(http::header::CONTENT_TYPE, "application/fhir+json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("request");
+        self.send(addr, req).await
+    }
+
+    /// The id of the first resource a search returns (panics when there is none).
+    pub async fn first_id(&self, addr: SocketAddr, search: &str) -> String {
+        let v = self.get(addr, search).await.expect("search").json();
+        v["entry"][0]["resource"]["id"].as_str().unwrap_or_else(|| panic!("{search} found nothing: {v}")).to_string()
+    }
+
     /// Send a request over a new connection. TLS 1.3 refusals of a client certificate
     /// arrive after `connect()` returns, so failures show here, on the first request.
     pub async fn send(&self, addr: SocketAddr, mut req: http::Request<Full<Bytes>>) -> Result<Reply, String> {
@@ -373,6 +388,48 @@ async fn read(
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
     Ok(Reply { status, headers, body, resumed, alpn })
+}
+
+/// A patient-consent grant (as the owner posts it to `/fhir/Consent`) letting
+/// `institution` read `patient` until 2099.
+pub fn patient_consent(patient: &str, institution: &str) -> serde_json::Value {
+    serde_json::json!({
+        "resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "urn:kakehashi:grant-kind", "code": "consent"}]}],
+        "patient": {"reference": format!("Patient/{patient}")},
+        "provision": {"period": {"end": "2099-12-31"}, "actor": [{"role": {"text": "recipient"}, "reference": {"identifier": {
+            "system": "http://jpfhir.jp/fhir/core/IdSystem/insurance-medical-institution-no", "value": institution}}}]}
+    })
+}
+
+/// A `kakehashi serve` process, killed (SIGKILL) when dropped so that a failing test
+/// leaves no gateway running behind it.
+pub struct ServeProcess(std::process::Child);
+
+impl ServeProcess {
+    /// Start `kakehashi serve --config CONFIG` with logging at `error`.
+    pub fn spawn(config: &Path) -> ServeProcess {
+        let child = std::process::Command::new(kakehashi_bin())
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("KAKEHASHI_LOG", "error")
+            .spawn()
+            .expect("start kakehashi serve");
+        ServeProcess(child)
+    }
+
+    /// SIGKILL the process now and reap it: no chance to flush anything.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// The `kakehashi` binary of this workspace, built (or confirmed up to date) once per

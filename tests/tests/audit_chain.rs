@@ -2,6 +2,7 @@
 //! live audit tables and `audit verify` (library and CLI) must name the first bad
 //! sequence number; undoing it makes verification pass again.
 
+use kakehashi::audit::checkpoint::TrustedKeys;
 use kakehashi::audit::log::chain_hash;
 use kakehashi::audit::verify::{verify, VerifyError};
 use kakehashi::store::Store;
@@ -64,7 +65,7 @@ async fn restore(pool: &AnyPool, saved: &[Row_]) {
 }
 
 async fn check(store: &Store, key: &[u8]) -> Result<i64, (i64, String)> {
-    match verify(store, key, 5).await {
+    match verify(store, &TrustedKeys::new([key.to_vec()]), 5).await {
         Ok(r) => Ok(r.last),
         Err(VerifyError::Broken { seq, reason }) => Err((seq, reason)),
         Err(e) => panic!("{e}"),
@@ -269,4 +270,55 @@ async fn export_and_prune_keep_the_chain_verifiable() {
     assert!(!bad_date.status.success());
     assert!(String::from_utf8_lossy(&bad_date.stderr).contains("not a date"));
     gw.stop().await;
+}
+
+/// `audit verify --config` with the CLI: (success, stdout + stderr).
+fn cli_verify(config: &std::path::Path) -> (bool, String) {
+    let out =
+        std::process::Command::new(kakehashi_bin()).args(["audit", "verify", "--config"]).arg(config).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[tokio::test]
+async fn the_log_stays_verifiable_across_a_signing_key_rotation() {
+    let gw = TestGateway::start_opts(Options { checkpoint_every: 5, ..Default::default() }).await;
+    let hub = gw.client(Some(&gw.issue("hub", HUB, Role::HospitalSystem)));
+    for _ in 0..12 {
+        assert_eq!(hub.get(gw.addr, "/fhir/Patient?_count=1").await.unwrap().status, 200);
+    }
+    let config = gw.config_path();
+    let dir = gw.stop_keeping_dir().await;
+
+    // Rotate: retire the old key (keep its public half), make a new one, serve again.
+    let pki_dir = dir.path().join("pki");
+    std::fs::rename(pki_dir.join("audit-signing.pk8"), pki_dir.join("retired.pk8")).unwrap();
+    std::fs::rename(pki_dir.join("audit-signing.pub"), pki_dir.join("retired.pub")).unwrap();
+    kakehashi_certs::Pki::open(&pki_dir).unwrap().write_audit_key().unwrap();
+    let gw2 = kakehashi::Gateway::bind(kakehashi::Config::load(&config).unwrap()).await.unwrap();
+    let addr = gw2.local_addr();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(gw2.run(async {
+        let _ = rx.await;
+    }));
+    for _ in 0..12 {
+        assert_eq!(hub.get(addr, "/fhir/Patient?_count=1").await.unwrap().status, 200);
+    }
+    stop.send(()).unwrap();
+    task.await.unwrap();
+
+    // With only the new key, the old checkpoints are not trusted: the first is named.
+    let (ok, out) = cli_verify(&config);
+    assert!(!ok, "{out}");
+    assert!(out.contains("sequence 5") && out.contains("not among the trusted keys"), "{out}");
+    // Naming the retired public key makes the whole log verify, old and new checkpoints.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replacen("[audit]\n", "[audit]\nretired_public_keys = [\"pki/retired.pub\"]\n", 1);
+    std::fs::write(&config, text).unwrap();
+    let (ok, out) = cli_verify(&config);
+    assert!(ok, "{out}");
+    assert!(out.contains("4 signed checkpoints") || out.contains("5 signed checkpoints"), "{out}");
+    // A retired key file that is not a key is a clear error, not a pass.
+    std::fs::write(pki_dir.join("retired.pub"), "not hex\n").unwrap();
+    let (ok, out) = cli_verify(&config);
+    assert!(!ok && out.contains("retired.pub") && out.contains("hex Ed25519 public key"), "{out}");
 }

@@ -4,8 +4,8 @@
 use bytes::Bytes;
 use http_body_util::Full;
 use kakehashi_certs::Role;
-use kakehashi_e2e::{TestGateway, AUDIT_BODY, CLINIC, CLINIC_B, HUB};
-use serde_json::{json, Value};
+use kakehashi_e2e::{patient_consent, TestGateway, AUDIT_BODY, CLINIC, CLINIC_B, HUB};
+use serde_json::Value;
 
 fn seqs(v: &Value) -> Vec<i64> {
     v["entry"]
@@ -21,22 +21,8 @@ fn seqs(v: &Value) -> Vec<i64> {
 async fn auditors_see_their_scope_with_filters_and_paging() {
     let gw = TestGateway::start().await;
     let hub = gw.client(Some(&gw.issue("hub", HUB, Role::HospitalSystem)));
-    let p1 = hub.get(gw.addr, "/fhir/Patient?identifier=1000001").await.unwrap().json()["entry"][0]["resource"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let consent = json!({
-        "resourceType": "Consent", "status": "active",
-        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
-        "category": [{"coding": [{"system": "urn:kakehashi:grant-kind", "code": "consent"}]}],
-        "patient": {"reference": format!("Patient/{p1}")},
-        "provision": {"period": {"end": "2099-12-31"}, "actor": [{"role": {"text": "recipient"}, "reference": {"identifier": {"system": "http://jpfhir.jp/fhir/core/IdSystem/insurance-medical-institution-no", "value": CLINIC}}}]}
-    });
-    let req = http::Request::post("/fhir/Consent")
-        .header("content-type", "application/fhir+json")
-        .body(Full::new(Bytes::from(consent.to_string())))
-        .unwrap();
-    assert_eq!(hub.send(gw.addr, req).await.unwrap().status, 201);
+    let p1 = hub.first_id(gw.addr, "/fhir/Patient?identifier=1000001").await;
+    assert_eq!(hub.post_json(gw.addr, "/fhir/Consent", &patient_consent(&p1, CLINIC)).await.unwrap().status, 201);
 
     let clinic = gw.client(Some(&gw.issue("clinic", CLINIC, Role::ClinicTerminal)));
     let r = clinic.get(gw.addr, &format!("/fhir/Patient/{p1}")).await.unwrap();

@@ -25,6 +25,30 @@ async fn valid_certificate_gets_capability_statement_over_h1_and_h2() {
     assert_eq!(v["resourceType"], "CapabilityStatement");
     assert_eq!(v["fhirVersion"], "4.0.1");
     assert_eq!(v["rest"][0]["security"]["service"][0]["coding"][0]["code"], "Certificates");
+    // Truthful: every handler is declared, with its interactions.
+    let declared = |ty: &str| -> Vec<String> {
+        v["rest"][0]["resource"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["type"] == ty)
+            .flat_map(|r| {
+                r["interaction"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i["code"].as_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    assert_eq!(declared("Consent"), ["read", "search-type", "create", "delete"]);
+    assert_eq!(declared("AuditEvent"), ["search-type"]);
+    assert_eq!(declared("MedicationRequest"), ["read", "search-type"]);
+    // Checked by the independent validator with the conformance output (scripts/test).
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/conformance-out/front-door");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("capability-statement.json"), &r.body).unwrap();
 
     let h2 = Client::new(&gw.pki.ca_cert_path(), Some(&id), &[b"h2", b"http/1.1"], None);
     let r = h2.get(gw.addr, "/fhir/metadata").await.unwrap();

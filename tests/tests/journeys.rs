@@ -2,11 +2,9 @@
 //! clinic terminal reading a consented hub patient across sites, and the auditor's
 //! review.
 
-use bytes::Bytes;
-use http_body_util::Full;
 use kakehashi_certs::Role;
-use kakehashi_e2e::{TestGateway, AUDIT_BODY, CLINIC, HUB, PHARMACY};
-use serde_json::{json, Value};
+use kakehashi_e2e::{patient_consent, TestGateway, AUDIT_BODY, CLINIC, HUB, PHARMACY};
+use serde_json::Value;
 
 fn entries<'a>(v: &'a Value, mode: &str) -> Vec<&'a Value> {
     v["entry"]
@@ -80,21 +78,10 @@ async fn clinic_terminal_reads_a_consented_hub_patient_and_the_auditor_reviews_i
     let gw = TestGateway::start().await;
     let hub = gw.client(Some(&gw.issue("hub", HUB, Role::HospitalSystem)));
     let clinic = gw.client(Some(&gw.issue("clinic", CLINIC, Role::ClinicTerminal)));
-    let pid = |v: &Value| v["entry"][0]["resource"]["id"].as_str().unwrap().to_string();
-    let consented = pid(&hub.get(gw.addr, "/fhir/Patient?identifier=1000001").await.unwrap().json());
-    let not_consented = pid(&hub.get(gw.addr, "/fhir/Patient?identifier=1000003").await.unwrap().json());
-    let consent = json!({
-        "resourceType": "Consent", "status": "active",
-        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
-        "category": [{"coding": [{"system": "urn:kakehashi:grant-kind", "code": "consent"}]}],
-        "patient": {"reference": format!("Patient/{consented}")},
-        "provision": {"period": {"end": "2099-12-31"}, "actor": [{"role": {"text": "recipient"}, "reference": {"identifier": {"system": "http://jpfhir.jp/fhir/core/IdSystem/insurance-medical-institution-no", "value": CLINIC}}}]}
-    });
-    let req = http::Request::post("/fhir/Consent")
-        .header("content-type", "application/fhir+json")
-        .body(Full::new(Bytes::from(consent.to_string())))
-        .unwrap();
-    assert_eq!(hub.send(gw.addr, req).await.unwrap().status, 201);
+    let consented = hub.first_id(gw.addr, "/fhir/Patient?identifier=1000001").await;
+    let not_consented = hub.first_id(gw.addr, "/fhir/Patient?identifier=1000003").await;
+    let grant = patient_consent(&consented, CLINIC);
+    assert_eq!(hub.post_json(gw.addr, "/fhir/Consent", &grant).await.unwrap().status, 201);
 
     // Search the patient from the clinic (the clinic's own record and the hub's).
     let found = clinic

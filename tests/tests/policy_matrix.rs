@@ -41,11 +41,7 @@ fn consent(kind: &str, patient: Option<&str>, grantee: (&str, &str), start: i64,
 const INST: &str = "http://jpfhir.jp/fhir/core/IdSystem/insurance-medical-institution-no";
 
 async fn post(c: &Client, addr: SocketAddr, body: &Value) -> kakehashi_e2e::Reply {
-    let req = http::Request::post("/fhir/Consent")
-        .header("content-type", "application/fhir+json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    c.send(addr, req).await.unwrap()
+    c.post_json(addr, "/fhir/Consent", body).await.unwrap()
 }
 
 async fn get_with(c: &Client, addr: SocketAddr, path: &str, break_glass: Option<&str>) -> kakehashi_e2e::Reply {

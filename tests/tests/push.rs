@@ -3,10 +3,8 @@
 //! inbox in its native format through the outbox, and a process killed after the
 //! acknowledgement delivers exactly once after restart.
 
-use bytes::Bytes;
-use http_body_util::Full;
 use kakehashi_certs::Role;
-use kakehashi_e2e::{kakehashi_bin, Client, TestGateway, CLINIC, HUB};
+use kakehashi_e2e::{Client, ServeProcess, TestGateway, CLINIC, HUB};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,11 +12,7 @@ use std::time::Duration;
 const SUMMARY: &str = include_str!("../../mappings/tests/fixtures/discharge-summary.json");
 
 async fn post(c: &Client, addr: SocketAddr, body: &Value) -> kakehashi_e2e::Reply {
-    let req = http::Request::post("/fhir")
-        .header("content-type", "application/fhir+json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    c.send(addr, req).await.unwrap()
+    c.post_json(addr, "/fhir", body).await.unwrap()
 }
 
 async fn wait_for_file(dir: &std::path::Path, secs: u64) -> Vec<std::path::PathBuf> {
@@ -196,12 +190,7 @@ async fn killed_after_acknowledging_delivers_exactly_once_after_restart() {
             .replace("outbox_poll_ms = 100", &format!("outbox_poll_ms = 100\noutbox_delay_ms = {delay}"))
     };
     std::fs::write(&config, serve_cfg(5_000)).unwrap();
-    let mut child = std::process::Command::new(kakehashi_bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("KAKEHASHI_LOG", "warn")
-        .spawn()
-        .unwrap();
+    let mut child = ServeProcess::spawn(&config);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let client = Client::new(&ca, Some(&hub_id), &[b"http/1.1"], None);
     wait_ready(&client, addr).await;
@@ -209,18 +198,12 @@ async fn killed_after_acknowledging_delivers_exactly_once_after_restart() {
     let r = post(&client, addr, &doc).await;
     assert_eq!(r.status, 201);
     // SIGKILL: no chance to flush anything beyond what was committed before the 201.
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     let inbox = dir.join("sites/clinic-a/inbox");
     assert!(std::fs::read_dir(&inbox).map(|r| r.count()).unwrap_or(0) == 0, "not delivered before the kill");
 
     std::fs::write(&config, serve_cfg(0)).unwrap();
-    let mut child = std::process::Command::new(kakehashi_bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("KAKEHASHI_LOG", "warn")
-        .spawn()
-        .unwrap();
+    let mut child = ServeProcess::spawn(&config);
     wait_ready(&client, addr).await;
     let files = wait_for_file(&inbox, 15).await;
     // Give a duplicate delivery every chance to show up.
@@ -230,8 +213,7 @@ async fn killed_after_acknowledging_delivers_exactly_once_after_restart() {
         .flatten()
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .collect();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     assert_eq!(files.len(), 1);
     assert_eq!(files_after.len(), 1, "exactly one delivery");
     sqlx::any::install_default_drivers();

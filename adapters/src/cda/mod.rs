@@ -121,10 +121,25 @@ pub struct Patient {
     pub gender: Option<String>,
     /// Birth time.
     pub birth: Option<String>,
-    /// Address lines with city, state, postal code, country.
-    pub addresses: Vec<(Vec<String>, Option<String>, Option<String>, Option<String>, Option<String>)>,
+    /// Addresses.
+    pub addresses: Vec<CdaAddress>,
     /// Telecom values.
     pub telecoms: Vec<String>,
+}
+
+/// A postal address (`addr`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CdaAddress {
+    /// `streetAddressLine`s in order.
+    pub lines: Vec<String>,
+    /// `city`.
+    pub city: Option<String>,
+    /// `state` (都道府県).
+    pub state: Option<String>,
+    /// `postalCode`.
+    pub postal_code: Option<String>,
+    /// `country`.
+    pub country: Option<String>,
 }
 
 /// An author.
@@ -354,14 +369,12 @@ pub fn parse(bytes: &[u8], options: &ParseOptions) -> Result<CdaDocument, Source
             birth: p.and_then(|p| p.child("birthTime")).and_then(|b| b.attr("value").map(str::to_string)),
             addresses: pr
                 .children_named("addr")
-                .map(|a| {
-                    (
-                        a.children_named("streetAddressLine").filter_map(Node::value).collect(),
-                        a.text_at(&["city"]),
-                        a.text_at(&["state"]),
-                        a.text_at(&["postalCode"]),
-                        a.text_at(&["country"]),
-                    )
+                .map(|a| CdaAddress {
+                    lines: a.children_named("streetAddressLine").filter_map(Node::value).collect(),
+                    city: a.text_at(&["city"]),
+                    state: a.text_at(&["state"]),
+                    postal_code: a.text_at(&["postalCode"]),
+                    country: a.text_at(&["country"]),
                 })
                 .collect(),
             telecoms: pr.children_named("telecom").filter_map(|t| t.attr("value").map(str::to_string)).collect(),

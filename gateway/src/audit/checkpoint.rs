@@ -71,6 +71,50 @@ fn message(seq: i64, hash: &[u8], signed_at: i64) -> Vec<u8> {
     m
 }
 
+/// The public keys a verifier trusts, by key id: the current signer's and any retired
+/// keys' (so the log stays verifiable across a key rotation).
+#[derive(Debug, Clone, Default)]
+pub struct TrustedKeys(std::collections::HashMap<String, Vec<u8>>);
+
+impl TrustedKeys {
+    /// Trust these public keys.
+    pub fn new(keys: impl IntoIterator<Item = Vec<u8>>) -> TrustedKeys {
+        TrustedKeys(keys.into_iter().map(|k| (key_id(&k), k)).collect())
+    }
+
+    /// The current signer's key plus the retired public keys named in the configuration
+    /// (hex files like the `audit-signing.pub` that `certs init` writes).
+    pub fn load(signer: &Signer, retired: &[std::path::PathBuf]) -> Result<TrustedKeys, KeyError> {
+        let mut keys = vec![signer.public_key()];
+        for path in retired {
+            let err = |m: String| KeyError { path: path.display().to_string(), message: m };
+            let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+            let key = unhex(text.trim())
+                .filter(|k| k.len() == 32)
+                .ok_or_else(|| err("not a hex Ed25519 public key (64 hex digits, as in audit-signing.pub)".into()))?;
+            keys.push(key);
+        }
+        Ok(TrustedKeys::new(keys))
+    }
+
+    /// Check a signature made by the key `key_id`; false when that key is not trusted.
+    pub fn verify(&self, key_id: &str, seq: i64, hash: &[u8], signed_at: i64, signature: &[u8]) -> bool {
+        self.0.get(key_id).is_some_and(|k| verify(k, seq, hash, signed_at, signature))
+    }
+
+    /// Whether `key_id` is trusted.
+    pub fn knows(&self, key_id: &str) -> bool {
+        self.0.contains_key(key_id)
+    }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
+}
+
 /// Check a checkpoint signature with a public key.
 pub fn verify(public: &[u8], seq: i64, hash: &[u8], signed_at: i64, signature: &[u8]) -> bool {
     UnparsedPublicKey::new(&ED25519, public).verify(&message(seq, hash, signed_at), signature).is_ok()

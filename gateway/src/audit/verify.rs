@@ -4,7 +4,7 @@
 //! problem is reported with its sequence number. Pruning lives here too, because it
 //! must leave exactly what verification starts from.
 
-use super::checkpoint;
+use super::checkpoint::TrustedKeys;
 use super::log::{chain_hash, GENESIS};
 use crate::store::Store;
 use sqlx::Row;
@@ -48,30 +48,49 @@ fn broken(seq: i64, reason: impl Into<String>) -> VerifyError {
 struct Cp {
     hash: Vec<u8>,
     signed_at: i64,
+    key_id: String,
     signature: Vec<u8>,
 }
 
-/// Verify the whole log with the gateway's public key.
-pub async fn verify(store: &Store, public_key: &[u8], every: i64) -> Result<Report, VerifyError> {
+impl Cp {
+    /// Why this signature is not acceptable, if it is not.
+    fn refused(&self, seq: i64, keys: &TrustedKeys) -> Option<String> {
+        if !keys.knows(&self.key_id) {
+            return Some(format!("signed by key {}, which is not among the trusted keys", self.key_id));
+        }
+        (!keys.verify(&self.key_id, seq, &self.hash, self.signed_at, &self.signature))
+            .then(|| "the signature is forged or does not match its key".to_string())
+    }
+}
+
+/// Verify the whole log with the trusted public keys.
+pub async fn verify(store: &Store, keys: &TrustedKeys, every: i64) -> Result<Report, VerifyError> {
     let mut checkpoints: BTreeMap<i64, Cp> = BTreeMap::new();
-    for r in sqlx::query("SELECT seq, hash, signed_at, signature FROM audit_checkpoint").fetch_all(store.pool()).await?
+    for r in sqlx::query("SELECT seq, hash, signed_at, key_id, signature FROM audit_checkpoint")
+        .fetch_all(store.pool())
+        .await?
     {
-        checkpoints
-            .insert(r.try_get(0)?, Cp { hash: r.try_get(1)?, signed_at: r.try_get(2)?, signature: r.try_get(3)? });
+        let cp = Cp { hash: r.try_get(1)?, signed_at: r.try_get(2)?, key_id: r.try_get(3)?, signature: r.try_get(4)? };
+        checkpoints.insert(r.try_get(0)?, cp);
     }
     // Start from the signed anchor left by pruning, or from the beginning.
     let (mut expect, mut prev) =
-        match sqlx::query("SELECT seq, hash, signed_at, signature FROM audit_anchor WHERE id = 1")
+        match sqlx::query("SELECT seq, hash, signed_at, key_id, signature FROM audit_anchor WHERE id = 1")
             .fetch_optional(store.pool())
             .await?
         {
             Some(r) => {
-                let (seq, hash, at, sig): (i64, Vec<u8>, i64, Vec<u8>) =
-                    (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
-                if !checkpoint::verify(public_key, seq, &hash, at, &sig) {
-                    return Err(broken(seq, "the pruning anchor's signature is not valid for this gateway's key"));
+                let seq: i64 = r.try_get(0)?;
+                let a = Cp {
+                    hash: r.try_get(1)?,
+                    signed_at: r.try_get(2)?,
+                    key_id: r.try_get(3)?,
+                    signature: r.try_get(4)?,
+                };
+                if let Some(why) = a.refused(seq, keys) {
+                    return Err(broken(seq, format!("the pruning anchor: {why}")));
                 }
-                (seq + 1, hash)
+                (seq + 1, a.hash)
             }
             None => (1, GENESIS.to_vec()),
         };
@@ -110,8 +129,8 @@ pub async fn verify(store: &Store, public_key: &[u8], every: i64) -> Result<Repo
                     if cp.hash != stored {
                         return Err(broken(seq, "the checkpoint here signs a different chain"));
                     }
-                    if !checkpoint::verify(public_key, seq, &cp.hash, cp.signed_at, &cp.signature) {
-                        return Err(broken(seq, "the checkpoint signature is forged or from another key"));
+                    if let Some(why) = cp.refused(seq, keys) {
+                        return Err(broken(seq, format!("checkpoint: {why}")));
                     }
                     checked += 1;
                     last_signed = seq;

@@ -22,7 +22,11 @@ pub fn statement(started: &str) -> CapabilityStatement {
         format: vec!["application/fhir+json".into(), "json".into()],
         rest: vec![Rest {
             mode: "server".into(),
-            documentation: None,
+            documentation: Some(
+                "A hospital system pushes a JP-CLINS document Bundle (discharge summary, referral) with POST to the base; \
+                 it is acknowledged 201 once stored, and GET Bundle/{id}/$delivery-status reports its delivery."
+                    .into(),
+            ),
             security: Some(RestSecurity {
                 service: vec![CodeableConcept::coding(Coding::new(
                     "http://terminology.hl7.org/CodeSystem/restful-security-service",
@@ -51,11 +55,41 @@ pub fn statement(started: &str) -> CapabilityStatement {
                         vec![]
                     },
                 })
+                .chain(managed_resources())
                 .collect(),
             interaction: vec![],
             operation: vec![],
         }],
     }
+}
+
+/// Resources with their own handlers: grants (Consent) and the audit log (AuditEvent).
+fn managed_resources() -> impl Iterator<Item = RestResource> {
+    let resource = |ty: &str, interactions: &[&str], params: &[(&str, &str)]| RestResource {
+        type_: ty.into(),
+        interaction: interactions.iter().map(|c| Interaction { code: (*c).into() }).collect(),
+        search_param: params
+            .iter()
+            .map(|(name, kind)| SearchParam { name: (*name).into(), type_: (*kind).into(), documentation: None })
+            .collect(),
+        operation: vec![],
+    };
+    [
+        resource("Consent", &["read", "search-type", "create", "delete"], &[("patient", "reference")]),
+        resource(
+            "AuditEvent",
+            &["search-type"],
+            &[
+                ("date", "date"),
+                ("agent", "token"),
+                ("entity", "reference"),
+                ("patient", "reference"),
+                ("outcome", "token"),
+                ("subtype", "token"),
+            ],
+        ),
+    ]
+    .into_iter()
 }
 
 /// Handler for `GET /fhir/metadata`.

@@ -50,7 +50,9 @@ impl Drop for Federation {
     }
 }
 
-fn config(dir: &Path) -> String {
+/// The throw-away federation the load harness and the audit benchmark run: a hub with
+/// the demo's SS-MIX2 site and a clinic, everything below `dir`.
+pub fn federation_config(dir: &Path) -> String {
     format!(
         r#"[federation]
 name = "bench"
@@ -121,7 +123,7 @@ pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
     }
     crate::demo::write_sites(&dir)?;
     crate::demo::write_bulk_prescriptions(&dir, 0, 10)?;
-    std::fs::write(dir.join("kakehashi.toml"), config(&dir)).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("kakehashi.toml"), federation_config(&dir)).map_err(|e| e.to_string())?;
     let cfg = Config::load(&dir.join("kakehashi.toml")).map_err(|e| e.to_string())?;
     let tls_files: crate::tls::TlsFiles = (&cfg.tls).into();
     let gw = Gateway::bind(cfg).await.map_err(|e| e.to_string())?;

@@ -166,16 +166,7 @@ impl Helper<'_> {
 
     /// Reference to the owning institution.
     pub fn owner_ref(&self) -> Reference {
-        Reference {
-            identifier: Some(kakehashi_fhir::Identifier {
-                system: Some(codes::INSTITUTION_NUMBER.into()),
-                value: Some(self.ctx.owner.clone()),
-                ..Default::default()
-            }),
-            display: Some(self.ctx.owner_name.clone()),
-            type_: Some("Organization".into()),
-            ..Default::default()
-        }
+        self.ctx.owner_ref()
     }
 }
 

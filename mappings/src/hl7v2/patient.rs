@@ -55,14 +55,7 @@ fn patient(h: &Helper<'_>, pid: &kakehashi_adapters::hl7v2::Segment, t: &mut Tra
             }
         };
         p.name.push(HumanName {
-            extension: repr
-                .map(|r| Extension {
-                    url: codes::EN_REPRESENTATION.into(),
-                    value_code: Some(r.into()),
-                    ..Default::default()
-                })
-                .into_iter()
-                .collect(),
+            extension: repr.map(codes::name_representation).into_iter().collect(),
             use_: Some("official".into()),
             text: Some(format!("{family} {given}").trim().to_string()),
             family: (!family.is_empty()).then_some(family),
