@@ -103,7 +103,11 @@ async fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     Pki::init(&dir.join("pki"), &InitOptions::default()).unwrap();
     kakehashi::demo::write_sites(&dir).unwrap();
-    std::fs::write(dir.join("kakehashi.toml"), kakehashi::loadgen::scenario::federation_config(&dir)).unwrap();
+    std::fs::write(
+        dir.join("kakehashi.toml"),
+        kakehashi::loadgen::scenario::federation_config(&format!("sqlite://{}/bench.db", dir.display())),
+    )
+    .unwrap();
     let cfg = Config::load(&dir.join("kakehashi.toml")).unwrap();
     let store = Store::open(&cfg.database.url).await.unwrap();
     let records = Records::load(&cfg);

@@ -58,6 +58,12 @@ struct BenchArgs {
     /// Requests per second per client (open loop); 0 runs closed loop.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
+    /// Database for the gateways, e.g. postgres://127.0.0.1/kk_bench (default: a fresh SQLite file).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Gateway instances sharing the database; clients are spread across them.
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -300,6 +306,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 duration: std::time::Duration::from_secs(b.duration.clamp(1, 600)),
                 rounds: b.rounds,
                 rate_per_client: b.rate.max(0.0),
+                database_url: b.database_url,
+                instances: b.instances.clamp(1, 8),
             };
             runtime()?.block_on(scenario::bench(opts)).map(|_| ())
         }

@@ -182,7 +182,15 @@ pub struct Institution {
     pub name: String,
     /// Kind of member.
     pub kind: InstitutionKind,
+    /// Other ids by which records name this institution (an MML facility id, say), for
+    /// sites whose owner is taken from each record.
+    #[serde(default)]
+    pub facility_ids: Vec<String>,
 }
+
+/// `site.owner` value for shared cloud EHRs hosting several clinics: each record's
+/// owner is the member institution the record itself names.
+pub const OWNER_FROM_RECORD: &str = "from-record";
 
 /// A source of records.
 #[derive(Debug, Clone, Deserialize)]
@@ -271,6 +279,12 @@ impl Config {
         self.institutions.iter().find(|i| i.code == code)
     }
 
+    /// The member institution a record names: by its code or one of its `facility_ids`.
+    pub fn institution_named(&self, id: &str) -> Option<&Institution> {
+        let id = id.trim();
+        self.institutions.iter().find(|i| i.code == id || i.facility_ids.iter().any(|f| f == id))
+    }
+
     fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -326,7 +340,20 @@ impl Config {
         }
         let mut ids = HashMap::new();
         for (i, site) in self.sites.iter().enumerate() {
-            if self.institution(&site.owner).is_none() {
+            if site.owner == OWNER_FROM_RECORD {
+                if !matches!(site.connector, Connector::Mml { .. } | Connector::JahisRx { .. }) {
+                    return Err(self.invalid(
+                        format!("site[{i}].owner"),
+                        "`from-record` needs a connector whose records name their institution (mml, jahis-rx)",
+                    ));
+                }
+                if site.inbox.is_some() {
+                    return Err(self.invalid(
+                        format!("site[{i}].inbox"),
+                        "a site with owner `from-record` has no single recipient for an inbox",
+                    ));
+                }
+            } else if self.institution(&site.owner).is_none() {
                 return Err(self.invalid(
                     format!("site[{i}].owner"),
                     format!("`{}` is not an institution of this federation", site.owner),

@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod fhir_api;
 pub mod identity;
+pub mod instant;
 pub mod loadgen;
 pub mod outbox;
 pub mod policy;

@@ -81,7 +81,14 @@ async fn clinic_terminal_reads_a_consented_hub_patient_and_the_auditor_reviews_i
     let consented = hub.first_id(gw.addr, "/fhir/Patient?identifier=1000001").await;
     let not_consented = hub.first_id(gw.addr, "/fhir/Patient?identifier=1000003").await;
     let grant = patient_consent(&consented, CLINIC);
-    assert_eq!(hub.post_json(gw.addr, "/fhir/Consent", &grant).await.unwrap().status, 201);
+    let created = hub.post_json(gw.addr, "/fhir/Consent", &grant).await.unwrap();
+    assert_eq!(created.status, 201);
+    // The start defaulted to now is shown, so what the owner reviews is what is enforced.
+    let start = created.json()["provision"]["period"]["start"].as_str().map(str::to_string);
+    assert!(
+        start.as_deref().is_some_and(|s| s.starts_with(&time::OffsetDateTime::now_utc().year().to_string())),
+        "{start:?}"
+    );
 
     // Search the patient from the clinic (the clinic's own record and the hub's).
     let found = clinic

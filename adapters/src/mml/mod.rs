@@ -120,6 +120,18 @@ pub struct MmlDocument {
     pub shared_component: Option<String>,
 }
 
+impl MmlDocument {
+    /// The facility that created the document, as written (the header's creator, else
+    /// the first module item's): on shared EHRs this names the record's owner.
+    pub fn creator_facility(&self) -> Option<&str> {
+        let header = self.header.as_ref().and_then(|h| h.creator.as_ref());
+        header
+            .into_iter()
+            .chain(self.items.iter().filter_map(|i| i.doc_info.creator.as_ref()))
+            .find_map(|c| c.facility_id.as_deref().filter(|f| !f.trim().is_empty()))
+    }
+}
+
 /// The MML format.
 pub struct Mml;
 

@@ -157,10 +157,8 @@ impl AuditRecord {
 
     /// The FHIR AuditEvent (id = sequence number in the log, when known).
     pub fn to_fhir(&self, seq: Option<i64>, observer: &str) -> AuditEvent {
-        let recorded = time::OffsetDateTime::from_unix_timestamp_nanos(self.recorded_micros as i128 * 1000)
-            .ok()
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-            .unwrap_or_else(|| "1970-01-01T00:00:00Z".into());
+        let recorded =
+            crate::instant::from_micros(self.recorded_micros).unwrap_or_else(|| "1970-01-01T00:00:00Z".into());
         let mut agent = match &self.requestor {
             Requestor::Principal(p) => AuditEventAgent {
                 extension: vec![ext_string(FINGERPRINT_EXT, &p.fingerprint)],

@@ -81,10 +81,7 @@ pub async fn export(
                 }
                 Format::Csv => {
                     let recorded: i64 = r.try_get(1)?;
-                    let recorded = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(recorded) * 1000)
-                        .ok()
-                        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-                        .unwrap_or_default();
+                    let recorded = crate::instant::from_micros(recorded).unwrap_or_default();
                     let trim = |s: String| s.trim_matches(',').replace(',', ";");
                     let fields = [
                         seq.to_string(),

@@ -192,6 +192,12 @@ fn validate(state: &AppState, c: &Caller, mut consent: Consent) -> Result<Grant,
 
     let id = random_id()?;
     consent.id = Some(id.clone());
+    // Echo the effective start, so what the owner reviews is what is enforced.
+    if let Some(p) = consent.provision.as_mut().and_then(|p| p.period.as_mut()) {
+        if p.start.is_none() {
+            p.start = crate::instant::from_secs(from);
+        }
+    }
     consent.organization = vec![kakehashi_fhir::Reference {
         identifier: Some(kakehashi_fhir::Identifier {
             system: Some(INSTITUTION_NUMBER.into()),

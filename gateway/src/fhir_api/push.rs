@@ -301,12 +301,7 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
 }
 
 fn referral_consent(push_id: &str, patient_id: &str, sender: &str, recipient: &str, from: i64, days: i64) -> String {
-    let fmt = |t: i64| {
-        time::OffsetDateTime::from_unix_timestamp(t)
-            .ok()
-            .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
-            .unwrap_or_default()
-    };
+    let fmt = |t: i64| crate::instant::from_secs(t).unwrap_or_default();
     serde_json::json!({
         "resourceType": "Consent",
         "id": format!("referral-{push_id}"),
@@ -349,11 +344,7 @@ async fn status_inner(state: AppState, id: String, req: Request) -> Result<Respo
     if let Some(e) = d.last_error {
         parameter.push(serde_json::json!({"name": "lastError", "valueString": e}));
     }
-    if let Some(t) = d
-        .delivered_at
-        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-    {
+    if let Some(t) = d.delivered_at.and_then(crate::instant::from_secs) {
         parameter.push(serde_json::json!({"name": "deliveredAt", "valueDateTime": t}));
     }
     Ok(fhir_json(StatusCode::OK, &serde_json::json!({"resourceType": "Parameters", "parameter": parameter})))

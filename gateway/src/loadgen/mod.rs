@@ -50,6 +50,8 @@ pub struct RequestSpec {
 pub struct LoadSpec {
     /// Target (loopback).
     pub addr: SocketAddr,
+    /// Further instances of the same service: client i uses `addr` and these in turn.
+    pub also: Vec<SocketAddr>,
     /// Connection use.
     pub mode: Mode,
     /// Concurrent clients.
@@ -206,7 +208,11 @@ pub async fn run(spec: LoadSpec) -> LoadReport {
     let deadline = started + spec.duration;
     let mut tasks = Vec::new();
     for i in 0..spec.connections {
-        let spec = spec.clone();
+        let mut spec = spec.clone();
+        let instances = 1 + spec.also.len();
+        if i % instances > 0 {
+            spec.addr = spec.also[i % instances - 1];
+        }
         tasks.push(tokio::spawn(async move {
             let mut hist = histogram();
             let mut ok = 0u64;

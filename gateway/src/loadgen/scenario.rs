@@ -8,7 +8,7 @@ use crate::demo::{CLINIC_A, HUB};
 use crate::{Config, Gateway};
 use bytes::Bytes;
 use kakehashi_certs::{ClientCertRequest, InitOptions, Pki, Role};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +38,10 @@ pub struct Options {
     pub rounds: usize,
     /// Requests/s per client (open loop); 0 = closed loop, as fast as possible.
     pub rate_per_client: f64,
+    /// Database of the gateways (default: SQLite in the temporary directory).
+    pub database_url: Option<String>,
+    /// Gateway instances sharing that database; clients are spread across them.
+    pub instances: usize,
 }
 
 struct Federation {
@@ -51,8 +55,8 @@ impl Drop for Federation {
 }
 
 /// The throw-away federation the load harness and the audit benchmark run: a hub with
-/// the demo's SS-MIX2 site and a clinic, everything below `dir`.
-pub fn federation_config(dir: &Path) -> String {
+/// the demo's SS-MIX2 site and a clinic; paths are relative to the configuration file.
+pub fn federation_config(database_url: &str) -> String {
     format!(
         r#"[federation]
 name = "bench"
@@ -65,7 +69,7 @@ cert = "pki/server.pem"
 key = "pki/server.key"
 crls = ["pki/ca.crl"]
 [database]
-url = "sqlite://{}/bench.db"
+url = "{}"
 [audit]
 signing_key = "pki/audit-signing.pk8"
 [[institution]]
@@ -81,10 +85,7 @@ id = "hub"
 owner = "{}"
 connector = {{ kind = "ss-mix2", root = "sites/hub/ss-mix2" }}
 "#,
-        dir.display(),
-        HUB.code,
-        CLINIC_A.code,
-        HUB.code
+        database_url, HUB.code, CLINIC_A.code, HUB.code
     )
 }
 
@@ -123,15 +124,25 @@ pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
     }
     crate::demo::write_sites(&dir)?;
     crate::demo::write_bulk_prescriptions(&dir, 0, 10)?;
-    std::fs::write(dir.join("kakehashi.toml"), federation_config(&dir)).map_err(|e| e.to_string())?;
+    let sqlite = format!("sqlite://{}/bench.db", dir.display());
+    let db = opts.database_url.clone().unwrap_or(sqlite);
+    std::fs::write(dir.join("kakehashi.toml"), federation_config(&db)).map_err(|e| e.to_string())?;
     let cfg = Config::load(&dir.join("kakehashi.toml")).map_err(|e| e.to_string())?;
     let tls_files: crate::tls::TlsFiles = (&cfg.tls).into();
-    let gw = Gateway::bind(cfg).await.map_err(|e| e.to_string())?;
-    let addr = gw.local_addr();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(gw.run(async {
-        let _ = stop_rx.await;
-    }));
+    let mut addrs = Vec::new();
+    let mut servers = Vec::new();
+    for _ in 0..opts.instances.max(1) {
+        let gw = Gateway::bind(cfg.clone()).await.map_err(|e| e.to_string())?;
+        addrs.push(gw.local_addr());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        servers.push((
+            stop_tx,
+            tokio::spawn(gw.run(async {
+                let _ = stop_rx.await;
+            })),
+        ));
+    }
+    let addr = addrs[0];
 
     let p = pki.dir();
     let alpn: &[&[u8]] = if opts.mode == Mode::H2 { &[b"h2"] } else { &[b"http/1.1"] };
@@ -147,6 +158,7 @@ pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
     };
     let mut setup = LoadSpec {
         addr,
+        also: vec![],
         mode: Mode::H1,
         connections: 1,
         duration: Duration::ZERO,
@@ -183,6 +195,7 @@ pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
     };
     let spec = LoadSpec {
         addr,
+        also: addrs[1..].to_vec(),
         mode: opts.mode,
         connections: opts.connections,
         duration: opts.duration,
@@ -193,6 +206,18 @@ pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
     let (status, reference) = one(&spec).await?;
     if status != 200 {
         return Err(format!("the workload's request failed: {}", String::from_utf8_lossy(&reference)));
+    }
+    // Other instances learn of the new grant on their next reload (every 2 s).
+    for &other in &addrs[1..] {
+        let probe = LoadSpec { addr: other, ..spec.clone() };
+        let mut tries = 0;
+        while one(&probe).await?.0 != 200 {
+            tries += 1;
+            if tries > 100 {
+                return Err(format!("instance {other} never saw the grant"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     if opts.workload == Workload::Search20 {
         let v: serde_json::Value = serde_json::from_slice(&reference).map_err(|e| e.to_string())?;
@@ -207,15 +232,17 @@ pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
         baseline::start(server_cfg, reference.clone(), "application/fhir+json; charset=utf-8", 200)
             .await
             .map_err(|e| e.to_string())?;
-    let base_spec = LoadSpec { addr: base_addr, ..spec.clone() };
+    let base_spec = LoadSpec { addr: base_addr, also: vec![], ..spec.clone() };
 
     println!(
-        "workload {:?}, mode {:?}, {} connections, {:?} per run, response {} bytes",
+        "workload {:?}, mode {:?}, {} connections, {:?} per run, response {} bytes, {} gateway instance(s) on {}",
         opts.workload,
         opts.mode,
         opts.connections,
         opts.duration,
-        reference.len()
+        reference.len(),
+        addrs.len(),
+        if db.starts_with("postgres") { "PostgreSQL" } else { "SQLite" }
     );
     let mut best: Option<(LoadReport, LoadReport)> = None;
     for round in 0..opts.rounds.max(1) {
@@ -232,8 +259,10 @@ pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
     println!("best: gateway {:.0} req/s, baseline {:.0} req/s, ratio {:.2}", g.rate(), b.rate(), g.rate() / b.rate());
     println!("resident memory of this process (gateway + baseline + clients): {} MB", rss_mb());
     base_task.abort();
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    for (stop_tx, server) in servers {
+        let _ = stop_tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    }
     drop(fed);
     Ok((g, b))
 }

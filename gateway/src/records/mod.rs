@@ -3,7 +3,7 @@
 //! re-scans the sites and swaps in a new snapshot, re-translating only changed files.
 
 use crate::config::{Config, Connector};
-use crate::sites::Owner;
+use crate::sites::{Owner, Ownership};
 use kakehashi_adapters::ss_mix2::Storage;
 use kakehashi_adapters::text::Charset;
 use kakehashi_fhir::Resource;
@@ -100,7 +100,7 @@ impl Snapshot {
 type Stamp = (SystemTime, u64);
 
 struct SiteState {
-    owner: Owner,
+    ownership: Ownership,
     connector: Connector,
     /// Per source file: its stamp and what it translated to.
     files: HashMap<PathBuf, (Stamp, Vec<Arc<Stored>>)>,
@@ -123,10 +123,14 @@ impl Records {
             .sites
             .iter()
             .map(|s| SiteState {
-                owner: Owner {
-                    code: s.owner.clone(),
-                    name: cfg.institution(&s.owner).map(|i| i.name.clone()).unwrap_or_default(),
-                    site: s.id.clone(),
+                ownership: if s.owner == crate::config::OWNER_FROM_RECORD {
+                    Ownership::PerRecord { site: s.id.clone(), members: cfg.institutions.clone() }
+                } else {
+                    Ownership::Site(Owner {
+                        code: s.owner.clone(),
+                        name: cfg.institution(&s.owner).map(|i| i.name.clone()).unwrap_or_default(),
+                        site: s.id.clone(),
+                    })
                 },
                 connector: s.connector.clone(),
                 files: HashMap::new(),
@@ -242,7 +246,7 @@ fn refresh_site(site: &mut SiteState) -> bool {
         Connector::SsMix2 { root } => match Storage::new(root).scan_all() {
             Ok(scan) => (scan.files.into_iter().map(|f| f.path).collect(), scan.problems.len()),
             Err(e) => {
-                tracing::error!(site = %site.owner.site, reason = %e.message, "site storage unreadable; keeping its last records");
+                tracing::error!(site = %site.ownership.site(), reason = %e.message, "site storage unreadable; keeping its last records");
                 return false;
             }
         },
@@ -252,13 +256,13 @@ fn refresh_site(site: &mut SiteState) -> bool {
         ) {
             Ok(files) => (files, 0),
             Err(e) => {
-                tracing::error!(site = %site.owner.site, reason = %e.message, "site directory unreadable; keeping its last records");
+                tracing::error!(site = %site.ownership.site(), reason = %e.message, "site directory unreadable; keeping its last records");
                 return false;
             }
         },
     };
     if problems != site.problems {
-        tracing::warn!(site = %site.owner.site, problems, "site storage has files that cannot be used");
+        tracing::warn!(site = %site.ownership.site(), problems, "site storage has files that cannot be used");
         site.problems = problems;
     }
     let mut changed = false;
@@ -272,20 +276,113 @@ fn refresh_site(site: &mut SiteState) -> bool {
             continue;
         }
         changed = true;
-        let translated = match &site.connector {
-            Connector::SsMix2 { .. } => crate::sites::translate_hl7_file(path, &site.owner, Some(Charset::Iso2022Jp)),
-            Connector::Mml { .. } => crate::sites::translate_mml_file(path, &site.owner),
-            Connector::JahisRx { .. } => crate::sites::translate_jahis_file(path, &site.owner),
+        let translated = match (&site.connector, &site.ownership) {
+            (Connector::SsMix2 { .. }, Ownership::Site(owner)) => {
+                crate::sites::translate_hl7_file(path, owner, Some(Charset::Iso2022Jp)).map(|t| (t, owner.clone()))
+            }
+            (Connector::Mml { .. }, o) => crate::sites::translate_mml_file_owned(path, o),
+            (Connector::JahisRx { .. }, o) => crate::sites::translate_jahis_file_owned(path, o),
+            // Configuration checking allows `from-record` only for formats that name their owner.
+            (Connector::SsMix2 { .. }, Ownership::PerRecord { .. }) => continue,
         };
         let resources = match translated {
-            Ok(t) => t.resources.into_iter().filter_map(|r| Stored::new(r, &site.owner)).map(Arc::new).collect(),
+            Ok((t, owner)) => t.resources.into_iter().filter_map(|r| Stored::new(r, &owner)).map(Arc::new).collect(),
             Err(e) => {
                 // The path names the patient: log the reason only.
-                tracing::warn!(site = %site.owner.site, reason = %e.message, "record not translated");
+                tracing::warn!(site = %site.ownership.site(), reason = %e.message, "record not translated");
                 Vec::new()
             }
         };
         site.files.insert(path.clone(), (st, resources));
     }
     changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[federation]
+name = "t"
+[tls]
+client_ca = "pki/ca.pem"
+cert = "pki/server.pem"
+key = "pki/server.key"
+crls = ["pki/ca.crl"]
+[database]
+url = "sqlite://t.db"
+[audit]
+signing_key = "pki/audit-signing.pk8"
+[[institution]]
+code = "4610200021"
+name = "Clinic A"
+kind = "clinic"
+[[institution]]
+code = "4610200032"
+name = "Clinic B"
+kind = "clinic"
+facility_ids = ["JPN-CLINIC-B"]
+[[site]]
+id = "shared-ehr"
+owner = "from-record"
+connector = { kind = "mml", dir = "sites/shared/mml" }
+[[site]]
+id = "shared-rx"
+owner = "from-record"
+connector = { kind = "jahis-rx", dir = "sites/clinic-b/rx" }
+"#;
+
+    #[test]
+    fn a_shared_ehr_site_takes_each_records_owner_from_the_record() {
+        let dir = std::env::temp_dir().join(format!("kk-records-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::demo::write_sites(&dir).unwrap();
+        let shared = dir.join("sites/shared/mml");
+        std::fs::create_dir_all(&shared).unwrap();
+        let a = std::fs::read_to_string(dir.join("sites/clinic-a/mml/A-0101-patient.xml")).unwrap();
+        let b = std::fs::read_to_string(dir.join("sites/clinic-b/mml/B-0201-patient.xml")).unwrap();
+        std::fs::write(shared.join("a.xml"), &a).unwrap();
+        // Clinic B's record names its facility by an alias listed in facility_ids.
+        std::fs::write(shared.join("b.xml"), b.replace(">4610200032<", ">JPN-CLINIC-B<")).unwrap();
+        // A record naming a non-member is not served.
+        std::fs::write(shared.join("x.xml"), a.replace(">4610200021<", ">4699999999<")).unwrap();
+        let cfg = Config::parse(CONFIG, &dir.join("kakehashi.toml")).unwrap();
+
+        let records = Records::load(&cfg);
+        let snap = records.snapshot();
+        let mut owners: Vec<(String, String)> =
+            snap.of_type("Patient").map(|s| (s.owner.clone(), s.site.clone())).collect();
+        owners.sort();
+        assert_eq!(
+            owners,
+            [
+                ("4610200021".to_string(), "shared-ehr".to_string()),
+                ("4610200032".to_string(), "shared-ehr".to_string()),
+            ]
+        );
+        // The prescription's owner comes from its record 1 (prefecture, table, code).
+        let rx: Vec<(String, String)> =
+            snap.of_type("MedicationRequest").map(|s| (s.owner.clone(), s.site.clone())).collect();
+        assert_eq!(rx, [("4610200032".to_string(), "shared-rx".to_string())]);
+        // The owner is stamped on the resource as well, not only on the index.
+        for s in snap.of_type("Patient") {
+            assert!(s.json.get().contains(&format!("\"code\":\"{}\"", s.owner)), "{}", s.json.get());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn from_record_is_refused_where_records_do_not_name_an_owner() {
+        let bad =
+            CONFIG.replace(r#"{ kind = "mml", dir = "sites/shared/mml" }"#, r#"{ kind = "ss-mix2", root = "s" }"#);
+        let e = Config::parse(&bad, std::path::Path::new("f.toml")).unwrap_err().to_string();
+        assert!(e.contains("site[0].owner") && e.contains("from-record"), "{e}");
+        let bad = CONFIG.replace(
+            r#"connector = { kind = "mml", dir = "sites/shared/mml" }"#,
+            "connector = { kind = \"mml\", dir = \"m\" }\ninbox = { dir = \"i\", format = \"mml\" }",
+        );
+        let e = Config::parse(&bad, std::path::Path::new("f.toml")).unwrap_err().to_string();
+        assert!(e.contains("site[0].inbox"), "{e}");
+    }
 }

@@ -34,6 +34,48 @@ impl Owner {
     }
 }
 
+/// Who owns a site's records.
+#[derive(Debug, Clone)]
+pub enum Ownership {
+    /// Every record belongs to the site's institution.
+    Site(Owner),
+    /// Each record belongs to the member institution it names (shared cloud EHRs that
+    /// host several clinics); a record naming no member is not served.
+    PerRecord {
+        /// Site id.
+        site: String,
+        /// The federation's institutions.
+        members: Vec<crate::config::Institution>,
+    },
+}
+
+impl Ownership {
+    /// The site id.
+    pub fn site(&self) -> &str {
+        match self {
+            Ownership::Site(o) => &o.site,
+            Ownership::PerRecord { site, .. } => site,
+        }
+    }
+
+    /// The owner of a record that names institution `named` (a code or facility id).
+    fn resolve(&self, named: Option<&str>) -> Result<Owner, String> {
+        match self {
+            Ownership::Site(o) => Ok(o.clone()),
+            Ownership::PerRecord { site, members } => {
+                let named = named.map(str::trim).ok_or("the record names no institution, so it has no owner")?;
+                members
+                    .iter()
+                    .find(|i| i.code == named || i.facility_ids.iter().any(|f| f == named))
+                    .map(|i| Owner { code: i.code.clone(), name: i.name.clone(), site: site.clone() })
+                    .ok_or_else(|| {
+                        format!("the record names institution `{named}`, which is not a member (code or facility_ids)")
+                    })
+            }
+        }
+    }
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, SourceError> {
     std::fs::read(path)
         .map_err(|e| SourceError::at(Default::default(), e.to_string()).in_file(path.display().to_string()))
@@ -47,31 +89,51 @@ pub fn translate_hl7_file(
 ) -> Result<Translation, SourceError> {
     let bytes = read(path)?;
     let options = ParseOptions { default_charset, force_charset: None };
-    let key = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let key = file_key(path);
     kakehashi_mappings::hl7v2::translate_bytes(&bytes, &options, &owner.context(key))
         .map_err(|e| e.in_file(path.display().to_string()))
 }
 
 /// Translate one MML document.
 pub fn translate_mml_file(path: &Path, owner: &Owner) -> Result<Translation, SourceError> {
+    translate_mml_file_owned(path, &Ownership::Site(owner.clone())).map(|(t, _)| t)
+}
+
+/// Translate one MML document; its owner by the site's rule (the creator's facility).
+pub fn translate_mml_file_owned(path: &Path, ownership: &Ownership) -> Result<(Translation, Owner), SourceError> {
     let bytes = read(path)?;
-    let key = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    kakehashi_mappings::mml::translate_bytes(&bytes, &ParseOptions::default(), &owner.context(key))
-        .map_err(|e| e.in_file(path.display().to_string()))
+    let in_file = |e: SourceError| e.in_file(path.display().to_string());
+    let doc = kakehashi_adapters::mml::parse(&bytes, &ParseOptions::default()).map_err(in_file)?;
+    let owner =
+        ownership.resolve(doc.creator_facility()).map_err(|m| in_file(SourceError::at(Default::default(), m)))?;
+    Ok((kakehashi_mappings::mml::translate(&doc, &owner.context(file_key(path))), owner))
 }
 
 /// Translate one JAHIS prescription CSV.
 pub fn translate_jahis_file(path: &Path, owner: &Owner) -> Result<Translation, SourceError> {
+    translate_jahis_file_owned(path, &Ownership::Site(owner.clone())).map(|(t, _)| t)
+}
+
+/// Translate one JAHIS prescription CSV; its owner by the site's rule (the issuing
+/// institution of record 1).
+pub fn translate_jahis_file_owned(path: &Path, ownership: &Ownership) -> Result<(Translation, Owner), SourceError> {
     let bytes = read(path)?;
-    let key = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    kakehashi_mappings::jahis_rx::translate_bytes(&bytes, &ParseOptions::default(), &owner.context(key))
-        .map_err(|e| e.in_file(path.display().to_string()))
+    let in_file = |e: SourceError| e.in_file(path.display().to_string());
+    let rx = kakehashi_adapters::jahis_rx::parse(&bytes, &ParseOptions::default()).map_err(in_file)?;
+    let owner = ownership
+        .resolve(Some(&rx.institution.code10()))
+        .map_err(|m| in_file(SourceError::at(Default::default(), m)))?;
+    Ok((kakehashi_mappings::jahis_rx::translate(&rx, &owner.context(file_key(path))), owner))
+}
+
+fn file_key(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// Translate one CDA R2 document.
 pub fn translate_cda_file(path: &Path, owner: &Owner) -> Result<Translation, SourceError> {
     let bytes = read(path)?;
-    let key = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let key = file_key(path);
     kakehashi_mappings::cda::translate_bytes(&bytes, &ParseOptions::default(), &owner.context(key))
         .map_err(|e| e.in_file(path.display().to_string()))
 }
