@@ -250,6 +250,18 @@ pub enum Connector {
     },
 }
 
+impl Connector {
+    /// The file extension of the records a directory connector reads (SS-MIX2 storage
+    /// is walked by its own layout instead).
+    pub fn extension(&self) -> &'static str {
+        match self {
+            Connector::SsMix2 { .. } => "",
+            Connector::Mml { .. } => "xml",
+            Connector::JahisRx { .. } => "csv",
+        }
+    }
+}
+
 impl Config {
     /// Read, parse and check a configuration file.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {

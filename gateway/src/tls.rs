@@ -11,7 +11,7 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
@@ -126,10 +126,7 @@ impl ReloadingConfig {
 
     /// The configuration new connections use.
     pub fn current(&self) -> Arc<ServerConfig> {
-        match self.current.read() {
-            Ok(g) => g.1.clone(),
-            Err(p) => p.into_inner().1.clone(),
-        }
+        self.current.read().unwrap_or_else(PoisonError::into_inner).1.clone()
     }
 
     /// Rebuild when the files changed. Returns Ok(true) after a reload. When the new
@@ -137,18 +134,12 @@ impl ReloadingConfig {
     /// returned for logging: a half-written CRL must not open the door.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
         let stamp = files_stamp(&self.files);
-        let old = match self.current.read() {
-            Ok(g) => g.0,
-            Err(p) => p.into_inner().0,
-        };
+        let old = self.current.read().unwrap_or_else(PoisonError::into_inner).0;
         if stamp == old {
             return Ok(false);
         }
         let cfg = Arc::new(build_server_config(&self.files)?);
-        match self.current.write() {
-            Ok(mut g) => *g = (stamp, cfg),
-            Err(p) => *p.into_inner() = (stamp, cfg),
-        }
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = (stamp, cfg);
         Ok(true)
     }
 }

@@ -55,6 +55,17 @@ async fn pharmacist_fetches_a_prescription_by_number_and_birth_date() {
         .json();
     assert_eq!(wrong["total"], 0);
     assert_eq!(wrong["entry"], unknown["entry"]);
+    // Only an exact presentation counts: no date ranges, partial dates or lists of numbers.
+    for q in [
+        "identifier=RX-YAMABE-0001&patient.birthdate=ge1900-01-01",
+        "identifier=RX-YAMABE-0001&patient.birthdate=1945",
+        "identifier=RX-YAMABE-0001&patient.birthdate=1945-11",
+        "identifier=NO-SUCH-RX,RX-YAMABE-0001&patient.birthdate=1945-11-02",
+        "identifier=RX-YAMABE-0001&identifier=RX-YAMABE-0001&patient.birthdate=1945-11-02",
+    ] {
+        let v = rx.get(gw.addr, &format!("/fhir/MedicationRequest?{q}")).await.unwrap().json();
+        assert_eq!(v["total"], 0, "{q}: {v}");
+    }
     // Anything else is refused.
     assert_eq!(rx.get(gw.addr, "/fhir/MedicationRequest").await.unwrap().json()["total"], 0);
     assert_eq!(rx.get(gw.addr, "/fhir/Patient").await.unwrap().json()["total"], 0);

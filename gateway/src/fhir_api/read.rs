@@ -6,7 +6,8 @@ use super::params::{self, Criterion, Search};
 use crate::app::{fhir_bytes, ApiError, AppState};
 use crate::audit::{now_micros, AuditRecord, Disclosed, Interaction, Outcome, Requestor};
 use crate::identity::{ConnInfo, Principal};
-use crate::policy::{Basis, Permitted, ReadContext, Refusal};
+use crate::policy::{Basis, Permitted, Presentation, ReadContext, Refusal};
+use crate::records::Stored;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
@@ -104,13 +105,13 @@ fn check_type(ty: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A resource as the audit record names it; `basis` is empty for a refusal.
+fn disclosure(s: &Stored, basis: String) -> Disclosed {
+    Disclosed { reference: s.key(), owner: s.owner.clone(), patient: s.patient.clone(), basis }
+}
+
 fn disclosed(p: &Permitted) -> Disclosed {
-    Disclosed {
-        reference: p.record.key(),
-        owner: p.record.owner.clone(),
-        patient: p.record.patient.clone(),
-        basis: p.permit.basis().code(),
-    }
+    disclosure(&p.record, p.permit.basis().code())
 }
 
 pub(super) fn record(
@@ -201,12 +202,7 @@ async fn read_inner(state: AppState, ty: String, id: String, req: Request) -> Re
         }
         Err(r) => {
             // Existence must not leak across a boundary: the refusal looks like absence.
-            let asked = Disclosed {
-                reference: stored.key(),
-                owner: stored.owner.clone(),
-                patient: stored.patient.clone(),
-                basis: String::new(),
-            };
+            let asked = disclosure(stored, String::new());
             audit(&state, record(&c, Interaction::Read, Outcome::Denied, Some(r.to_string()), vec![asked], None))
                 .await?;
             Err(not_found())
@@ -232,39 +228,41 @@ async fn search_inner(state: AppState, ty: String, req: Request) -> Result<Respo
         Criterion::Patient(ids) => Some(ids.clone()),
         _ => None,
     });
-    let candidates: Vec<&Arc<crate::records::Stored>> = match &patient_filter {
+    let candidates: Vec<&Arc<Stored>> = match &patient_filter {
         Some(ids) => ids.iter().flat_map(|id| snap.for_patient(id)).filter(|s| s.resource.type_name() == ty).collect(),
         None => snap.of_type(&ty).collect(),
     };
-    let birth_of = |s: &crate::records::Stored| -> Option<String> {
+    let birth_of = |s: &Stored| -> Option<String> {
         let p = snap.get("Patient", s.patient.as_deref()?)?;
         match &p.resource {
             kakehashi_fhir::Resource::Patient(p) => p.birth_date.clone(),
             _ => None,
         }
     };
-    let matching: Vec<&Arc<crate::records::Stored>> = candidates
+    let matching: Vec<&Arc<Stored>> = candidates
         .into_iter()
         .filter(|s| params::matches(&s.resource, s.patient.as_deref(), birth_of(s).as_deref(), &search.criteria))
         .collect();
-    // A pharmacy that presents the prescription number and the patient's birth date
-    // may read that prescription and its Patient; a wrong birth date matches nothing,
-    // which reveals nothing about whether the prescription exists.
-    let presented = c.who.role == Role::Pharmacy
-        && ty == "MedicationRequest"
-        && search.criteria.iter().any(|cr| matches!(cr, Criterion::Token { name, .. } if name == "identifier"))
-        && search.criteria.iter().any(|cr| matches!(cr, Criterion::Date { name, .. } if name == "patient.birthdate"));
+    // A pharmacy that presents the prescription number and the patient's exact birth
+    // date may read that prescription and its Patient; a wrong birth date matches
+    // nothing, which reveals nothing about whether the prescription exists.
+    let presented = (c.who.role == Role::Pharmacy && ty == "MedicationRequest")
+        .then(|| Presentation::from_params(&search.used))
+        .flatten();
     let mut includes: Vec<Permitted> = Vec::new();
-    let permitted: Vec<Permitted> = if presented {
+    let permitted: Vec<Permitted> = if let Some(presented) = &presented {
         let mut out = Vec::new();
         for s in matching {
-            let permit =
-                state.policy.decide(&c.who, s, &c.ctx).or_else(|_| state.policy.presented_prescription(&c.who, s));
+            let birth = birth_of(s);
+            let permit = state
+                .policy
+                .decide(&c.who, s, &c.ctx)
+                .or_else(|_| state.policy.presented_prescription(&c.who, s, presented, birth.as_deref()));
             let Ok(permit) = permit else { continue };
             out.push(Permitted { permit, record: s.clone() });
             let Some(p) = s.patient.as_deref().and_then(|id| snap.get("Patient", id)) else { continue };
-            if !includes.iter().any(|i| i.record.key() == p.key()) {
-                if let Ok(permit) = state.policy.presented_prescription(&c.who, p) {
+            if !includes.iter().any(|i| Arc::ptr_eq(&i.record, p)) {
+                if let Ok(permit) = state.policy.presented_prescription(&c.who, p, presented, birth.as_deref()) {
                     includes.push(Permitted { permit, record: p.clone() });
                 }
             }
@@ -295,16 +293,8 @@ async fn everything_inner(state: AppState, id: String, req: Request) -> Result<R
     let snap = state.records.snapshot();
     let permitted = state.policy.filter(&c.who, snap.for_patient(&id), &c.ctx);
     if permitted.is_empty() {
-        let asked: Vec<Disclosed> = snap
-            .get("Patient", &id)
-            .map(|s| Disclosed {
-                reference: s.key(),
-                owner: s.owner.clone(),
-                patient: s.patient.clone(),
-                basis: String::new(),
-            })
-            .into_iter()
-            .collect();
+        let asked: Vec<Disclosed> =
+            snap.get("Patient", &id).map(|s| disclosure(s, String::new())).into_iter().collect();
         audit(
             &state,
             record(&c, Interaction::Everything, Outcome::Denied, Some(Refusal::NoGrant.to_string()), asked, None),

@@ -7,7 +7,7 @@
 use crate::store::Store;
 use kakehashi_fhir::{Consent, Resource};
 use sqlx::Row;
-use std::sync::RwLock;
+use std::sync::{PoisonError, RwLock};
 
 /// Code system of grant kinds in `Consent.category`.
 pub const GRANT_KIND_SYSTEM: &str = "urn:kakehashi:grant-kind";
@@ -155,28 +155,19 @@ impl Grants {
                 resource: r.try_get(9)?,
             });
         }
-        match self.all.write() {
-            Ok(mut g) => *g = all,
-            Err(p) => *p.into_inner() = all,
-        }
+        *self.all.write().unwrap_or_else(PoisonError::into_inner) = all;
         Ok(())
     }
 
     /// Grants matching a predicate (cloned out of the lock).
     pub fn find(&self, mut pred: impl FnMut(&Grant) -> bool) -> Vec<Grant> {
-        let g = match self.all.read() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let g = self.all.read().unwrap_or_else(PoisonError::into_inner);
         g.iter().filter(|x| pred(x)).cloned().collect()
     }
 
     /// The first grant satisfying `pred`, without cloning the rest.
     pub fn first(&self, mut pred: impl FnMut(&Grant) -> bool) -> Option<Grant> {
-        let g = match self.all.read() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let g = self.all.read().unwrap_or_else(PoisonError::into_inner);
         g.iter().find(|x| pred(x)).cloned()
     }
 

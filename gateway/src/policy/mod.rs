@@ -36,6 +36,35 @@ impl Basis {
     }
 }
 
+/// What a pharmacist presents at the counter: one prescription number and one exact
+/// birth date (`YYYY-MM-DD`). Ranges, lists and partial dates are not a presentation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presentation {
+    /// The prescription number, as printed.
+    pub number: String,
+    /// The patient's birth date.
+    pub birth_date: String,
+}
+
+impl Presentation {
+    /// From a search's parameters: exactly one `identifier` value (an optional
+    /// `system|` is ignored) and exactly one `patient.birthdate` that is a plain date.
+    pub fn from_params(params: &[(String, String)]) -> Option<Presentation> {
+        let only = |name: &str| {
+            let mut it = params.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str());
+            let first = it.next()?;
+            it.next().is_none().then_some(first)
+        };
+        let identifier = only("identifier")?;
+        let number = identifier.rsplit_once('|').map_or(identifier, |(_, v)| v);
+        let birth = only("patient.birthdate")?;
+        let is_date = birth.len() == 10
+            && birth.bytes().enumerate().all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
+        (is_date && !number.is_empty() && !number.contains(','))
+            .then(|| Presentation { number: number.to_string(), birth_date: birth.to_string() })
+    }
+}
+
 /// What the decision depends on besides who and what.
 #[derive(Debug, Clone, Default)]
 pub struct ReadContext {
@@ -146,14 +175,32 @@ impl Policy {
     }
 
     /// The pharmacy rule for a presented prescription: a pharmacy that states the
-    /// prescription number and the patient's birth date may read that prescription and
-    /// the Patient needed to dispense it. The caller has matched both already.
-    pub fn presented_prescription(&self, who: &Principal, record: &Stored) -> Result<Permit, Refusal> {
-        match (who.role, record.resource.type_name()) {
-            (Role::Pharmacy, "MedicationRequest" | "Patient") => {
-                Ok(Permit { basis: Basis::PresentedPrescription, _sealed: () })
+    /// prescription number and the patient's exact birth date may read that
+    /// prescription and the Patient needed to dispense it. Both facts are checked here
+    /// against the record (`patient_birth` is the birth date of the record's patient),
+    /// not trusted from the search that found it.
+    pub fn presented_prescription(
+        &self,
+        who: &Principal,
+        record: &Stored,
+        presented: &Presentation,
+        patient_birth: Option<&str>,
+    ) -> Result<Permit, Refusal> {
+        let ty = record.resource.type_name();
+        if who.role != Role::Pharmacy {
+            return Err(Refusal::TypeNotForRole { role: who.role, resource_type: ty.to_string() });
+        }
+        let number_matches = match &record.resource {
+            kakehashi_fhir::Resource::MedicationRequest(m) => {
+                m.identifier.iter().any(|i| i.value.as_deref() == Some(presented.number.as_str()))
             }
-            (role, ty) => Err(Refusal::TypeNotForRole { role, resource_type: ty.to_string() }),
+            kakehashi_fhir::Resource::Patient(_) => true,
+            _ => return Err(Refusal::TypeNotForRole { role: who.role, resource_type: ty.to_string() }),
+        };
+        if number_matches && patient_birth == Some(presented.birth_date.as_str()) {
+            Ok(Permit { basis: Basis::PresentedPrescription, _sealed: () })
+        } else {
+            Err(Refusal::NoGrant)
         }
     }
 
@@ -168,5 +215,31 @@ impl Policy {
             .into_iter()
             .filter_map(|r| self.decide(who, r, ctx).ok().map(|permit| Permitted { permit, record: r.clone() }))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Presentation;
+
+    fn params(q: &[(&str, &str)]) -> Vec<(String, String)> {
+        q.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_presentation_is_one_number_and_one_exact_birth_date() {
+        let ok =
+            Presentation::from_params(&params(&[("identifier", "urn:x|RX-1"), ("patient.birthdate", "1945-11-02")]));
+        assert_eq!(ok, Some(Presentation { number: "RX-1".into(), birth_date: "1945-11-02".into() }));
+        for bad in [
+            vec![("identifier", "RX-1"), ("patient.birthdate", "ge1945-11-02")],
+            vec![("identifier", "RX-1"), ("patient.birthdate", "1945")],
+            vec![("identifier", "RX-1,RX-2"), ("patient.birthdate", "1945-11-02")],
+            vec![("identifier", "RX-1"), ("identifier", "RX-2"), ("patient.birthdate", "1945-11-02")],
+            vec![("identifier", "RX-1")],
+            vec![("patient.birthdate", "1945-11-02")],
+        ] {
+            assert_eq!(Presentation::from_params(&params(&bad)), None, "{bad:?}");
+        }
     }
 }

@@ -10,7 +10,7 @@ use kakehashi_fhir::Resource;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 /// One resource as served: parsed, pre-serialised, with its owner and patient.
@@ -64,26 +64,32 @@ fn patient_of(r: &Resource) -> Option<String> {
 pub struct Snapshot {
     /// All resources.
     pub all: Vec<Arc<Stored>>,
-    by_key: HashMap<(String, String), usize>,
+    /// Type, then id: looked up without allocating on every read.
+    by_key: HashMap<&'static str, HashMap<String, usize>>,
+    /// Per type, in `all` order, so searches do not scan every resource.
+    by_type: HashMap<&'static str, Vec<usize>>,
     by_patient: HashMap<String, Vec<usize>>,
 }
 
 impl Snapshot {
     fn build(all: Vec<Arc<Stored>>) -> Snapshot {
-        let mut by_key = HashMap::with_capacity(all.len());
+        let mut by_key: HashMap<&'static str, HashMap<String, usize>> = HashMap::new();
+        let mut by_type: HashMap<&'static str, Vec<usize>> = HashMap::new();
         let mut by_patient: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, s) in all.iter().enumerate() {
-            by_key.insert((s.resource.type_name().to_string(), s.resource.id().unwrap_or("").to_string()), i);
+            let ty = s.resource.type_name();
+            by_key.entry(ty).or_default().insert(s.resource.id().unwrap_or("").to_string(), i);
+            by_type.entry(ty).or_default().push(i);
             if let Some(p) = &s.patient {
                 by_patient.entry(p.clone()).or_default().push(i);
             }
         }
-        Snapshot { all, by_key, by_patient }
+        Snapshot { all, by_key, by_type, by_patient }
     }
 
     /// A resource by type and id.
     pub fn get(&self, ty: &str, id: &str) -> Option<&Arc<Stored>> {
-        self.by_key.get(&(ty.to_string(), id.to_string())).map(|&i| &self.all[i])
+        self.by_key.get(ty)?.get(id).map(|&i| &self.all[i])
     }
 
     /// Every resource about a patient.
@@ -93,7 +99,7 @@ impl Snapshot {
 
     /// Every resource of a type.
     pub fn of_type<'a>(&'a self, ty: &'a str) -> impl Iterator<Item = &'a Arc<Stored>> + 'a {
-        self.all.iter().filter(move |s| s.resource.type_name() == ty)
+        self.by_type.get(ty).into_iter().flatten().map(move |&i| &self.all[i])
     }
 }
 
@@ -158,19 +164,14 @@ impl Records {
 
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        match self.current.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        // Every writer replaces whole values, so a panic elsewhere never leaves them half-done.
+        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Add pushed resources (each with its owner) and rebuild the snapshot now.
     pub fn add_pushed(&self, resources: Vec<(Resource, Owner)>) {
         {
-            let mut pushed = match self.pushed.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
+            let mut pushed = self.pushed.lock().unwrap_or_else(PoisonError::into_inner);
             pushed.extend(resources.into_iter().filter_map(|(r, o)| Stored::new(r, &o)).map(Arc::new));
         }
         self.rebuild(true);
@@ -183,10 +184,7 @@ impl Records {
     }
 
     fn rebuild(&self, force: bool) -> bool {
-        let mut sites = match self.sites.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut sites = self.sites.lock().unwrap_or_else(PoisonError::into_inner);
         let mut changed = force;
         for site in sites.iter_mut() {
             changed |= refresh_site(site);
@@ -205,20 +203,14 @@ impl Records {
                     }
                 }
             }
-            let pushed = match self.pushed.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
+            let pushed = self.pushed.lock().unwrap_or_else(PoisonError::into_inner);
             for s in pushed.iter() {
                 if seen.insert(s.key()) {
                     all.push(s.clone());
                 }
             }
             let snap = Arc::new(Snapshot::build(all));
-            match self.current.write() {
-                Ok(mut g) => *g = snap,
-                Err(p) => *p.into_inner() = snap,
-            }
+            *self.current.write().unwrap_or_else(PoisonError::into_inner) = snap;
         }
         changed
     }
@@ -250,16 +242,15 @@ fn refresh_site(site: &mut SiteState) -> bool {
                 return false;
             }
         },
-        Connector::Mml { dir } | Connector::JahisRx { dir } => match crate::sites::files_with(
-            dir,
-            if matches!(site.connector, Connector::Mml { .. }) { "xml" } else { "csv" },
-        ) {
-            Ok(files) => (files, 0),
-            Err(e) => {
-                tracing::error!(site = %site.ownership.site(), reason = %e.message, "site directory unreadable; keeping its last records");
-                return false;
+        Connector::Mml { dir } | Connector::JahisRx { dir } => {
+            match crate::sites::files_with(dir, site.connector.extension()) {
+                Ok(files) => (files, 0),
+                Err(e) => {
+                    tracing::error!(site = %site.ownership.site(), reason = %e.message, "site directory unreadable; keeping its last records");
+                    return false;
+                }
             }
-        },
+        }
     };
     if problems != site.problems {
         tracing::warn!(site = %site.ownership.site(), problems, "site storage has files that cannot be used");
