@@ -190,6 +190,14 @@ pub struct Institution {
 
 /// `site.owner` value for shared cloud EHRs hosting several clinics: each record's
 /// owner is the member institution the record itself names.
+impl Institution {
+    /// Whether a record naming `id` (a code or one of `facility_ids`) means this institution.
+    pub fn is_named(&self, id: &str) -> bool {
+        let id = id.trim();
+        self.code == id || self.facility_ids.iter().any(|f| f == id)
+    }
+}
+
 pub const OWNER_FROM_RECORD: &str = "from-record";
 
 /// A source of records.
@@ -289,12 +297,6 @@ impl Config {
     /// The institution with this code, if it is a member.
     pub fn institution(&self, code: &str) -> Option<&Institution> {
         self.institutions.iter().find(|i| i.code == code)
-    }
-
-    /// The member institution a record names: by its code or one of its `facility_ids`.
-    pub fn institution_named(&self, id: &str) -> Option<&Institution> {
-        let id = id.trim();
-        self.institutions.iter().find(|i| i.code == id || i.facility_ids.iter().any(|f| f == id))
     }
 
     fn resolve_paths(&mut self, base: &Path) {

@@ -174,20 +174,24 @@ impl Records {
             let mut pushed = self.pushed.lock().unwrap_or_else(PoisonError::into_inner);
             pushed.extend(resources.into_iter().filter_map(|(r, o)| Stored::new(r, &o)).map(Arc::new));
         }
-        self.rebuild(true);
+        // Only the pushed set changed: no site rescan on the push's request path.
+        self.rebuild(false);
     }
 
     /// Re-scan every site; re-translate changed files; swap the snapshot if anything
     /// changed. Returns whether it did.
     pub fn refresh(&self) -> bool {
-        self.rebuild(false)
+        self.rebuild(true)
     }
 
-    fn rebuild(&self, force: bool) -> bool {
+    /// Swap in a new snapshot; with `rescan`, only when a site's files changed.
+    fn rebuild(&self, rescan: bool) -> bool {
         let mut sites = self.sites.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut changed = force;
-        for site in sites.iter_mut() {
-            changed |= refresh_site(site);
+        let mut changed = !rescan;
+        if rescan {
+            for site in sites.iter_mut() {
+                changed |= refresh_site(site);
+            }
         }
         if changed {
             let mut all: Vec<Arc<Stored>> = Vec::new();

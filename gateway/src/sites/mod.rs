@@ -66,7 +66,7 @@ impl Ownership {
                 let named = named.map(str::trim).ok_or("the record names no institution, so it has no owner")?;
                 members
                     .iter()
-                    .find(|i| i.code == named || i.facility_ids.iter().any(|f| f == named))
+                    .find(|i| i.is_named(named))
                     .map(|i| Owner { code: i.code.clone(), name: i.name.clone(), site: site.clone() })
                     .ok_or_else(|| {
                         format!("the record names institution `{named}`, which is not a member (code or facility_ids)")
