@@ -1132,6 +1132,34 @@ pub struct DocumentReferenceContent {
     pub attachment: Attachment,
 }
 
+/// Records that refer to the same person (Kakehashi: Patient records of different sites).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "resourceType", rename = "Linkage", rename_all = "camelCase")]
+pub struct Linkage {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Meta>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub author: Option<Reference>,
+    #[serde(default)]
+    pub item: Vec<LinkageItem>,
+}
+
+/// One record of a [`Linkage`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkageItem {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extension: Vec<Extension>,
+    /// `source`, `alternate` or `historical`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub resource: Reference,
+}
+
 /// A patient's choice to share records (JP: 同意).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "resourceType", rename = "Consent", rename_all = "camelCase")]

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod fhir_api;
 pub mod identity;
 pub mod instant;
+pub mod linkage;
 pub mod loadgen;
 pub mod outbox;
 pub mod policy;

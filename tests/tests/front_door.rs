@@ -44,6 +44,7 @@ async fn valid_certificate_gets_capability_statement_over_h1_and_h2() {
     };
     assert_eq!(declared("Consent"), ["read", "search-type", "create", "delete"]);
     assert_eq!(declared("AuditEvent"), ["search-type"]);
+    assert_eq!(declared("Linkage"), ["search-type", "create"]);
     assert_eq!(declared("MedicationRequest"), ["read", "search-type"]);
     // Checked by the independent validator with the conformance output (scripts/test).
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/conformance-out/front-door");

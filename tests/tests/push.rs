@@ -95,8 +95,16 @@ async fn push_is_durable_idempotent_delivered_and_grants_the_recipient() {
         .await
         .unwrap()
         .json();
-    assert_eq!(after["total"], 1, "{after}");
-    let pid = after["entry"][0]["resource"]["id"].as_str().unwrap().to_string();
+    // The hub's record, and clinic A's own record of the same person (linked).
+    assert_eq!(after["total"], 2, "{after}");
+    let pid = after["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["resource"]["identifier"][0]["value"] == "1000001")
+        .and_then(|e| e["resource"]["id"].as_str())
+        .unwrap()
+        .to_string();
     let comps = clinic.get(gw.addr, &format!("/fhir/Composition?patient={pid}")).await.unwrap().json();
     assert_eq!(comps["total"], 1, "{comps}");
     assert_eq!(comps["entry"][0]["resource"]["title"], "退院時サマリー");

@@ -50,6 +50,8 @@ pub struct Shared {
     pub records: Arc<crate::records::Records>,
     /// The policy decision point.
     pub policy: Arc<crate::policy::Policy>,
+    /// Cross-site patient linkage.
+    pub linkage: Arc<crate::linkage::Linkage>,
     /// The audit log writer.
     pub audit: crate::audit::AuditLog,
 }
@@ -70,7 +72,8 @@ impl AppState {
             serde_json::to_vec(&crate::fhir_api::capability::statement(&started)).map(Bytes::from).unwrap_or_default();
         let request_timeout = Duration::from_secs(config.server.request_timeout_secs);
         let policy = crate::policy::Policy::new();
-        AppState(Arc::new(Shared { config, metrics, capability, request_timeout, store, records, policy, audit }))
+        let linkage = Arc::default();
+        AppState(Arc::new(Shared { config, metrics, capability, request_timeout, store, records, policy, linkage, audit }))
     }
 }
 

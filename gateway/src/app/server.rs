@@ -96,19 +96,25 @@ impl Gateway {
         if let Err(e) = state.policy.grants.reload(&store).await {
             tracing::error!(error = %e, "grants could not be loaded; cross-site reads are refused until they are");
         }
+        if let Err(e) = state.linkage.reload(&store).await {
+            tracing::error!(error = %e, "manual patient links could not be loaded; automatic links only until they are");
+        }
         // Other instances sharing the database change grants too.
         if let Err(e) = crate::fhir_api::push::load_pushed(&store, &config, &state.records).await {
             tracing::error!(error = %e, "pushed documents could not be loaded; they are served once the database answers");
         }
         let delivery = tokio::spawn(crate::outbox::run(store.clone(), config.clone()));
         let grants_task = {
-            let (policy, store) = (state.policy.clone(), store.clone());
+            let (policy, linkage, store) = (state.policy.clone(), state.linkage.clone(), store.clone());
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(2));
                 loop {
                     tick.tick().await;
                     if let Err(e) = policy.grants.reload(&store).await {
                         tracing::warn!(error = %e, "grants reload failed; keeping the last ones");
+                    }
+                    if let Err(e) = linkage.reload(&store).await {
+                        tracing::warn!(error = %e, "patient links reload failed; keeping the last ones");
                     }
                 }
             })

@@ -23,7 +23,12 @@ pub async fn bytes(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
 
 /// Parse a FHIR resource; syntax and shape errors name line and column.
 pub fn resource(bytes: &[u8]) -> Result<Resource, ApiError> {
-    serde_json::from_slice::<Resource>(bytes).map_err(|e| ApiError::BadRequest {
+    parse(bytes)
+}
+
+/// Parse a FHIR resource of one kind; syntax and shape errors name line and column.
+pub fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice::<T>(bytes).map_err(|e| ApiError::BadRequest {
         code: IssueType::Structure,
         diagnostics: format!("the body is not a FHIR resource this server accepts: {e}"),
         expression: None,

@@ -23,7 +23,8 @@ pub fn statement(started: &str) -> CapabilityStatement {
         rest: vec![Rest {
             mode: "server".into(),
             documentation: Some(
-                "A hospital system pushes a JP-CLINS document Bundle (discharge summary, referral) with POST to the base; \
+                "A hospital system pushes a JP-CLINS document Bundle (discharge summary, referral) with POST to the base \
+                 (or to Bundle); \
                  it is acknowledged 201 once stored, and GET Bundle/{id}/$delivery-status reports its delivery."
                     .into(),
             ),
@@ -63,7 +64,8 @@ pub fn statement(started: &str) -> CapabilityStatement {
     }
 }
 
-/// Resources with their own handlers: grants (Consent) and the audit log (AuditEvent).
+/// Resources with their own handlers: grants (Consent), patient links (Linkage), pushed
+/// documents (Bundle) and the audit log (AuditEvent).
 fn managed_resources() -> impl Iterator<Item = RestResource> {
     let resource = |ty: &str, interactions: &[&str], params: &[(&str, &str)]| RestResource {
         type_: ty.into(),
@@ -76,6 +78,9 @@ fn managed_resources() -> impl Iterator<Item = RestResource> {
     };
     [
         resource("Consent", &["read", "search-type", "create", "delete"], &[("patient", "reference")]),
+        resource("Linkage", &["search-type", "create"], &[("item", "reference"), ("source", "reference")]),
+        // A pushed document: the same as POST to the base.
+        resource("Bundle", &["create"], &[]),
         resource(
             "AuditEvent",
             &["search-type"],

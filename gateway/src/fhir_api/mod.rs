@@ -6,6 +6,7 @@ pub mod audit_events;
 pub mod body;
 pub mod capability;
 pub mod consent;
+pub mod linkage;
 pub mod negotiate;
 pub mod params;
 pub mod push;
@@ -22,10 +23,12 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/fhir/metadata", get(capability::metadata))
         .route("/fhir", axum::routing::post(push::push))
+        .route("/fhir/Bundle", axum::routing::post(push::push))
         .route("/fhir/Bundle/{id}/$delivery-status", get(push::delivery_status))
         .route("/fhir/AuditEvent", get(audit_events::search))
         .route("/fhir/Consent", get(consent::search).post(consent::create))
         .route("/fhir/Consent/{id}", get(consent::read).delete(consent::revoke))
+        .route("/fhir/Linkage", get(linkage::search).post(linkage::create))
         .route("/fhir/Patient/{id}/$everything", get(read::everything))
         .route("/fhir/{type}", get(read::search))
         .route("/fhir/{type}/{id}", get(read::read))

@@ -1,5 +1,6 @@
-//! `POST /fhir`: a hospital system pushes a FHIR document Bundle (discharge summary,
-//! referral; JP-CLINS shape) for a recipient institution. The document is checked in
+//! `POST /fhir` (or `POST /fhir/Bundle`, the plain FHIR create that generic clients
+//! use for a document): a hospital system pushes a FHIR document Bundle (discharge
+//! summary, referral; JP-CLINS shape) for a recipient institution. The document is checked in
 //! full, stored durably with its idempotency key (`Bundle.identifier`), a referral
 //! grant and a delivery in the outbox — one transaction — and only then acknowledged
 //! `201`. The outbox worker delivers it to the recipient's inbox in its native format.

@@ -269,7 +269,24 @@ async fn search_inner(state: AppState, ty: String, req: Request) -> Result<Respo
         }
         out
     } else {
-        state.policy.filter(&c.who, matching, &c.ctx)
+        let mut permitted = state.policy.filter(&c.who, matching, &c.ctx);
+        if ty == "Patient" && search.criteria.iter().any(|cr| matches!(cr, Criterion::Token { name, .. } if name == "identifier")) {
+            // The same person at other sites, reached only from a record the caller
+            // may see, each still decided by its own owner's policy.
+            let links = state.linkage.links(&snap);
+            let mut linked: Vec<&Arc<Stored>> = Vec::new();
+            for p in &permitted {
+                for (id, _) in links.linked(p.record.resource.id().unwrap_or("")) {
+                    if let Some(s) = snap.get("Patient", id) {
+                        if !permitted.iter().any(|q| Arc::ptr_eq(&q.record, s)) && !linked.iter().any(|l| Arc::ptr_eq(l, s)) {
+                            linked.push(s);
+                        }
+                    }
+                }
+            }
+            permitted.extend(state.policy.filter(&c.who, linked, &c.ctx));
+        }
+        permitted
     };
     respond_page(&state, &c, Interaction::Search, &ty, &search, permitted, includes, Some(query)).await
 }
@@ -291,7 +308,14 @@ async fn everything_inner(state: AppState, id: String, req: Request) -> Result<R
     }
     search.used.clear();
     let snap = state.records.snapshot();
-    let permitted = state.policy.filter(&c.who, snap.for_patient(&id), &c.ctx);
+    let mut permitted = state.policy.filter(&c.who, snap.for_patient(&id), &c.ctx);
+    if !permitted.is_empty() {
+        // The person's records at every linked site, each under its own owner's policy.
+        let links = state.linkage.links(&snap);
+        for (other, _) in links.linked(&id) {
+            permitted.extend(state.policy.filter(&c.who, snap.for_patient(other), &c.ctx));
+        }
+    }
     if permitted.is_empty() {
         let asked: Vec<Disclosed> =
             snap.get("Patient", &id).map(|s| disclosure(s, String::new())).into_iter().collect();

@@ -68,6 +68,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0005_push.sql"),
         postgres: include_str!("../../migrations/postgres/0005_push.sql"),
     },
+    Migration {
+        version: 6,
+        sqlite: include_str!("../../migrations/sqlite/0006_linkage.sql"),
+        postgres: include_str!("../../migrations/postgres/0006_linkage.sql"),
+    },
 ];
 
 impl Store {

@@ -1,0 +1,183 @@
+//! `/fhir/Linkage`: which Patient records of different sites are one person.
+//! `GET ?item=Patient/{id}` shows the caller the links of a patient it may see;
+//! `POST` lets an owner of one of two records link them (`active: true`) or declare
+//! them different people (`active: false`), overriding automatic linkage. Both are
+//! audited; neither discloses a record the caller's policy does not already allow.
+
+use super::read::{audit, caller, record, Caller};
+use crate::app::{fhir_bytes, fhir_json, ApiError, AppState};
+use crate::audit::{Disclosed, Interaction, Outcome};
+use crate::linkage::{DecidedBy, Decision};
+use crate::policy::Permit;
+use crate::records::Stored;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+use kakehashi_certs::Role;
+use kakehashi_fhir::{Extension, Identifier, IssueType, Linkage, LinkageItem, Reference};
+use kakehashi_mappings::codes::INSTITUTION_NUMBER;
+use std::sync::Arc;
+
+/// Extension on `Linkage.item` naming why the record is linked.
+pub const LINK_BASIS_EXTENSION: &str = "urn:kakehashi:link-basis";
+
+fn require_clinical_role(c: &Caller) -> Result<(), ApiError> {
+    match c.who.role {
+        Role::HospitalSystem | Role::ClinicTerminal | Role::Doctor => Ok(()),
+        role => Err(ApiError::Forbidden(format!("patient linkage is not for the {role} role"))),
+    }
+}
+
+fn patient_id(r: &Reference, expr: &str) -> Result<String, ApiError> {
+    r.reference
+        .as_deref()
+        .and_then(|r| r.strip_prefix("Patient/"))
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::invalid("must reference Patient/{id}", expr))
+}
+
+/// A Patient the caller may see, with the permit that says so.
+fn visible<'s>(
+    state: &AppState,
+    c: &Caller,
+    snap: &'s crate::records::Snapshot,
+    id: &str,
+) -> Option<(&'s Arc<Stored>, Permit)> {
+    let p = snap.get("Patient", id)?;
+    state.policy.decide(&c.who, p, &c.ctx).ok().map(|permit| (p, permit))
+}
+
+fn shown(p: &Stored, permit: &Permit) -> Disclosed {
+    Disclosed { reference: p.key(), owner: p.owner.clone(), patient: p.patient.clone(), basis: permit.basis().code() }
+}
+
+fn item(type_: &str, id: &str, basis: Option<&str>) -> LinkageItem {
+    LinkageItem {
+        extension: basis
+            .map(|b| Extension { url: LINK_BASIS_EXTENSION.into(), value_code: Some(b.into()), ..Default::default() })
+            .into_iter()
+            .collect(),
+        type_: type_.into(),
+        resource: Reference { reference: Some(format!("Patient/{id}")), ..Default::default() },
+    }
+}
+
+/// `POST /fhir/Linkage`.
+pub async fn create(State(state): State<AppState>, req: Request) -> Response {
+    create_inner(state, req).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn create_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
+    let c = caller(&req, &state)?;
+    require_clinical_role(&c)?;
+    let body = super::body::bytes(req.into_body(), state.config.server.max_body_bytes).await?;
+    let linkage: Linkage = super::body::parse(&body)?;
+    if linkage.item.len() != 2 {
+        return Err(ApiError::invalid("a Linkage names exactly two Patient records", "Linkage.item"));
+    }
+    let a = patient_id(&linkage.item[0].resource, "Linkage.item[0].resource")?;
+    let b = patient_id(&linkage.item[1].resource, "Linkage.item[1].resource")?;
+    if a == b {
+        return Err(ApiError::invalid("the two items name the same Patient", "Linkage.item"));
+    }
+    let snap = state.records.snapshot();
+    // A record the caller cannot see gets the same answer as one that does not exist.
+    let not_visible = |i: usize, id: &str| ApiError::BadRequest {
+        code: IssueType::BusinessRule,
+        diagnostics: format!("Patient/{id} is not known or not visible to you"),
+        expression: Some(format!("Linkage.item[{i}].resource")),
+    };
+    let (pa, permit_a) = visible(&state, &c, &snap, &a).ok_or_else(|| not_visible(0, &a))?;
+    let (pb, permit_b) = visible(&state, &c, &snap, &b).ok_or_else(|| not_visible(1, &b))?;
+    if pa.owner != c.who.institution && pb.owner != c.who.institution {
+        return Err(ApiError::Forbidden(
+            "only an institution owning one of the two records links or separates them".into(),
+        ));
+    }
+    let linked = linkage.active.unwrap_or(true);
+    let decision = Decision { a: a.clone(), b: b.clone(), linked };
+    let principal = format!("{} {}", c.who.terminal, c.who.fingerprint);
+    state
+        .linkage
+        .decide(&state.store, &decision, DecidedBy { institution: &c.who.institution, principal: &principal })
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the decision could not be stored: {e}")))?;
+    let desc = Some(if linked { "patients linked" } else { "patients separated" }.to_string());
+    let disclosed = vec![shown(pa, &permit_a), shown(pb, &permit_b)];
+    audit(&state, record(&c, Interaction::Create, Outcome::Success, desc, disclosed, None)).await?;
+
+    let out = Linkage {
+        active: Some(linked),
+        author: Some(Reference {
+            identifier: Some(Identifier {
+                system: Some(INSTITUTION_NUMBER.into()),
+                value: Some(c.who.institution.clone()),
+                ..Default::default()
+            }),
+            display: Some(c.who.institution_name.clone()),
+            type_: Some("Organization".into()),
+            ..Default::default()
+        }),
+        item: vec![item("source", &a, Some("manual")), item("alternate", &b, Some("manual"))],
+        ..Default::default()
+    };
+    let bytes = serde_json::to_vec(&out).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut resp = fhir_bytes(StatusCode::CREATED, bytes);
+    if let Ok(v) = HeaderValue::from_str(&format!("{}/Linkage?item=Patient/{a}", c.base)) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// `GET /fhir/Linkage?item=Patient/{id}`.
+pub async fn search(State(state): State<AppState>, req: Request) -> Response {
+    search_inner(state, req).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn search_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
+    let c = caller(&req, &state)?;
+    require_clinical_role(&c)?;
+    let query = req.uri().query().unwrap_or("").to_string();
+    let mut item_of = None;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "item" | "source" => {
+                let r = Reference { reference: Some(v.to_string()), ..Default::default() };
+                item_of = Some(patient_id(&r, k.as_ref())?);
+            }
+            "_format" | "_count" => {}
+            other if c.strict => return Err(ApiError::invalid(format!("unknown parameter `{other}`"), other)),
+            _ => {}
+        }
+    }
+    let id = item_of.ok_or_else(|| ApiError::invalid("item=Patient/{id} is required", "item"))?;
+    let snap = state.records.snapshot();
+    let mut entry = Vec::new();
+    let mut disclosed = Vec::new();
+    if let Some((p, permit)) = visible(&state, &c, &snap, &id) {
+        disclosed.push(shown(p, &permit));
+        let links = state.linkage.links(&snap);
+        let mut items = vec![item("source", &id, None)];
+        for (other, basis) in links.linked(&id) {
+            // Links to records the caller may not see are not shown: they reveal a person.
+            if let Some((o, permit)) = visible(&state, &c, &snap, other) {
+                disclosed.push(shown(o, &permit));
+                items.push(item("alternate", other, Some(basis.code())));
+            }
+        }
+        if items.len() > 1 {
+            let linkage = Linkage { id: Some(format!("person-{id}")), active: Some(true), item: items, ..Default::default() };
+            entry.push(serde_json::json!({
+                "fullUrl": format!("{}/Linkage/person-{id}", c.base),
+                "resource": linkage,
+                "search": { "mode": "match" }
+            }));
+        }
+    }
+    audit(&state, record(&c, Interaction::Search, Outcome::Success, None, disclosed, Some(query))).await?;
+    Ok(fhir_json(
+        StatusCode::OK,
+        &serde_json::json!({ "resourceType": "Bundle", "type": "searchset", "total": entry.len(), "entry": entry }),
+    ))
+}
