@@ -29,6 +29,8 @@ pub struct Metrics {
     pub identity_refusals: AtomicU64,
     /// Successful reloads of TLS material.
     pub tls_reloads: AtomicU64,
+    /// Audit forwarding counters, when `[audit.forward]` is configured.
+    pub audit_forward: std::sync::OnceLock<Arc<crate::audit::forward::ForwardStats>>,
 }
 
 impl Metrics {
@@ -85,6 +87,15 @@ impl Metrics {
             ),
         ] {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
+        }
+        if let Some(f) = self.audit_forward.get() {
+            for (name, help, v) in [
+                ("kakehashi_audit_forward_sent_total", "Audit events sent to the ATNA repository.", &f.sent),
+                ("kakehashi_audit_forward_dropped_total", "Audit events not forwarded (queue full).", &f.dropped),
+                ("kakehashi_audit_forward_connects_total", "Connections made to the ATNA repository.", &f.connects),
+            ] {
+                let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
+            }
         }
         s
     }

@@ -40,7 +40,7 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct BenchArgs {
-    /// patient-read, search-20 or metadata.
+    /// patient-read, search-20, everything, push-50k or metadata.
     #[arg(long, value_enum, default_value = "patient-read")]
     workload: BenchWorkload,
     /// h1 (keep-alive), h2, new (full handshake per request) or resume.
@@ -64,6 +64,9 @@ struct BenchArgs {
     /// Gateway instances sharing the database; clients are spread across them.
     #[arg(long, default_value_t = 1)]
     instances: usize,
+    /// After the rounds, hold this many idle keep-alive connections and report memory.
+    #[arg(long, default_value_t = 0)]
+    idle: usize,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -71,6 +74,9 @@ enum BenchWorkload {
     PatientRead,
     #[value(name = "search-20")]
     Search20,
+    Everything,
+    #[value(name = "push-50k")]
+    Push50k,
     Metadata,
 }
 
@@ -294,6 +300,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 workload: match b.workload {
                     BenchWorkload::PatientRead => scenario::Workload::PatientRead,
                     BenchWorkload::Search20 => scenario::Workload::Search20,
+                    BenchWorkload::Everything => scenario::Workload::Everything,
+                    BenchWorkload::Push50k => scenario::Workload::Push50k,
                     BenchWorkload::Metadata => scenario::Workload::Metadata,
                 },
                 mode: match b.mode {
@@ -308,6 +316,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 rate_per_client: b.rate.max(0.0),
                 database_url: b.database_url,
                 instances: b.instances.clamp(1, 8),
+                idle: b.idle.min(10_000),
             };
             runtime()?.block_on(scenario::bench(opts)).map(|_| ())
         }

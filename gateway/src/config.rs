@@ -146,6 +146,44 @@ pub struct AuditSettings {
     /// Public halves (hex) of retired signing keys, so checkpoints they signed still verify.
     #[serde(default)]
     pub retired_public_keys: Vec<PathBuf>,
+    /// Also send every event to an ATNA audit record repository (syslog over TLS).
+    #[serde(default)]
+    pub forward: Option<AuditForward>,
+}
+
+/// `[audit.forward]`: an IHE ATNA audit record repository reached by RFC 5425 syslog over TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditForward {
+    /// `host:port` of the repository (6514 is syslog over TLS).
+    pub address: String,
+    /// The name its certificate is checked against.
+    pub server_name: String,
+    /// CA certificates trusted for the repository's certificate.
+    pub ca: PathBuf,
+    /// Client certificate, when the repository requires mutual TLS.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Its key.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Events held while the repository is unreachable; beyond this they are counted as dropped.
+    #[serde(default = "default_forward_queue")]
+    pub queue: usize,
+    /// HOSTNAME field of the syslog messages.
+    #[serde(default = "default_forward_name")]
+    pub hostname: String,
+    /// APP-NAME field of the syslog messages.
+    #[serde(default = "default_forward_name")]
+    pub app_name: String,
+}
+
+fn default_forward_queue() -> usize {
+    10_000
+}
+
+fn default_forward_name() -> String {
+    "kakehashi".into()
 }
 
 fn default_checkpoint_every() -> u64 {
@@ -310,6 +348,10 @@ impl Config {
         fix(&mut self.tls.key);
         fix(&mut self.audit.signing_key);
         self.audit.retired_public_keys.iter_mut().for_each(fix);
+        if let Some(f) = &mut self.audit.forward {
+            fix(&mut f.ca);
+            f.cert.iter_mut().chain(f.key.iter_mut()).for_each(fix);
+        }
         self.tls.crls.iter_mut().for_each(fix);
         for s in &mut self.sites {
             if let Some(inbox) = &mut s.inbox {

@@ -110,6 +110,35 @@ pub fn build_server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     Ok(cfg)
 }
 
+/// A client configuration trusting the CAs in `ca` and presenting `identity`
+/// (certificate chain, key) when given: the load harness's clients and the audit
+/// forwarder's connection to a repository.
+pub fn client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    alpn: &[&[u8]],
+    resumption: bool,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots.add(c).map_err(|e| pem_err(ca, e))?;
+    }
+    let builder =
+        rustls::ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?.with_root_certificates(roots);
+    let mut cfg = match identity {
+        Some((cert, key)) => {
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, e))?;
+            builder.with_client_auth_cert(load_certs(cert)?, key_der)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    if !resumption {
+        cfg.resumption = rustls::client::Resumption::disabled();
+    }
+    Ok(Arc::new(cfg))
+}
+
 /// The current TLS configuration, rebuilt when any of its files changes.
 pub struct ReloadingConfig {
     files: TlsFiles,

@@ -32,6 +32,9 @@ pub enum StartError {
     /// The audit signing key is unusable.
     #[error(transparent)]
     AuditKey(#[from] crate::audit::checkpoint::KeyError),
+    /// `[audit.forward]` is unusable.
+    #[error(transparent)]
+    AuditForward(#[from] crate::audit::forward::ForwardError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
@@ -47,6 +50,7 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     store: Store,
     checkpoints: crate::audit::Checkpoints,
+    forward: Option<crate::audit::forward::Forwarder>,
 }
 
 impl Gateway {
@@ -61,6 +65,7 @@ impl Gateway {
         let members = Members::from_config(&config);
         let store = Store::open(&config.database.url).await?;
         let checkpoints = checkpoints(&config, &store).await?;
+        let forward = config.audit.forward.as_ref().map(crate::audit::forward::Forwarder::start).transpose()?;
         Ok(Gateway {
             config: Arc::new(config),
             listener,
@@ -70,6 +75,7 @@ impl Gateway {
             metrics: Arc::default(),
             store,
             checkpoints,
+            forward,
         })
     }
 
@@ -86,12 +92,19 @@ impl Gateway {
     /// Serve until `shutdown` resolves, then stop accepting and give in-flight
     /// requests `server.shutdown_grace_secs` to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Gateway { config, listener, admin, tls, members, metrics, store, checkpoints } = self;
+        let Gateway { config, listener, admin, tls, members, metrics, store, checkpoints, forward } = self;
         let limits = &config.server;
         let records = crate::records::Records::load(&config);
         let refresh = tokio::spawn(records.clone().watch(Duration::from_millis(limits.records_refresh_ms.max(100))));
-        let audit =
-            crate::audit::AuditLog::start(store.clone(), format!("kakehashi {}", config.federation.name), checkpoints);
+        if let Some(f) = &forward {
+            let _ = metrics.audit_forward.set(f.stats.clone());
+        }
+        let audit = crate::audit::AuditLog::start_forwarding(
+            store.clone(),
+            format!("kakehashi {}", config.federation.name),
+            checkpoints,
+            forward,
+        );
         let state = AppState::new(config.clone(), metrics.clone(), store.clone(), records, audit);
         if let Err(e) = state.policy.grants.reload(&store).await {
             tracing::error!(error = %e, "grants could not be loaded; cross-site reads are refused until they are");

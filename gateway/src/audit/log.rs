@@ -6,7 +6,7 @@
 
 use super::checkpoint::Signer;
 use super::event::AuditRecord;
-use crate::store::{Backend, Store};
+use crate::store::{Lock, Store};
 use sqlx::Row;
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,8 +107,18 @@ pub struct Checkpoints {
 impl AuditLog {
     /// Start the writer task for `store`; `observer` names this gateway in events.
     pub fn start(store: Store, observer: String, checkpoints: Checkpoints) -> AuditLog {
+        Self::start_forwarding(store, observer, checkpoints, None)
+    }
+
+    /// As [`AuditLog::start`], also offering every committed event to `forward`.
+    pub fn start_forwarding(
+        store: Store,
+        observer: String,
+        checkpoints: Checkpoints,
+        forward: Option<super::forward::Forwarder>,
+    ) -> AuditLog {
         let (tx, rx) = mpsc::channel(8192);
-        tokio::spawn(writer(store, checkpoints, rx));
+        tokio::spawn(writer(store, checkpoints, rx, forward));
         AuditLog {
             tx,
             observer: observer.into(),
@@ -138,7 +148,12 @@ impl AuditLog {
     }
 }
 
-async fn writer(store: Store, cp: Checkpoints, mut rx: mpsc::Receiver<Job>) {
+async fn writer(
+    store: Store,
+    cp: Checkpoints,
+    mut rx: mpsc::Receiver<Job>,
+    forward: Option<super::forward::Forwarder>,
+) {
     let mut tick = tokio::time::interval(cp.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -163,6 +178,12 @@ async fn writer(store: Store, cp: Checkpoints, mut rx: mpsc::Receiver<Job>) {
         }
         match write_batch(&store, &cp, &batch).await {
             Ok(first_seq) => {
+                // Only committed events are forwarded; the queue never waits.
+                if let Some(f) = &forward {
+                    for (i, job) in batch.iter().enumerate() {
+                        f.offer(job.prepared.event(first_seq + i as i64));
+                    }
+                }
                 for (i, job) in batch.into_iter().enumerate() {
                     let _ = job.reply.send(Ok(first_seq + i as i64));
                 }
@@ -190,11 +211,8 @@ fn list(items: Vec<&str>) -> String {
 const ROWS_PER_INSERT: usize = 16;
 
 async fn write_batch(store: &Store, cp: &Checkpoints, batch: &[Job]) -> Result<i64, sqlx::Error> {
-    let mut tx = store.pool().begin().await?;
-    if store.backend() == Backend::Postgres {
-        // Instances sharing one database append to one chain, one batch at a time.
-        sqlx::query("SELECT pg_advisory_xact_lock(7263002)").execute(&mut *tx).await?;
-    }
+    // Instances sharing one database append to one chain, one batch at a time.
+    let mut tx = store.begin_write(Lock::AuditChain).await?;
     let head =
         sqlx::query("SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *tx).await?;
     let (mut seq, mut prev): (i64, Vec<u8>) = match head {
@@ -266,7 +284,7 @@ async fn write_batch(store: &Store, cp: &Checkpoints, batch: &[Job]) -> Result<i
 }
 
 async fn insert_checkpoint(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    conn: &mut sqlx::AnyConnection,
     signer: &Signer,
     seq: i64,
     hash: &[u8],
@@ -280,17 +298,14 @@ async fn insert_checkpoint(
     .bind(signed_at)
     .bind(signer.key_id().to_string())
     .bind(signer.sign(seq, hash, signed_at))
-    .execute(&mut **tx)
+    .execute(conn)
     .await?;
     Ok(())
 }
 
 /// Sign the chain head if events were added since the last checkpoint.
 pub async fn checkpoint_head(store: &Store, signer: &Signer) -> Result<Option<i64>, sqlx::Error> {
-    let mut tx = store.pool().begin().await?;
-    if store.backend() == Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock(7263002)").execute(&mut *tx).await?;
-    }
+    let mut tx = store.begin_write(Lock::AuditChain).await?;
     let head =
         sqlx::query("SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *tx).await?;
     let Some(head) = head else { return Ok(None) };

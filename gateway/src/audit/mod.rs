@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod event;
 pub mod export;
+pub mod forward;
 pub mod log;
 pub mod verify;
 

@@ -160,10 +160,7 @@ pub async fn verify(store: &Store, keys: &TrustedKeys, every: i64) -> Result<Rep
 /// keeping that checkpoint as the signed anchor the remaining chain verifies from.
 /// Returns the anchor's sequence number, or None when nothing could be pruned.
 pub async fn prune(store: &Store, before_micros: i64) -> Result<Option<i64>, sqlx::Error> {
-    let mut tx = store.pool().begin().await?;
-    if store.backend() == crate::store::Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock(7263002)").execute(&mut *tx).await?;
-    }
+    let mut tx = store.begin_write(crate::store::Lock::AuditChain).await?;
     let anchor = sqlx::query(
         "SELECT c.seq, c.hash, c.signed_at, c.key_id, c.signature FROM audit_checkpoint c \
          JOIN audit_event e ON e.seq = c.seq WHERE e.recorded < $1 ORDER BY c.seq DESC LIMIT 1",

@@ -9,7 +9,7 @@ use kakehashi_certs::{CertsError, ClientCertRequest, InitOptions, Pki, Role};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-pub use samples::{write_bulk_prescriptions, write_sites};
+pub use samples::{large_discharge_summary, write_bulk_prescriptions, write_sites, write_year_of_records};
 
 /// Why the demo could not be prepared.
 #[derive(Debug, thiserror::Error)]

@@ -245,6 +245,61 @@ pub fn write_bulk_prescriptions(dir: &Path, patient_index: usize, orders: usize)
     Ok(())
 }
 
+/// A year of records of one person at two sites, for the `$everything` benchmark: at
+/// the hub, hub patient 1000001 (島田 花子) gets a weekly prescription and a monthly lab
+/// result; at clinic A, the same person (its patient A-0101) gets a monthly JAHIS
+/// prescription in `sites/clinic-a/rx`, naming the insurance card the hub's record names.
+pub fn write_year_of_records(dir: &Path) -> Result<(), String> {
+    let root = dir.join("sites/hub/ss-mix2");
+    let p = &HUB_PATIENTS[0];
+    for week in 0..52 {
+        let (month, day) = (1 + week / 5 % 12, 1 + week % 5 * 5);
+        let date = format!("2025{month:02}{day:02}");
+        let order = format!("{:015}", 600_000 + week);
+        let path = ss_mix2_path(&root, p.id, &date, "OMP-01", &order, &format!("{date}103100000"), "01");
+        write_bytes(&path, &iso2022jp(&omp01(p, &order))?)?;
+        if week % 52 < 12 {
+            let order = format!("{:015}", 700_000 + week);
+            let date = format!("2025{:02}15", week + 1);
+            let path = ss_mix2_path(&root, p.id, &date, "OML-11", &order, &format!("{date}150000000"), "01");
+            write_bytes(&path, &iso2022jp(&oml11(p, &order))?)?;
+        }
+    }
+    for month in 1..=12 {
+        let rx = format!(
+            "JAHIS7\r\n1,1,0200021,46,{}\r\n5,D01,ｸﾛｼﾏ ﾀﾛｳ,黒島　太郎\r\n11,A-0101,島田　花子,ｼﾏﾀﾞ ﾊﾅｺ\r\n12,2\r\n13,19520314\r\n21,7\r\n22,67461001\r\n23,黒島,１２３４,1\r\n51,2025{month:02}20\r\n82,1,RX-KUROSHIMA-2025{month:02}\r\n101,1,1,,28\r\n111,1,1,1013044400000000,1日3回 朝昼夕食後,3\r\n201,1,1,1,7,2171014F1ZZZ,【般】アムロジピン錠５ｍｇ,1,1,錠\r\n",
+            super::CLINIC_A.name
+        );
+        let (bytes, _, unmappable) = encoding_rs::SHIFT_JIS.encode(&rx);
+        if unmappable {
+            return Err("a sample prescription has characters outside Shift_JIS".into());
+        }
+        write_bytes(&dir.join(format!("sites/clinic-a/rx/RX-KUROSHIMA-2025{month:02}.csv")), &bytes)?;
+    }
+    Ok(())
+}
+
+/// The demo's discharge summary grown to about `bytes` by a longer clinical course
+/// narrative (section 330), for the push benchmark.
+pub fn large_discharge_summary(bytes: usize) -> Result<String, String> {
+    let mut doc: serde_json::Value = serde_json::from_str(DISCHARGE_SUMMARY).map_err(|e| e.to_string())?;
+    let sections = doc["entry"][0]["resource"]["section"].as_array_mut().ok_or("the sample has no sections")?;
+    let course = sections
+        .iter_mut()
+        .find(|s| s["code"]["coding"][0]["code"] == "330")
+        .ok_or("the sample has no clinical course section")?;
+    let line = "<p>第N病日: 血圧 128/76 mmHg、脈拍 72/分、体温 36.6℃。食事摂取良好、歩行器で病棟内自立。内服継続、副作用なし。</p>";
+    let mut div = String::from("<div xmlns=\"http://www.w3.org/1999/xhtml\">");
+    let mut day = 1;
+    while DISCHARGE_SUMMARY.len() + div.len() < bytes {
+        div.push_str(&line.replace('N', &day.to_string()));
+        day += 1;
+    }
+    div.push_str("</div>");
+    course["text"] = serde_json::json!({ "status": "generated", "div": div });
+    serde_json::to_string(&doc).map_err(|e| e.to_string())
+}
+
 /// A JAHIS prescription of clinic B for its patient 黒木 一郎 (prescription RX-YAMABE-0001).
 const CLINIC_B_RX: &str = "JAHIS7\r\n1,1,0200032,46,青波町立山辺診療所\r\n5,D01,ﾔﾏﾍﾞ ｼﾞﾛｳ,山辺　次郎\r\n11,B-0201,黒木　一郎,ｸﾛｷ ｲﾁﾛｳ\r\n12,1\r\n13,19451102\r\n21,7\r\n22,39461002\r\n23,山辺,５６７,1\r\n51,20260415\r\n82,1,RX-YAMABE-0001\r\n101,1,1,,14\r\n111,1,1,1013044400000000,1日3回 朝昼夕食後,3\r\n201,1,1,1,7,1149019F1ZZZ,【般】ロキソプロフェンＮａ錠６０ｍｇ,3,1,錠\r\n281,1,1,1,3,後発品変更不可\r\n";
 

@@ -8,6 +8,7 @@
 use super::read::{audit, caller, record, Caller};
 use crate::app::{fhir_json, ApiError, AppState};
 use crate::audit::{Disclosed, Interaction, Outcome};
+use crate::policy::grants::{Grant, GrantKind};
 use crate::sites::Owner;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -191,14 +192,10 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
     let now = crate::audit::now_micros() / 1_000_000;
     let store = &state.store;
     let mut tx = store
-        .pool()
-        .begin()
+        .begin_write(crate::store::Lock::Push)
         .await
         .map_err(|e| ApiError::Unavailable(format!("the document store is unavailable: {e}")))?;
     let db = |e: sqlx::Error| ApiError::Unavailable(format!("the document could not be stored: {e}"));
-    if store.backend() == crate::store::Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock(7263004)").execute(&mut *tx).await.map_err(db)?;
-    }
     let existing = sqlx::query("SELECT id, content_hash FROM pushed_document WHERE identifier = $1")
         .bind(&checked.key)
         .fetch_optional(&mut *tx)
@@ -207,6 +204,8 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
     let (push_id, status) = match existing {
         Some(row) => {
             let (id, hash): (String, String) = (row.try_get(0).map_err(db)?, row.try_get(1).map_err(db)?);
+            // Nothing to write: let the next writer (the audit log among them) in now.
+            drop(tx);
             if hash != checked.hash {
                 return Err(ApiError::Conflict(format!(
                     "a different document was already pushed with identifier {}",
@@ -247,33 +246,44 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
             };
             let patient_id = ctx.id_for("Patient", &checked.patient_local);
             let days = state.config.server.referral_days.max(1) as i64;
+            let grant = Grant {
+                id: format!("referral-{id}"),
+                owner: c.who.institution.clone(),
+                kind: GrantKind::Referral,
+                patient: patient_id.clone(),
+                grantees: vec![checked.recipient.clone()],
+                resource_types: vec![],
+                valid_from: now,
+                valid_to: now + days * 86_400,
+                revoked_at: None,
+                resource: referral_consent(&id, &patient_id, &c.who.institution, &checked.recipient, now, days),
+            };
             sqlx::query(
                 "INSERT INTO policy_grant (id, owner, kind, patient, grantees, resource_types, valid_from, valid_to, revoked_at, created_at, created_by, resource) \
                  VALUES ($1, $2, 'referral', $3, $4, '', $5, $6, NULL, $5, $7, $8)",
             )
-            .bind(format!("referral-{id}"))
-            .bind(&c.who.institution)
-            .bind(&patient_id)
+            .bind(&grant.id)
+            .bind(&grant.owner)
+            .bind(&grant.patient)
             .bind(format!(",{},", checked.recipient))
-            .bind(now)
-            .bind(now + days * 86_400)
+            .bind(grant.valid_from)
+            .bind(grant.valid_to)
             .bind(&c.who.fingerprint)
-            .bind(referral_consent(&id, &patient_id, &c.who.institution, &checked.recipient, now, days))
+            .bind(&grant.resource)
             .execute(&mut *tx)
             .await
             .map_err(db)?;
             tx.commit().await.map_err(db)?;
-            // Durable from here on; the mirrors follow.
-            if let Err(e) = state.policy.grants.reload(store).await {
-                tracing::warn!(error = %e, "grants reload after push failed; the periodic reload will pick it up");
-            }
+            // Durable from here on; the mirrors follow (this grant only: reloading every
+            // grant on each push made pushes slower as grants accumulated).
+            state.policy.grants.remember(grant);
             let owner =
                 Owner { code: c.who.institution.clone(), name: c.who.institution_name.clone(), site: "push".into() };
             let records = records_of(&bundle, &id, &ctx, &checked.patient_local)
                 .into_iter()
                 .map(|r| (r, owner.clone()))
                 .collect();
-            state.records.add_pushed(records);
+            state.records.add_pushed(records).await;
             (id, StatusCode::CREATED)
         }
     };
@@ -355,7 +365,7 @@ async fn status_inner(state: AppState, id: String, req: Request) -> Result<Respo
 pub async fn load_pushed(
     store: &crate::store::Store,
     config: &crate::config::Config,
-    records: &crate::records::Records,
+    records: &std::sync::Arc<crate::records::Records>,
 ) -> Result<usize, sqlx::Error> {
     let rows = sqlx::query("SELECT id, sender, patient, bundle FROM pushed_document ORDER BY received_at")
         .fetch_all(store.pool())
@@ -371,6 +381,6 @@ pub async fn load_pushed(
         let owner = Owner { code: sender, name, site: "push".into() };
         all.extend(records_of(&b, &id, &ctx, &patient).into_iter().map(|r| (r, owner.clone())));
     }
-    records.add_pushed(all);
+    records.add_pushed(all).await;
     Ok(rows.len())
 }

@@ -29,9 +29,11 @@ pub async fn start(
             let (acceptor, body, http) = (acceptor.clone(), body.clone(), http.clone());
             tokio::spawn(async move {
                 let Ok(stream) = acceptor.accept(tcp).await else { return };
-                let svc = hyper::service::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let body = body.clone();
                     async move {
+                        // Read what was sent (a pushed document), as the gateway does.
+                        let _ = http_body_util::BodyExt::collect(req.into_body()).await;
                         let mut r = http::Response::new(http_body_util::Full::new(body));
                         *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
                         r.headers_mut()

@@ -43,7 +43,35 @@ pub struct RequestSpec {
     pub body: Bytes,
     /// Status that counts as success.
     pub expect: u16,
+    /// For requests that must differ (idempotency keys of pushed documents): the body
+    /// is sent as `head`, a fresh `token-N`, then `tail` (see [`RequestSpec::unique`]).
+    pub unique: Option<Unique>,
 }
+
+/// A body split around a token that every request replaces with a fresh value.
+#[derive(Debug, Clone)]
+pub struct Unique {
+    head: Bytes,
+    token: String,
+    tail: Bytes,
+}
+
+impl RequestSpec {
+    /// Make every request's body differ: the first `token` in the body becomes `token-N`.
+    pub fn unique(mut self, token: &str) -> Result<RequestSpec, String> {
+        let at = self
+            .body
+            .windows(token.len().max(1))
+            .position(|w| w == token.as_bytes())
+            .ok_or_else(|| format!("`{token}` is not in the request body"))?;
+        let tail = self.body.slice(at + token.len()..);
+        self.unique = Some(Unique { head: self.body.slice(..at), token: token.to_string(), tail });
+        Ok(self)
+    }
+}
+
+/// Numbers for [`RequestSpec::unique`], fresh across runs of one process.
+static UNIQUE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A load run.
 #[derive(Clone)]
@@ -106,7 +134,7 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).expect("histogram"))
 }
 
-/// A TLS client configuration for the harness.
+/// A TLS client configuration for the harness: trusts `ca`, presents `cert` and `key`.
 pub fn client_config(
     ca: &std::path::Path,
     cert: &std::path::Path,
@@ -114,28 +142,7 @@ pub fn client_config(
     alpn: &[&[u8]],
     resumption: bool,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
-        roots.add(c.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    }
-    let certs = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("{}: {e}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let mut cfg = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)
-        .map_err(|e| e.to_string())?;
-    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    if !resumption {
-        cfg.resumption = rustls::client::Resumption::disabled();
-    }
-    Ok(Arc::new(cfg))
+    crate::tls::client_config(ca, Some((cert, key)), alpn, resumption).map_err(|e| e.to_string())
 }
 
 type Sender1 = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -178,7 +185,19 @@ fn build(spec: &RequestSpec, h2: bool, close: bool) -> http::Request<Full<Bytes>
     for (k, v) in &spec.headers {
         b = b.header(k.as_str(), v.as_str());
     }
-    b.body(Full::new(spec.body.clone())).unwrap_or_else(|_| http::Request::new(Full::new(Bytes::new())))
+    let body = match &spec.unique {
+        Some(u) => {
+            let n = UNIQUE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let fresh = format!("{}-{n}", u.token);
+            let mut b = Vec::with_capacity(u.head.len() + fresh.len() + u.tail.len());
+            b.extend_from_slice(&u.head);
+            b.extend_from_slice(fresh.as_bytes());
+            b.extend_from_slice(&u.tail);
+            Bytes::from(b)
+        }
+        None => spec.body.clone(),
+    };
+    b.body(Full::new(body)).unwrap_or_else(|_| http::Request::new(Full::new(Bytes::new())))
 }
 
 async fn send(conn: &mut Conn, spec: &RequestSpec, close: bool) -> Result<(), String> {
@@ -200,6 +219,22 @@ async fn send(conn: &mut Conn, spec: &RequestSpec, close: bool) -> Result<(), St
     } else {
         Err(format!("status-{status}"))
     }
+}
+
+/// Connections opened, each used for one request, then held open and idle.
+pub struct IdleConnections {
+    _held: Vec<Conn>,
+}
+
+/// Open `n` keep-alive connections (HTTP/1.1, one request each) and keep them idle.
+pub async fn hold_idle(spec: &LoadSpec, n: usize) -> Result<IdleConnections, String> {
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut c = connect(spec, false).await?;
+        send(&mut c, &spec.request, false).await?;
+        held.push(c);
+    }
+    Ok(IdleConnections { _held: held })
 }
 
 /// Run one load test.

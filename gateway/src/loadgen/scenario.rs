@@ -19,6 +19,10 @@ pub enum Workload {
     PatientRead,
     /// (b) audited search returning 20 MedicationRequests.
     Search20,
+    /// (c) audited `$everything` for a person with a year of records at two sites.
+    Everything,
+    /// (d) a discharge summary of about 50 KB pushed by the hub (a new document each time).
+    Push50k,
     /// (e) `GET /fhir/metadata`, for handshake rates.
     Metadata,
 }
@@ -42,6 +46,8 @@ pub struct Options {
     pub database_url: Option<String>,
     /// Gateway instances sharing that database; clients are spread across them.
     pub instances: usize,
+    /// After the rounds, hold this many idle keep-alive connections and report memory.
+    pub idle: usize,
 }
 
 struct Federation {
@@ -55,7 +61,8 @@ impl Drop for Federation {
 }
 
 /// The throw-away federation the load harness and the audit benchmark run: a hub with
-/// the demo's SS-MIX2 site and a clinic; paths are relative to the configuration file.
+/// the demo's SS-MIX2 site and clinic A with its MML records, JAHIS prescriptions and
+/// inbox; paths are relative to the configuration file.
 pub fn federation_config(database_url: &str) -> String {
     format!(
         r#"[federation]
@@ -84,8 +91,17 @@ kind = "clinic"
 id = "hub"
 owner = "{}"
 connector = {{ kind = "ss-mix2", root = "sites/hub/ss-mix2" }}
+[[site]]
+id = "clinic-a"
+owner = "{}"
+connector = {{ kind = "mml", dir = "sites/clinic-a/mml" }}
+inbox = {{ dir = "sites/clinic-a/inbox", format = "mml" }}
+[[site]]
+id = "clinic-a-rx"
+owner = "{}"
+connector = {{ kind = "jahis-rx", dir = "sites/clinic-a/rx" }}
 "#,
-        database_url, HUB.code, CLINIC_A.code, HUB.code
+        database_url, HUB.code, CLINIC_A.code, HUB.code, CLINIC_A.code, CLINIC_A.code
     )
 }
 
@@ -123,7 +139,11 @@ pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
         pki.issue(&ClientCertRequest::new(inst.code, inst.name, role, name), name).map_err(|e| e.to_string())?;
     }
     crate::demo::write_sites(&dir)?;
+    std::fs::create_dir_all(dir.join("sites/clinic-a/rx")).map_err(|e| e.to_string())?;
     crate::demo::write_bulk_prescriptions(&dir, 0, 10)?;
+    if opts.workload == Workload::Everything {
+        crate::demo::write_year_of_records(&dir)?;
+    }
     let sqlite = format!("sqlite://{}/bench.db", dir.display());
     let db = opts.database_url.clone().unwrap_or(sqlite);
     std::fs::write(dir.join("kakehashi.toml"), federation_config(&db)).map_err(|e| e.to_string())?;
@@ -155,6 +175,7 @@ pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
         headers: vec![],
         body: Bytes::new(),
         expect: 200,
+        unique: None,
     };
     let mut setup = LoadSpec {
         addr,
@@ -182,6 +203,7 @@ pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
         headers: vec![("content-type".into(), "application/fhir+json".into())],
         body: Bytes::from(consent.to_string()),
         expect: 201,
+        unique: None,
     };
     let (status, body) = one(&setup).await?;
     // 409: a reused database (--database-url) already holds this grant from an earlier run.
@@ -189,9 +211,30 @@ pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
         return Err(format!("consent not created: {}", String::from_utf8_lossy(&body)));
     }
 
+    let mut tls = clinic;
     let request = match opts.workload {
         Workload::PatientRead => get(format!("/fhir/Patient/{patient}")),
         Workload::Search20 => get(format!("/fhir/MedicationRequest?patient={patient}&_count=20")),
+        Workload::Everything => {
+            // The clinic asks for its own patient; the hub's records come through linkage.
+            let own = LoadSpec { tls: tls.clone(), request: get("/fhir/Patient?identifier=A-0101".into()), ..setup.clone() };
+            let (_, found) = one(&own).await?;
+            let found: serde_json::Value = serde_json::from_slice(&found).map_err(|e| e.to_string())?;
+            let id = found["entry"][0]["resource"]["id"].as_str().ok_or("clinic patient A-0101 not found")?;
+            get(format!("/fhir/Patient/{id}/$everything?_count=200"))
+        }
+        Workload::Push50k => {
+            tls = hub.clone();
+            RequestSpec {
+                method: http::Method::POST,
+                path: "/fhir".into(),
+                headers: vec![("content-type".into(), "application/fhir+json".into())],
+                body: Bytes::from(crate::demo::large_discharge_summary(50 * 1024)?),
+                expect: 201,
+                unique: None,
+            }
+            .unique("DS-0001")?
+        }
         Workload::Metadata => get("/fhir/metadata".into()),
     };
     let spec = LoadSpec {
@@ -201,11 +244,11 @@ pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
         connections: opts.connections,
         duration: opts.duration,
         request,
-        tls: clinic,
+        tls,
         rate_per_client: opts.rate_per_client,
     };
     let (status, reference) = one(&spec).await?;
-    if status != 200 {
+    if status != spec.request.expect {
         return Err(format!("the workload's request failed: {}", String::from_utf8_lossy(&reference)));
     }
     // Other instances learn of the new grant on their next reload (every 2 s).
@@ -220,6 +263,20 @@ pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    if opts.workload == Workload::Everything {
+        let v: serde_json::Value = serde_json::from_slice(&reference).map_err(|e| e.to_string())?;
+        let owners: std::collections::BTreeSet<&str> = v["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                e["resource"]["meta"]["security"].as_array()?.iter().find_map(|c| {
+                    (c["system"] == kakehashi_mappings::codes::OWNER_SYSTEM).then(|| c["code"].as_str()).flatten()
+                })
+            })
+            .collect();
+        println!("$everything returns {} resources from {} owner(s): {owners:?}", v["total"], owners.len());
+    }
     if opts.workload == Workload::Search20 {
         let v: serde_json::Value = serde_json::from_slice(&reference).map_err(|e| e.to_string())?;
         println!(
@@ -230,7 +287,7 @@ pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
     }
     let server_cfg = Arc::new(crate::tls::build_server_config(&tls_files).map_err(|e| e.to_string())?);
     let (base_addr, base_task) =
-        baseline::start(server_cfg, reference.clone(), "application/fhir+json; charset=utf-8", 200)
+        baseline::start(server_cfg, reference.clone(), "application/fhir+json; charset=utf-8", spec.request.expect)
             .await
             .map_err(|e| e.to_string())?;
     let base_spec = LoadSpec { addr: base_addr, also: vec![], ..spec.clone() };
@@ -259,6 +316,19 @@ pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
     let (g, b) = best.ok_or("no rounds")?;
     println!("best: gateway {:.0} req/s, baseline {:.0} req/s, ratio {:.2}", g.rate(), b.rate(), g.rate() / b.rate());
     println!("resident memory of this process (gateway + baseline + clients): {} MB", rss_mb());
+    if opts.idle > 0 {
+        let before = rss_mb();
+        let idle_spec = LoadSpec { mode: Mode::H1, ..spec.clone() };
+        let held = super::hold_idle(&idle_spec, opts.idle).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        println!(
+            "{} idle keep-alive connections: resident memory {} MB (before {} MB; both ends of every connection are in this process)",
+            opts.idle,
+            rss_mb(),
+            before
+        );
+        drop(held);
+    }
     base_task.abort();
     for (stop_tx, server) in servers {
         let _ = stop_tx.send(());

@@ -159,6 +159,14 @@ impl Grants {
         Ok(())
     }
 
+    /// Mirror a grant just committed by this instance, without reloading every grant
+    /// (the periodic reload still brings other instances' changes).
+    pub fn remember(&self, g: Grant) {
+        let mut all = self.all.write().unwrap_or_else(PoisonError::into_inner);
+        all.retain(|x| x.id != g.id);
+        all.push(g);
+    }
+
     /// Grants matching a predicate (cloned out of the lock).
     pub fn find(&self, mut pred: impl FnMut(&Grant) -> bool) -> Vec<Grant> {
         let g = self.all.read().unwrap_or_else(PoisonError::into_inner);
@@ -173,10 +181,7 @@ impl Grants {
 
     /// Store a new grant, refusing overlaps, atomically; then reload.
     pub async fn insert(&self, store: &Store, g: &Grant, created_by: &str) -> Result<(), GrantStoreError> {
-        let mut tx = store.pool().begin().await?;
-        if store.backend() == crate::store::Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock(7263003)").execute(&mut *tx).await?;
-        }
+        let mut tx = store.begin_write(crate::store::Lock::Grants).await?;
         let rows = sqlx::query(
             "SELECT id, grantees FROM policy_grant WHERE owner = $1 AND kind = $2 AND patient = $3 \
              AND revoked_at IS NULL AND valid_from < $4 AND valid_to > $5",

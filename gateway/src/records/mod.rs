@@ -10,6 +10,7 @@ use kakehashi_fhir::Resource;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -119,6 +120,11 @@ pub struct Records {
     sites: Mutex<Vec<SiteState>>,
     /// Records that arrived by push (documents), kept alongside the sites'.
     pushed: Mutex<Vec<Arc<Stored>>>,
+    /// Additions to `pushed` so far, and how many of them the snapshot includes.
+    pushed_count: AtomicU64,
+    built_count: AtomicU64,
+    /// One snapshot rebuild for pushes at a time; pushes arriving meanwhile share the next.
+    rebuild_turn: tokio::sync::Mutex<()>,
     current: RwLock<Arc<Snapshot>>,
 }
 
@@ -146,6 +152,9 @@ impl Records {
         let r = Arc::new(Records {
             sites: Mutex::new(sites),
             pushed: Mutex::new(Vec::new()),
+            pushed_count: AtomicU64::new(0),
+            built_count: AtomicU64::new(0),
+            rebuild_turn: tokio::sync::Mutex::new(()),
             current: RwLock::new(Arc::default()),
         });
         r.refresh();
@@ -158,6 +167,9 @@ impl Records {
         Arc::new(Records {
             sites: Mutex::new(Vec::new()),
             pushed: Mutex::new(Vec::new()),
+            pushed_count: AtomicU64::new(0),
+            built_count: AtomicU64::new(0),
+            rebuild_turn: tokio::sync::Mutex::new(()),
             current: RwLock::new(Arc::new(Snapshot::build(all))),
         })
     }
@@ -168,14 +180,30 @@ impl Records {
         self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Add pushed resources (each with its owner) and rebuild the snapshot now.
-    pub fn add_pushed(&self, resources: Vec<(Resource, Owner)>) {
-        {
+    /// Add pushed resources (each with its owner); returns once the snapshot serves them.
+    /// Rebuilding is O(all records), so pushes arriving together share one rebuild
+    /// (group commit), run off the async workers; no site is rescanned.
+    pub async fn add_pushed(self: &Arc<Self>, resources: Vec<(Resource, Owner)>) {
+        let mine = {
             let mut pushed = self.pushed.lock().unwrap_or_else(PoisonError::into_inner);
             pushed.extend(resources.into_iter().filter_map(|(r, o)| Stored::new(r, &o)).map(Arc::new));
+            // Counted under the lock: a rebuild that saw count N holds every addition up to N.
+            self.pushed_count.fetch_add(1, Ordering::SeqCst) + 1
+        };
+        let _turn = self.rebuild_turn.lock().await;
+        if self.built_count.load(Ordering::SeqCst) >= mine {
+            return;
         }
-        // Only the pushed set changed: no site rescan on the push's request path.
-        self.rebuild(false);
+        let me = self.clone();
+        let rebuilt = tokio::task::spawn_blocking(move || {
+            let count = me.pushed_count.load(Ordering::SeqCst);
+            me.rebuild(false);
+            me.built_count.fetch_max(count, Ordering::SeqCst);
+        })
+        .await;
+        if rebuilt.is_err() {
+            tracing::error!("snapshot rebuild after a push failed; the next refresh retries");
+        }
     }
 
     /// Re-scan every site; re-translate changed files; swap the snapshot if anything
@@ -195,24 +223,23 @@ impl Records {
         }
         if changed {
             let mut all: Vec<Arc<Stored>> = Vec::new();
-            let mut seen = std::collections::HashSet::new();
-            for site in sites.iter() {
-                let mut paths: Vec<&PathBuf> = site.files.keys().collect();
-                paths.sort();
-                for p in paths {
-                    for s in &site.files[p].1 {
-                        if seen.insert(s.key()) {
-                            all.push(s.clone());
-                        }
+            let pushed = self.pushed.lock().unwrap_or_else(PoisonError::into_inner);
+            {
+                // Borrowed (type, id) keys: no allocation per record.
+                let mut seen: std::collections::HashSet<(&str, &str)> = std::collections::HashSet::new();
+                // Sites in configuration order, each site's files in path order.
+                let site_records = sites.iter().flat_map(|site| {
+                    let mut paths: Vec<&PathBuf> = site.files.keys().collect();
+                    paths.sort();
+                    paths.into_iter().flat_map(move |p| site.files[p].1.iter())
+                });
+                for s in site_records.chain(pushed.iter()) {
+                    if seen.insert((s.resource.type_name(), s.resource.id().unwrap_or(""))) {
+                        all.push(s.clone());
                     }
                 }
             }
-            let pushed = self.pushed.lock().unwrap_or_else(PoisonError::into_inner);
-            for s in pushed.iter() {
-                if seen.insert(s.key()) {
-                    all.push(s.clone());
-                }
-            }
+            drop(pushed);
             let snap = Arc::new(Snapshot::build(all));
             *self.current.write().unwrap_or_else(PoisonError::into_inner) = snap;
         }

@@ -4,6 +4,7 @@
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A store error. Messages never reach clients (the rescue layer hides them).
@@ -34,6 +35,8 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite's single writer, queued fairly inside this process.
+    write_gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 struct Migration {
@@ -75,6 +78,47 @@ const MIGRATIONS: &[Migration] = &[
     },
 ];
 
+/// A writing transaction from [`Store::begin_write`]; use it as the connection. Every
+/// other writer of this process (the audit log included) waits while one is held: end
+/// it before awaiting anything that writes.
+pub struct WriteTx {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    /// Commit (and let the next writer in).
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &sqlx::AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.tx
+    }
+}
+
+/// What a writing transaction serialises on (the PostgreSQL advisory lock keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// Schema migrations.
+    Migrations = 7263001,
+    /// The audit chain: one batch at a time across instances.
+    AuditChain = 7263002,
+    /// Grants: overlap checks and inserts.
+    Grants = 7263003,
+    /// Pushed documents: idempotency checks and inserts.
+    Push = 7263004,
+}
+
 impl Store {
     /// Connect and apply pending migrations.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
@@ -102,7 +146,7 @@ impl Store {
             })
             .connect(&url)
             .await?;
-        let store = Store { pool, backend };
+        let store = Store { pool, backend, write_gate: Arc::default() };
         store.migrate().await?;
         Ok(store)
     }
@@ -115,6 +159,27 @@ impl Store {
     /// The connection pool.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// A transaction that will write, serialised with every other holder of `lock`.
+    /// SQLite has one writer at a time: writers of this process queue in order on an
+    /// async gate (SQLite's own busy handler would sleep them in growing steps), then
+    /// `BEGIN IMMEDIATE` takes the write lock up front, so a transaction is never
+    /// refused "database is locked" when upgrading after another connection committed.
+    /// PostgreSQL: a transaction-scoped advisory lock, shared by every instance.
+    pub async fn begin_write(&self, lock: Lock) -> Result<WriteTx, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => {
+                let gate = self.write_gate.clone().lock_owned().await;
+                let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                Ok(WriteTx { tx, _gate: Some(gate) })
+            }
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock as i64).execute(&mut *tx).await?;
+                Ok(WriteTx { tx, _gate: None })
+            }
+        }
     }
 
     /// A value from `kk_meta`.
@@ -142,11 +207,8 @@ impl Store {
             .execute("CREATE TABLE IF NOT EXISTS kk_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
             .await?;
         for m in MIGRATIONS {
-            let mut tx = self.pool.begin().await?;
-            if self.backend == Backend::Postgres {
-                // Two instances starting together must not both apply a migration.
-                sqlx::query("SELECT pg_advisory_xact_lock(7263001)").execute(&mut *tx).await?;
-            }
+            // Two instances starting together must not both apply a migration.
+            let mut tx = self.begin_write(Lock::Migrations).await?;
             let done = sqlx::query("SELECT version FROM kk_schema WHERE version = $1")
                 .bind(m.version)
                 .fetch_optional(&mut *tx)
