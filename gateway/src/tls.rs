@@ -123,8 +123,9 @@ pub fn client_config(
     for c in load_certs(ca)? {
         roots.add(c).map_err(|e| pem_err(ca, e))?;
     }
-    let builder =
-        rustls::ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?.with_root_certificates(roots);
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
     let mut cfg = match identity {
         Some((cert, key)) => {
             let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, e))?;

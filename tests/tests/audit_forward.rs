@@ -36,7 +36,11 @@ fn repository_tls() -> (String, Arc<rustls::ServerConfig>) {
 }
 
 /// Accept connections on `listener` and send every octet-counted message received.
-fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, out: mpsc::UnboundedSender<String>) -> tokio::task::JoinHandle<()> {
+fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    out: mpsc::UnboundedSender<String>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         // Dropped with this task when it is aborted: every connection closes with it.
@@ -128,7 +132,8 @@ async fn events_reach_the_repository_and_reads_never_wait_for_it() {
 
     // What arrived is what the database holds for those reads.
     let pool = gw.db().await;
-    let stored: Vec<i64> = sqlx::query_scalar("SELECT seq FROM audit_event ORDER BY seq").fetch_all(&pool).await.unwrap();
+    let stored: Vec<i64> =
+        sqlx::query_scalar("SELECT seq FROM audit_event ORDER BY seq").fetch_all(&pool).await.unwrap();
     for s in &all {
         assert!(stored.contains(s), "forwarded event {s} is not in the database");
     }

@@ -33,7 +33,10 @@ async fn fhirclient_reads_consented_hub_records_and_pushes_a_discharge_summary()
     let hub = gw.client(Some(&gw.issue("hub-system", HUB, Role::HospitalSystem)));
     gw.issue("clinic-a-terminal", CLINIC, Role::ClinicTerminal);
     let consented = hub.first_id(gw.addr, "/fhir/Patient?identifier=1000001").await;
-    assert_eq!(hub.post_json(gw.addr, "/fhir/Consent", &patient_consent(&consented, CLINIC)).await.unwrap().status, 201);
+    assert_eq!(
+        hub.post_json(gw.addr, "/fhir/Consent", &patient_consent(&consented, CLINIC)).await.unwrap().status,
+        201
+    );
 
     let ca = gw.pki.ca_cert_path();
     let pki = ca.parent().unwrap_or(Path::new("."));
@@ -66,8 +69,7 @@ async fn fhirclient_reads_consented_hub_records_and_pushes_a_discharge_summary()
 
     // Journey 2: the hub's patient (and clinic A's own linked record), the hub's
     // medication, labs and problems, one read by id; nothing of a patient without consent.
-    let owners: Vec<&str> =
-        seen["patients"].as_array().unwrap().iter().filter_map(|p| p[1].as_str()).collect();
+    let owners: Vec<&str> = seen["patients"].as_array().unwrap().iter().filter_map(|p| p[1].as_str()).collect();
     assert!(owners.contains(&HUB), "{seen}");
     assert_eq!(seen["MedicationRequest"], 2, "{seen}");
     assert_eq!(seen["Observation"], 6, "{seen}");

@@ -73,7 +73,17 @@ impl AppState {
         let request_timeout = Duration::from_secs(config.server.request_timeout_secs);
         let policy = crate::policy::Policy::new();
         let linkage = Arc::default();
-        AppState(Arc::new(Shared { config, metrics, capability, request_timeout, store, records, policy, linkage, audit }))
+        AppState(Arc::new(Shared {
+            config,
+            metrics,
+            capability,
+            request_timeout,
+            store,
+            records,
+            policy,
+            linkage,
+            audit,
+        }))
     }
 }
 

@@ -292,20 +292,11 @@ async fn search_inner(state: AppState, req: Request) -> Result<Response, ApiErro
         record(&c, Interaction::Search, Outcome::Success, None, grants.iter().map(grant_disclosed).collect(), None),
     )
     .await?;
-    let entry: Vec<serde_json::Value> = grants
-        .iter()
-        .filter_map(|g| with_status(g, c.ctx.now))
-        .map(|consent| {
-            serde_json::json!({
-                "fullUrl": format!("{}/Consent/{}", c.base, consent.id.clone().unwrap_or_default()),
-                "resource": consent,
-                "search": { "mode": "match" }
-            })
-        })
-        .collect();
-    Ok(fhir_json(
-        StatusCode::OK,
-        &serde_json::json!({ "resourceType": "Bundle", "type": "searchset", "total": entry.len(), "entry": entry }),
+    Ok(super::searchset(
+        grants
+            .iter()
+            .filter_map(|g| with_status(g, c.ctx.now))
+            .map(|consent| (format!("{}/Consent/{}", c.base, consent.id.clone().unwrap_or_default()), consent)),
     ))
 }
 

@@ -5,7 +5,7 @@
 //! audited; neither discloses a record the caller's policy does not already allow.
 
 use super::read::{audit, caller, record, Caller};
-use crate::app::{fhir_bytes, fhir_json, ApiError, AppState};
+use crate::app::{fhir_bytes, ApiError, AppState};
 use crate::audit::{Disclosed, Interaction, Outcome};
 use crate::linkage::{DecidedBy, Decision};
 use crate::policy::Permit;
@@ -153,7 +153,7 @@ async fn search_inner(state: AppState, req: Request) -> Result<Response, ApiErro
     }
     let id = item_of.ok_or_else(|| ApiError::invalid("item=Patient/{id} is required", "item"))?;
     let snap = state.records.snapshot();
-    let mut entry = Vec::new();
+    let mut found = Vec::new();
     let mut disclosed = Vec::new();
     if let Some((p, permit)) = visible(&state, &c, &snap, &id) {
         disclosed.push(shown(p, &permit));
@@ -167,17 +167,11 @@ async fn search_inner(state: AppState, req: Request) -> Result<Response, ApiErro
             }
         }
         if items.len() > 1 {
-            let linkage = Linkage { id: Some(format!("person-{id}")), active: Some(true), item: items, ..Default::default() };
-            entry.push(serde_json::json!({
-                "fullUrl": format!("{}/Linkage/person-{id}", c.base),
-                "resource": linkage,
-                "search": { "mode": "match" }
-            }));
+            let linkage =
+                Linkage { id: Some(format!("person-{id}")), active: Some(true), item: items, ..Default::default() };
+            found.push((format!("{}/Linkage/person-{id}", c.base), linkage));
         }
     }
     audit(&state, record(&c, Interaction::Search, Outcome::Success, None, disclosed, Some(query))).await?;
-    Ok(fhir_json(
-        StatusCode::OK,
-        &serde_json::json!({ "resourceType": "Bundle", "type": "searchset", "total": entry.len(), "entry": entry }),
-    ))
+    Ok(super::searchset(found))
 }

@@ -36,6 +36,18 @@ pub fn router() -> Router<AppState> {
         .method_not_allowed_fallback(method_not_allowed)
 }
 
+/// A `searchset` Bundle of `(fullUrl, resource)` matches, every one on this page.
+pub(crate) fn searchset<T: serde::Serialize>(matches: impl IntoIterator<Item = (String, T)>) -> Response {
+    let entry: Vec<serde_json::Value> = matches
+        .into_iter()
+        .map(|(url, resource)| serde_json::json!({ "fullUrl": url, "resource": resource, "search": { "mode": "match" } }))
+        .collect();
+    crate::app::fhir_json(
+        http::StatusCode::OK,
+        &serde_json::json!({ "resourceType": "Bundle", "type": "searchset", "total": entry.len(), "entry": entry }),
+    )
+}
+
 async fn not_found(req: Request) -> Response {
     ApiError::NotFound(format!("no FHIR endpoint at {}", req.uri().path())).into_response()
 }

@@ -270,7 +270,9 @@ async fn search_inner(state: AppState, ty: String, req: Request) -> Result<Respo
         out
     } else {
         let mut permitted = state.policy.filter(&c.who, matching, &c.ctx);
-        if ty == "Patient" && search.criteria.iter().any(|cr| matches!(cr, Criterion::Token { name, .. } if name == "identifier")) {
+        if ty == "Patient"
+            && search.criteria.iter().any(|cr| matches!(cr, Criterion::Token { name, .. } if name == "identifier"))
+        {
             // The same person at other sites, reached only from a record the caller
             // may see, each still decided by its own owner's policy.
             let links = state.linkage.links(&snap);
@@ -278,7 +280,9 @@ async fn search_inner(state: AppState, ty: String, req: Request) -> Result<Respo
             for p in &permitted {
                 for (id, _) in links.linked(p.record.resource.id().unwrap_or("")) {
                     if let Some(s) = snap.get("Patient", id) {
-                        if !permitted.iter().any(|q| Arc::ptr_eq(&q.record, s)) && !linked.iter().any(|l| Arc::ptr_eq(l, s)) {
+                        if !permitted.iter().any(|q| Arc::ptr_eq(&q.record, s))
+                            && !linked.iter().any(|l| Arc::ptr_eq(l, s))
+                        {
                             linked.push(s);
                         }
                     }

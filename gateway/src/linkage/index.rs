@@ -130,8 +130,8 @@ impl Links {
             }
         }
         let mut by_root: HashMap<usize, Vec<usize>> = HashMap::new();
-        for i in 0..people.len() {
-            by_root.entry(root[i]).or_default().push(i);
+        for (i, r) in root.iter().enumerate() {
+            by_root.entry(*r).or_default().push(i);
         }
         let mut links = Links::default();
         for members in by_root.into_values().filter(|m| m.len() > 1) {
@@ -274,7 +274,9 @@ pub fn facts(snap: &Snapshot) -> Vec<Facts> {
             kana: p
                 .name
                 .iter()
-                .find(|n| n.extension.iter().any(|e| e.url == EN_REPRESENTATION && e.value_code.as_deref() == Some("SYL")))
+                .find(|n| {
+                    n.extension.iter().any(|e| e.url == EN_REPRESENTATION && e.value_code.as_deref() == Some("SYL"))
+                })
                 .map(|n| {
                     let parts = n.family.iter().chain(n.given.iter()).cloned().collect::<Vec<_>>().join("");
                     kana_key(if parts.is_empty() { n.text.as_deref().unwrap_or("") } else { &parts })
@@ -361,16 +363,18 @@ pub fn kana_key(s: &str) -> String {
 
 /// U+FF66..=U+FF9D as full-width katakana.
 const HALF_WIDTH_KANA: [char; 56] = [
-    'ヲ', 'ァ', 'ィ', 'ゥ', 'ェ', 'ォ', 'ャ', 'ュ', 'ョ', 'ッ', 'ー', 'ア', 'イ', 'ウ', 'エ', 'オ', 'カ', 'キ', 'ク', 'ケ',
-    'コ', 'サ', 'シ', 'ス', 'セ', 'ソ', 'タ', 'チ', 'ツ', 'テ', 'ト', 'ナ', 'ニ', 'ヌ', 'ネ', 'ノ', 'ハ', 'ヒ', 'フ', 'ヘ',
-    'ホ', 'マ', 'ミ', 'ム', 'メ', 'モ', 'ヤ', 'ユ', 'ヨ', 'ラ', 'リ', 'ル', 'レ', 'ロ', 'ワ', 'ン',
+    'ヲ', 'ァ', 'ィ', 'ゥ', 'ェ', 'ォ', 'ャ', 'ュ', 'ョ', 'ッ', 'ー', 'ア', 'イ', 'ウ', 'エ', 'オ', 'カ', 'キ', 'ク',
+    'ケ', 'コ', 'サ', 'シ', 'ス', 'セ', 'ソ', 'タ', 'チ', 'ツ', 'テ', 'ト', 'ナ', 'ニ', 'ヌ', 'ネ', 'ノ', 'ハ', 'ヒ',
+    'フ', 'ヘ', 'ホ', 'マ', 'ミ', 'ム', 'メ', 'モ', 'ヤ', 'ユ', 'ヨ', 'ラ', 'リ', 'ル', 'レ', 'ロ', 'ワ', 'ン',
 ];
 
 /// ガ from カ (dakuten) or パ from ハ (handakuten).
 fn voiced(c: char, handakuten: bool) -> Option<char> {
     match (c, handakuten) {
         ('ウ', false) => Some('ヴ'),
-        (c, false) if "カキクケコサシスセソタチツテトハヒフヘホ".contains(c) => char::from_u32(c as u32 + 1),
+        (c, false) if "カキクケコサシスセソタチツテトハヒフヘホ".contains(c) => {
+            char::from_u32(c as u32 + 1)
+        }
         (c, true) if "ハヒフヘホ".contains(c) => char::from_u32(c as u32 + 2),
         _ => None,
     }
@@ -412,7 +416,10 @@ mod tests {
         assert_eq!(kana_key("やまだ　はなこ"), "ヤマダハナコ");
         assert_eq!(kana_key("ﾎﾟﾝﾀﾞ ｳﾞｨ"), "ポンダヴィ");
         assert_eq!(kana_key("ｶﾞｷﾞｸﾞｹﾞｺﾞ ﾊﾟﾋﾟ"), "ガギグゲゴパピ");
-        assert_eq!(insurance_key("０６１３００１２：きた１：１２３４５：０１"), insurance_key("06130012:きた1:12345:01"));
+        assert_eq!(
+            insurance_key("０６１３００１２：きた１：１２３４５：０１"),
+            insurance_key("06130012:きた1:12345:01")
+        );
         assert_eq!(
             insurance_key("06130012:きた1:12345:01"),
             Some(("06130012:きた1:12345".to_string(), Some("01".to_string())))
@@ -470,10 +477,10 @@ mod tests {
         let clinic = with_kana(person("c1", "clinic"), "ヤマダ ハナコ");
         let rx = person("p1", "pharmacy");
         let unlink = Decision { a: "c1".into(), b: "h1".into(), linked: false };
-        let l = Links::build(&[hub.clone(), clinic.clone(), rx.clone()], &[unlink.clone()]);
+        let l = Links::build(&[hub.clone(), clinic.clone(), rx.clone()], std::slice::from_ref(&unlink));
         assert!(l.linked("h1").next().is_none());
         let link = Decision { a: "p1".into(), b: "h1".into(), linked: true };
-        let l = Links::build(&[hub.clone(), clinic.clone(), rx.clone()], &[link.clone()]);
+        let l = Links::build(&[hub.clone(), clinic.clone(), rx.clone()], std::slice::from_ref(&link));
         assert_eq!(linked(&l, "h1"), ["c1", "p1"]);
         assert_eq!(l.linked("c1").find(|x| x.0 == "p1").map(|x| x.1), Some(LinkBasis::Manual));
         // An automatic chain joining a pair the owner separated falls apart; the

@@ -18,8 +18,11 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 pub struct Linkage {
     decisions: RwLock<Arc<Vec<Decision>>>,
     /// The index, with the snapshot and decisions it was built from.
-    cache: Mutex<Option<(Arc<Snapshot>, Arc<Vec<Decision>>, Arc<Links>)>>,
+    cache: Mutex<Option<Built>>,
 }
+
+/// An index and what it was built from.
+type Built = (Arc<Snapshot>, Arc<Vec<Decision>>, Arc<Links>);
 
 /// Who made a manual decision.
 pub struct DecidedBy<'a> {

@@ -217,7 +217,8 @@ pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
         Workload::Search20 => get(format!("/fhir/MedicationRequest?patient={patient}&_count=20")),
         Workload::Everything => {
             // The clinic asks for its own patient; the hub's records come through linkage.
-            let own = LoadSpec { tls: tls.clone(), request: get("/fhir/Patient?identifier=A-0101".into()), ..setup.clone() };
+            let own =
+                LoadSpec { tls: tls.clone(), request: get("/fhir/Patient?identifier=A-0101".into()), ..setup.clone() };
             let (_, found) = one(&own).await?;
             let found: serde_json::Value = serde_json::from_slice(&found).map_err(|e| e.to_string())?;
             let id = found["entry"][0]["resource"]["id"].as_str().ok_or("clinic patient A-0101 not found")?;

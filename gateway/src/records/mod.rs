@@ -149,14 +149,7 @@ impl Records {
                 problems: 0,
             })
             .collect();
-        let r = Arc::new(Records {
-            sites: Mutex::new(sites),
-            pushed: Mutex::new(Vec::new()),
-            pushed_count: AtomicU64::new(0),
-            built_count: AtomicU64::new(0),
-            rebuild_turn: tokio::sync::Mutex::new(()),
-            current: RwLock::new(Arc::default()),
-        });
+        let r = Records::with(sites, Snapshot::default());
         r.refresh();
         r
     }
@@ -164,13 +157,17 @@ impl Records {
     /// Records from explicit resources (tests, benchmarks).
     pub fn from_resources(resources: Vec<(Resource, Owner)>) -> Arc<Records> {
         let all = resources.into_iter().filter_map(|(r, o)| Stored::new(r, &o)).map(Arc::new).collect();
+        Records::with(Vec::new(), Snapshot::build(all))
+    }
+
+    fn with(sites: Vec<SiteState>, snapshot: Snapshot) -> Arc<Records> {
         Arc::new(Records {
-            sites: Mutex::new(Vec::new()),
+            sites: Mutex::new(sites),
             pushed: Mutex::new(Vec::new()),
             pushed_count: AtomicU64::new(0),
             built_count: AtomicU64::new(0),
             rebuild_turn: tokio::sync::Mutex::new(()),
-            current: RwLock::new(Arc::new(Snapshot::build(all))),
+            current: RwLock::new(Arc::new(snapshot)),
         })
     }
 
