@@ -161,6 +161,22 @@ async fn two_instances_share_one_trustworthy_store() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
+    // Documents pushed through one instance are served by the other, which has not
+    // restarted (B was restarted above; A learns of B's pushes from the database).
+    let compositions = |v: Value| v["total"].as_u64().unwrap_or(0);
+    assert_eq!(push(&client, addrs[1], 9999).await, Ok(201));
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pushed_document").fetch_one(&pool).await.unwrap();
+    let mut served = false;
+    for _ in 0..100 {
+        let now = compositions(client.get(addrs[0], "/fhir/Composition?_count=200").await.unwrap().json());
+        if now == stored as u64 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "instance A does not serve every document pushed through instance B");
+
     // Database unreachable: reads fail closed; service resumes by itself.
     let name = db_url.rsplit('/').next().unwrap().to_string();
     let admin = sqlx::AnyPool::connect(&kakehashi_e2e::postgres_base()).await.unwrap();

@@ -112,13 +112,14 @@ impl Gateway {
         if let Err(e) = state.linkage.reload(&store).await {
             tracing::error!(error = %e, "manual patient links could not be loaded; automatic links only until they are");
         }
-        // Other instances sharing the database change grants too.
         if let Err(e) = crate::fhir_api::push::load_pushed(&store, &config, &state.records).await {
             tracing::error!(error = %e, "pushed documents could not be loaded; they are served once the database answers");
         }
         let delivery = tokio::spawn(crate::outbox::run(store.clone(), config.clone()));
+        // Other instances sharing the database change grants and links and receive pushes.
         let grants_task = {
             let (policy, linkage, store) = (state.policy.clone(), state.linkage.clone(), store.clone());
+            let (records, config) = (state.records.clone(), config.clone());
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(2));
                 loop {
@@ -128,6 +129,9 @@ impl Gateway {
                     }
                     if let Err(e) = linkage.reload(&store).await {
                         tracing::warn!(error = %e, "patient links reload failed; keeping the last ones");
+                    }
+                    if let Err(e) = crate::fhir_api::push::load_pushed(&store, &config, &records).await {
+                        tracing::warn!(error = %e, "pushed documents of other instances not loaded; retrying");
                     }
                 }
             })

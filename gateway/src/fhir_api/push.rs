@@ -283,7 +283,7 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
                 .into_iter()
                 .map(|r| (r, owner.clone()))
                 .collect();
-            state.records.add_pushed(records).await;
+            state.records.add_pushed_document(&id, now, records).await;
             (id, StatusCode::CREATED)
         }
     };
@@ -361,26 +361,47 @@ async fn status_inner(state: AppState, id: String, req: Request) -> Result<Respo
     Ok(fhir_json(StatusCode::OK, &serde_json::json!({"resourceType": "Parameters", "parameter": parameter})))
 }
 
-/// Load every stored pushed document into the records (at start-up).
+/// How far before the newest known push the periodic load looks again, in seconds.
+const PUSH_LOOKBACK_SECS: i64 = 300;
+
+/// Load the stored pushed documents not yet in the records: all of them at start-up,
+/// then (every few seconds) those other instances sharing the database received.
+/// Returns how many were added.
 pub async fn load_pushed(
     store: &crate::store::Store,
     config: &crate::config::Config,
     records: &std::sync::Arc<crate::records::Records>,
 ) -> Result<usize, sqlx::Error> {
-    let rows = sqlx::query("SELECT id, sender, patient, bundle FROM pushed_document ORDER BY received_at")
+    // A push is stamped before it waits for the lock and commits, and instances stamp
+    // their own: a document can become visible with a time older than the newest one
+    // seen here. Look back well past any request's lifetime; known ids are skipped.
+    let ids = sqlx::query("SELECT id FROM pushed_document WHERE received_at >= $1")
+        .bind(records.pushed_watermark() - PUSH_LOOKBACK_SECS)
         .fetch_all(store.pool())
         .await?;
-    let mut all = Vec::new();
-    for r in &rows {
-        let (id, sender, patient, bundle): (String, String, String, String) =
-            (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+    let mut added = 0;
+    for r in &ids {
+        let id: String = r.try_get(0)?;
+        if records.has_pushed_document(&id) {
+            continue;
+        }
+        let Some(row) = sqlx::query("SELECT sender, patient, bundle, received_at FROM pushed_document WHERE id = $1")
+            .bind(&id)
+            .fetch_optional(store.pool())
+            .await?
+        else {
+            continue;
+        };
+        let (sender, patient, bundle, received_at): (String, String, String, i64) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
         let Ok(Resource::Bundle(b)) = serde_json::from_str::<Resource>(&bundle) else { continue };
         let name = config.institution(&sender).map(|i| i.name.clone()).unwrap_or_default();
         let ctx =
             Context { owner: sender.clone(), owner_name: name.clone(), site: "push".into(), source_key: id.clone() };
         let owner = Owner { code: sender, name, site: "push".into() };
-        all.extend(records_of(&b, &id, &ctx, &patient).into_iter().map(|r| (r, owner.clone())));
+        let resources = records_of(&b, &id, &ctx, &patient).into_iter().map(|r| (r, owner.clone())).collect();
+        records.add_pushed_document(&id, received_at, resources).await;
+        added += 1;
     }
-    records.add_pushed(all).await;
-    Ok(rows.len())
+    Ok(added)
 }

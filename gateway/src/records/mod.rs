@@ -120,6 +120,8 @@ pub struct Records {
     sites: Mutex<Vec<SiteState>>,
     /// Records that arrived by push (documents), kept alongside the sites'.
     pushed: Mutex<Vec<Arc<Stored>>>,
+    /// Ids of the pushed documents in `pushed`, and the newest receive time among them.
+    pushed_docs: Mutex<(std::collections::HashSet<String>, i64)>,
     /// Additions to `pushed` so far, and how many of them the snapshot includes.
     pushed_count: AtomicU64,
     built_count: AtomicU64,
@@ -164,6 +166,7 @@ impl Records {
         Arc::new(Records {
             sites: Mutex::new(sites),
             pushed: Mutex::new(Vec::new()),
+            pushed_docs: Mutex::new((std::collections::HashSet::new(), 0)),
             pushed_count: AtomicU64::new(0),
             built_count: AtomicU64::new(0),
             rebuild_turn: tokio::sync::Mutex::new(()),
@@ -177,10 +180,34 @@ impl Records {
         self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
+    /// Add the resources of pushed document `id` (received at `received_at`, Unix
+    /// seconds) unless it is already here — this instance's own push and the periodic
+    /// load of other instances' pushes may both offer it. Returns once it is served.
+    pub async fn add_pushed_document(self: &Arc<Self>, id: &str, received_at: i64, resources: Vec<(Resource, Owner)>) {
+        {
+            let mut docs = self.pushed_docs.lock().unwrap_or_else(PoisonError::into_inner);
+            if !docs.0.insert(id.to_string()) {
+                return;
+            }
+            docs.1 = docs.1.max(received_at);
+        }
+        self.add_pushed(resources).await;
+    }
+
+    /// Whether pushed document `id` is here.
+    pub fn has_pushed_document(&self, id: &str) -> bool {
+        self.pushed_docs.lock().unwrap_or_else(PoisonError::into_inner).0.contains(id)
+    }
+
+    /// The newest receive time of the pushed documents here (0 when none).
+    pub fn pushed_watermark(&self) -> i64 {
+        self.pushed_docs.lock().unwrap_or_else(PoisonError::into_inner).1
+    }
+
     /// Add pushed resources (each with its owner); returns once the snapshot serves them.
     /// Rebuilding is O(all records), so pushes arriving together share one rebuild
     /// (group commit), run off the async workers; no site is rescanned.
-    pub async fn add_pushed(self: &Arc<Self>, resources: Vec<(Resource, Owner)>) {
+    async fn add_pushed(self: &Arc<Self>, resources: Vec<(Resource, Owner)>) {
         let mine = {
             let mut pushed = self.pushed.lock().unwrap_or_else(PoisonError::into_inner);
             pushed.extend(resources.into_iter().filter_map(|(r, o)| Stored::new(r, &o)).map(Arc::new));
