@@ -43,7 +43,7 @@ def main():
     hub_patient = next(p for p in found if owner(p) == args["hub_code"])
     for cls in (MedicationRequest, Observation, Condition):
         records = cls.where(struct={"patient": hub_patient.id}).perform_resources(clinic)
-        out[cls.resource_type] = sorted({owner(r) for r in records}) and len(records)
+        out[cls.resource_type] = {"count": len(records), "owners": sorted({owner(r) for r in records})}
     first = MedicationRequest.where(struct={"patient": hub_patient.id}).perform_resources(clinic)[0]
     out["read"] = MedicationRequest.read(first.id, clinic).id == first.id
     hidden = Patient.where(struct={"identifier": args["not_consented"]}).perform_resources(clinic)

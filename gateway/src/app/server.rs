@@ -121,7 +121,9 @@ impl Gateway {
             let (policy, linkage, store) = (state.policy.clone(), state.linkage.clone(), store.clone());
             let (records, config) = (state.records.clone(), config.clone());
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(2));
+                // Loaded just above: the first reload is due in 2 s, not now.
+                let every = Duration::from_secs(2);
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                 loop {
                     tick.tick().await;
                     if let Err(e) = policy.grants.reload(&store).await {

@@ -258,24 +258,9 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
                 revoked_at: None,
                 resource: referral_consent(&id, &patient_id, &c.who.institution, &checked.recipient, now, days),
             };
-            sqlx::query(
-                "INSERT INTO policy_grant (id, owner, kind, patient, grantees, resource_types, valid_from, valid_to, revoked_at, created_at, created_by, resource) \
-                 VALUES ($1, $2, 'referral', $3, $4, '', $5, $6, NULL, $5, $7, $8)",
-            )
-            .bind(&grant.id)
-            .bind(&grant.owner)
-            .bind(&grant.patient)
-            .bind(format!(",{},", checked.recipient))
-            .bind(grant.valid_from)
-            .bind(grant.valid_to)
-            .bind(&c.who.fingerprint)
-            .bind(&grant.resource)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+            crate::policy::grants::write_row(&mut tx, &grant, &c.who.fingerprint).await.map_err(db)?;
             tx.commit().await.map_err(db)?;
-            // Durable from here on; the mirrors follow (this grant only: reloading every
-            // grant on each push made pushes slower as grants accumulated).
+            // Durable from here on; the mirrors follow.
             state.policy.grants.remember(grant);
             let owner =
                 Owner { code: c.who.institution.clone(), name: c.who.institution_name.clone(), site: "push".into() };

@@ -325,15 +325,10 @@ pub fn insurance_key(value: &str) -> Option<(String, Option<String>)> {
     Some((format!("{insurer}:{symbol}:{number}"), branch))
 }
 
-/// Full-width ASCII to ASCII, whitespace (ASCII and ideographic) removed.
+/// Full-width digits and letters as ASCII (the mappings' own folding), whitespace
+/// (ASCII and ideographic) removed.
 fn fold(s: &str) -> String {
-    s.chars()
-        .filter(|c| !c.is_whitespace())
-        .map(|c| match c {
-            '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
-            _ => c,
-        })
-        .collect()
+    kakehashi_mappings::hl7v2::ascii_fold(s).chars().filter(|c| !c.is_whitespace()).collect()
 }
 
 /// Kana name as compared: katakana (hiragana and half-width katakana converted),
@@ -345,13 +340,10 @@ pub fn kana_key(s: &str) -> String {
             c if c.is_whitespace() || matches!(c, '・' | '･') => {}
             '\u{3041}'..='\u{3096}' => out.push(char::from_u32(c as u32 + 0x60).unwrap_or(c)),
             '\u{FF9E}' | '\u{FF9F}' => {
-                // Half-width (han)dakuten combine with the kana before them.
-                let last = out.pop();
-                let combined = last.and_then(|l| voiced(l, c == '\u{FF9F}'));
-                match (combined, last) {
-                    (Some(v), _) => out.push(v),
-                    (None, Some(l)) => out.push(l),
-                    (None, None) => {}
+                // Half-width (han)dakuten combine with the kana before them; a stray one is dropped.
+                if let Some(v) = out.chars().last().and_then(|l| voiced(l, c == '\u{FF9F}')) {
+                    out.pop();
+                    out.push(v);
                 }
             }
             '\u{FF66}'..='\u{FF9D}' => out.push(HALF_WIDTH_KANA[(c as u32 - 0xFF66) as usize]),

@@ -53,23 +53,20 @@ impl Linkage {
         let rows = sqlx::query("SELECT patient_a, patient_b, linked FROM patient_link ORDER BY seq")
             .fetch_all(store.pool())
             .await?;
-        // The latest decision per pair is in force.
-        let mut latest: HashMap<(String, String), bool> = HashMap::new();
-        let mut order = Vec::new();
+        // The latest decision per pair is in force (rows come oldest first).
+        let mut decisions: Vec<Decision> = Vec::new();
+        let mut at: HashMap<(String, String), usize> = HashMap::new();
         for r in rows {
-            let pair = (r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?);
+            let (a, b): (String, String) = (r.try_get(0)?, r.try_get(1)?);
             let linked = r.try_get::<i64, _>(2)? != 0;
-            if latest.insert(pair.clone(), linked).is_none() {
-                order.push(pair);
+            match at.get(&(a.clone(), b.clone())) {
+                Some(&i) => decisions[i].linked = linked,
+                None => {
+                    at.insert((a.clone(), b.clone()), decisions.len());
+                    decisions.push(Decision { a, b, linked });
+                }
             }
         }
-        let decisions: Vec<Decision> = order
-            .into_iter()
-            .map(|(a, b)| {
-                let linked = latest[&(a.clone(), b.clone())];
-                Decision { a, b, linked }
-            })
-            .collect();
         let mut current = self.decisions.write().unwrap_or_else(PoisonError::into_inner);
         if **current != decisions {
             *current = Arc::new(decisions);

@@ -160,7 +160,7 @@ impl Grants {
     }
 
     /// Mirror a grant just committed by this instance, without reloading every grant
-    /// (the periodic reload still brings other instances' changes).
+    /// (the periodic reload brings other instances' changes).
     pub fn remember(&self, g: Grant) {
         let mut all = self.all.write().unwrap_or_else(PoisonError::into_inner);
         all.retain(|x| x.id != g.id);
@@ -179,7 +179,7 @@ impl Grants {
         g.iter().find(|x| pred(x)).cloned()
     }
 
-    /// Store a new grant, refusing overlaps, atomically; then reload.
+    /// Store a new grant, refusing overlaps, atomically; then mirror it.
     pub async fn insert(&self, store: &Store, g: &Grant, created_by: &str) -> Result<(), GrantStoreError> {
         let mut tx = store.begin_write(crate::store::Lock::Grants).await?;
         let rows = sqlx::query(
@@ -199,29 +199,13 @@ impl Grants {
                 return Err(GrantStoreError::Overlap(r.try_get(0)?));
             }
         }
-        sqlx::query(
-            "INSERT INTO policy_grant (id, owner, kind, patient, grantees, resource_types, valid_from, valid_to, revoked_at, created_at, created_by, resource) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, $11)",
-        )
-        .bind(&g.id)
-        .bind(&g.owner)
-        .bind(g.kind.code())
-        .bind(&g.patient)
-        .bind(list(&g.grantees))
-        .bind(list(&g.resource_types))
-        .bind(g.valid_from)
-        .bind(g.valid_to)
-        .bind(crate::audit::now_micros() / 1_000_000)
-        .bind(created_by)
-        .bind(&g.resource)
-        .execute(&mut *tx)
-        .await?;
+        write_row(&mut tx, g, created_by).await?;
         tx.commit().await?;
-        self.reload(store).await?;
+        self.remember(g.clone());
         Ok(())
     }
 
-    /// Revoke a grant of `owner` (kept, with its revocation time); then reload.
+    /// Revoke a grant of `owner` (kept, with its revocation time); then mirror it.
     pub async fn revoke(&self, store: &Store, owner: &str, id: &str, now: i64) -> Result<(), GrantStoreError> {
         let done =
             sqlx::query("UPDATE policy_grant SET revoked_at = $1 WHERE id = $2 AND owner = $3 AND revoked_at IS NULL")
@@ -234,7 +218,35 @@ impl Grants {
         if done == 0 {
             return Err(GrantStoreError::NotFound(id.to_string()));
         }
-        self.reload(store).await?;
+        let mut all = self.all.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(g) = all.iter_mut().find(|g| g.id == id) {
+            g.revoked_at = Some(now);
+        }
         Ok(())
     }
+}
+
+/// Insert one grant row within the caller's transaction (a Consent, or the referral a
+/// pushed document brings with it). The caller mirrors it with [`Grants::remember`]
+/// once committed.
+pub async fn write_row(conn: &mut sqlx::AnyConnection, g: &Grant, created_by: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO policy_grant (id, owner, kind, patient, grantees, resource_types, valid_from, valid_to, revoked_at, created_at, created_by, resource) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(&g.id)
+    .bind(&g.owner)
+    .bind(g.kind.code())
+    .bind(&g.patient)
+    .bind(list(&g.grantees))
+    .bind(list(&g.resource_types))
+    .bind(g.valid_from)
+    .bind(g.valid_to)
+    .bind(g.revoked_at)
+    .bind(crate::audit::now_micros() / 1_000_000)
+    .bind(created_by)
+    .bind(&g.resource)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
