@@ -83,13 +83,21 @@ pub struct Options {
     pub db_url: Option<String>,
     /// `audit.checkpoint_every`.
     pub checkpoint_every: u64,
+    /// `audit.checkpoint_secs`.
+    pub checkpoint_secs: u64,
     /// Lines appended to `[audit]` (sub-tables such as `[audit.forward]` included).
     pub audit_extra: String,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { server_extra: String::new(), db_url: None, checkpoint_every: 1000, audit_extra: String::new() }
+        Options {
+            server_extra: String::new(),
+            db_url: None,
+            checkpoint_every: 1000,
+            checkpoint_secs: 2,
+            audit_extra: String::new(),
+        }
     }
 }
 
@@ -98,6 +106,7 @@ pub fn write_config(dir: &Path, opts: &Options) -> PathBuf {
     let server_extra = &opts.server_extra;
     let audit_extra = &opts.audit_extra;
     let every = opts.checkpoint_every;
+    let secs = opts.checkpoint_secs;
     let db = opts.db_url.clone().unwrap_or_else(|| "sqlite://kakehashi.db".into());
     let text = format!(
         r#"[federation]
@@ -119,7 +128,7 @@ url = "{db}"
 [audit]
 signing_key = "pki/audit-signing.pk8"
 checkpoint_every = {every}
-checkpoint_secs = 2
+checkpoint_secs = {secs}
 {audit_extra}
 [[institution]]
 code = "{HUB}"

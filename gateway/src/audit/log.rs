@@ -1,8 +1,10 @@
-//! The audit log writer: one task per gateway appends events in batches (group
+//! The audit log writer: one writer per gateway appends events in batches (group
 //! commit), each event chained to the previous one by SHA-256, and answers every
 //! waiting request only after its batch is committed (`synchronous=FULL` on SQLite,
 //! a committed transaction on PostgreSQL). Callers that get an error must not
-//! disclose anything.
+//! disclose anything. On SQLite the writer is a thread of its own
+//! ([`super::sqlite_writer`]); on PostgreSQL a task on the pool, serialised across
+//! instances by an advisory lock.
 
 use super::checkpoint::Signer;
 use super::event::AuditRecord;
@@ -10,12 +12,12 @@ use crate::store::{Lock, Store};
 use sqlx::Row;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// Hash of the (virtual) event before the first one.
 pub const GENESIS: [u8; 32] = [0; 32];
 /// Largest batch committed in one transaction.
-const MAX_BATCH: usize = 512;
+pub(super) const MAX_BATCH: usize = 512;
 
 /// The audit store could not record an event.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -36,17 +38,17 @@ pub fn chain_hash(seq: i64, prev: &[u8], event: &[u8]) -> [u8; 32] {
 
 /// An event made ready in the requesting task, so the single writer only numbers,
 /// hashes and stores.
-struct Prepared {
+pub(super) struct Prepared {
     /// The AuditEvent JSON after `{"resourceType":"AuditEvent",` (the id goes first).
-    rest: String,
-    recorded: i64,
-    agent: String,
-    owners: String,
-    patients: String,
-    outcome: &'static str,
-    subtype: &'static str,
-    cross: i64,
-    entities: String,
+    pub(super) rest: String,
+    pub(super) recorded: i64,
+    pub(super) agent: String,
+    pub(super) owners: String,
+    pub(super) patients: String,
+    pub(super) outcome: &'static str,
+    pub(super) subtype: &'static str,
+    pub(super) cross: i64,
+    pub(super) entities: String,
 }
 
 const EVENT_PREFIX: &str = "{\"resourceType\":\"AuditEvent\",";
@@ -72,20 +74,43 @@ impl Prepared {
     }
 
     /// The stored event: the prepared JSON with its sequence number as id.
-    fn event(&self, seq: i64) -> String {
+    pub(super) fn event(&self, seq: i64) -> String {
         format!("{EVENT_PREFIX}\"id\":\"{seq}\",{}", self.rest)
     }
 }
 
-struct Job {
-    prepared: Prepared,
-    reply: oneshot::Sender<Result<i64, AuditError>>,
+pub(super) struct Job {
+    pub(super) prepared: Prepared,
+    pub(super) reply: oneshot::Sender<Result<i64, AuditError>>,
+}
+
+impl Job {
+    /// Answer every job of a committed batch whose first event got `first_seq`,
+    /// offering the events to the forwarder first (it never waits).
+    pub(super) fn committed(batch: Vec<Job>, first_seq: i64, forward: Option<&super::forward::Forwarder>) {
+        if let Some(f) = forward {
+            for (i, job) in batch.iter().enumerate() {
+                f.offer(job.prepared.event(first_seq + i as i64));
+            }
+        }
+        for (i, job) in batch.into_iter().enumerate() {
+            let _ = job.reply.send(Ok(first_seq + i as i64));
+        }
+    }
+
+    /// Refuse every job of a batch that was not written.
+    pub(super) fn failed(batch: Vec<Job>, error: &dyn std::fmt::Display) {
+        tracing::error!(error = %error, events = batch.len(), "audit batch not written; the reads are refused");
+        for job in batch {
+            let _ = job.reply.send(Err(AuditError(error.to_string())));
+        }
+    }
 }
 
 /// Handle to the audit writer.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Job>,
+    tx: flume::Sender<Job>,
     observer: Arc<str>,
     /// Benchmark-only builds can measure reads without auditing; production builds
     /// have no way to turn auditing off.
@@ -117,8 +142,13 @@ impl AuditLog {
         checkpoints: Checkpoints,
         forward: Option<super::forward::Forwarder>,
     ) -> AuditLog {
-        let (tx, rx) = mpsc::channel(8192);
-        tokio::spawn(writer(store, checkpoints, rx, forward));
+        let (tx, rx) = flume::bounded(8192);
+        match store.sqlite_writer_parts() {
+            Some((file, gate)) => super::sqlite_writer::spawn(file, gate, checkpoints, rx, forward),
+            None => {
+                tokio::spawn(writer(store, checkpoints, rx, forward));
+            }
+        }
         AuditLog {
             tx,
             observer: observer.into(),
@@ -131,7 +161,7 @@ impl AuditLog {
     /// auditing costs. Not compiled into the gateway users run.
     #[cfg(feature = "bench")]
     pub fn danger_disabled_for_benchmark() -> AuditLog {
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = flume::bounded(1);
         AuditLog { tx, observer: "".into(), disabled: true }
     }
 
@@ -143,7 +173,7 @@ impl AuditLog {
         }
         let prepared = Prepared::new(&record, &self.observer)?;
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job { prepared, reply }).await.map_err(|_| AuditError("writer stopped".into()))?;
+        self.tx.send_async(Job { prepared, reply }).await.map_err(|_| AuditError("writer stopped".into()))?;
         rx.await.map_err(|_| AuditError("writer stopped".into()))?
     }
 }
@@ -151,16 +181,16 @@ impl AuditLog {
 async fn writer(
     store: Store,
     cp: Checkpoints,
-    mut rx: mpsc::Receiver<Job>,
+    rx: flume::Receiver<Job>,
     forward: Option<super::forward::Forwarder>,
 ) {
     let mut tick = tokio::time::interval(cp.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {
-            job = rx.recv() => match job {
-                Some(j) => j,
-                None => break,
+            job = rx.recv_async() => match job {
+                Ok(j) => j,
+                Err(_) => break,
             },
             _ = tick.tick() => {
                 if let Err(e) = checkpoint_head(&store, &cp.signer).await {
@@ -177,28 +207,13 @@ async fn writer(
             }
         }
         match write_batch(&store, &cp, &batch).await {
-            Ok(first_seq) => {
-                // Only committed events are forwarded; the queue never waits.
-                if let Some(f) = &forward {
-                    for (i, job) in batch.iter().enumerate() {
-                        f.offer(job.prepared.event(first_seq + i as i64));
-                    }
-                }
-                for (i, job) in batch.into_iter().enumerate() {
-                    let _ = job.reply.send(Ok(first_seq + i as i64));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, events = batch.len(), "audit batch not written; the reads are refused");
-                for job in batch {
-                    let _ = job.reply.send(Err(AuditError(e.to_string())));
-                }
-            }
+            Ok(first_seq) => Job::committed(batch, first_seq, forward.as_ref()),
+            Err(e) => Job::failed(batch, &e),
         }
     }
 }
 
-fn list(items: Vec<&str>) -> String {
+pub(super) fn list(items: Vec<&str>) -> String {
     if items.is_empty() {
         String::new()
     } else {

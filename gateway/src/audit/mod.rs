@@ -6,6 +6,7 @@ pub mod event;
 pub mod export;
 pub mod forward;
 pub mod log;
+mod sqlite_writer;
 pub mod verify;
 
 pub use event::{AuditRecord, Disclosed, Interaction, Outcome, Requestor};

@@ -1,0 +1,218 @@
+//! The embedded store's audit writer: one OS thread with a connection of its own and
+//! statements prepared once. Through sqlx every event crossed its `Any` argument layer
+//! and its connection worker's channel; here a batch is one `BEGIN IMMEDIATE`, a
+//! native insert per event and one `COMMIT` (WAL, `synchronous=FULL`: fsync'd before
+//! any waiting request is answered). The thread takes the store's write gate for each
+//! batch, so it queues in order with the gateway's other writers.
+
+use super::checkpoint::Signer;
+use super::log::{chain_hash, Checkpoints, Job, GENESIS, MAX_BATCH};
+use rusqlite::{params, Connection, OptionalExtension, Statement};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Start the writer thread for the database `file`.
+pub(super) fn spawn(
+    file: Arc<Path>,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    cp: Checkpoints,
+    rx: flume::Receiver<Job>,
+    forward: Option<super::forward::Forwarder>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("audit-writer".into())
+        .spawn(move || Writer { file, gate, cp, rx, forward, next_tick: Instant::now() }.run());
+    if let Err(e) = spawned {
+        // The receiver is gone with the closure: every record() fails, so reads are refused.
+        tracing::error!(error = %e, "could not start the audit writer thread; reads will be refused");
+    }
+}
+
+struct Writer {
+    file: Arc<Path>,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    cp: Checkpoints,
+    rx: flume::Receiver<Job>,
+    forward: Option<super::forward::Forwarder>,
+    next_tick: Instant,
+}
+
+/// What the writer waits for.
+enum Wake {
+    Batch(Vec<Job>),
+    Tick,
+    Closed,
+}
+
+impl Writer {
+    fn run(mut self) {
+        self.next_tick = Instant::now() + self.cp.interval;
+        // A connection is (re)opened after any failure: a batch error may leave it in
+        // a state not worth reasoning about, and opening is cheap next to refusing reads.
+        loop {
+            let conn = match open(&self.file) {
+                Ok(c) => c,
+                Err(e) => match self.wait() {
+                    Wake::Batch(batch) => {
+                        Job::failed(batch, &e);
+                        continue;
+                    }
+                    Wake::Tick => continue,
+                    Wake::Closed => return,
+                },
+            };
+            match self.serve(&conn) {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(error = %e, "audit writer reopens its connection"),
+            }
+        }
+    }
+
+    /// Serve batches on `conn` until the log is closed (`Ok`) or a write fails.
+    fn serve(&mut self, conn: &Connection) -> Result<(), rusqlite::Error> {
+        let mut st = Statements::prepare(conn)?;
+        loop {
+            match self.wait() {
+                Wake::Closed => return Ok(()),
+                Wake::Tick => {
+                    let _gate = self.gate.blocking_lock();
+                    if let Err(e) = in_tx(conn, || st.checkpoint_head(&self.cp.signer)) {
+                        tracing::warn!(error = %e, "periodic audit checkpoint failed; retrying at the next tick");
+                        return Err(e);
+                    }
+                }
+                Wake::Batch(batch) => {
+                    let written = {
+                        let _gate = self.gate.blocking_lock();
+                        in_tx(conn, || st.append(&self.cp, &batch))
+                    };
+                    match written {
+                        Ok(first) => Job::committed(batch, first, self.forward.as_ref()),
+                        Err(e) => {
+                            Job::failed(batch, &e);
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next batch (every job already queued, up to [`MAX_BATCH`]), or the periodic
+    /// checkpoint when it is due first.
+    fn wait(&mut self) -> Wake {
+        let now = Instant::now();
+        if now >= self.next_tick {
+            self.next_tick = now + self.cp.interval;
+            return Wake::Tick;
+        }
+        let first = match self.rx.recv_timeout(self.next_tick - now) {
+            Ok(job) => job,
+            Err(flume::RecvTimeoutError::Timeout) => return self.wait(),
+            Err(flume::RecvTimeoutError::Disconnected) => return Wake::Closed,
+        };
+        let mut batch = Vec::with_capacity(self.rx.len().min(MAX_BATCH) + 1);
+        batch.push(first);
+        batch.extend(self.rx.try_iter().take(MAX_BATCH - 1));
+        Wake::Batch(batch)
+    }
+}
+
+fn open(file: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open(file)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    // journal_mode is a property of the file (the store set WAL); synchronous is per connection.
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")?;
+    Ok(conn)
+}
+
+/// Run `f` in a `BEGIN IMMEDIATE` transaction: committed when it succeeds, rolled back
+/// when it fails.
+fn in_tx<T>(conn: &Connection, f: impl FnOnce() -> Result<T, rusqlite::Error>) -> Result<T, rusqlite::Error> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    match f().and_then(|v| conn.execute_batch("COMMIT").map(|()| v)) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+struct Statements<'c> {
+    head: Statement<'c>,
+    insert: Statement<'c>,
+    checkpoint: Statement<'c>,
+    last_checkpoint: Statement<'c>,
+}
+
+impl<'c> Statements<'c> {
+    fn prepare(conn: &'c Connection) -> Result<Self, rusqlite::Error> {
+        Ok(Statements {
+            head: conn.prepare("SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1")?,
+            insert: conn.prepare(
+                "INSERT INTO audit_event (seq, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, event, prev_hash, hash, entities) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?,
+            checkpoint: conn.prepare(
+                "INSERT INTO audit_checkpoint (seq, hash, signed_at, key_id, signature) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (seq) DO NOTHING",
+            )?,
+            last_checkpoint: conn.prepare("SELECT MAX(seq) FROM audit_checkpoint")?,
+        })
+    }
+
+    fn head(&mut self) -> Result<Option<(i64, Vec<u8>)>, rusqlite::Error> {
+        self.head.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional()
+    }
+
+    /// Append `batch` after the chain head; returns the first new sequence number.
+    fn append(&mut self, cp: &Checkpoints, batch: &[Job]) -> Result<i64, rusqlite::Error> {
+        let (mut seq, mut prev) = match self.head()? {
+            Some((seq, hash)) => (seq, hash),
+            None => (0, GENESIS.to_vec()),
+        };
+        let first = seq + 1;
+        for job in batch {
+            seq += 1;
+            let p = &job.prepared;
+            let event = p.event(seq);
+            let hash = chain_hash(seq, &prev, event.as_bytes());
+            self.insert.execute(params![
+                seq,
+                p.recorded,
+                p.agent,
+                p.owners,
+                p.patients,
+                p.outcome,
+                p.subtype,
+                p.cross,
+                event,
+                prev,
+                &hash[..],
+                p.entities
+            ])?;
+            if seq % cp.every == 0 {
+                self.sign(&cp.signer, seq, &hash)?;
+            }
+            prev.clear();
+            prev.extend_from_slice(&hash);
+        }
+        Ok(first)
+    }
+
+    fn sign(&mut self, signer: &Signer, seq: i64, hash: &[u8]) -> Result<(), rusqlite::Error> {
+        let signed_at = super::now_micros() / 1_000_000;
+        self.checkpoint.execute(params![seq, hash, signed_at, signer.key_id(), signer.sign(seq, hash, signed_at)])?;
+        Ok(())
+    }
+
+    /// Sign the head if events were added since the last checkpoint.
+    fn checkpoint_head(&mut self, signer: &Signer) -> Result<(), rusqlite::Error> {
+        let Some((seq, hash)) = self.head()? else { return Ok(()) };
+        let last: Option<i64> = self.last_checkpoint.query_row([], |r| r.get(0))?;
+        if last.is_some_and(|l| l >= seq) {
+            return Ok(());
+        }
+        self.sign(signer, seq, &hash)
+    }
+}
