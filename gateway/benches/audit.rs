@@ -2,9 +2,13 @@
 //!
 //! `cargo bench -p kakehashi --features bench --bench audit [-- VERIFY_EVENTS [CONCURRENCY]]`
 //!
-//! 1. Audited reads per second (one Patient, translation cached, embedded SQLite with
-//!    `synchronous=FULL`, CONCURRENCY (default 256) requests through the tower stack minus
-//!    TLS) against the same reads with auditing switched off, alternating in one run.
+//! 0. Audited reads per second at the front door (one Patient, cross-site, translation
+//!    cached; mutual TLS, HTTP/1.1 keep-alive, 64 connections, the load harness's
+//!    client) against the same reads from the same gateway with auditing switched off
+//!    (a benchmark-build-only switch), alternating in one run, embedded SQLite.
+//! 1. The same comparison in-process: CONCURRENCY (default 256) requests through the
+//!    tower stack minus TLS and HTTP, where a read costs only a few microseconds, so
+//!    this ratio shows the audit writer's own ceiling.
 //! 2. `audit verify` speed over a log of VERIFY_EVENTS (default 1,000,000) events.
 //! 3. Audited reads per second again, appending to that grown log: throughput must not
 //!    fall as the log grows (issue 9 asks for 0 and 10 million events).
@@ -98,6 +102,26 @@ async fn verify_speed(events: i64, store: &Store, signer: &kakehashi::audit::che
 
 #[tokio::main]
 async fn main() {
+    let front = kakehashi::loadgen::scenario::bench(kakehashi::loadgen::scenario::Options {
+        workload: kakehashi::loadgen::scenario::Workload::PatientRead,
+        mode: kakehashi::loadgen::Mode::H1,
+        connections: 64,
+        duration: Duration::from_secs(5),
+        rounds: 3,
+        rate_per_client: 0.0,
+        database_url: None,
+        instances: 1,
+        idle: 0,
+    })
+    .await
+    .unwrap();
+    let unaudited = front.unaudited.expect("benchmark builds run the unaudited gateway");
+    println!(
+        "front door: audited reads {:.0}/s, unaudited {:.0}/s, ratio {:.2} (mutual TLS, HTTP/1.1, 64 connections, SQLite synchronous=FULL)",
+        front.gateway.rate(),
+        unaudited.rate(),
+        front.gateway.rate() / unaudited.rate()
+    );
     let nums: Vec<i64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let verify_events = nums.first().copied().unwrap_or(1_000_000);
     let concurrency = nums.get(1).copied().unwrap_or(256) as usize;

@@ -51,6 +51,9 @@ pub struct Gateway {
     store: Store,
     checkpoints: crate::audit::Checkpoints,
     forward: Option<crate::audit::forward::Forwarder>,
+    /// Benchmark builds only: serve without auditing, to measure what auditing costs.
+    #[cfg(feature = "bench")]
+    danger_unaudited: bool,
 }
 
 impl Gateway {
@@ -76,7 +79,18 @@ impl Gateway {
             store,
             checkpoints,
             forward,
+            #[cfg(feature = "bench")]
+            danger_unaudited: false,
         })
+    }
+
+    /// DANGER, benchmark builds only: this gateway records no audit events, so the load
+    /// harness can measure audited reads against the same reads unaudited. Not compiled
+    /// into the gateway users run.
+    #[cfg(feature = "bench")]
+    pub fn danger_unaudited_for_benchmark(mut self) -> Gateway {
+        self.danger_unaudited = true;
+        self
     }
 
     /// The FHIR listener's address.
@@ -92,7 +106,9 @@ impl Gateway {
     /// Serve until `shutdown` resolves, then stop accepting and give in-flight
     /// requests `server.shutdown_grace_secs` to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Gateway { config, listener, admin, tls, members, metrics, store, checkpoints, forward } = self;
+        #[cfg(feature = "bench")]
+        let unaudited = self.danger_unaudited;
+        let Gateway { config, listener, admin, tls, members, metrics, store, checkpoints, forward, .. } = self;
         let limits = &config.server;
         let records = crate::records::Records::load(&config);
         let refresh = tokio::spawn(records.clone().watch(Duration::from_millis(limits.records_refresh_ms.max(100))));
@@ -105,6 +121,8 @@ impl Gateway {
             checkpoints,
             forward,
         );
+        #[cfg(feature = "bench")]
+        let audit = if unaudited { crate::audit::AuditLog::danger_disabled_for_benchmark() } else { audit };
         let state = AppState::new(config.clone(), metrics.clone(), store.clone(), records, audit);
         if let Err(e) = state.policy.grants.reload(&store).await {
             tracing::error!(error = %e, "grants could not be loaded; cross-site reads are refused until they are");
@@ -277,3 +295,4 @@ async fn serve_admin(listener: TcpListener, metrics: Arc<Metrics>, store: Store)
         });
     }
 }
+

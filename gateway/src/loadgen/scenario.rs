@@ -129,8 +129,19 @@ async fn one(spec: &LoadSpec) -> Result<(u16, Bytes), String> {
     Ok((status, body))
 }
 
-/// Set up, measure, print. Returns (gateway report, baseline report) of the best round.
-pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
+/// The best round of each contestant.
+#[derive(Debug)]
+pub struct Results {
+    /// The gateway.
+    pub gateway: LoadReport,
+    /// The bare baseline.
+    pub baseline: LoadReport,
+    /// The same gateway without auditing (benchmark builds only).
+    pub unaudited: Option<LoadReport>,
+}
+
+/// Set up, measure, print; returns the best round of each contestant.
+pub async fn bench(opts: Options) -> Result<Results, String> {
     let dir = std::env::temp_dir().join(format!("kakehashi-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let fed = Federation { dir: dir.clone() };
@@ -163,6 +174,20 @@ pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
         ));
     }
     let addr = addrs[0];
+    // Benchmark builds also serve the same federation unaudited, to price auditing.
+    #[cfg(feature = "bench")]
+    let unaudited_addr = {
+        let gw = Gateway::bind(cfg.clone()).await.map_err(|e| e.to_string())?.danger_unaudited_for_benchmark();
+        let addr = gw.local_addr();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        servers.push((
+            stop_tx,
+            tokio::spawn(gw.run(async {
+                let _ = stop_rx.await;
+            })),
+        ));
+        addr
+    };
 
     let p = pki.dir();
     let alpn: &[&[u8]] = if opts.mode == Mode::H2 { &[b"h2"] } else { &[b"http/1.1"] };
@@ -292,6 +317,10 @@ pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
             .await
             .map_err(|e| e.to_string())?;
     let base_spec = LoadSpec { addr: base_addr, also: vec![], ..spec.clone() };
+    #[cfg(feature = "bench")]
+    let unaudited_spec = LoadSpec { addr: unaudited_addr, also: vec![], ..spec.clone() };
+    #[cfg_attr(not(feature = "bench"), allow(unused_mut))]
+    let mut best_unaudited: Option<LoadReport> = None;
 
     println!(
         "workload {:?}, mode {:?}, {} connections, {:?} per run, response {} bytes, {} gateway instance(s) on {}",
@@ -307,6 +336,15 @@ pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
     for round in 0..opts.rounds.max(1) {
         let g = run(spec.clone()).await;
         println!("round {} gateway  {}", round + 1, g.line());
+        #[cfg(feature = "bench")]
+        {
+            let u = run(unaudited_spec.clone()).await;
+            println!("round {} unaudited {}", round + 1, u.line());
+            best_unaudited = Some(match best_unaudited {
+                Some(b) if b.rate() >= u.rate() => b,
+                _ => u,
+            });
+        }
         let b = run(base_spec.clone()).await;
         println!("round {} baseline {}", round + 1, b.line());
         best = Some(match best {
@@ -316,6 +354,15 @@ pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
     }
     let (g, b) = best.ok_or("no rounds")?;
     println!("best: gateway {:.0} req/s, baseline {:.0} req/s, ratio {:.2}", g.rate(), b.rate(), g.rate() / b.rate());
+    #[cfg(feature = "bench")]
+    if let Some(u) = &best_unaudited {
+        println!(
+            "audited {:.0} req/s, the same gateway unaudited {:.0} req/s (benchmark build), ratio {:.2}",
+            g.rate(),
+            u.rate(),
+            g.rate() / u.rate()
+        );
+    }
     println!("resident memory of this process (gateway + baseline + clients): {} MB", rss_mb());
     if opts.idle > 0 {
         let before = rss_mb();
@@ -336,7 +383,7 @@ pub async fn bench(opts: Options) -> Result<(LoadReport, LoadReport), String> {
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     }
     drop(fed);
-    Ok((g, b))
+    Ok(Results { gateway: g, baseline: b, unaudited: best_unaudited })
 }
 
 /// Resident set size of this process in MB, from /proc.
