@@ -10,6 +10,7 @@ use super::checkpoint::Signer;
 use super::event::AuditRecord;
 use crate::store::{Lock, Store};
 use sqlx::Row;
+use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -39,8 +40,9 @@ pub fn chain_hash(seq: i64, prev: &[u8], event: &[u8]) -> [u8; 32] {
 /// An event made ready in the requesting task, so the single writer only numbers,
 /// hashes and stores.
 pub(super) struct Prepared {
-    /// The AuditEvent JSON after `{"resourceType":"AuditEvent",` (the id goes first).
-    pub(super) rest: String,
+    /// The AuditEvent JSON without an id; it starts with [`EVENT_PREFIX`], after which
+    /// the id goes.
+    pub(super) json: String,
     pub(super) recorded: i64,
     pub(super) agent: String,
     pub(super) owners: String,
@@ -55,13 +57,15 @@ const EVENT_PREFIX: &str = "{\"resourceType\":\"AuditEvent\",";
 
 impl Prepared {
     fn new(r: &AuditRecord, observer: &str) -> Result<Prepared, AuditError> {
-        let json = serde_json::to_string(&r.to_fhir(None, observer)).map_err(|e| AuditError(e.to_string()))?;
-        let rest = json
-            .strip_prefix(EVENT_PREFIX)
-            .ok_or_else(|| AuditError("unexpected AuditEvent serialisation".into()))?
-            .to_string();
+        // Sized for a read's event (about 1.9 KB), so serialising does not reallocate.
+        let mut buf = Vec::with_capacity(2560);
+        serde_json::to_writer(&mut buf, &r.to_fhir(None, observer)).map_err(|e| AuditError(e.to_string()))?;
+        let json = String::from_utf8(buf).map_err(|e| AuditError(e.to_string()))?;
+        if !json.starts_with(EVENT_PREFIX) {
+            return Err(AuditError("unexpected AuditEvent serialisation".into()));
+        }
         Ok(Prepared {
-            rest,
+            json,
             recorded: r.recorded_micros,
             agent: r.agent_institution().unwrap_or("").to_string(),
             owners: list(r.owners()),
@@ -75,7 +79,13 @@ impl Prepared {
 
     /// The stored event: the prepared JSON with its sequence number as id.
     pub(super) fn event(&self, seq: i64) -> String {
-        format!("{EVENT_PREFIX}\"id\":\"{seq}\",{}", self.rest)
+        let rest = &self.json[EVENT_PREFIX.len()..];
+        let mut event = String::with_capacity(self.json.len() + 32);
+        event.push_str(EVENT_PREFIX);
+        // Writing to a String cannot fail.
+        let _ = write!(event, "\"id\":\"{seq}\",");
+        event.push_str(rest);
+        event
     }
 }
 
