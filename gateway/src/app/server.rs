@@ -295,4 +295,3 @@ async fn serve_admin(listener: TcpListener, metrics: Arc<Metrics>, store: Store)
         });
     }
 }
-

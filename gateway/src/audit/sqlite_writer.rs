@@ -1,7 +1,7 @@
 //! The embedded store's audit writer: one OS thread with a connection of its own and
-//! statements prepared once. Through sqlx every event crossed its `Any` argument layer
-//! and its connection worker's channel; here a batch is one `BEGIN IMMEDIATE`, a
-//! native insert per event and one `COMMIT` (WAL, `synchronous=FULL`: fsync'd before
+//! statements prepared once per batch. Through sqlx every event crossed its `Any`
+//! argument layer and its connection worker's channel; here a batch is one
+//! `BEGIN IMMEDIATE`, a native insert per event and one `COMMIT` (WAL, `synchronous=FULL`: fsync'd before
 //! any waiting request is answered). The thread takes the store's write gate for each
 //! batch, so it queues in order with the gateway's other writers. A second thread
 //! copies the WAL back into the database (a passive checkpoint, concurrent with the
@@ -55,50 +55,46 @@ enum Wake {
 impl Writer {
     fn run(mut self) {
         self.next_tick = Instant::now() + self.cp.interval;
-        // A connection is (re)opened after any failure: a batch error may leave it in
-        // a state not worth reasoning about, and opening is cheap next to refusing reads.
+        // Opened on first use and again after any failure: a failed batch may leave the
+        // connection in a state not worth reasoning about, and the next batch must find
+        // the store as it is now (a table restored, a disk with room again), not refuse
+        // on a stale error.
+        let mut conn: Option<Connection> = None;
         loop {
-            let conn = match open(&self.file) {
-                Ok(c) => c,
-                Err(e) => match self.wait() {
-                    Wake::Batch(batch) => {
-                        Job::failed(batch, &e);
-                        continue;
-                    }
-                    Wake::Tick => continue,
-                    Wake::Closed => return,
-                },
-            };
-            match self.serve(&conn) {
-                Ok(()) => return,
-                Err(e) => tracing::warn!(error = %e, "audit writer reopens its connection"),
+            let wake = self.wait();
+            if let Wake::Closed = wake {
+                return;
             }
-        }
-    }
-
-    /// Serve batches on `conn` until the log is closed (`Ok`) or a write fails.
-    fn serve(&mut self, conn: &Connection) -> Result<(), rusqlite::Error> {
-        let mut st = Statements::prepare(conn)?;
-        loop {
-            match self.wait() {
-                Wake::Closed => return Ok(()),
-                Wake::Tick => {
-                    let _gate = self.gate.blocking_lock();
-                    if let Err(e) = in_tx(conn, || st.checkpoint_head(&self.cp.signer)) {
-                        tracing::warn!(error = %e, "periodic audit checkpoint failed; retrying at the next tick");
-                        return Err(e);
+            let c = match conn.take().map_or_else(|| open(&self.file), Ok) {
+                Ok(c) => c,
+                Err(e) => {
+                    match wake {
+                        Wake::Batch(batch) => Job::failed(batch, &e),
+                        _ => tracing::warn!(error = %e, "audit store unavailable for the periodic checkpoint"),
                     }
+                    continue;
                 }
+            };
+            match wake {
                 Wake::Batch(batch) => {
                     let written = {
                         let _gate = self.gate.blocking_lock();
-                        in_tx(conn, || st.append(&self.cp, &batch))
+                        in_tx(&c, || Statements::prepare(&c)?.append(&self.cp, &batch))
                     };
                     match written {
-                        Ok(first) => Job::committed(batch, first, self.forward.as_ref()),
+                        Ok(first) => {
+                            conn = Some(c);
+                            Job::committed(batch, first, self.forward.as_ref());
+                        }
+                        Err(e) => Job::failed(batch, &e),
+                    }
+                }
+                _ => {
+                    let _gate = self.gate.blocking_lock();
+                    match in_tx(&c, || Statements::prepare(&c)?.checkpoint_head(&self.cp.signer)) {
+                        Ok(()) => conn = Some(c),
                         Err(e) => {
-                            Job::failed(batch, &e);
-                            return Err(e);
+                            tracing::warn!(error = %e, "periodic audit checkpoint failed; retrying at the next tick")
                         }
                     }
                 }

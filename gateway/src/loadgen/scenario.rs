@@ -162,22 +162,8 @@ pub async fn bench(opts: Options) -> Result<Results, String> {
     let tls_files: crate::tls::TlsFiles = (&cfg.tls).into();
     let mut addrs = Vec::new();
     let mut servers = Vec::new();
-    for _ in 0..opts.instances.max(1) {
-        let gw = Gateway::bind(cfg.clone()).await.map_err(|e| e.to_string())?;
-        addrs.push(gw.local_addr());
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        servers.push((
-            stop_tx,
-            tokio::spawn(gw.run(async {
-                let _ = stop_rx.await;
-            })),
-        ));
-    }
-    let addr = addrs[0];
-    // Benchmark builds also serve the same federation unaudited, to price auditing.
-    #[cfg(feature = "bench")]
-    let unaudited_addr = {
-        let gw = Gateway::bind(cfg.clone()).await.map_err(|e| e.to_string())?.danger_unaudited_for_benchmark();
+    // Serve `gw` until its stop sender is used (or dropped).
+    let mut serve = |gw: Gateway| {
         let addr = gw.local_addr();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         servers.push((
@@ -188,6 +174,14 @@ pub async fn bench(opts: Options) -> Result<Results, String> {
         ));
         addr
     };
+    for _ in 0..opts.instances.max(1) {
+        addrs.push(serve(Gateway::bind(cfg.clone()).await.map_err(|e| e.to_string())?));
+    }
+    let addr = addrs[0];
+    // Benchmark builds also serve the same federation unaudited, to price auditing.
+    #[cfg(feature = "bench")]
+    let unaudited_addr =
+        serve(Gateway::bind(cfg.clone()).await.map_err(|e| e.to_string())?.danger_unaudited_for_benchmark());
 
     let p = pki.dir();
     let alpn: &[&[u8]] = if opts.mode == Mode::H2 { &[b"h2"] } else { &[b"http/1.1"] };
