@@ -231,9 +231,9 @@ pub(super) fn list(items: Vec<&str>) -> String {
     }
 }
 
-/// Rows per INSERT statement: fewer round trips to the database worker, while SQLite's
-/// lookup of `$N` parameter names (linear in the parameter count) stays cheap.
-const ROWS_PER_INSERT: usize = 16;
+/// Rows per INSERT statement (this writer serves PostgreSQL; SQLite has its own thread):
+/// fewer round trips, well under PostgreSQL's 65,535 bind parameters per statement.
+const ROWS_PER_INSERT: usize = 64;
 
 async fn write_batch(store: &Store, cp: &Checkpoints, batch: &[Job]) -> Result<i64, sqlx::Error> {
     // Instances sharing one database append to one chain, one batch at a time.
