@@ -188,12 +188,7 @@ impl AuditLog {
     }
 }
 
-async fn writer(
-    store: Store,
-    cp: Checkpoints,
-    rx: flume::Receiver<Job>,
-    forward: Option<super::forward::Forwarder>,
-) {
+async fn writer(store: Store, cp: Checkpoints, rx: flume::Receiver<Job>, forward: Option<super::forward::Forwarder>) {
     let mut tick = tokio::time::interval(cp.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

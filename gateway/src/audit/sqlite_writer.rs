@@ -250,3 +250,88 @@ impl<'c> Statements<'c> {
         self.sign(signer, seq, &hash)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::audit::checkpoint::{Signer, TrustedKeys};
+    use crate::audit::{AuditLog, AuditRecord, Checkpoints, Disclosed, Interaction, Outcome, Requestor};
+    use crate::store::Store;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    async fn log_in_temp_dir(name: &str) -> (std::path::PathBuf, Store, AuditLog, Arc<Signer>) {
+        let dir = std::env::temp_dir().join(format!("kk-sqlite-writer-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+        std::fs::write(dir.join("key.pk8"), pkcs8.as_ref()).unwrap();
+        let signer = Arc::new(Signer::load(&dir.join("key.pk8")).unwrap());
+        let store = Store::open(&format!("sqlite://{}/audit.db", dir.display())).await.unwrap();
+        let cp = Checkpoints { signer: signer.clone(), every: 100, interval: Duration::from_secs(3600) };
+        let log = AuditLog::start(store.clone(), "test".into(), cp);
+        (dir, store, log, signer)
+    }
+
+    fn record(i: usize) -> AuditRecord {
+        AuditRecord {
+            interaction: Interaction::Read,
+            outcome: Outcome::Success,
+            outcome_desc: None,
+            requestor: Requestor::Unidentified { fingerprint: None, institution: Some("4610200021".into()) },
+            source_address: "127.0.0.1:1".into(),
+            disclosed: vec![Disclosed {
+                reference: format!("Patient/p{i}"),
+                owner: "4610100011".into(),
+                patient: Some(format!("p{i}")),
+                basis: "consent".into(),
+            }],
+            query: None,
+            purpose: "TREAT".into(),
+            break_glass_reason: None,
+            recorded_micros: crate::audit::now_micros(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_events_form_one_chain_that_verifies() {
+        let (dir, store, log, signer) = log_in_temp_dir("chain").await;
+        let tasks: Vec<_> = (0..300)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move { log.record(record(i)).await })
+            })
+            .collect();
+        let mut seqs = Vec::new();
+        for t in tasks {
+            seqs.push(t.await.unwrap().unwrap());
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=300).collect::<Vec<i64>>(), "every event got its own place in the chain");
+        let report = crate::audit::verify::verify(&store, &TrustedKeys::new([signer.public_key()]), 100).await.unwrap();
+        assert_eq!(report.events, 300);
+        assert_eq!(report.checkpoints, 3, "signed at 100, 200 and 300");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_is_checkpointed_while_the_writer_runs() {
+        let (dir, _store, log, _) = log_in_temp_dir("wal").await;
+        // 20 bursts of 200 events (~10 MB of frames in all), each followed by more than
+        // one checkpoint interval: a WAL nobody checkpoints would hold every frame.
+        for burst in 0..20 {
+            let tasks: Vec<_> = (0..200)
+                .map(|i| {
+                    let log = log.clone();
+                    tokio::spawn(async move { log.record(record(burst * 200 + i)).await })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+            tokio::time::sleep(super::WAL_CHECKPOINT_EVERY * 2).await;
+        }
+        let wal = std::fs::metadata(dir.join("audit.db-wal")).unwrap().len();
+        assert!(wal < 4 * 1024 * 1024, "the WAL restarts after checkpoints; it is {wal} bytes");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
