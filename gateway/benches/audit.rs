@@ -20,8 +20,7 @@ use kakehashi::audit::{AuditLog, Checkpoints};
 use kakehashi::identity::{ConnInfo, Principal};
 use kakehashi::records::Records;
 use kakehashi::store::Store;
-use kakehashi::Config;
-use kakehashi_certs::{InitOptions, Pki, Role};
+use kakehashi_certs::Role;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
@@ -127,15 +126,8 @@ async fn main() {
     let concurrency = nums.get(1).copied().unwrap_or(256) as usize;
     let dir = std::env::temp_dir().join(format!("kk-bench-audit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    Pki::init(&dir.join("pki"), &InitOptions::default()).unwrap();
-    kakehashi::demo::write_sites(&dir).unwrap();
-    std::fs::create_dir_all(dir.join("sites/clinic-a/rx")).unwrap();
-    std::fs::write(
-        dir.join("kakehashi.toml"),
-        kakehashi::loadgen::scenario::federation_config(&format!("sqlite://{}/bench.db", dir.display())),
-    )
-    .unwrap();
-    let cfg = Config::load(&dir.join("kakehashi.toml")).unwrap();
+    let (_, cfg) =
+        kakehashi::loadgen::scenario::write_federation(&dir, &format!("sqlite://{}/bench.db", dir.display())).unwrap();
     let store = Store::open(&cfg.database.url).await.unwrap();
     let records = Records::load(&cfg);
     let cfg = Arc::new(cfg);

@@ -140,7 +140,8 @@ pub struct Checkpoints {
 }
 
 impl AuditLog {
-    /// Start the writer task for `store`; `observer` names this gateway in events.
+    /// Start the writer for `store` (a thread on SQLite, a task on PostgreSQL);
+    /// `observer` names this gateway in events.
     pub fn start(store: Store, observer: String, checkpoints: Checkpoints) -> AuditLog {
         Self::start_forwarding(store, observer, checkpoints, None)
     }
@@ -218,12 +219,44 @@ async fn writer(store: Store, cp: Checkpoints, rx: flume::Receiver<Job>, forward
     }
 }
 
-pub(super) fn list(items: Vec<&str>) -> String {
+fn list(items: Vec<&str>) -> String {
     if items.is_empty() {
         String::new()
     } else {
         format!(",{},", items.join(","))
     }
+}
+
+// The statements both writers (this one over sqlx, the SQLite thread over rusqlite) run,
+// so the two cannot drift apart. `$N` placeholders: SQLite numbers them in order too.
+
+/// The chain head: its sequence number and hash.
+pub(super) const HEAD_SQL: &str = "SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1";
+/// The newest signed checkpoint's sequence number.
+pub(super) const LAST_CHECKPOINT_SQL: &str = "SELECT MAX(seq) FROM audit_checkpoint";
+/// A signed checkpoint: seq, hash, signed_at, key_id, signature.
+pub(super) const CHECKPOINT_SQL: &str = "INSERT INTO audit_checkpoint (seq, hash, signed_at, key_id, signature) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING";
+
+/// INSERT of `rows` events, each bound as seq, recorded, agent_institution, owners,
+/// patients, outcome, subtype, cross_site, event, prev_hash, hash, entities.
+pub(super) fn insert_events_sql(rows: usize) -> String {
+    const COLUMNS: usize = 12;
+    let mut sql = String::from(
+        "INSERT INTO audit_event (seq, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, event, prev_hash, hash, entities) VALUES ",
+    );
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ",(" });
+        for col in 1..=COLUMNS {
+            let _ = write!(sql, "{}${}", if col == 1 { "" } else { "," }, row * COLUMNS + col);
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// True when the head at `head` is not covered by the newest checkpoint `last`.
+pub(super) fn head_unsigned(head: i64, last: Option<i64>) -> bool {
+    last.is_none_or(|l| l < head)
 }
 
 /// Rows per INSERT statement (this writer serves PostgreSQL; SQLite has its own thread):
@@ -233,8 +266,7 @@ const ROWS_PER_INSERT: usize = 64;
 async fn write_batch(store: &Store, cp: &Checkpoints, batch: &[Job]) -> Result<i64, sqlx::Error> {
     // Instances sharing one database append to one chain, one batch at a time.
     let mut tx = store.begin_write(Lock::AuditChain).await?;
-    let head =
-        sqlx::query("SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *tx).await?;
+    let head = sqlx::query(HEAD_SQL).fetch_optional(&mut *tx).await?;
     let (mut seq, mut prev): (i64, Vec<u8>) = match head {
         Some(row) => (row.try_get(0)?, row.try_get(1)?),
         None => (0, GENESIS.to_vec()),
@@ -252,32 +284,8 @@ async fn write_batch(store: &Store, cp: &Checkpoints, batch: &[Job]) -> Result<i
             }
             rows.push((seq, event, std::mem::replace(&mut prev, hash.to_vec()), hash));
         }
-        let mut sql = String::from(
-            "INSERT INTO audit_event (seq, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, event, prev_hash, hash, entities) VALUES ",
-        );
-        for i in 0..rows.len() {
-            let b = i * 12;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!(
-                "(${},${},${},${},${},${},${},${},${},${},${},${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7,
-                b + 8,
-                b + 9,
-                b + 10,
-                b + 11,
-                b + 12
-            ));
-        }
         // The statement holds placeholders only; every value is bound.
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(insert_events_sql(rows.len())));
         for (job, (seq, event, prev_hash, hash)) in chunk.iter().zip(rows) {
             let p = &job.prepared;
             q = q
@@ -310,31 +318,51 @@ async fn insert_checkpoint(
     hash: &[u8],
 ) -> Result<(), sqlx::Error> {
     let signed_at = super::now_micros() / 1_000_000;
-    sqlx::query(
-        "INSERT INTO audit_checkpoint (seq, hash, signed_at, key_id, signature) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING",
-    )
-    .bind(seq)
-    .bind(hash.to_vec())
-    .bind(signed_at)
-    .bind(signer.key_id().to_string())
-    .bind(signer.sign(seq, hash, signed_at))
-    .execute(conn)
-    .await?;
+    sqlx::query(CHECKPOINT_SQL)
+        .bind(seq)
+        .bind(hash.to_vec())
+        .bind(signed_at)
+        .bind(signer.key_id().to_string())
+        .bind(signer.sign(seq, hash, signed_at))
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
 /// Sign the chain head if events were added since the last checkpoint.
 pub async fn checkpoint_head(store: &Store, signer: &Signer) -> Result<Option<i64>, sqlx::Error> {
     let mut tx = store.begin_write(Lock::AuditChain).await?;
-    let head =
-        sqlx::query("SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1").fetch_optional(&mut *tx).await?;
+    let head = sqlx::query(HEAD_SQL).fetch_optional(&mut *tx).await?;
     let Some(head) = head else { return Ok(None) };
     let (seq, hash): (i64, Vec<u8>) = (head.try_get(0)?, head.try_get(1)?);
-    let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_checkpoint").fetch_one(&mut *tx).await?;
-    if last.is_some_and(|l| l >= seq) {
+    let last: Option<i64> = sqlx::query_scalar(LAST_CHECKPOINT_SQL).fetch_one(&mut *tx).await?;
+    if !head_unsigned(seq, last) {
         return Ok(None);
     }
     insert_checkpoint(&mut tx, signer, seq, &hash).await?;
     tx.commit().await?;
     Ok(Some(seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_inserts_number_every_row_s_twelve_placeholders_in_order() {
+        let one = insert_events_sql(1);
+        assert!(one.ends_with("VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)"), "{one}");
+        let two = insert_events_sql(2);
+        assert!(
+            two.ends_with("($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12),($13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24)"),
+            "{two}"
+        );
+    }
+
+    #[test]
+    fn only_a_head_past_the_newest_checkpoint_is_unsigned() {
+        assert!(head_unsigned(5, None));
+        assert!(head_unsigned(5, Some(4)));
+        assert!(!head_unsigned(5, Some(5)));
+    }
 }

@@ -1,15 +1,18 @@
 //! The embedded store's audit writer: one OS thread with a connection of its own and
-//! statements prepared once per batch. Through sqlx every event crossed its `Any`
-//! argument layer and its connection worker's channel; here a batch is one
-//! `BEGIN IMMEDIATE`, a native insert per event and one `COMMIT` (WAL, `synchronous=FULL`: fsync'd before
-//! any waiting request is answered). The thread takes the store's write gate for each
+//! statements prepared once per batch (the same SQL as the PostgreSQL writer). Through
+//! sqlx every event crossed its `Any` argument layer and its connection worker's
+//! channel; here a batch is one `BEGIN IMMEDIATE`, a native insert per event and one
+//! `COMMIT` (WAL, `synchronous=FULL`: fsync'd before any waiting request is answered). The thread takes the store's write gate for each
 //! batch, so it queues in order with the gateway's other writers. A second thread
 //! copies the WAL back into the database (a passive checkpoint, concurrent with the
 //! writer): done by the writer, as SQLite does by default, it stalled every waiting
 //! read for about 6 ms every few dozen batches.
 
 use super::checkpoint::Signer;
-use super::log::{chain_hash, Checkpoints, Job, GENESIS, MAX_BATCH};
+use super::log::{
+    chain_hash, head_unsigned, insert_events_sql, Checkpoints, Job, CHECKPOINT_SQL, GENESIS, HEAD_SQL,
+    LAST_CHECKPOINT_SQL, MAX_BATCH,
+};
 use rusqlite::{params, Connection, OptionalExtension, Statement};
 use std::path::Path;
 use std::sync::Arc;
@@ -184,14 +187,10 @@ struct Statements<'c> {
 impl<'c> Statements<'c> {
     fn prepare(conn: &'c Connection) -> Result<Self, rusqlite::Error> {
         Ok(Statements {
-            head: conn.prepare("SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1")?,
-            insert: conn.prepare(
-                "INSERT INTO audit_event (seq, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, event, prev_hash, hash, entities) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            )?,
-            checkpoint: conn.prepare(
-                "INSERT INTO audit_checkpoint (seq, hash, signed_at, key_id, signature) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (seq) DO NOTHING",
-            )?,
-            last_checkpoint: conn.prepare("SELECT MAX(seq) FROM audit_checkpoint")?,
+            head: conn.prepare(HEAD_SQL)?,
+            insert: conn.prepare(&insert_events_sql(1))?,
+            checkpoint: conn.prepare(CHECKPOINT_SQL)?,
+            last_checkpoint: conn.prepare(LAST_CHECKPOINT_SQL)?,
         })
     }
 
@@ -244,7 +243,7 @@ impl<'c> Statements<'c> {
     fn checkpoint_head(&mut self, signer: &Signer) -> Result<(), rusqlite::Error> {
         let Some((seq, hash)) = self.head()? else { return Ok(()) };
         let last: Option<i64> = self.last_checkpoint.query_row([], |r| r.get(0))?;
-        if last.is_some_and(|l| l >= seq) {
+        if !head_unsigned(seq, last) {
             return Ok(());
         }
         self.sign(signer, seq, &hash)

@@ -63,7 +63,7 @@ impl Drop for Federation {
 /// The throw-away federation the load harness and the audit benchmark run: a hub with
 /// the demo's SS-MIX2 site and clinic A with its MML records, JAHIS prescriptions and
 /// inbox; paths are relative to the configuration file.
-pub fn federation_config(database_url: &str) -> String {
+fn federation_config(database_url: &str) -> String {
     format!(
         r#"[federation]
 name = "bench"
@@ -103,6 +103,18 @@ connector = {{ kind = "jahis-rx", dir = "sites/clinic-a/rx" }}
 "#,
         database_url, HUB.code, CLINIC_A.code, HUB.code, CLINIC_A.code, CLINIC_A.code
     )
+}
+
+/// Write the throw-away federation of [`federation_config`] into `dir`: a fresh PKI, the
+/// demo's sites and the configuration; returns the PKI (to issue client certificates)
+/// and the loaded configuration.
+pub fn write_federation(dir: &std::path::Path, database_url: &str) -> Result<(Pki, Config), String> {
+    let pki = Pki::init(&dir.join("pki"), &InitOptions::default()).map_err(|e| e.to_string())?;
+    crate::demo::write_sites(dir)?;
+    std::fs::create_dir_all(dir.join("sites/clinic-a/rx")).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("kakehashi.toml"), federation_config(database_url)).map_err(|e| e.to_string())?;
+    let cfg = Config::load(&dir.join("kakehashi.toml")).map_err(|e| e.to_string())?;
+    Ok((pki, cfg))
 }
 
 async fn one(spec: &LoadSpec) -> Result<(u16, Bytes), String> {
@@ -145,20 +157,16 @@ pub async fn bench(opts: Options) -> Result<Results, String> {
     let dir = std::env::temp_dir().join(format!("kakehashi-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let fed = Federation { dir: dir.clone() };
-    let pki = Pki::init(&dir.join("pki"), &InitOptions::default()).map_err(|e| e.to_string())?;
+    let sqlite = format!("sqlite://{}/bench.db", dir.display());
+    let db = opts.database_url.clone().unwrap_or(sqlite);
+    let (pki, cfg) = write_federation(&dir, &db)?;
     for (name, inst, role) in [("hub", &HUB, Role::HospitalSystem), ("clinic", &CLINIC_A, Role::ClinicTerminal)] {
         pki.issue(&ClientCertRequest::new(inst.code, inst.name, role, name), name).map_err(|e| e.to_string())?;
     }
-    crate::demo::write_sites(&dir)?;
-    std::fs::create_dir_all(dir.join("sites/clinic-a/rx")).map_err(|e| e.to_string())?;
     crate::demo::write_bulk_prescriptions(&dir, 0, 10)?;
     if opts.workload == Workload::Everything {
         crate::demo::write_year_of_records(&dir)?;
     }
-    let sqlite = format!("sqlite://{}/bench.db", dir.display());
-    let db = opts.database_url.clone().unwrap_or(sqlite);
-    std::fs::write(dir.join("kakehashi.toml"), federation_config(&db)).map_err(|e| e.to_string())?;
-    let cfg = Config::load(&dir.join("kakehashi.toml")).map_err(|e| e.to_string())?;
     let tls_files: crate::tls::TlsFiles = (&cfg.tls).into();
     let mut addrs = Vec::new();
     let mut servers = Vec::new();
