@@ -105,6 +105,9 @@ pub struct LoadReport {
     pub elapsed: Duration,
     /// Latency of successful requests, microseconds.
     pub latency: Histogram<u64>,
+    /// CPU time of the whole process (server, clients and all their threads) during
+    /// the run, when the platform reports it.
+    pub cpu: Option<Duration>,
 }
 
 impl LoadReport {
@@ -113,17 +116,24 @@ impl LoadReport {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
 
-    /// One line: rate, percentiles, errors.
+    /// Process CPU microseconds per successful request: on a saturated machine this
+    /// steadier figure shows what each request costs where req/s swing with the host.
+    pub fn cpu_per_request(&self) -> Option<f64> {
+        Some(self.cpu?.as_secs_f64() * 1e6 / self.ok.max(1) as f64)
+    }
+
+    /// One line: rate, percentiles, CPU per request, errors.
     pub fn line(&self) -> String {
         let q = |p: f64| self.latency.value_at_quantile(p) as f64 / 1000.0;
         let errors: Vec<String> = self.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
         format!(
-            "{:>9.0} req/s  p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  errors: {}",
+            "{:>9.0} req/s  p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  cpu {} µs/req  errors: {}",
             self.rate(),
             q(0.5),
             q(0.9),
             q(0.99),
             self.latency.max() as f64 / 1000.0,
+            self.cpu_per_request().map_or_else(|| "?".into(), |c| format!("{c:.0}")),
             if errors.is_empty() { "none".into() } else { errors.join(" ") }
         )
     }
@@ -240,6 +250,7 @@ pub async fn hold_idle(spec: &LoadSpec, n: usize) -> Result<IdleConnections, Str
 /// Run one load test.
 pub async fn run(spec: LoadSpec) -> LoadReport {
     let started = Instant::now();
+    let cpu_before = process_cpu();
     let deadline = started + spec.duration;
     let mut tasks = Vec::new();
     for i in 0..spec.connections {
@@ -298,7 +309,8 @@ pub async fn run(spec: LoadSpec) -> LoadReport {
             (ok, errors, hist)
         }));
     }
-    let mut report = LoadReport { ok: 0, errors: BTreeMap::new(), elapsed: Duration::ZERO, latency: histogram() };
+    let mut report =
+        LoadReport { ok: 0, errors: BTreeMap::new(), elapsed: Duration::ZERO, latency: histogram(), cpu: None };
     for t in tasks {
         if let Ok((ok, errors, hist)) = t.await {
             report.ok += ok;
@@ -309,5 +321,50 @@ pub async fn run(spec: LoadSpec) -> LoadReport {
         }
     }
     report.elapsed = started.elapsed();
+    report.cpu = process_cpu().zip(cpu_before).and_then(|(after, before)| after.checked_sub(before));
     report
+}
+
+/// User plus system CPU time of this process so far (Linux `/proc/self/stat`).
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_from_stat(&stat)
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/[pid]/stat` line. They count USER_HZ
+/// ticks, which Linux fixes at 100 per second for this interface whatever the kernel's
+/// own tick rate.
+fn cpu_from_stat(stat: &str) -> Option<Duration> {
+    // The command name (field 2) is in parentheses and may hold spaces; count from after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_is_read_after_a_command_name_with_spaces_and_parentheses() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime ...
+        let stat = "4242 (tokio (rt) x) R 1 4242 4242 0 -1 4194560 900 0 0 0 1234 567 0 0 20 0 4 0";
+        assert_eq!(cpu_from_stat(stat), Some(Duration::from_millis(18_010)));
+        assert_eq!(cpu_from_stat("4242 (truncated) R 1"), None);
+    }
+
+    #[test]
+    fn this_process_reports_its_cpu_time() {
+        let before = process_cpu().expect("Linux reports process CPU time");
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(60) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let after = process_cpu().expect("Linux reports process CPU time");
+        assert!(after >= before + Duration::from_millis(30), "{before:?} then {after:?} after 60 ms of spinning");
+    }
 }
