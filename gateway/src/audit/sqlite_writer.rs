@@ -163,8 +163,11 @@ fn open(file: &Path) -> Result<Connection, rusqlite::Error> {
 /// How often the WAL is copied back into the database.
 const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
-/// A WAL longer than this is finished behind the write gate so that it restarts.
-const WAL_RESTART_BYTES: i64 = 16 << 20;
+/// A WAL longer than this is finished behind the write gate so that it restarts. The
+/// finishing pass holds every writer for its two flushes (up to 26 ms under load on
+/// the reference machine): at 16 MB it ran every 0.4 s and the 32-client p99 rose to
+/// 20 ms; at 64 MB throughput and p99 match a build without it.
+const WAL_RESTART_BYTES: i64 = 64 << 20;
 
 /// Passive checkpoints on a connection of their own until `stopped` is closed. Should
 /// this thread fail, the gateway's other connections still checkpoint when they write.
@@ -384,7 +387,7 @@ mod tests {
     async fn the_wal_stays_bounded_under_load_without_pauses() {
         let (dir, _store, log, _) = log_in_temp_dir("steady").await;
         // 32 clients that never pause: passive checkpoints alone never reach the end of
-        // the WAL while the writer keeps appending, and it grew past 100 MB here.
+        // the WAL while the writer keeps appending.
         let tasks: Vec<_> = (0..32)
             .map(|t| {
                 let log = log.clone();
@@ -399,7 +402,8 @@ mod tests {
             t.await.unwrap();
         }
         let wal = std::fs::metadata(dir.join("audit.db-wal")).unwrap().len();
-        let limit = 2 * super::WAL_RESTART_BYTES as u64 + 8 * 1024 * 1024;
+        // Without the gated pass this test left a 263 MB WAL.
+        let limit = super::WAL_RESTART_BYTES as u64 + 48 * 1024 * 1024;
         assert!(wal < limit, "the WAL restarts under steady load; it is {wal} bytes");
         let _ = std::fs::remove_dir_all(dir);
     }
