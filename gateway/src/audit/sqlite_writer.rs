@@ -95,26 +95,21 @@ impl Writer {
             }
         };
         loop {
-            let jobs = match wake {
-                Wake::Closed => return true,
-                Wake::Batch(jobs) => jobs,
-                Wake::Tick => Vec::new(),
-            };
+            if let Wake::Closed = wake {
+                return true;
+            }
             let written = {
                 let _gate = self.gate.blocking_lock();
-                in_tx(conn, || {
-                    if jobs.is_empty() {
-                        st.checkpoint_head(&self.cp.signer).map(|()| 0)
-                    } else {
-                        st.append(&self.cp, &jobs)
-                    }
+                in_tx(conn, || match &wake {
+                    Wake::Batch(jobs) => st.append(&self.cp, jobs).map(Some),
+                    _ => st.checkpoint_head(&self.cp.signer).map(|()| None),
                 })
             };
-            match written {
-                Ok(_) if jobs.is_empty() => {}
-                Ok(first) => Job::committed(jobs, first, self.forward.as_ref()),
-                Err(e) => {
-                    refuse(if jobs.is_empty() { Wake::Tick } else { Wake::Batch(jobs) }, &e);
+            match (written, wake) {
+                (Ok(Some(first)), Wake::Batch(jobs)) => Job::committed(jobs, first, self.forward.as_ref()),
+                (Ok(_), _) => {}
+                (Err(e), failed) => {
+                    refuse(failed, &e);
                     return false;
                 }
             }
@@ -176,9 +171,9 @@ fn spawn_wal_checkpointer(file: Arc<Path>, gate: Arc<tokio::sync::Mutex<()>>, st
     let spawned = std::thread::Builder::new().name("audit-wal".into()).spawn(move || {
         let mut conn = None;
         while let Err(flume::RecvTimeoutError::Timeout) = stopped.recv_timeout(WAL_CHECKPOINT_EVERY) {
-            let c = match conn.take() {
+            let (c, restart_frames) = match conn.take() {
                 Some(c) => c,
-                None => match open(&file) {
+                None => match open_checkpointer(&file, WAL_RESTART_BYTES) {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(error = %e, "WAL checkpointer cannot open the database");
@@ -186,8 +181,8 @@ fn spawn_wal_checkpointer(file: Arc<Path>, gate: Arc<tokio::sync::Mutex<()>>, st
                     }
                 },
             };
-            match checkpoint_wal(&c, &gate, WAL_RESTART_BYTES) {
-                Ok(()) => conn = Some(c),
+            match checkpoint_wal(&c, &gate, restart_frames) {
+                Ok(()) => conn = Some((c, restart_frames)),
                 Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; retrying"),
             }
         }
@@ -197,17 +192,28 @@ fn spawn_wal_checkpointer(file: Arc<Path>, gate: Arc<tokio::sync::Mutex<()>>, st
     }
 }
 
-/// Copy the WAL into the database while writers go on; when the WAL has grown past
-/// `restart_bytes`, copy the frames added meanwhile with the write gate held.
+/// The checkpointer's connection, with the WAL length in frames past which it
+/// finishes behind the write gate (`restart_bytes` in whole pages; the page size of an
+/// existing database does not change).
+fn open_checkpointer(file: &Path, restart_bytes: i64) -> Result<(Connection, i64), rusqlite::Error> {
+    let conn = open(file)?;
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    Ok((conn, restart_bytes / page_size.max(1)))
+}
+
+/// Copy the WAL into the database while writers go on; when it holds more than
+/// `restart_frames`, copy the frames added meanwhile with the write gate held.
 /// Only a checkpoint that reaches the end of the WAL lets the next transaction restart
 /// it from the beginning: under steady load passive checkpoints alone never did, and
 /// the WAL grew for as long as the load lasted (25 MB/s measured), every commit
 /// appending to new blocks that its flush then had to journal.
-fn checkpoint_wal(conn: &Connection, gate: &tokio::sync::Mutex<()>, restart_bytes: i64) -> Result<(), rusqlite::Error> {
+fn checkpoint_wal(
+    conn: &Connection,
+    gate: &tokio::sync::Mutex<()>,
+    restart_frames: i64,
+) -> Result<(), rusqlite::Error> {
     let passive = || conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1));
-    let frames = passive()?;
-    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-    if frames.saturating_mul(page_size) > restart_bytes {
+    if passive()? > restart_frames {
         let _gate = gate.blocking_lock();
         passive()?;
     }
@@ -398,9 +404,9 @@ mod tests {
         let checkpointer = {
             let (file, gate, done) = (file.clone(), gate.clone(), done.clone());
             std::thread::spawn(move || {
-                let conn = super::open(&file).unwrap();
+                let (conn, restart_frames) = super::open_checkpointer(&file, restart_bytes).unwrap();
                 while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    super::checkpoint_wal(&conn, &gate, restart_bytes).unwrap();
+                    super::checkpoint_wal(&conn, &gate, restart_frames).unwrap();
                     std::thread::sleep(Duration::from_millis(5));
                 }
             })

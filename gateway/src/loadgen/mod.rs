@@ -357,14 +357,30 @@ mod tests {
 
     #[test]
     fn this_process_reports_its_cpu_time() {
+        // Spin until the reading advances by 50 ms: on a busy machine a fixed wall-clock
+        // spin may get less CPU than it asks for. The advance cannot exceed what every
+        // core could have done meanwhile.
         let before = process_cpu().expect("Linux reports process CPU time");
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
         let spin = Instant::now();
         let mut x = 0u64;
-        while spin.elapsed() < Duration::from_millis(60) {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-        }
+        let after = loop {
+            for _ in 0..100_000 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            let now = process_cpu().expect("Linux reports process CPU time");
+            if now >= before + Duration::from_millis(50) || spin.elapsed() > Duration::from_secs(10) {
+                break now;
+            }
+        };
         std::hint::black_box(x);
-        let after = process_cpu().expect("Linux reports process CPU time");
-        assert!(after >= before + Duration::from_millis(30), "{before:?} then {after:?} after 60 ms of spinning");
+        let wall = spin.elapsed();
+        assert!(after >= before + Duration::from_millis(50), "{before:?} then {after:?} after {wall:?} of spinning");
+        // One 10 ms tick of slack for the reading taken just before the spin began.
+        assert!(
+            after - before <= wall * cores + Duration::from_millis(10),
+            "{:?} of CPU in {wall:?} on {cores} cores",
+            after - before
+        );
     }
 }
