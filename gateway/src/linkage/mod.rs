@@ -77,6 +77,7 @@ impl Linkage {
     /// Record an owner's decision durably, then reload.
     pub async fn decide(&self, store: &Store, d: &Decision, by: DecidedBy<'_>) -> Result<(), sqlx::Error> {
         let (a, b) = if d.a <= d.b { (&d.a, &d.b) } else { (&d.b, &d.a) };
+        let mut tx = store.begin_row_write().await?;
         sqlx::query(
             "INSERT INTO patient_link (patient_a, patient_b, linked, institution, decided_by, decided_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -87,8 +88,9 @@ impl Linkage {
         .bind(by.institution)
         .bind(by.principal)
         .bind(crate::audit::now_micros() / 1_000_000)
-        .execute(store.pool())
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         self.reload(store).await
     }
 }

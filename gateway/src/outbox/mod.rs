@@ -12,6 +12,7 @@ pub async fn enqueue(
     payload: &serde_json::Value,
 ) -> Result<i64, sqlx::Error> {
     let now = crate::audit::now_micros() / 1_000_000;
+    let mut tx = store.begin_row_write().await?;
     let row = sqlx::query(
         "INSERT INTO outbox (kind, destination, payload, created_at, state, attempts, next_attempt) \
          VALUES ($1, $2, $3, $4, 'pending', 0, $5) RETURNING id",
@@ -21,9 +22,11 @@ pub async fn enqueue(
     .bind(payload.to_string())
     .bind(now)
     .bind(now)
-    .fetch_one(store.pool())
+    .fetch_one(&mut *tx)
     .await?;
-    row.try_get(0)
+    let id = row.try_get(0)?;
+    tx.commit().await?;
+    Ok(id)
 }
 
 /// Events of a kind for a destination, oldest first (for owners reviewing notices).
@@ -98,34 +101,39 @@ async fn claim(store: &Store, limit: i64, seconds: i64) -> Result<Vec<(i64, Stri
               ORDER BY id LIMIT $3) RETURNING id, destination, payload"
         }
     };
-    let rows = sqlx::query(sql).bind(t + seconds).bind(t).bind(limit).fetch_all(store.pool()).await?;
-    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+    let mut tx = store.begin_row_write().await?;
+    let rows = sqlx::query(sql).bind(t + seconds).bind(t).bind(limit).fetch_all(&mut *tx).await?;
+    let claimed = rows
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    tx.commit().await?;
+    Ok(claimed)
 }
 
 async fn finish(store: &Store, id: i64, result: Result<(), String>, attempts_backoff: bool) -> Result<(), sqlx::Error> {
+    let mut tx = store.begin_row_write().await?;
     match result {
         Ok(()) => {
             sqlx::query("UPDATE outbox SET state = 'delivered', delivered_at = $1, last_error = NULL WHERE id = $2")
                 .bind(now())
                 .bind(id)
-                .execute(store.pool())
+                .execute(&mut *tx)
                 .await?;
         }
         Err(e) => {
-            let attempts: i64 = sqlx::query_scalar("SELECT attempts FROM outbox WHERE id = $1")
-                .bind(id)
-                .fetch_one(store.pool())
-                .await?;
+            let attempts: i64 =
+                sqlx::query_scalar("SELECT attempts FROM outbox WHERE id = $1").bind(id).fetch_one(&mut *tx).await?;
             let wait = if attempts_backoff { (1i64 << attempts.clamp(0, 8)).min(300) } else { 1 };
             sqlx::query("UPDATE outbox SET state = 'pending', next_attempt = $1, last_error = $2 WHERE id = $3")
                 .bind(now() + wait)
                 .bind(e)
                 .bind(id)
-                .execute(store.pool())
+                .execute(&mut *tx)
                 .await?;
         }
     }
-    Ok(())
+    tx.commit().await
 }
 
 /// Write a file atomically and durably: temp file, fsync, rename, fsync the directory.
@@ -199,5 +207,54 @@ pub async fn run(store: Store, config: std::sync::Arc<crate::config::Config>) {
                 tracing::warn!(outbox = id, error = %e, "delivery result not recorded; the claim will lapse and retry");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A break-glass notice and a delivery claim are stored while another writer (as the
+    /// audit log does under load) holds the database in back-to-back turns. Sent
+    /// straight to the pool they waited in SQLite's busy handler, which never found
+    /// the lock free, and failed with "database is locked" after its 5 s.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_get_their_turn_while_another_writer_is_busy() {
+        let dir = std::env::temp_dir().join(format!("kk-outbox-turn-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&format!("sqlite://{}/o.db", dir.display())).await.unwrap();
+        let (file, gate) = store.sqlite_writer_parts().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let busy = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let conn = rusqlite::Connection::open(&*file).unwrap();
+                let mut turns = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let _turn = gate.blocking_lock();
+                    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                    std::thread::sleep(Duration::from_millis(5));
+                    conn.execute_batch("COMMIT").unwrap();
+                    turns += 1;
+                }
+                turns
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let payload = serde_json::json!({ "push": "p1" });
+        let stored = enqueue(&store, "deliver", "4610100011", &payload).await;
+        let claimed = claim(&store, 16, 60).await;
+        stop.store(true, Ordering::Relaxed);
+        assert!(busy.join().unwrap() > 0, "the other writer ran");
+        let id = stored.expect("the notice is stored in its turn");
+        let claimed = claimed.expect("the claim runs in its turn");
+        assert_eq!(claimed.iter().map(|c| c.0).collect::<Vec<_>>(), vec![id]);
+        finish(&store, id, Ok(()), true).await.unwrap();
+        assert_eq!(delivery_of(&store, "p1").await.unwrap().unwrap().state, "delivered");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

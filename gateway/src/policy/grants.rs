@@ -207,14 +207,16 @@ impl Grants {
 
     /// Revoke a grant of `owner` (kept, with its revocation time); then mirror it.
     pub async fn revoke(&self, store: &Store, owner: &str, id: &str, now: i64) -> Result<(), GrantStoreError> {
+        let mut tx = store.begin_row_write().await?;
         let done =
             sqlx::query("UPDATE policy_grant SET revoked_at = $1 WHERE id = $2 AND owner = $3 AND revoked_at IS NULL")
                 .bind(now)
                 .bind(id)
                 .bind(owner)
-                .execute(store.pool())
+                .execute(&mut *tx)
                 .await?
                 .rows_affected();
+        tx.commit().await?;
         if done == 0 {
             return Err(GrantStoreError::NotFound(id.to_string()));
         }

@@ -180,6 +180,19 @@ impl Store {
     /// refused "database is locked" when upgrading after another connection committed.
     /// PostgreSQL: a transaction-scoped advisory lock, shared by every instance.
     pub async fn begin_write(&self, lock: Lock) -> Result<WriteTx, sqlx::Error> {
+        self.begin_writing(Some(lock)).await
+    }
+
+    /// A transaction that will write rows no other instance serialises on (row locks
+    /// are enough on PostgreSQL), still queued in turn on SQLite. Every write goes
+    /// through this or [`Store::begin_write`]: a statement sent straight to the pool
+    /// waits in SQLite's busy handler, which under a steady audit load almost never
+    /// finds the lock free and gives up with "database is locked".
+    pub async fn begin_row_write(&self) -> Result<WriteTx, sqlx::Error> {
+        self.begin_writing(None).await
+    }
+
+    async fn begin_writing(&self, lock: Option<Lock>) -> Result<WriteTx, sqlx::Error> {
         match self.backend {
             Backend::Sqlite => {
                 let gate = self.write_gate.clone().lock_owned().await;
@@ -188,7 +201,9 @@ impl Store {
             }
             Backend::Postgres => {
                 let mut tx = self.pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock as i64).execute(&mut *tx).await?;
+                if let Some(lock) = lock {
+                    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock as i64).execute(&mut *tx).await?;
+                }
                 Ok(WriteTx { tx, _gate: None })
             }
         }
@@ -201,11 +216,13 @@ impl Store {
 
     /// Set a value in `kk_meta` only if it is not set yet; returns the value in force.
     pub async fn meta_init(&self, key: &str, value: &str) -> Result<String, StoreError> {
+        let mut tx = self.begin_row_write().await?;
         sqlx::query("INSERT INTO kk_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
             .bind(key)
             .bind(value)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(self.meta(key).await?.unwrap_or_else(|| value.to_string()))
     }
 
