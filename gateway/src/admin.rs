@@ -31,6 +31,8 @@ pub struct Metrics {
     pub tls_reloads: AtomicU64,
     /// Audit forwarding counters, when `[audit.forward]` is configured.
     pub audit_forward: std::sync::OnceLock<Arc<crate::audit::forward::ForwardStats>>,
+    /// The audit writer's group-commit counters, once it runs.
+    pub audit_writer: std::sync::OnceLock<Arc<crate::audit::log::WriterStats>>,
 }
 
 impl Metrics {
@@ -87,6 +89,24 @@ impl Metrics {
             ),
         ] {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
+        }
+        if let Some(w) = self.audit_writer.get() {
+            for (name, help, v) in [
+                (
+                    "kakehashi_audit_commits_total",
+                    "Audit transactions (group commits) that appended events.",
+                    &w.commits,
+                ),
+                ("kakehashi_audit_events_total", "Audit events appended.", &w.events),
+            ] {
+                let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
+            }
+            let name = "kakehashi_audit_commit_seconds_total";
+            let _ = writeln!(
+                s,
+                "# HELP {name} Time reads waited in audit group commits (write turn, inserts, flush).\n# TYPE {name} counter\n{name} {:.6}",
+                w.commit_nanos.load(Relaxed) as f64 / 1e9
+            );
         }
         if let Some(f) = self.audit_forward.get() {
             for (name, help, v) in [

@@ -236,6 +236,16 @@ async fn admin_listener_serves_health_and_metrics() {
     assert!(gw.admin.ip().is_loopback());
     assert_eq!(admin_get(gw.admin, "/healthz").await.trim(), "ok");
     assert!(admin_get(gw.admin, "/metrics").await.contains("kakehashi_http_responses_total"));
+    // An audited search shows in the audit writer's group-commit counters.
+    let id = gw.issue("metrics", CLINIC, Role::ClinicTerminal);
+    assert_eq!(gw.client(Some(&id)).get(gw.addr, "/fhir/Patient?identifier=A-0101").await.unwrap().status, 200);
+    let metrics = admin_get(gw.admin, "/metrics").await;
+    let counter = |name: &str| -> f64 {
+        metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+    };
+    assert!(counter("kakehashi_audit_events_total") >= 1.0, "{metrics}");
+    assert!(counter("kakehashi_audit_commits_total") >= 1.0, "{metrics}");
+    assert!(counter("kakehashi_audit_commit_seconds_total") > 0.0, "{metrics}");
     gw.stop().await;
 }
 

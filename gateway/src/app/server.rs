@@ -123,6 +123,7 @@ impl Gateway {
         );
         #[cfg(feature = "bench")]
         let audit = if unaudited { crate::audit::AuditLog::danger_disabled_for_benchmark() } else { audit };
+        let _ = metrics.audit_writer.set(audit.stats());
         let state = AppState::new(config.clone(), metrics.clone(), store.clone(), records, audit);
         if let Err(e) = state.policy.grants.reload(&store).await {
             tracing::error!(error = %e, "grants could not be loaded; cross-site reads are refused until they are");

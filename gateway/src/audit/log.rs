@@ -11,8 +11,9 @@ use super::event::AuditRecord;
 use crate::store::{Lock, Store};
 use sqlx::Row;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Hash of the (virtual) event before the first one.
@@ -117,10 +118,33 @@ impl Job {
     }
 }
 
+/// Counters of the writer's group commits (for `/metrics` and the load harness): how
+/// many events each commit carries and how long a commit holds its waiting reads.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Transactions that appended events.
+    pub commits: AtomicU64,
+    /// Events appended.
+    pub events: AtomicU64,
+    /// Time in those transactions, from waiting for the write turn to the end of COMMIT
+    /// and its flush (ns).
+    pub commit_nanos: AtomicU64,
+}
+
+impl WriterStats {
+    /// Count one committed batch of `events` that took since `began`.
+    pub(super) fn committed(&self, events: usize, began: Instant) {
+        self.commits.fetch_add(1, Relaxed);
+        self.events.fetch_add(events as u64, Relaxed);
+        self.commit_nanos.fetch_add(u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+}
+
 /// Handle to the audit writer.
 #[derive(Clone)]
 pub struct AuditLog {
     tx: flume::Sender<Job>,
+    stats: Arc<WriterStats>,
     observer: Arc<str>,
     /// Benchmark-only builds can measure reads without auditing; production builds
     /// have no way to turn auditing off.
@@ -154,14 +178,16 @@ impl AuditLog {
         forward: Option<super::forward::Forwarder>,
     ) -> AuditLog {
         let (tx, rx) = flume::bounded(8192);
+        let stats = Arc::new(WriterStats::default());
         match store.sqlite_writer_parts() {
-            Some((file, gate)) => super::sqlite_writer::spawn(file, gate, checkpoints, rx, forward),
+            Some((file, gate)) => super::sqlite_writer::spawn(file, gate, checkpoints, rx, forward, stats.clone()),
             None => {
-                tokio::spawn(writer(store, checkpoints, rx, forward));
+                tokio::spawn(writer(store, checkpoints, rx, forward, stats.clone()));
             }
         }
         AuditLog {
             tx,
+            stats,
             observer: observer.into(),
             #[cfg(feature = "bench")]
             disabled: false,
@@ -173,7 +199,12 @@ impl AuditLog {
     #[cfg(feature = "bench")]
     pub fn danger_disabled_for_benchmark() -> AuditLog {
         let (tx, _rx) = flume::bounded(1);
-        AuditLog { tx, observer: "".into(), disabled: true }
+        AuditLog { tx, stats: Arc::default(), observer: "".into(), disabled: true }
+    }
+
+    /// The writer's group-commit counters.
+    pub fn stats(&self) -> Arc<WriterStats> {
+        self.stats.clone()
     }
 
     /// Record one event durably; returns its sequence number.
@@ -189,7 +220,13 @@ impl AuditLog {
     }
 }
 
-async fn writer(store: Store, cp: Checkpoints, rx: flume::Receiver<Job>, forward: Option<super::forward::Forwarder>) {
+async fn writer(
+    store: Store,
+    cp: Checkpoints,
+    rx: flume::Receiver<Job>,
+    forward: Option<super::forward::Forwarder>,
+    stats: Arc<WriterStats>,
+) {
     let mut tick = tokio::time::interval(cp.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -212,8 +249,12 @@ async fn writer(store: Store, cp: Checkpoints, rx: flume::Receiver<Job>, forward
                 Err(_) => break,
             }
         }
+        let began = Instant::now();
         match write_batch(&store, &cp, &batch).await {
-            Ok(first_seq) => Job::committed(batch, first_seq, forward.as_ref()),
+            Ok(first_seq) => {
+                stats.committed(batch.len(), began);
+                Job::committed(batch, first_seq, forward.as_ref())
+            }
             Err(e) => Job::failed(batch, &e),
         }
     }

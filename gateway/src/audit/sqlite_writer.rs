@@ -15,7 +15,7 @@
 
 use super::checkpoint::Signer;
 use super::log::{
-    chain_hash, head_unsigned, insert_events_sql, Checkpoints, Job, CHECKPOINT_SQL, GENESIS, HEAD_SQL,
+    chain_hash, head_unsigned, insert_events_sql, Checkpoints, Job, WriterStats, CHECKPOINT_SQL, GENESIS, HEAD_SQL,
     LAST_CHECKPOINT_SQL, MAX_BATCH,
 };
 use rusqlite::{params, Connection, OptionalExtension, Statement};
@@ -30,12 +30,13 @@ pub(super) fn spawn(
     cp: Checkpoints,
     rx: flume::Receiver<Job>,
     forward: Option<super::forward::Forwarder>,
+    stats: Arc<WriterStats>,
 ) {
     let (stop, stopped) = flume::bounded(0);
     spawn_wal_checkpointer(file.clone(), gate.clone(), stopped);
     let spawned = std::thread::Builder::new()
         .name("audit-writer".into())
-        .spawn(move || Writer { file, gate, cp, rx, forward, next_tick: Instant::now(), _stop: stop }.run());
+        .spawn(move || Writer { file, gate, cp, rx, forward, stats, next_tick: Instant::now(), _stop: stop }.run());
     if let Err(e) = spawned {
         // The receiver is gone with the closure: every record() fails, so reads are refused.
         tracing::error!(error = %e, "could not start the audit writer thread; reads will be refused");
@@ -48,6 +49,7 @@ struct Writer {
     cp: Checkpoints,
     rx: flume::Receiver<Job>,
     forward: Option<super::forward::Forwarder>,
+    stats: Arc<WriterStats>,
     next_tick: Instant,
     /// Dropped with the writer, which stops the WAL checkpointer.
     _stop: flume::Sender<()>,
@@ -98,6 +100,7 @@ impl Writer {
             if let Wake::Closed = wake {
                 return true;
             }
+            let began = Instant::now();
             let written = {
                 let _gate = self.gate.blocking_lock();
                 in_tx(conn, || match &wake {
@@ -106,7 +109,10 @@ impl Writer {
                 })
             };
             match (written, wake) {
-                (Ok(Some(first)), Wake::Batch(jobs)) => Job::committed(jobs, first, self.forward.as_ref()),
+                (Ok(Some(first)), Wake::Batch(jobs)) => {
+                    self.stats.committed(jobs.len(), began);
+                    Job::committed(jobs, first, self.forward.as_ref())
+                }
                 (Ok(_), _) => {}
                 (Err(e), failed) => {
                     refuse(failed, &e);

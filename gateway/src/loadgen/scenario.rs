@@ -8,6 +8,7 @@ use crate::demo::{CLINIC_A, HUB};
 use crate::{Config, Gateway};
 use bytes::Bytes;
 use kakehashi_certs::{ClientCertRequest, InitOptions, Pki, Role};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -169,6 +170,7 @@ pub async fn bench(opts: Options) -> Result<Results, String> {
     }
     let tls_files: crate::tls::TlsFiles = (&cfg.tls).into();
     let mut addrs = Vec::new();
+    let mut admins = Vec::new();
     let mut servers = Vec::new();
     // Serve `gw` until its stop sender is used (or dropped).
     let mut serve = |gw: Gateway| {
@@ -183,7 +185,9 @@ pub async fn bench(opts: Options) -> Result<Results, String> {
         addr
     };
     for _ in 0..opts.instances.max(1) {
-        addrs.push(serve(Gateway::bind(cfg.clone()).await.map_err(|e| e.to_string())?));
+        let gw = Gateway::bind(cfg.clone()).await.map_err(|e| e.to_string())?;
+        admins.push(gw.admin_addr());
+        addrs.push(serve(gw));
     }
     let addr = addrs[0];
     // Benchmark builds also serve the same federation unaudited, to price auditing.
@@ -336,8 +340,12 @@ pub async fn bench(opts: Options) -> Result<Results, String> {
     );
     let mut best: Option<(LoadReport, LoadReport)> = None;
     for round in 0..opts.rounds.max(1) {
+        let before = GroupCommits::read(&admins).await;
         let g = run(spec.clone()).await;
         println!("round {} gateway  {}", round + 1, g.line());
+        if let (Some(before), Some(after)) = (before, GroupCommits::read(&admins).await) {
+            println!("        audit writer {}", after.since(&before));
+        }
         #[cfg(feature = "bench")]
         {
             let u = run(unaudited_spec.clone()).await;
@@ -388,6 +396,63 @@ pub async fn bench(opts: Options) -> Result<Results, String> {
     Ok(Results { gateway: g, baseline: b, unaudited: best_unaudited })
 }
 
+/// The audit writers' counters, summed over the gateways' `/metrics`.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct GroupCommits {
+    commits: f64,
+    events: f64,
+    seconds: f64,
+}
+
+impl GroupCommits {
+    /// Read every admin listener; `None` when one does not answer.
+    async fn read(admins: &[SocketAddr]) -> Option<GroupCommits> {
+        let mut sum = GroupCommits::default();
+        for admin in admins {
+            let text = admin_metrics(*admin).await?;
+            let one = GroupCommits::parse(&text);
+            sum.commits += one.commits;
+            sum.events += one.events;
+            sum.seconds += one.seconds;
+        }
+        Some(sum)
+    }
+
+    fn parse(text: &str) -> GroupCommits {
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        GroupCommits {
+            commits: value("kakehashi_audit_commits_total"),
+            events: value("kakehashi_audit_events_total"),
+            seconds: value("kakehashi_audit_commit_seconds_total"),
+        }
+    }
+
+    /// What happened between `before` and now, as one line.
+    fn since(&self, before: &GroupCommits) -> String {
+        let commits = (self.commits - before.commits).max(1.0);
+        format!(
+            "{:.0} group commits, {:.1} events each, {:.2} ms each (write turn, inserts, flush)",
+            self.commits - before.commits,
+            (self.events - before.events) / commits,
+            (self.seconds - before.seconds) * 1000.0 / commits
+        )
+    }
+}
+
+/// `GET /metrics` on a gateway's plain-HTTP admin listener (loopback).
+async fn admin_metrics(admin: SocketAddr) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").await.ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    Some(out)
+}
+
 /// Resident set size of this process in MB, from /proc.
 pub fn rss_mb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -397,4 +462,24 @@ pub fn rss_mb() -> u64 {
         })
         .map(|kb| kb / 1024)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GroupCommits;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    #[test]
+    fn group_commits_are_read_from_what_metrics_renders() {
+        let metrics = crate::admin::Metrics::default();
+        let stats = std::sync::Arc::new(crate::audit::log::WriterStats::default());
+        stats.commits.store(40, Relaxed);
+        stats.events.store(1000, Relaxed);
+        stats.commit_nanos.store(50_000_000, Relaxed);
+        metrics.audit_writer.set(stats).unwrap();
+        let now = GroupCommits::parse(&metrics.render());
+        assert_eq!(now, GroupCommits { commits: 40.0, events: 1000.0, seconds: 0.05 });
+        let before = GroupCommits { commits: 30.0, events: 800.0, seconds: 0.03 };
+        assert_eq!(now.since(&before), "10 group commits, 20.0 events each, 2.00 ms each (write turn, inserts, flush)");
+    }
 }
