@@ -3,12 +3,15 @@
 //! waiting request only after its batch is committed (`synchronous=FULL` on SQLite,
 //! a committed transaction on PostgreSQL). Callers that get an error must not
 //! disclose anything. On SQLite the writer is a thread of its own
-//! ([`super::sqlite_writer`]); on PostgreSQL a task on the pool, serialised across
-//! instances by an advisory lock.
+//! ([`super::sqlite_writer`]); on PostgreSQL too, with a connection of its own and a
+//! single-threaded runtime, serialised across instances by an advisory lock. As a task
+//! on the gateway's runtime each of its five round trips per batch queued behind the
+//! request tasks: 3.6 ms per group commit at 64 clients, a third of it only to begin
+//! and take the lock.
 
 use super::checkpoint::Signer;
 use super::event::AuditRecord;
-use crate::store::{Lock, Store};
+use crate::store::{Lock, PostgresUrl, Store};
 use sqlx::Row;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -181,9 +184,10 @@ impl AuditLog {
         let stats = Arc::new(WriterStats::default());
         match store.sqlite_writer_parts() {
             Some((file, gate)) => super::sqlite_writer::spawn(file, gate, checkpoints, rx, forward, stats.clone()),
-            None => {
-                tokio::spawn(writer(store, checkpoints, rx, forward, stats.clone()));
-            }
+            None => match store.postgres_writer_url() {
+                Some(url) => spawn_postgres(url, checkpoints, rx, forward, stats.clone()),
+                None => tracing::error!("no database for the audit log; reads will be refused"),
+            },
         }
         AuditLog {
             tx,
@@ -220,13 +224,60 @@ impl AuditLog {
     }
 }
 
-async fn writer(
-    store: Store,
+/// Start the PostgreSQL writer: a thread with a single-threaded runtime of its own.
+fn spawn_postgres(
+    url: PostgresUrl,
     cp: Checkpoints,
     rx: flume::Receiver<Job>,
     forward: Option<super::forward::Forwarder>,
     stats: Arc<WriterStats>,
 ) {
+    let spawned = std::thread::Builder::new().name("audit-writer".into()).spawn(move || {
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(writer(url, cp, rx, forward, stats)),
+            // The receiver goes with this closure: every record() fails, so reads are refused.
+            Err(e) => tracing::error!(error = %e, "could not start the audit writer's runtime; reads will be refused"),
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the audit writer thread; reads will be refused");
+    }
+}
+
+/// The writer's own connection, opened on first use and again after any failure (a
+/// failed batch may leave it mid-transaction or broken; the next batch must find the
+/// database as it is now).
+struct Connection {
+    url: PostgresUrl,
+    conn: Option<sqlx::AnyConnection>,
+}
+
+impl Connection {
+    /// Run `f` on the connection; a failure drops it, to be reopened next time.
+    async fn with<T>(
+        &mut self,
+        f: impl AsyncFnOnce(&mut sqlx::AnyConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, sqlx::Error> {
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => self.url.connect().await?,
+        };
+        let out = f(&mut conn).await;
+        if out.is_ok() {
+            self.conn = Some(conn);
+        }
+        out
+    }
+}
+
+async fn writer(
+    url: PostgresUrl,
+    cp: Checkpoints,
+    rx: flume::Receiver<Job>,
+    forward: Option<super::forward::Forwarder>,
+    stats: Arc<WriterStats>,
+) {
+    let mut conn = Connection { url, conn: None };
     let mut tick = tokio::time::interval(cp.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -236,7 +287,7 @@ async fn writer(
                 Err(_) => break,
             },
             _ = tick.tick() => {
-                if let Err(e) = checkpoint_head(&store, &cp.signer).await {
+                if let Err(e) = conn.with(async |c| checkpoint_head(c, &cp.signer).await).await {
                     tracing::warn!(error = %e, "periodic audit checkpoint failed; retrying at the next tick");
                 }
                 continue;
@@ -250,7 +301,7 @@ async fn writer(
             }
         }
         let began = Instant::now();
-        match write_batch(&store, &cp, &batch).await {
+        match conn.with(async |c| write_batch(c, &cp, &batch).await).await {
             Ok(first_seq) => {
                 stats.committed(batch.len(), began);
                 Job::committed(batch, first_seq, forward.as_ref())
@@ -304,10 +355,29 @@ pub(super) fn head_unsigned(head: i64, last: Option<i64>) -> bool {
 /// fewer round trips, well under PostgreSQL's 65,535 bind parameters per statement.
 const ROWS_PER_INSERT: usize = 64;
 
-async fn write_batch(store: &Store, cp: &Checkpoints, batch: &[Job]) -> Result<i64, sqlx::Error> {
-    // Instances sharing one database append to one chain, one batch at a time.
-    let mut tx = store.begin_write(Lock::AuditChain).await?;
-    let head = sqlx::query(HEAD_SQL).fetch_optional(&mut *tx).await?;
+/// Begin a transaction holding the chain's advisory lock: instances sharing one
+/// database append to one chain, one batch at a time.
+async fn begin_chain(conn: &mut sqlx::AnyConnection) -> Result<sqlx::Transaction<'_, sqlx::Any>, sqlx::Error> {
+    use sqlx::Connection;
+    let mut tx = conn.begin().await?;
+    crate::store::advisory_lock(&mut tx, Lock::AuditChain).await?;
+    Ok(tx)
+}
+
+/// BEGIN, the chain's advisory lock and the chain head in one round trip (the simple
+/// query protocol; under READ COMMITTED each statement reads a snapshot of its own, so
+/// the head is read after the lock is held). Three round trips took 1.4 ms of a 4.3 ms
+/// group commit at 64 clients, each waiting for the database backend to be scheduled.
+fn begin_at_head_sql() -> String {
+    format!("BEGIN; SELECT pg_advisory_xact_lock({})::text; {HEAD_SQL}", Lock::AuditChain as i64)
+}
+
+/// Append `batch` after the chain head in one transaction. On an error the caller
+/// drops the connection, which rolls the transaction back.
+async fn write_batch(conn: &mut sqlx::AnyConnection, cp: &Checkpoints, batch: &[Job]) -> Result<i64, sqlx::Error> {
+    let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(begin_at_head_sql())).fetch_all(&mut *conn).await?;
+    // The lock's row has one column, the head's two.
+    let head = rows.iter().find(|r| r.len() == 2);
     let (mut seq, mut prev): (i64, Vec<u8>) = match head {
         Some(row) => (row.try_get(0)?, row.try_get(1)?),
         None => (0, GENESIS.to_vec()),
@@ -343,12 +413,12 @@ async fn write_batch(store: &Store, cp: &Checkpoints, batch: &[Job]) -> Result<i
                 .bind(hash.to_vec())
                 .bind(p.entities.clone());
         }
-        q.execute(&mut *tx).await?;
+        q.execute(&mut *conn).await?;
     }
     for (seq, hash) in due {
-        insert_checkpoint(&mut tx, &cp.signer, seq, &hash).await?;
+        insert_checkpoint(conn, &cp.signer, seq, &hash).await?;
     }
-    tx.commit().await?;
+    sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
     Ok(first)
 }
 
@@ -371,8 +441,8 @@ async fn insert_checkpoint(
 }
 
 /// Sign the chain head if events were added since the last checkpoint.
-pub async fn checkpoint_head(store: &Store, signer: &Signer) -> Result<Option<i64>, sqlx::Error> {
-    let mut tx = store.begin_write(Lock::AuditChain).await?;
+async fn checkpoint_head(conn: &mut sqlx::AnyConnection, signer: &Signer) -> Result<Option<i64>, sqlx::Error> {
+    let mut tx = begin_chain(conn).await?;
     let head = sqlx::query(HEAD_SQL).fetch_optional(&mut *tx).await?;
     let Some(head) = head else { return Ok(None) };
     let (seq, hash): (i64, Vec<u8>) = (head.try_get(0)?, head.try_get(1)?);

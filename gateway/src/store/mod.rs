@@ -39,6 +39,37 @@ pub struct Store {
     write_gate: Arc<tokio::sync::Mutex<()>>,
     /// The database file, for SQLite.
     sqlite_file: Option<Arc<std::path::Path>>,
+    /// The database URL, for PostgreSQL.
+    postgres_url: Option<PostgresUrl>,
+}
+
+/// How long a connection may take before the store counts as unavailable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A PostgreSQL URL, for a writer that keeps a connection of its own; its `Debug`
+/// does not print the URL, which may hold a password.
+#[derive(Clone)]
+pub struct PostgresUrl(Arc<str>);
+
+impl std::fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PostgresUrl(..)")
+    }
+}
+
+impl PostgresUrl {
+    /// A new connection, outside the pool, given up after the pool's acquire timeout.
+    pub async fn connect(&self) -> Result<sqlx::AnyConnection, sqlx::Error> {
+        use sqlx::Connection;
+        tokio::time::timeout(CONNECT_TIMEOUT, sqlx::AnyConnection::connect(&self.0))
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
+    }
+}
+
+/// Take the transaction-scoped PostgreSQL advisory lock `lock` in `tx`.
+pub async fn advisory_lock(tx: &mut sqlx::AnyConnection, lock: Lock) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock as i64).execute(tx).await.map(|_| ())
 }
 
 struct Migration {
@@ -126,6 +157,7 @@ impl Store {
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let mut sqlite_file = None;
+        let mut postgres_url = None;
         let (backend, url) = if let Some(rest) = url.strip_prefix("sqlite://") {
             sqlite_file = Some(Arc::from(std::path::Path::new(rest.split('?').next().unwrap_or(rest))));
             // Create the file on first use; WAL gives readers and one writer concurrency.
@@ -133,13 +165,14 @@ impl Store {
             let url = if rest.contains("mode=") { url.to_string() } else { format!("{url}{sep}mode=rwc") };
             (Backend::Sqlite, url)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            postgres_url = Some(PostgresUrl(Arc::from(url)));
             (Backend::Postgres, url.to_string())
         } else {
             return Err(StoreError::UnsupportedUrl(url.split(':').next().unwrap_or("").to_string()));
         };
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(CONNECT_TIMEOUT)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -152,7 +185,7 @@ impl Store {
             })
             .connect(&url)
             .await?;
-        let store = Store { pool, backend, write_gate: Arc::default(), sqlite_file };
+        let store = Store { pool, backend, write_gate: Arc::default(), sqlite_file, postgres_url };
         store.migrate().await?;
         Ok(store)
     }
@@ -171,6 +204,12 @@ impl Store {
     /// for a writer that keeps its own connection (the audit log's); `None` on PostgreSQL.
     pub fn sqlite_writer_parts(&self) -> Option<(Arc<std::path::Path>, Arc<tokio::sync::Mutex<()>>)> {
         Some((self.sqlite_file.clone()?, self.write_gate.clone()))
+    }
+
+    /// The PostgreSQL URL, for a writer that keeps a connection of its own (the audit
+    /// log's); `None` on SQLite.
+    pub fn postgres_writer_url(&self) -> Option<PostgresUrl> {
+        self.postgres_url.clone()
     }
 
     /// A transaction that will write, serialised with every other holder of `lock`.
@@ -202,7 +241,7 @@ impl Store {
             Backend::Postgres => {
                 let mut tx = self.pool.begin().await?;
                 if let Some(lock) = lock {
-                    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock as i64).execute(&mut *tx).await?;
+                    advisory_lock(&mut tx, lock).await?;
                 }
                 Ok(WriteTx { tx, _gate: None })
             }
