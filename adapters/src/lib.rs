@@ -62,8 +62,8 @@ impl fmt::Display for Location {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{location}: {message}")]
 pub struct SourceError {
-    /// Where.
-    pub location: Location,
+    /// Where (boxed: errors travel through every parser's `Result`, which stays small).
+    pub location: Box<Location>,
     /// What.
     pub message: String,
 }
@@ -71,7 +71,7 @@ pub struct SourceError {
 impl SourceError {
     /// An error at a location.
     pub fn at(location: Location, message: impl Into<String>) -> Self {
-        SourceError { location, message: message.into() }
+        SourceError { location: Box::new(location), message: message.into() }
     }
 
     /// The same error, naming the file it came from.

@@ -58,10 +58,11 @@ pub fn narrative_text(div: &str) -> String {
         out.push_str(&rest[..i]);
         let Some(j) = rest[i..].find('>') else { break };
         let tag = rest[i + 1..i + j].trim_start_matches('/').to_ascii_lowercase();
-        if tag.starts_with("br") || tag.starts_with("p") || tag.starts_with("li") || tag.starts_with("tr") {
-            if !out.ends_with('\n') && !out.is_empty() {
-                out.push('\n');
-            }
+        if (tag.starts_with("br") || tag.starts_with("p") || tag.starts_with("li") || tag.starts_with("tr"))
+            && !out.ends_with('\n')
+            && !out.is_empty()
+        {
+            out.push('\n');
         }
         rest = &rest[i + j + 1..];
     }

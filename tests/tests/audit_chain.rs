@@ -135,8 +135,8 @@ async fn verify_catches_every_kind_of_tampering() {
         });
     }
     let fake_event = saved[10].event.replace("\"id\":\"11\"", "\"id\":\"11\",\"language\":\"ja\"");
-    let mut next_seq = 11;
-    for event in std::iter::once(fake_event).chain(saved[10..].iter().map(|r| r.event.clone())) {
+    let events = std::iter::once(fake_event).chain(saved[10..].iter().map(|r| r.event.clone()));
+    for (next_seq, event) in (11..).zip(events) {
         let h = chain_hash(next_seq, &prev, event.as_bytes()).to_vec();
         forged.push(Row_ {
             seq: next_seq,
@@ -153,7 +153,6 @@ async fn verify_catches_every_kind_of_tampering() {
             entities: String::new(),
         });
         prev = h;
-        next_seq += 1;
     }
     restore(&pool, &forged).await;
     let (seq, why) = check(&store, &key).await.unwrap_err();

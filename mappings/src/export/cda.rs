@@ -22,16 +22,15 @@ fn code_element(tag: &str, c: &CodeableConcept, extra: &str) -> String {
     let mut attrs = String::new();
     if let Some(code) = coding.and_then(|x| x.code.as_ref()) {
         let _ = write!(attrs, " code=\"{}\"", esc(code));
-        match coding.and_then(|x| x.system.as_deref()) {
-            Some(s) => match oid_of(s) {
+        if let Some(s) = coding.and_then(|x| x.system.as_deref()) {
+            match oid_of(s) {
                 Some(oid) => {
                     let _ = write!(attrs, " codeSystem=\"{}\"", esc(&oid));
                 }
                 None => {
                     let _ = write!(attrs, " codeSystemName=\"{}\"", esc(s));
                 }
-            },
-            None => {}
+            }
         }
     }
     let text = concept_text(c);

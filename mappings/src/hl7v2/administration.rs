@@ -67,7 +67,7 @@ fn administration(
         "PA" => "in-progress",
         "RE" | "NA" => "not-done",
         other => {
-            t.warn(&at(rxa, 20), format!("completion status `{other}` is unknown"));
+            t.warn(at(rxa, 20), format!("completion status `{other}` is unknown"));
             "unknown"
         }
     };

@@ -96,7 +96,7 @@ fn laboratory() -> CodeableConcept {
 pub(super) fn observation(h: &Helper<'_>, obx: &Segment, key: &str, t: &mut Translation) -> Option<Observation> {
     let m = h.msg;
     let Some(code) = h.concept(obx.field(3), &at(obx, 3), t) else {
-        t.warn(&at(obx, 3), "observation without a code; not mapped");
+        t.warn(at(obx, 3), "observation without a code; not mapped");
         return None;
     };
     let value_type = obx.field(2).trim();
@@ -112,7 +112,7 @@ pub(super) fn observation(h: &Helper<'_>, obx: &Segment, key: &str, t: &mut Tran
             "X" | "N" | "D" => "cancelled",
             "W" => "entered-in-error",
             other => {
-                t.warn(&at(obx, 11), format!("result status `{other}` is unknown"));
+                t.warn(at(obx, 11), format!("result status `{other}` is unknown"));
                 "unknown"
             }
         }
@@ -148,7 +148,7 @@ pub(super) fn observation(h: &Helper<'_>, obx: &Segment, key: &str, t: &mut Tran
             }
         }
         other => {
-            t.warn(&at(obx, 2), format!("value type `{other}` is not mapped; value kept as text"));
+            t.warn(at(obx, 2), format!("value type `{other}` is not mapped; value kept as text"));
             let v = m.unescape(raw_value).trim().to_string();
             if !v.is_empty() {
                 o.value_string = Some(v);
@@ -177,7 +177,7 @@ pub(super) fn observation(h: &Helper<'_>, obx: &Segment, key: &str, t: &mut Tran
             "AA" => "Critical abnormal",
             "" => continue,
             other => {
-                t.warn(&at(obx, 8), format!("abnormal flag `{other}` is unknown; kept as text"));
+                t.warn(at(obx, 8), format!("abnormal flag `{other}` is unknown; kept as text"));
                 o.interpretation.push(CodeableConcept::text(other));
                 continue;
             }

@@ -77,7 +77,7 @@ fn status(h: &Helper<'_>, orc: Option<&Segment>, t: &mut Translation) -> &'stati
         "DC" | "OD" | "DR" => "stopped",
         "HD" | "OH" => "on-hold",
         other => {
-            t.warn(&at(orc, 1), format!("order control `{other}` is unknown"));
+            t.warn(at(orc, 1), format!("order control `{other}` is unknown"));
             "unknown"
         }
     }
@@ -119,7 +119,7 @@ fn request(
     }
     let medication = h.concept(rxe.field(2), &at(rxe, 2), t);
     if medication.is_none() {
-        t.warn(&at(rxe, 2), "give code is empty");
+        t.warn(at(rxe, 2), "give code is empty");
     }
     let mut dose = Quantity::default();
     if let Some(v) = h.number(&m.component(rxe.field(3), 1), &at(rxe, 3), t) {
@@ -205,7 +205,7 @@ fn timing(h: &Helper<'_>, tq1: &Segment, mr: &mut MedicationRequest, t: &mut Tra
     let mut timing = Timing::default();
     if !code.is_empty() {
         if table == "JAMISDP01" && (code.len() != 16 || !code.bytes().all(|b| b.is_ascii_alphanumeric())) {
-            t.warn(&at(tq1, 3), format!("usage code `{code}` is not a 16-character JAMI usage code"));
+            t.warn(at(tq1, 3), format!("usage code `{code}` is not a 16-character JAMI usage code"));
         }
         let mut c = Coding::new(h.system(&table, &at(tq1, 3), t), code);
         if !text.is_empty() {
@@ -223,7 +223,7 @@ fn timing(h: &Helper<'_>, tq1: &Segment, mr: &mut MedicationRequest, t: &mut Tra
             "wk" | "W" => ("wk", "週"),
             "mo" | "M" => ("mo", "月"),
             other => {
-                t.warn(&at(tq1, 6), format!("duration unit `{other}` is unknown; days assumed"));
+                t.warn(at(tq1, 6), format!("duration unit `{other}` is unknown; days assumed"));
                 ("d", "日")
             }
         };

@@ -50,7 +50,7 @@ fn patient(h: &Helper<'_>, pid: &kakehashi_adapters::hl7v2::Segment, t: &mut Tra
             "A" => Some("ABC"),
             "" => None,
             other => {
-                t.warn(&at(pid, 5), format!("name representation `{other}` is unknown"));
+                t.warn(at(pid, 5), format!("name representation `{other}` is unknown"));
                 None
             }
         };
@@ -67,7 +67,7 @@ fn patient(h: &Helper<'_>, pid: &kakehashi_adapters::hl7v2::Segment, t: &mut Tra
     if !birth.is_empty() {
         match crate::datetime::date(birth) {
             Ok(d) => p.birth_date = Some(d),
-            Err(e) => t.warn(&at(pid, 7), e.to_string()),
+            Err(e) => t.warn(at(pid, 7), e.to_string()),
         }
     }
     p.gender = match pid.field(8).trim() {
@@ -77,7 +77,7 @@ fn patient(h: &Helper<'_>, pid: &kakehashi_adapters::hl7v2::Segment, t: &mut Tra
         "U" | "A" | "N" => Some("unknown".into()),
         "" => None,
         other => {
-            t.warn(&at(pid, 8), format!("administrative sex `{other}` is unknown"));
+            t.warn(at(pid, 8), format!("administrative sex `{other}` is unknown"));
             Some("unknown".into())
         }
     };
@@ -197,11 +197,11 @@ fn coverage(h: &Helper<'_>, in1: &kakehashi_adapters::hl7v2::Segment, t: &mut Tr
     let m = h.msg;
     let insurer = ascii_fold(&m.unescape(in1.field(3)));
     if insurer.is_empty() {
-        t.warn(&at(in1, 3), "insurer number (保険者番号) is empty; coverage not mapped");
+        t.warn(at(in1, 3), "insurer number (保険者番号) is empty; coverage not mapped");
         return None;
     }
     if !insurer.bytes().all(|b| b.is_ascii_digit()) || !matches!(insurer.len(), 6 | 8) {
-        t.warn(&at(in1, 3), format!("insurer number `{insurer}` is not 6 or 8 digits"));
+        t.warn(at(in1, 3), format!("insurer number `{insurer}` is not 6 or 8 digits"));
     }
     // SS-MIX2: 記号 in IN1-10, 番号 in IN1-11 (as written on the card, full-width allowed).
     let symbol = m.unescape(in1.field(10)).trim().to_string();
@@ -273,7 +273,7 @@ fn body_observation(
         "9N006000000000001" => ("29463-7", "Body weight"),
         "5H010000009199911" => ("883-9", "ABO group [Type] in Blood"),
         _ => {
-            t.warn(&at(obx, 3), format!("ADT observation `{jlac}` is not height, weight or blood type; not mapped"));
+            t.warn(at(obx, 3), format!("ADT observation `{jlac}` is not height, weight or blood type; not mapped"));
             return None;
         }
     };
