@@ -84,38 +84,42 @@ fn now() -> i64 {
     crate::audit::now_micros() / 1_000_000
 }
 
+/// Deliveries due at `$1`: pending and past their next attempt, or claimed by an
+/// instance whose claim lapsed. One predicate for the idle check and both claims.
+macro_rules! due_deliveries {
+    () => {
+        "SELECT id FROM outbox WHERE kind = 'deliver' AND \
+         ((state = 'pending' AND next_attempt <= $1) OR (state = 'claimed' AND claim_until < $1))"
+    };
+}
+
 /// Claim up to `limit` due deliveries for `seconds`. Claims are atomic per row, so
 /// several gateway instances never deliver the same row at once; a claim that lapses
 /// (its instance died) is claimed again.
 async fn claim(store: &Store, limit: i64, seconds: i64) -> Result<Vec<(i64, String, String)>, sqlx::Error> {
     let t = now();
-    let sql = match store.backend() {
-        crate::store::Backend::Postgres => {
-            "UPDATE outbox SET state = 'claimed', claim_until = $1, attempts = attempts + 1 WHERE id IN \
-             (SELECT id FROM outbox WHERE kind = 'deliver' AND ((state = 'pending' AND next_attempt <= $2) OR (state = 'claimed' AND claim_until < $2)) \
-              ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING id, destination, payload"
-        }
-        crate::store::Backend::Sqlite => {
-            "UPDATE outbox SET state = 'claimed', claim_until = $1, attempts = attempts + 1 WHERE id IN \
-             (SELECT id FROM outbox WHERE kind = 'deliver' AND ((state = 'pending' AND next_attempt <= $2) OR (state = 'claimed' AND claim_until < $2)) \
-              ORDER BY id LIMIT $3) RETURNING id, destination, payload"
-        }
-    };
     // Most polls find nothing due: ask first with a read, so that an idle gateway takes
     // no write turn every poll (on SQLite such turns, every 100 ms in the tests, starved
     // another process's writer whose busy retries fell in step with them).
-    let due: Option<i64> = sqlx::query_scalar(
-        "SELECT id FROM outbox WHERE kind = 'deliver' AND ((state = 'pending' AND next_attempt <= $1) \
-         OR (state = 'claimed' AND claim_until < $1)) LIMIT 1",
-    )
-    .bind(t)
-    .fetch_optional(store.pool())
-    .await?;
+    let due: Option<i64> =
+        sqlx::query_scalar(concat!(due_deliveries!(), " LIMIT 1")).bind(t).fetch_optional(store.pool()).await?;
     if due.is_none() {
         return Ok(Vec::new());
     }
+    let sql = match store.backend() {
+        crate::store::Backend::Postgres => concat!(
+            "UPDATE outbox SET state = 'claimed', claim_until = $2, attempts = attempts + 1 WHERE id IN (",
+            due_deliveries!(),
+            " ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING id, destination, payload"
+        ),
+        crate::store::Backend::Sqlite => concat!(
+            "UPDATE outbox SET state = 'claimed', claim_until = $2, attempts = attempts + 1 WHERE id IN (",
+            due_deliveries!(),
+            " ORDER BY id LIMIT $3) RETURNING id, destination, payload"
+        ),
+    };
     let mut tx = store.begin_row_write().await?;
-    let rows = sqlx::query(sql).bind(t + seconds).bind(t).bind(limit).fetch_all(&mut *tx).await?;
+    let rows = sqlx::query(sql).bind(t).bind(t + seconds).bind(limit).fetch_all(&mut *tx).await?;
     let claimed = rows
         .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
@@ -230,7 +234,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    /// A break-glass notice and a delivery claim are stored while another writer (as the
+    /// An outbox event is stored and claimed while another writer (as the
     /// audit log does under load) holds the database in back-to-back turns. Sent
     /// straight to the pool they waited in SQLite's busy handler, which never found
     /// the lock free, and failed with "database is locked" after its 5 s.

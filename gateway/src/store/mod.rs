@@ -67,11 +67,6 @@ impl PostgresUrl {
     }
 }
 
-/// Take the transaction-scoped PostgreSQL advisory lock `lock` in `tx`.
-pub async fn advisory_lock(tx: &mut sqlx::AnyConnection, lock: Lock) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock as i64).execute(tx).await.map(|_| ())
-}
-
 struct Migration {
     version: i64,
     sqlite: &'static str,
@@ -241,7 +236,7 @@ impl Store {
             Backend::Postgres => {
                 let mut tx = self.pool.begin().await?;
                 if let Some(lock) = lock {
-                    advisory_lock(&mut tx, lock).await?;
+                    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock as i64).execute(&mut *tx).await?;
                 }
                 Ok(WriteTx { tx, _gate: None })
             }
@@ -255,10 +250,7 @@ impl Store {
 
     /// Set a value in `kk_meta` only if it is not set yet; returns the value in force.
     pub async fn meta_init(&self, key: &str, value: &str) -> Result<String, StoreError> {
-        // Straight to the pool, not through the write gate: it runs at start, before
-        // this process has other writers. Through `BEGIN IMMEDIATE` the `audit verify`
-        // command, run beside a live gateway, failed "database is locked" in one of two
-        // runs of the tampering test (cause not found; the autocommit insert passed 3/3).
+        // Straight to the pool: it runs at start, before this process has other writers.
         sqlx::query("INSERT INTO kk_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
             .bind(key)
             .bind(value)
