@@ -59,8 +59,36 @@ async fn rate(
 }
 
 async fn verify_speed(events: i64, store: &Store, signer: &kakehashi::audit::checkpoint::Signer) {
-    use kakehashi::audit::log::chain_hash;
-    let event = r#"{"resourceType":"AuditEvent","id":"0","type":{"system":"http://terminology.hl7.org/CodeSystem/audit-event-type","code":"rest"},"subtype":[{"system":"http://hl7.org/fhir/restful-interaction","code":"read"}],"action":"R","recorded":"2026-11-22T00:00:00Z","outcome":"0","agent":[{"type":{"coding":[{"system":"http://dicom.nema.org/resources/ontology/DCM","code":"110153"}]},"who":{"identifier":{"system":"http://jpfhir.jp/fhir/core/IdSystem/insurance-medical-institution-no","value":"4610200021"}},"altId":"kuroshima-01","requestor":true,"network":{"address":"10.0.0.1:5000","type":"2"}}],"source":{"observer":{"display":"kakehashi"}},"entity":[{"what":{"reference":"Patient/patient-c18f07549e960059f1f6d75c"},"detail":[{"type":"owner","valueString":"4610100011"},{"type":"boundary","valueString":"cross-site"}]}]}"#;
+    use kakehashi::audit::log::{chain_hash, Columns};
+    use kakehashi::audit::{AuditRecord, Disclosed, Interaction, Outcome, Requestor};
+    // A cross-site read of one Patient, as the gateway stores it.
+    let record = AuditRecord {
+        interaction: Interaction::Read,
+        outcome: Outcome::Success,
+        outcome_desc: None,
+        requestor: Requestor::Principal(Arc::new(Principal {
+            institution: "4610200021".into(),
+            institution_name: "黒島診療所".into(),
+            kind: kakehashi::config::InstitutionKind::Clinic,
+            role: Role::ClinicTerminal,
+            terminal: "kuroshima-01".into(),
+            fingerprint: "ab".repeat(32),
+        })),
+        source_address: "10.0.0.1:5000".into(),
+        disclosed: vec![Disclosed {
+            reference: "Patient/patient-c18f07549e960059f1f6d75c".into(),
+            owner: "4610100011".into(),
+            patient: Some("patient-c18f07549e960059f1f6d75c".into()),
+            basis: "consent".into(),
+        }],
+        query: None,
+        purpose: "TREAT".into(),
+        break_glass_reason: None,
+        recorded_micros: 1_795_000_000_000_000,
+    };
+    let entry = record.entry("kakehashi");
+    let event = serde_json::to_string(&entry).unwrap();
+    let c = Columns::of(&entry);
     let started = Instant::now();
     let mut prev = kakehashi::audit::log::GENESIS.to_vec();
     let mut seq = 0i64;
@@ -69,8 +97,22 @@ async fn verify_speed(events: i64, store: &Store, signer: &kakehashi::audit::che
         for _ in 0..10_000.min(events - seq) {
             seq += 1;
             let h = chain_hash(seq, &prev, event.as_bytes());
-            sqlx::query("INSERT INTO audit_event (seq, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, event, prev_hash, hash, entities) VALUES ($1, 0, '4610200021', ',4610100011,', '', '0', 'read', 1, $2, $3, $4, '')")
-                .bind(seq).bind(event).bind(prev.clone()).bind(h.to_vec()).execute(&mut *tx).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(kakehashi::audit::log::insert_events_sql(1)))
+                .bind(seq)
+                .bind(c.recorded)
+                .bind(c.agent.clone())
+                .bind(c.owners.clone())
+                .bind(c.patients.clone())
+                .bind(c.outcome)
+                .bind(c.subtype)
+                .bind(c.cross)
+                .bind(event.clone())
+                .bind(prev.clone())
+                .bind(h.to_vec())
+                .bind(c.entities.clone())
+                .execute(&mut *tx)
+                .await
+                .unwrap();
             if seq % 1000 == 0 {
                 sqlx::query(
                     "INSERT INTO audit_checkpoint (seq, hash, signed_at, key_id, signature) VALUES ($1, $2, 0, $3, $4)",

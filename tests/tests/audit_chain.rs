@@ -3,13 +3,15 @@
 //! sequence number; undoing it makes verification pass again.
 
 use kakehashi::audit::checkpoint::TrustedKeys;
-use kakehashi::audit::log::chain_hash;
+use kakehashi::audit::event::Entry;
+use kakehashi::audit::log::{chain_hash, Columns};
 use kakehashi::audit::verify::{verify, VerifyError};
 use kakehashi::store::Store;
 use kakehashi_certs::Role;
 use kakehashi_e2e::{kakehashi_bin, Options, TestGateway, CLINIC, HUB, OUTSIDER};
 use sqlx::{AnyPool, Row};
 
+#[derive(Clone)]
 struct Row_ {
     seq: i64,
     recorded: i64,
@@ -23,6 +25,28 @@ struct Row_ {
     prev: Vec<u8>,
     hash: Vec<u8>,
     entities: String,
+}
+
+impl Row_ {
+    /// A row for `event` at `seq` whose columns say what the event says.
+    fn forged(seq: i64, event: String, prev: Vec<u8>, hash: Vec<u8>) -> Row_ {
+        let entry = Entry::parse(seq, &event).unwrap().expect("an entry");
+        let c = Columns::of(&entry);
+        Row_ {
+            seq,
+            recorded: c.recorded,
+            agent: c.agent,
+            owners: c.owners,
+            patients: c.patients,
+            outcome: c.outcome.into(),
+            subtype: c.subtype.into(),
+            cross: c.cross,
+            event,
+            prev,
+            hash,
+            entities: c.entities,
+        }
+    }
 }
 
 async fn rows(pool: &AnyPool) -> Vec<Row_> {
@@ -117,41 +141,27 @@ async fn verify_catches_every_kind_of_tampering() {
     assert_eq!(check(&store, &key).await.unwrap_err().0, 3);
     restore(&pool, &saved).await;
 
-    // Inserted, with every later hash recomputed: only the signed checkpoint can tell.
-    let mut forged: Vec<Row_> = Vec::new();
+    // The columns auditors query by changed (an event hidden from the reader's auditors).
+    sqlx::query("UPDATE audit_event SET agent_institution = $1 WHERE seq = 9")
+        .bind(CLINIC)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (seq, why) = check(&store, &key).await.unwrap_err();
+    assert_eq!(seq, 9, "{why}");
+    assert!(why.contains("columns"), "{why}");
+    restore(&pool, &saved).await;
+
+    // Inserted, with every later hash recomputed and columns to match: only the signed
+    // checkpoint can tell.
+    let mut forged: Vec<Row_> = saved[..10].iter().map(Row_::clone).collect();
     let mut prev = saved[9].hash.clone(); // seq 10
-    for r in &saved[..10] {
-        forged.push(Row_ {
-            event: r.event.clone(),
-            prev: r.prev.clone(),
-            hash: r.hash.clone(),
-            agent: r.agent.clone(),
-            owners: r.owners.clone(),
-            patients: r.patients.clone(),
-            outcome: r.outcome.clone(),
-            subtype: r.subtype.clone(),
-            entities: r.entities.clone(),
-            ..*r
-        });
-    }
-    let fake_event = saved[10].event.replace("\"id\":\"11\"", "\"id\":\"11\",\"language\":\"ja\"");
+    let fake_event = saved[10].event.replace("\"purpose\":\"TREAT\"", "\"purpose\":\"ETREAT\"");
+    assert_ne!(fake_event, saved[10].event);
     let events = std::iter::once(fake_event).chain(saved[10..].iter().map(|r| r.event.clone()));
     for (next_seq, event) in (11..).zip(events) {
         let h = chain_hash(next_seq, &prev, event.as_bytes()).to_vec();
-        forged.push(Row_ {
-            seq: next_seq,
-            recorded: saved[10].recorded,
-            agent: String::new(),
-            owners: String::new(),
-            patients: String::new(),
-            outcome: "0".into(),
-            subtype: "read".into(),
-            cross: 0,
-            event,
-            prev: prev.clone(),
-            hash: h.clone(),
-            entities: String::new(),
-        });
+        forged.push(Row_::forged(next_seq, event, prev, h.clone()));
         prev = h;
     }
     restore(&pool, &forged).await;

@@ -38,6 +38,10 @@ async fn auditors_see_their_scope_with_filters_and_paging() {
     assert_eq!(all["total"].as_u64().unwrap() as usize, all_seqs.len());
     assert_eq!(all_seqs.len(), 5, "hub search, grant, clinic read and search, clinic B refusal");
     assert!(all_seqs.windows(2).all(|w| w[0] > w[1]), "newest first: {all_seqs:?}");
+    // Every kind of event rendered from its stored entry, for the independent validator.
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/conformance-out/auditor");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("audit-events.json"), serde_json::to_vec_pretty(&all).unwrap()).unwrap();
 
     // Who crossed whose boundary: the clinic's read of the hub's patient, marked cross-site.
     let crossing = body

@@ -1,8 +1,13 @@
-//! Exporting the audit log with its hashes, as NDJSON (one AuditEvent per line with
-//! `seq`, `hash`, `prev_hash`) or CSV (one row per event, key columns plus the event).
-//! Rows are read in pages and written as they come, so memory stays flat.
+//! Exporting the audit log with its hashes, as NDJSON (one line per event: `seq`,
+//! `prev_hash`, `hash`, the stored `entry` exactly as hashed, and the FHIR AuditEvent
+//! rendered from it as `event`) or CSV (one row per event, key columns, entry and
+//! event). Anyone holding an export can recompute the chain from `seq`, `prev_hash`
+//! and `entry`. Rows are read in pages and written as they come, so memory stays flat.
 
+use super::event::{render_stored, StoredEventError};
 use crate::store::Store;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use sqlx::Row;
 use std::io::Write;
 
@@ -24,6 +29,22 @@ pub enum ExportError {
     /// The output could not be written.
     #[error("output: {0}")]
     Io(#[from] std::io::Error),
+    /// A stored event could not be rendered.
+    #[error("{0}")]
+    Event(#[from] StoredEventError),
+    /// A rendered event was not JSON (a defect).
+    #[error("rendering: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// One NDJSON line.
+#[derive(Serialize)]
+struct Line<'a> {
+    seq: i64,
+    prev_hash: &'a str,
+    hash: &'a str,
+    entry: &'a str,
+    event: &'a RawValue,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -49,7 +70,7 @@ pub async fn export(
     if format == Format::Csv {
         writeln!(
             out,
-            "seq,recorded,agent_institution,owners,patients,outcome,subtype,cross_site,prev_hash,hash,event"
+            "seq,recorded,agent_institution,owners,patients,outcome,subtype,cross_site,prev_hash,hash,entry,event"
         )?;
     }
     let mut after = 0i64;
@@ -70,14 +91,14 @@ pub async fn export(
         for r in &rows {
             let seq: i64 = r.try_get(0)?;
             let event: String = r.try_get(10)?;
+            let rendered = RawValue::from_string(render_stored(seq, &event)?)?;
             let prev = hex(&r.try_get::<Vec<u8>, _>(8)?);
             let hash = hex(&r.try_get::<Vec<u8>, _>(9)?);
             match format {
                 Format::Ndjson => {
-                    let ev: serde_json::Value =
-                        serde_json::from_str(&event).unwrap_or(serde_json::Value::String(event.clone()));
-                    let line = serde_json::json!({ "seq": seq, "prev_hash": prev, "hash": hash, "event": ev });
-                    writeln!(out, "{line}")?;
+                    let line = Line { seq, prev_hash: &prev, hash: &hash, entry: &event, event: &rendered };
+                    serde_json::to_writer(&mut *out, &line)?;
+                    writeln!(out)?;
                 }
                 Format::Csv => {
                     let recorded: i64 = r.try_get(1)?;
@@ -95,6 +116,7 @@ pub async fn export(
                         prev,
                         hash,
                         event,
+                        rendered.get().to_string(),
                     ];
                     writeln!(out, "{}", fields.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(","))?;
                 }

@@ -46,7 +46,8 @@ pub enum ForwardError {
 /// The sending side, held by the audit writer.
 #[derive(Clone)]
 pub struct Forwarder {
-    tx: mpsc::Sender<String>,
+    /// Sequence numbers and stored entries; the connection task renders them.
+    tx: mpsc::Sender<(i64, String)>,
     /// Counters.
     pub stats: Arc<ForwardStats>,
 }
@@ -65,9 +66,9 @@ impl Forwarder {
         Ok(Forwarder { tx, stats })
     }
 
-    /// Queue one stored event (its JSON) without waiting.
-    pub fn offer(&self, event: String) {
-        if self.tx.try_send(event).is_err() {
+    /// Queue stored event `seq` (its entry) without waiting.
+    pub fn offer(&self, seq: i64, entry: String) {
+        if self.tx.try_send((seq, entry)).is_err() {
             let n = self.stats.dropped.fetch_add(1, Relaxed);
             if n.is_power_of_two() {
                 tracing::warn!(dropped = n + 1, "audit forwarding queue full; events are in the database only");
@@ -96,7 +97,7 @@ async fn run(
     tls: Arc<rustls::ClientConfig>,
     name: rustls::pki_types::ServerName<'static>,
     header: Header,
-    mut rx: mpsc::Receiver<String>,
+    mut rx: mpsc::Receiver<(i64, String)>,
     stats: Arc<ForwardStats>,
 ) {
     let connector = tokio_rustls::TlsConnector::from(tls);
@@ -133,7 +134,15 @@ async fn run(
                         // A repository sends nothing: anything readable is its close.
                         _ = read.read(&mut scratch) => break,
                         event = rx.recv() => match event {
-                            Some(e) => frame(&header, &e),
+                            Some((seq, entry)) => match super::event::render_stored(seq, &entry) {
+                                Ok(e) => frame(&header, &e),
+                                // Cannot happen for an entry this gateway wrote; the
+                                // database keeps it either way.
+                                Err(e) => {
+                                    tracing::error!(error = %e, "audit event not forwarded");
+                                    continue;
+                                }
+                            },
                             None => return,
                         },
                     }

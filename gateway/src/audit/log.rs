@@ -7,7 +7,7 @@
 //! single-threaded runtime, serialised across instances by an advisory lock.
 
 use super::checkpoint::Signer;
-use super::event::AuditRecord;
+use super::event::{AuditRecord, Entry};
 use crate::store::{Lock, PostgresUrl, Store};
 use sqlx::Row;
 use std::fmt::Write;
@@ -41,52 +41,54 @@ pub fn chain_hash(seq: i64, prev: &[u8], event: &[u8]) -> [u8; 32] {
 /// An event made ready in the requesting task, so the single writer only numbers,
 /// hashes and stores.
 pub(super) struct Prepared {
-    /// The AuditEvent JSON without an id; it starts with [`EVENT_PREFIX`], after which
-    /// the id goes.
+    /// The stored entry (canonical JSON, see [`Entry`]).
     pub(super) json: String,
-    pub(super) recorded: i64,
-    pub(super) agent: String,
-    pub(super) owners: String,
-    pub(super) patients: String,
-    pub(super) outcome: &'static str,
-    pub(super) subtype: &'static str,
-    pub(super) cross: i64,
-    pub(super) entities: String,
+    pub(super) cols: Columns,
 }
-
-const EVENT_PREFIX: &str = "{\"resourceType\":\"AuditEvent\",";
 
 impl Prepared {
     fn new(r: &AuditRecord, observer: &str) -> Result<Prepared, AuditError> {
-        // Sized for a read's event (about 1.9 KB), so serialising does not reallocate.
-        let mut buf = Vec::with_capacity(2560);
-        serde_json::to_writer(&mut buf, &r.to_fhir(None, observer)).map_err(|e| AuditError(e.to_string()))?;
-        let json = String::from_utf8(buf).map_err(|e| AuditError(e.to_string()))?;
-        if !json.starts_with(EVENT_PREFIX) {
-            return Err(AuditError("unexpected AuditEvent serialisation".into()));
-        }
-        Ok(Prepared {
-            json,
-            recorded: r.recorded_micros,
-            agent: r.agent_institution().unwrap_or("").to_string(),
-            owners: list(r.owners()),
-            patients: list(r.patients()),
-            outcome: r.outcome.code(),
-            subtype: r.interaction.code(),
-            cross: i64::from(r.crosses_boundary()),
-            entities: list(r.disclosed.iter().map(|d| d.reference.as_str()).collect()),
-        })
+        let entry = r.entry(observer);
+        let json = serde_json::to_string(&entry).map_err(|e| AuditError(e.to_string()))?;
+        Ok(Prepared { json, cols: Columns::of(&entry) })
     }
+}
 
-    /// The stored event: the prepared JSON with its sequence number as id.
-    pub(super) fn event(&self, seq: i64) -> String {
-        let rest = &self.json[EVENT_PREFIX.len()..];
-        let mut event = String::with_capacity(self.json.len() + 32);
-        event.push_str(EVENT_PREFIX);
-        // Writing to a String cannot fail.
-        let _ = write!(event, "\"id\":\"{seq}\",");
-        event.push_str(rest);
-        event
+/// The columns stored beside an entry for auditor queries, derived from it alone (the
+/// writers store them, `audit verify` derives them again and compares).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Columns {
+    /// Unix microseconds.
+    pub recorded: i64,
+    /// The requesting institution, or empty.
+    pub agent: String,
+    /// `,a,b,` of the owners crossed.
+    pub owners: String,
+    /// `,p,q,` of the patients.
+    pub patients: String,
+    /// Outcome code.
+    pub outcome: &'static str,
+    /// Interaction code.
+    pub subtype: &'static str,
+    /// 1 when any owner is not the reader.
+    pub cross: i64,
+    /// `,Type/id,...,` of the resources.
+    pub entities: String,
+}
+
+impl Columns {
+    /// The columns of `entry`.
+    pub fn of(entry: &Entry) -> Columns {
+        Columns {
+            recorded: entry.recorded,
+            agent: entry.agent_institution().unwrap_or("").to_string(),
+            owners: list(entry.owners()),
+            patients: list(entry.patients()),
+            outcome: entry.outcome.code(),
+            subtype: entry.interaction.code(),
+            cross: i64::from(entry.crosses_boundary()),
+            entities: list(entry.disclosed.iter().map(|d| &*d.reference).collect()),
+        }
     }
 }
 
@@ -97,15 +99,13 @@ pub(super) struct Job {
 
 impl Job {
     /// Answer every job of a committed batch whose first event got `first_seq`,
-    /// offering the events to the forwarder first (it never waits).
+    /// offering the entries to the forwarder first (it never waits).
     pub(super) fn committed(batch: Vec<Job>, first_seq: i64, forward: Option<&super::forward::Forwarder>) {
-        if let Some(f) = forward {
-            for (i, job) in batch.iter().enumerate() {
-                f.offer(job.prepared.event(first_seq + i as i64));
+        for (seq, job) in (first_seq..).zip(batch) {
+            if let Some(f) = forward {
+                f.offer(seq, job.prepared.json);
             }
-        }
-        for (i, job) in batch.into_iter().enumerate() {
-            let _ = job.reply.send(Ok(first_seq + i as i64));
+            let _ = job.reply.send(Ok(seq));
         }
     }
 
@@ -328,7 +328,7 @@ pub(super) const CHECKPOINT_SQL: &str = "INSERT INTO audit_checkpoint (seq, hash
 
 /// INSERT of `rows` events, each bound as seq, recorded, agent_institution, owners,
 /// patients, outcome, subtype, cross_site, event, prev_hash, hash, entities.
-pub(super) fn insert_events_sql(rows: usize) -> String {
+pub fn insert_events_sql(rows: usize) -> String {
     const COLUMNS: usize = 12;
     let mut sql = String::from(
         "INSERT INTO audit_event (seq, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, event, prev_hash, hash, entities) VALUES ",
@@ -375,30 +375,29 @@ async fn write_batch(conn: &mut sqlx::AnyConnection, cp: &Checkpoints, batch: &[
         let mut rows = Vec::with_capacity(chunk.len());
         for job in chunk {
             seq += 1;
-            let event = job.prepared.event(seq);
-            let hash = chain_hash(seq, &prev, event.as_bytes());
+            let hash = chain_hash(seq, &prev, job.prepared.json.as_bytes());
             if seq % cp.every == 0 {
                 due.push((seq, hash));
             }
-            rows.push((seq, event, std::mem::replace(&mut prev, hash.to_vec()), hash));
+            rows.push((seq, std::mem::replace(&mut prev, hash.to_vec()), hash));
         }
         // The statement holds placeholders only; every value is bound.
         let mut q = sqlx::query(sqlx::AssertSqlSafe(insert_events_sql(rows.len())));
-        for (job, (seq, event, prev_hash, hash)) in chunk.iter().zip(rows) {
-            let p = &job.prepared;
+        for (job, (seq, prev_hash, hash)) in chunk.iter().zip(rows) {
+            let (json, c) = (&job.prepared.json, &job.prepared.cols);
             q = q
                 .bind(seq)
-                .bind(p.recorded)
-                .bind(p.agent.clone())
-                .bind(p.owners.clone())
-                .bind(p.patients.clone())
-                .bind(p.outcome)
-                .bind(p.subtype)
-                .bind(p.cross)
-                .bind(event)
+                .bind(c.recorded)
+                .bind(c.agent.clone())
+                .bind(c.owners.clone())
+                .bind(c.patients.clone())
+                .bind(c.outcome)
+                .bind(c.subtype)
+                .bind(c.cross)
+                .bind(json.clone())
                 .bind(prev_hash)
                 .bind(hash.to_vec())
-                .bind(p.entities.clone());
+                .bind(c.entities.clone());
         }
         q.execute(&mut *conn).await?;
     }

@@ -269,22 +269,21 @@ impl<'c> Statements<'c> {
         let first = seq + 1;
         for job in batch {
             seq += 1;
-            let p = &job.prepared;
-            let event = p.event(seq);
-            let hash = chain_hash(seq, &prev, event.as_bytes());
+            let (json, c) = (&job.prepared.json, &job.prepared.cols);
+            let hash = chain_hash(seq, &prev, json.as_bytes());
             self.insert.execute(params![
                 seq,
-                p.recorded,
-                p.agent,
-                p.owners,
-                p.patients,
-                p.outcome,
-                p.subtype,
-                p.cross,
-                event,
+                c.recorded,
+                c.agent,
+                c.owners,
+                c.patients,
+                c.outcome,
+                c.subtype,
+                c.cross,
+                json,
                 prev,
                 &hash[..],
-                p.entities
+                c.entities
             ])?;
             if seq % cp.every == 0 {
                 self.sign(&cp.signer, seq, &hash)?;

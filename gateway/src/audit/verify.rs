@@ -1,11 +1,13 @@
 //! Verifying the audit log: re-walk the chain from the start (or from the signed
-//! anchor left by pruning), recompute every hash, require a valid checkpoint at every
+//! anchor left by pruning), recompute every hash, check that the columns auditors query
+//! by say what each hashed entry says, require a valid checkpoint at every
 //! multiple of `checkpoint_every`, and check every checkpoint's signature. The first
 //! problem is reported with its sequence number. Pruning lives here too, because it
 //! must leave exactly what verification starts from.
 
 use super::checkpoint::TrustedKeys;
-use super::log::{chain_hash, GENESIS};
+use super::event::Entry;
+use super::log::{chain_hash, Columns, GENESIS};
 use crate::store::Store;
 use sqlx::Row;
 use std::collections::BTreeMap;
@@ -101,7 +103,7 @@ pub async fn verify(store: &Store, keys: &TrustedKeys, every: i64) -> Result<Rep
     const PAGE: i64 = 10_000;
     loop {
         let rows =
-            sqlx::query("SELECT seq, event, prev_hash, hash FROM audit_event WHERE seq >= $1 ORDER BY seq LIMIT $2")
+            sqlx::query("SELECT seq, event, prev_hash, hash, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, entities FROM audit_event WHERE seq >= $1 ORDER BY seq LIMIT $2")
                 .bind(expect)
                 .bind(PAGE)
                 .fetch_all(store.pool())
@@ -123,6 +125,9 @@ pub async fn verify(store: &Store, keys: &TrustedKeys, every: i64) -> Result<Rep
             let h = chain_hash(seq, &prev, event.as_bytes());
             if h.as_slice() != stored.as_slice() {
                 return Err(broken(seq, "content does not match its hash (modified)"));
+            }
+            if !columns_agree(seq, &event, r)? {
+                return Err(broken(seq, "its query columns do not say what its hashed entry says (modified)"));
             }
             match checkpoints.get(&seq) {
                 Some(cp) => {
@@ -154,6 +159,27 @@ pub async fn verify(store: &Store, keys: &TrustedKeys, every: i64) -> Result<Rep
         last: expect - 1,
         unsigned_tail: (expect - 1 - last_signed).max(0) as u64,
     })
+}
+
+/// Whether the columns auditors query by (columns 4 to 11 of `r`) are those derived from
+/// the hashed entry: they are not hashed themselves, so an edited agent or owner could
+/// otherwise hide an event from the auditors it concerns. Events stored rendered (older
+/// logs) have nothing to compare with.
+fn columns_agree(seq: i64, event: &str, r: &sqlx::any::AnyRow) -> Result<bool, VerifyError> {
+    let entry = match Entry::parse(seq, event) {
+        Ok(Some(entry)) => entry,
+        Ok(None) => return Ok(true),
+        Err(e) => return Err(broken(seq, e.why)),
+    };
+    let c = Columns::of(&entry);
+    Ok(r.try_get::<i64, _>(4)? == c.recorded
+        && r.try_get::<String, _>(5)? == c.agent
+        && r.try_get::<String, _>(6)? == c.owners
+        && r.try_get::<String, _>(7)? == c.patients
+        && r.try_get::<String, _>(8)? == c.outcome
+        && r.try_get::<String, _>(9)? == c.subtype
+        && r.try_get::<i64, _>(10)? == c.cross
+        && r.try_get::<String, _>(11)? == c.entities)
 }
 
 /// Delete events recorded before `before_micros` up to the last checkpoint among them,
