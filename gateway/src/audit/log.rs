@@ -49,7 +49,10 @@ pub(super) struct Prepared {
 impl Prepared {
     fn new(r: &AuditRecord, observer: &str) -> Result<Prepared, AuditError> {
         let entry = r.entry(observer);
-        let json = serde_json::to_string(&entry).map_err(|e| AuditError(e.to_string()))?;
+        // Sized for a one-resource read's entry (about 0.4 KB), so it does not reallocate.
+        let mut json = Vec::with_capacity(640);
+        serde_json::to_writer(&mut json, &entry).map_err(|e| AuditError(e.to_string()))?;
+        let json = String::from_utf8(json).map_err(|e| AuditError(e.to_string()))?;
         Ok(Prepared { json, cols: Columns::of(&entry) })
     }
 }
@@ -308,12 +311,18 @@ async fn writer(
     }
 }
 
+/// `,a,b,` (so that `LIKE '%,a,%'` matches whole items), or empty for no items.
 fn list(items: Vec<&str>) -> String {
     if items.is_empty() {
-        String::new()
-    } else {
-        format!(",{},", items.join(","))
+        return String::new();
     }
+    let mut out = String::with_capacity(items.iter().map(|i| i.len() + 1).sum::<usize>() + 1);
+    out.push(',');
+    for item in items {
+        out.push_str(item);
+        out.push(',');
+    }
+    out
 }
 
 // The statements both writers (this one over sqlx, the SQLite thread over rusqlite) run,
@@ -454,6 +463,13 @@ mod tests {
             two.ends_with("($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12),($13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24)"),
             "{two}"
         );
+    }
+
+    #[test]
+    fn lists_are_comma_fenced_so_like_matches_whole_items() {
+        assert_eq!(list(vec![]), "");
+        assert_eq!(list(vec!["4610100011"]), ",4610100011,");
+        assert_eq!(list(vec!["a", "b"]), ",a,b,");
     }
 
     #[test]
