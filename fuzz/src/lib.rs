@@ -19,7 +19,7 @@ impl Rng {
         Rng(seed.max(1))
     }
     /// Next value.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -27,7 +27,7 @@ impl Rng {
     }
     /// A value below `n` (n > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
 }
 
@@ -104,7 +104,7 @@ pub fn mutate(rng: &mut Rng, input: &mut Vec<u8>) {
             }
             _ => {
                 let at = rng.below(len + 1);
-                input.insert(at, rng.next() as u8);
+                input.insert(at, rng.next_u64() as u8);
             }
         }
     }

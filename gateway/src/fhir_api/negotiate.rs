@@ -102,9 +102,12 @@ mod tests {
         }
     }
 
+    /// Method, URI, headers, body, expected status.
+    type Case = (&'static str, &'static str, &'static [(&'static str, &'static str)], &'static str, u16);
+
     #[test]
     fn negotiation_table() {
-        let cases: &[(&str, &str, &[(&str, &str)], &'static str, u16)] = &[
+        let cases: &[Case] = &[
             ("GET", "/fhir/metadata", &[], "", 200),
             ("GET", "/fhir/metadata", &[("accept", "application/fhir+json")], "", 200),
             ("GET", "/fhir/metadata", &[("accept", "application/json, text/html;q=0.9")], "", 200),

@@ -292,7 +292,8 @@ async fn search_inner(state: AppState, ty: String, req: Request) -> Result<Respo
         }
         permitted
     };
-    respond_page(&state, &c, Interaction::Search, &ty, &search, permitted, includes, Some(query)).await
+    let asked = Asked { interaction: Interaction::Search, path: &ty, search: &search, query: Some(query) };
+    respond_page(&state, &c, asked, permitted, includes).await
 }
 
 /// `GET /fhir/Patient/{id}/$everything`.
@@ -330,17 +331,9 @@ async fn everything_inner(state: AppState, id: String, req: Request) -> Result<R
         .await?;
         return Err(ApiError::NotFound(format!("Patient/{id} is not known or not visible to you")));
     }
-    respond_page(
-        &state,
-        &c,
-        Interaction::Everything,
-        &format!("Patient/{id}/$everything"),
-        &search,
-        permitted,
-        vec![],
-        None,
-    )
-    .await
+    let path = format!("Patient/{id}/$everything");
+    let asked = Asked { interaction: Interaction::Everything, path: &path, search: &search, query: None };
+    respond_page(&state, &c, asked, permitted, vec![]).await
 }
 
 #[derive(Serialize)]
@@ -385,16 +378,25 @@ fn page_url(base: &str, path: &str, used: &[(String, String)], count: usize, off
     format!("{base}/{path}?{}", q.finish())
 }
 
+/// What a search or `$everything` asked for, as its page links and audit record name it.
+struct Asked<'a> {
+    interaction: Interaction,
+    /// The path under the base, for page links.
+    path: &'a str,
+    search: &'a Search,
+    /// The query string, for the audit record.
+    query: Option<String>,
+}
+
+/// Audit the page of `permitted` (and its `includes`) that `asked` selects, then answer it.
 async fn respond_page(
     state: &AppState,
     c: &Caller,
-    interaction: Interaction,
-    path: &str,
-    search: &Search,
+    asked: Asked<'_>,
     permitted: Vec<Permitted>,
     includes: Vec<Permitted>,
-    query: Option<String>,
 ) -> Result<Response, ApiError> {
+    let Asked { interaction, path, search, query } = asked;
     let total = permitted.len();
     let start = search.offset.min(total);
     let end = (start + search.count).min(total);
