@@ -59,7 +59,7 @@ async fn rate(
 }
 
 async fn verify_speed(events: i64, store: &Store, signer: &kakehashi::audit::checkpoint::Signer) {
-    use kakehashi::audit::log::{chain_hash, Columns};
+    use kakehashi::audit::log::{bind_event, chain_hash, insert_events_sql, Columns};
     use kakehashi::audit::{AuditRecord, Disclosed, Interaction, Outcome, Requestor};
     // A cross-site read of one Patient, as the gateway stores it.
     let record = AuditRecord {
@@ -97,22 +97,8 @@ async fn verify_speed(events: i64, store: &Store, signer: &kakehashi::audit::che
         for _ in 0..10_000.min(events - seq) {
             seq += 1;
             let h = chain_hash(seq, &prev, event.as_bytes());
-            sqlx::query(sqlx::AssertSqlSafe(kakehashi::audit::log::insert_events_sql(1)))
-                .bind(seq)
-                .bind(c.recorded)
-                .bind(c.agent.clone())
-                .bind(c.owners.clone())
-                .bind(c.patients.clone())
-                .bind(c.outcome)
-                .bind(c.subtype)
-                .bind(c.cross)
-                .bind(event.clone())
-                .bind(prev.clone())
-                .bind(h.to_vec())
-                .bind(c.entities.clone())
-                .execute(&mut *tx)
-                .await
-                .unwrap();
+            let q = sqlx::query(sqlx::AssertSqlSafe(insert_events_sql(1)));
+            bind_event(q, seq, &event, &c, prev.clone(), &h).execute(&mut *tx).await.unwrap();
             if seq % 1000 == 0 {
                 sqlx::query(
                     "INSERT INTO audit_checkpoint (seq, hash, signed_at, key_id, signature) VALUES ($1, $2, 0, $3, $4)",

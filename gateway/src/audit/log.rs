@@ -352,6 +352,29 @@ pub fn insert_events_sql(rows: usize) -> String {
     sql
 }
 
+/// `q` with one event's twelve values bound, in [`insert_events_sql`]'s column order.
+pub fn bind_event<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    seq: i64,
+    entry: &str,
+    c: &Columns,
+    prev_hash: Vec<u8>,
+    hash: &[u8],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    q.bind(seq)
+        .bind(c.recorded)
+        .bind(c.agent.clone())
+        .bind(c.owners.clone())
+        .bind(c.patients.clone())
+        .bind(c.outcome)
+        .bind(c.subtype)
+        .bind(c.cross)
+        .bind(entry.to_string())
+        .bind(prev_hash)
+        .bind(hash.to_vec())
+        .bind(c.entities.clone())
+}
+
 /// True when the head at `head` is not covered by the newest checkpoint `last`.
 pub(super) fn head_unsigned(head: i64, last: Option<i64>) -> bool {
     last.is_none_or(|l| l < head)
@@ -393,20 +416,7 @@ async fn write_batch(conn: &mut sqlx::AnyConnection, cp: &Checkpoints, batch: &[
         // The statement holds placeholders only; every value is bound.
         let mut q = sqlx::query(sqlx::AssertSqlSafe(insert_events_sql(rows.len())));
         for (job, (seq, prev_hash, hash)) in chunk.iter().zip(rows) {
-            let (json, c) = (&job.prepared.json, &job.prepared.cols);
-            q = q
-                .bind(seq)
-                .bind(c.recorded)
-                .bind(c.agent.clone())
-                .bind(c.owners.clone())
-                .bind(c.patients.clone())
-                .bind(c.outcome)
-                .bind(c.subtype)
-                .bind(c.cross)
-                .bind(json.clone())
-                .bind(prev_hash)
-                .bind(hash.to_vec())
-                .bind(c.entities.clone());
+            q = bind_event(q, seq, &job.prepared.json, &job.prepared.cols, prev_hash, &hash);
         }
         q.execute(&mut *conn).await?;
     }
