@@ -44,6 +44,14 @@ pub struct TestGateway {
 }
 
 /// True when the tests run against PostgreSQL (`KAKEHASHI_TEST_BACKEND=postgres`).
+/// Today's date in Japan: the gateway reads a date without a zone (`date=2026-12-02`,
+/// `--before 2026-12-03`) as Japan Standard Time, so a test that names "today" by the
+/// UTC calendar asks for the wrong day from 15:00 to 24:00 UTC.
+pub fn jst_today() -> time::Date {
+    let jst = time::UtcOffset::from_hms(9, 0, 0).expect("a valid offset");
+    time::OffsetDateTime::now_utc().to_offset(jst).date()
+}
+
 pub fn backend_is_postgres() -> bool {
     std::env::var("KAKEHASHI_TEST_BACKEND").is_ok_and(|v| v == "postgres")
 }

@@ -262,7 +262,7 @@ async fn export_and_prune_keep_the_chain_verifiable() {
     let none = run(&["audit", "export", "--format", "csv", "--to", "2000-01-01"]);
     assert_eq!(String::from_utf8_lossy(&none.stdout).lines().count(), 1);
 
-    let tomorrow = (time::OffsetDateTime::now_utc() + time::Duration::days(1)).date().to_string();
+    let tomorrow = (kakehashi_e2e::jst_today() + time::Duration::days(1)).to_string();
     let pruned = run(&["audit", "prune", "--before", &tomorrow]);
     assert!(pruned.status.success(), "{}", String::from_utf8_lossy(&pruned.stderr));
     assert!(

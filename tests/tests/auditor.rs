@@ -70,7 +70,7 @@ async fn auditors_see_their_scope_with_filters_and_paging() {
     assert!(patient_reads["total"].as_u64().unwrap() >= 3);
     let denied = body.get(gw.addr, "/fhir/AuditEvent?outcome=4").await.unwrap().json();
     assert_eq!(denied["total"], 1, "clinic B's refused read");
-    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let today = kakehashi_e2e::jst_today().to_string();
     let dated = body.get(gw.addr, &format!("/fhir/AuditEvent?date=ge{today}&date=lt2999-01-01")).await.unwrap().json();
     assert!(dated["total"].as_u64().unwrap() >= all_seqs.len() as u64);
     assert_eq!(body.get(gw.addr, "/fhir/AuditEvent?date=lt2000-01-01").await.unwrap().json()["total"], 0);

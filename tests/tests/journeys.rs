@@ -134,7 +134,7 @@ async fn clinic_terminal_reads_a_consented_hub_patient_and_the_auditor_reviews_i
 
     // The auditor lists the reads of that patient for the day and who crossed whose boundary.
     let auditor = gw.client(Some(&gw.issue("auditor", AUDIT_BODY, Role::Auditor)));
-    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let today = kakehashi_e2e::jst_today().to_string();
     let v = auditor.get(gw.addr, &format!("/fhir/AuditEvent?patient={consented}&date={today}")).await.unwrap().json();
     let crossings: Vec<(String, String)> = entries(&v, "match")
         .iter()
