@@ -113,7 +113,7 @@ pub async fn verify(store: &Store, keys: &TrustedKeys, every: i64) -> Result<Rep
         }
         for r in &rows {
             let seq: i64 = r.try_get(0)?;
-            let event: String = r.try_get(1)?;
+            let event: &str = r.try_get(1)?;
             let stored_prev: Vec<u8> = r.try_get(2)?;
             let stored: Vec<u8> = r.try_get(3)?;
             if seq != expect {
@@ -126,7 +126,7 @@ pub async fn verify(store: &Store, keys: &TrustedKeys, every: i64) -> Result<Rep
             if h.as_slice() != stored.as_slice() {
                 return Err(broken(seq, "content does not match its hash (modified)"));
             }
-            if !columns_agree(seq, &event, r)? {
+            if !columns_agree(seq, event, r)? {
                 return Err(broken(seq, "its query columns do not say what its hashed entry says (modified)"));
             }
             match checkpoints.get(&seq) {
@@ -173,13 +173,13 @@ fn columns_agree(seq: i64, event: &str, r: &sqlx::any::AnyRow) -> Result<bool, V
     };
     let c = Columns::of(&entry);
     Ok(r.try_get::<i64, _>(4)? == c.recorded
-        && r.try_get::<String, _>(5)? == c.agent
-        && r.try_get::<String, _>(6)? == c.owners
-        && r.try_get::<String, _>(7)? == c.patients
-        && r.try_get::<String, _>(8)? == c.outcome
-        && r.try_get::<String, _>(9)? == c.subtype
+        && r.try_get::<&str, _>(5)? == c.agent
+        && r.try_get::<&str, _>(6)? == c.owners
+        && r.try_get::<&str, _>(7)? == c.patients
+        && r.try_get::<&str, _>(8)? == c.outcome
+        && r.try_get::<&str, _>(9)? == c.subtype
         && r.try_get::<i64, _>(10)? == c.cross
-        && r.try_get::<String, _>(11)? == c.entities)
+        && r.try_get::<&str, _>(11)? == c.entities)
 }
 
 /// Delete events recorded before `before_micros` up to the last checkpoint among them,
