@@ -33,6 +33,12 @@ pub enum VerifyError {
     /// The database could not be read.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    /// The SQLite log could not be read.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The thread reading the SQLite log failed.
+    #[error("reading the log: {0}")]
+    Thread(String),
     /// The log is not what the gateway wrote.
     #[error("audit log broken at sequence {seq}: {reason}")]
     Broken {
@@ -102,36 +108,28 @@ pub async fn verify(store: &Store, keys: &TrustedKeys, every: i64) -> Result<Rep
     let mut last_signed = expect - 1;
     const PAGE: i64 = 10_000;
     loop {
-        let rows =
-            sqlx::query("SELECT seq, event, prev_hash, hash, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, entities FROM audit_event WHERE seq >= $1 ORDER BY seq LIMIT $2")
-                .bind(expect)
-                .bind(PAGE)
-                .fetch_all(store.pool())
-                .await?;
+        let rows = page(store, expect, PAGE).await?;
         if rows.is_empty() {
             break;
         }
-        for r in &rows {
-            let seq: i64 = r.try_get(0)?;
-            let event: &str = r.try_get(1)?;
-            let stored_prev: Vec<u8> = r.try_get(2)?;
-            let stored: Vec<u8> = r.try_get(3)?;
+        for r in rows {
+            let seq = r.seq;
             if seq != expect {
                 return Err(broken(expect, format!("event missing (the next stored event is {seq})")));
             }
-            if stored_prev != prev {
+            if r.prev != prev {
                 return Err(broken(seq, "does not link to the previous event (inserted, removed or reordered)"));
             }
-            let h = chain_hash(seq, &prev, event.as_bytes());
-            if h.as_slice() != stored.as_slice() {
+            let h = chain_hash(seq, &prev, r.event.as_bytes());
+            if h.as_slice() != r.hash.as_slice() {
                 return Err(broken(seq, "content does not match its hash (modified)"));
             }
-            if !columns_agree(seq, event, r)? {
+            if !columns_agree(&r)? {
                 return Err(broken(seq, "its query columns do not say what its hashed entry says (modified)"));
             }
             match checkpoints.get(&seq) {
                 Some(cp) => {
-                    if cp.hash != stored {
+                    if cp.hash != r.hash {
                         return Err(broken(seq, "the checkpoint here signs a different chain"));
                     }
                     if let Some(why) = cp.refused(seq, keys) {
@@ -143,7 +141,7 @@ pub async fn verify(store: &Store, keys: &TrustedKeys, every: i64) -> Result<Rep
                 None if seq % every == 0 => return Err(broken(seq, "the signed checkpoint due here is missing")),
                 None => {}
             }
-            prev = stored;
+            prev = r.hash;
             expect = seq + 1;
             events += 1;
         }
@@ -161,25 +159,97 @@ pub async fn verify(store: &Store, keys: &TrustedKeys, every: i64) -> Result<Rep
     })
 }
 
-/// Whether the columns auditors query by (columns 4 to 11 of `r`) are those derived from
-/// the hashed entry: they are not hashed themselves, so an edited agent or owner could
-/// otherwise hide an event from the auditors it concerns. Events stored rendered (older
-/// logs) have nothing to compare with.
-fn columns_agree(seq: i64, event: &str, r: &sqlx::any::AnyRow) -> Result<bool, VerifyError> {
-    let entry = match Entry::parse(seq, event) {
+/// One stored event as verification reads it.
+struct StoredRow {
+    seq: i64,
+    event: String,
+    prev: Vec<u8>,
+    hash: Vec<u8>,
+    recorded: i64,
+    agent: String,
+    owners: String,
+    patients: String,
+    outcome: String,
+    subtype: String,
+    cross: i64,
+    entities: String,
+}
+
+const EVENTS_SQL: &str = "SELECT seq, event, prev_hash, hash, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, entities FROM audit_event WHERE seq >= $1 ORDER BY seq LIMIT $2";
+
+/// Up to `limit` events from sequence number `from` on. On SQLite they are read
+/// natively in a blocking thread: through sqlx every row crossed its SQLite worker's
+/// channel and was converted twice, which took more CPU than verifying it.
+async fn page(store: &Store, from: i64, limit: i64) -> Result<Vec<StoredRow>, VerifyError> {
+    if let Some((file, _)) = store.sqlite_writer_parts() {
+        return tokio::task::spawn_blocking(move || sqlite_page(&file, from, limit))
+            .await
+            .map_err(|e| VerifyError::Thread(e.to_string()))?;
+    }
+    let rows = sqlx::query(EVENTS_SQL).bind(from).bind(limit).fetch_all(store.pool()).await?;
+    let row = |r: &sqlx::any::AnyRow| -> Result<StoredRow, sqlx::Error> {
+        Ok(StoredRow {
+            seq: r.try_get(0)?,
+            event: r.try_get(1)?,
+            prev: r.try_get(2)?,
+            hash: r.try_get(3)?,
+            recorded: r.try_get(4)?,
+            agent: r.try_get(5)?,
+            owners: r.try_get(6)?,
+            patients: r.try_get(7)?,
+            outcome: r.try_get(8)?,
+            subtype: r.try_get(9)?,
+            cross: r.try_get(10)?,
+            entities: r.try_get(11)?,
+        })
+    };
+    Ok(rows.iter().map(row).collect::<Result<_, _>>()?)
+}
+
+fn sqlite_page(file: &std::path::Path, from: i64, limit: i64) -> Result<Vec<StoredRow>, VerifyError> {
+    // Read and write without create: the log must already be there.
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = rusqlite::Connection::open_with_flags(file, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mut stmt = conn.prepare(EVENTS_SQL)?;
+    let rows = stmt.query_map([from, limit], |r| {
+        Ok(StoredRow {
+            seq: r.get(0)?,
+            event: r.get(1)?,
+            prev: r.get(2)?,
+            hash: r.get(3)?,
+            recorded: r.get(4)?,
+            agent: r.get(5)?,
+            owners: r.get(6)?,
+            patients: r.get(7)?,
+            outcome: r.get(8)?,
+            subtype: r.get(9)?,
+            cross: r.get(10)?,
+            entities: r.get(11)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Whether the columns auditors query by are those derived from the hashed entry:
+/// they are not hashed themselves, so an edited agent or owner could otherwise hide an
+/// event from the auditors it concerns. Events stored rendered (older logs) have
+/// nothing to compare with.
+fn columns_agree(r: &StoredRow) -> Result<bool, VerifyError> {
+    let entry = match Entry::parse(r.seq, &r.event) {
         Ok(Some(entry)) => entry,
         Ok(None) => return Ok(true),
-        Err(e) => return Err(broken(seq, e.why)),
+        Err(e) => return Err(broken(r.seq, e.why)),
     };
     let c = Columns::of(&entry);
-    Ok(r.try_get::<i64, _>(4)? == c.recorded
-        && r.try_get::<&str, _>(5)? == c.agent
-        && r.try_get::<&str, _>(6)? == c.owners
-        && r.try_get::<&str, _>(7)? == c.patients
-        && r.try_get::<&str, _>(8)? == c.outcome
-        && r.try_get::<&str, _>(9)? == c.subtype
-        && r.try_get::<i64, _>(10)? == c.cross
-        && r.try_get::<&str, _>(11)? == c.entities)
+    Ok(r.recorded == c.recorded
+        && r.agent == c.agent
+        && r.owners == c.owners
+        && r.patients == c.patients
+        && r.outcome == c.outcome
+        && r.subtype == c.subtype
+        && r.cross == c.cross
+        && r.entities == c.entities)
 }
 
 /// Delete events recorded before `before_micros` up to the last checkpoint among them,
