@@ -175,6 +175,27 @@ struct StoredRow {
     entities: String,
 }
 
+/// A [`StoredRow`] from the columns of [`EVENTS_SQL`], read with `$r.$get(index)?`
+/// (sqlx and rusqlite name their getters differently).
+macro_rules! stored_row {
+    ($r:expr, $get:ident) => {
+        StoredRow {
+            seq: $r.$get(0)?,
+            event: $r.$get(1)?,
+            prev: $r.$get(2)?,
+            hash: $r.$get(3)?,
+            recorded: $r.$get(4)?,
+            agent: $r.$get(5)?,
+            owners: $r.$get(6)?,
+            patients: $r.$get(7)?,
+            outcome: $r.$get(8)?,
+            subtype: $r.$get(9)?,
+            cross: $r.$get(10)?,
+            entities: $r.$get(11)?,
+        }
+    };
+}
+
 const EVENTS_SQL: &str = "SELECT seq, event, prev_hash, hash, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, entities FROM audit_event WHERE seq >= $1 ORDER BY seq LIMIT $2";
 
 /// Up to `limit` events from sequence number `from` on. On SQLite they are read
@@ -187,22 +208,7 @@ async fn page(store: &Store, from: i64, limit: i64) -> Result<Vec<StoredRow>, Ve
             .map_err(|e| VerifyError::Thread(e.to_string()))?;
     }
     let rows = sqlx::query(EVENTS_SQL).bind(from).bind(limit).fetch_all(store.pool()).await?;
-    let row = |r: &sqlx::any::AnyRow| -> Result<StoredRow, sqlx::Error> {
-        Ok(StoredRow {
-            seq: r.try_get(0)?,
-            event: r.try_get(1)?,
-            prev: r.try_get(2)?,
-            hash: r.try_get(3)?,
-            recorded: r.try_get(4)?,
-            agent: r.try_get(5)?,
-            owners: r.try_get(6)?,
-            patients: r.try_get(7)?,
-            outcome: r.try_get(8)?,
-            subtype: r.try_get(9)?,
-            cross: r.try_get(10)?,
-            entities: r.try_get(11)?,
-        })
-    };
+    let row = |r: &sqlx::any::AnyRow| -> Result<StoredRow, sqlx::Error> { Ok(stored_row!(r, try_get)) };
     Ok(rows.iter().map(row).collect::<Result<_, _>>()?)
 }
 
@@ -212,22 +218,7 @@ fn sqlite_page(file: &std::path::Path, from: i64, limit: i64) -> Result<Vec<Stor
     let conn = rusqlite::Connection::open_with_flags(file, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let mut stmt = conn.prepare(EVENTS_SQL)?;
-    let rows = stmt.query_map([from, limit], |r| {
-        Ok(StoredRow {
-            seq: r.get(0)?,
-            event: r.get(1)?,
-            prev: r.get(2)?,
-            hash: r.get(3)?,
-            recorded: r.get(4)?,
-            agent: r.get(5)?,
-            owners: r.get(6)?,
-            patients: r.get(7)?,
-            outcome: r.get(8)?,
-            subtype: r.get(9)?,
-            cross: r.get(10)?,
-            entities: r.get(11)?,
-        })
-    })?;
+    let rows = stmt.query_map([from, limit], |r| Ok(stored_row!(r, get)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
