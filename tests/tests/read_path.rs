@@ -29,7 +29,7 @@ async fn audit_rows(gw: &TestGateway) -> Vec<(i64, String, String, String, Value
         .map(|r| {
             let (seq, ev): (i64, String) = (r.get(0), r.get(4));
             let rendered = kakehashi::audit::event::render_stored(seq, &ev).unwrap();
-            (seq, r.get(1), r.get(2), r.get(3), serde_json::from_str(&rendered).unwrap())
+            (seq, r.get(1), r.get(2), r.get(3), serde_json::from_str(rendered.get()).unwrap())
         })
         .collect()
 }

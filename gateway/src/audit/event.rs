@@ -4,6 +4,7 @@
 use crate::identity::Principal;
 use kakehashi_fhir::*;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -176,11 +177,6 @@ impl AuditRecord {
                 })
                 .collect(),
         }
-    }
-
-    /// The FHIR AuditEvent (id = sequence number in the log, when known).
-    pub fn to_fhir(&self, seq: Option<i64>, observer: &str) -> AuditEvent {
-        self.entry(observer).to_fhir(seq)
     }
 }
 
@@ -413,13 +409,13 @@ impl<'a> Entry<'a> {
 }
 
 /// The FHIR AuditEvent JSON of stored event `seq`, as auditors, exports and audit
-/// repositories see it.
-pub fn render_stored(seq: i64, stored: &str) -> Result<String, StoredEventError> {
+/// repositories see it (ready to embed: callers need not parse it again).
+pub fn render_stored(seq: i64, stored: &str) -> Result<Box<RawValue>, StoredEventError> {
+    let fail = |e: serde_json::Error| StoredEventError { seq, why: e.to_string() };
     match Entry::parse(seq, stored)? {
-        Some(entry) => {
-            serde_json::to_string(&entry.to_fhir(Some(seq))).map_err(|e| StoredEventError { seq, why: e.to_string() })
-        }
-        None => Ok(stored.to_string()),
+        Some(entry) => serde_json::value::to_raw_value(&entry.to_fhir(Some(seq))).map_err(fail),
+        // Written by an older gateway: checked to be JSON, shown as stored.
+        None => RawValue::from_string(stored.to_string()).map_err(fail),
     }
 }
 
@@ -522,7 +518,7 @@ mod tests {
         for record in [principal_read(), unidentified] {
             let stored = serde_json::to_string(&record.entry("gw-1")).unwrap();
             let rendered = render_stored(42, &stored).unwrap();
-            assert_eq!(rendered, serde_json::to_string(&record.to_fhir(Some(42), "gw-1")).unwrap());
+            assert_eq!(rendered.get(), serde_json::to_string(&record.entry("gw-1").to_fhir(Some(42))).unwrap());
             let back = Entry::parse(42, &stored).unwrap().unwrap();
             assert_eq!(back, record.entry("gw-1"), "the entry reads back as written");
         }
@@ -530,7 +526,7 @@ mod tests {
 
     #[test]
     fn the_rendered_event_names_the_boundary_crossed_and_the_reader() {
-        let ev = serde_json::to_value(principal_read().to_fhir(Some(7), "gw-1")).unwrap();
+        let ev = serde_json::to_value(principal_read().entry("gw-1").to_fhir(Some(7))).unwrap();
         assert_eq!(ev["id"], "7");
         assert_eq!(ev["subtype"][0]["code"], "read");
         assert_eq!(ev["agent"][0]["who"]["identifier"]["value"], "4610200021");
@@ -548,20 +544,36 @@ mod tests {
     fn an_entry_is_under_a_third_of_its_rendered_size() {
         let r = principal_read();
         let entry = serde_json::to_string(&r.entry("gw-1")).unwrap().len();
-        let rendered = serde_json::to_string(&r.to_fhir(None, "gw-1")).unwrap().len();
+        let rendered = serde_json::to_string(&r.entry("gw-1").to_fhir(None)).unwrap().len();
         assert!(entry * 3 < rendered, "entry {entry} bytes, rendered {rendered}");
     }
 
     #[test]
     fn older_events_stored_rendered_are_shown_as_stored_and_bad_entries_are_refused() {
         let old = r#"{"resourceType":"AuditEvent","id":"3","recorded":"2026-11-22T00:00:00Z"}"#;
-        assert_eq!(render_stored(3, old).unwrap(), old);
+        assert_eq!(render_stored(3, old).unwrap().get(), old);
         let stored = serde_json::to_string(&principal_read().entry("gw-1")).unwrap();
         let future = stored.replacen("\"v\":1", "\"v\":2", 1);
         assert!(render_stored(5, &future).unwrap_err().to_string().contains("unknown entry format 2"));
         let extra = stored.replacen("\"v\":1", "\"v\":1,\"x\":0", 1);
         assert_eq!(render_stored(6, &extra).unwrap_err().seq, 6);
         assert!(render_stored(8, "not json").is_err());
+        assert!(render_stored(9, "{\"resourceType\":\"AuditEvent\",").is_err(), "a truncated old event");
+    }
+
+    #[test]
+    fn entries_store_interactions_and_outcomes_by_the_codes_the_columns_use() {
+        use Interaction::*;
+        // The serde names and `code()` are two lists; the columns and the rendered event
+        // take `code()`, the entry the serde name.
+        for i in [Read, Search, Everything, Create, Delete, Connect] {
+            assert_eq!(serde_json::to_value(i).unwrap(), i.code(), "{i:?}");
+            assert_eq!(serde_json::from_value::<Interaction>(i.code().into()).unwrap(), i);
+        }
+        for o in [Outcome::Success, Outcome::Denied, Outcome::Failed] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.code(), "{o:?}");
+            assert_eq!(serde_json::from_value::<Outcome>(o.code().into()).unwrap(), o);
+        }
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub enum ExportError {
     /// A stored event could not be rendered.
     #[error("{0}")]
     Event(#[from] StoredEventError),
-    /// A rendered event was not JSON (a defect).
+    /// A line could not be written as JSON.
     #[error("rendering: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -91,7 +91,7 @@ pub async fn export(
         for r in &rows {
             let seq: i64 = r.try_get(0)?;
             let event: String = r.try_get(10)?;
-            let rendered = RawValue::from_string(render_stored(seq, &event)?)?;
+            let rendered = render_stored(seq, &event)?;
             let prev = hex(&r.try_get::<Vec<u8>, _>(8)?);
             let hash = hex(&r.try_get::<Vec<u8>, _>(9)?);
             match format {

@@ -135,7 +135,7 @@ async fn run(
                         _ = read.read(&mut scratch) => break,
                         event = rx.recv() => match event {
                             Some((seq, entry)) => match super::event::render_stored(seq, &entry) {
-                                Ok(e) => frame(&header, &e),
+                                Ok(e) => frame(&header, e.get()),
                                 // Cannot happen for an entry this gateway wrote; the
                                 // database keeps it either way.
                                 Err(e) => {

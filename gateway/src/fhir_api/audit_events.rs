@@ -239,9 +239,7 @@ async fn search_inner(state: AppState, req: Request) -> Result<Response, ApiErro
         let seq: i64 = r.try_get(0).map_err(db)?;
         let event: String = r.try_get(1).map_err(db)?;
         let agent: String = r.try_get(2).map_err(db)?;
-        let rendered =
-            crate::audit::event::render_stored(seq, &event).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let raw = RawValue::from_string(rendered).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let raw = crate::audit::event::render_stored(seq, &event).map_err(|e| ApiError::Internal(e.to_string()))?;
         events.push((seq, raw, agent));
     }
     let shown: Vec<Disclosed> = events

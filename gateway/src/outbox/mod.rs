@@ -106,17 +106,22 @@ async fn claim(store: &Store, limit: i64, seconds: i64) -> Result<Vec<(i64, Stri
     if due.is_none() {
         return Ok(Vec::new());
     }
+    macro_rules! claim_due {
+        ($lock:literal) => {
+            concat!(
+                "UPDATE outbox SET state = 'claimed', claim_until = $2, attempts = attempts + 1 WHERE id IN (",
+                due_deliveries!(),
+                " ORDER BY id LIMIT $3",
+                $lock,
+                ") RETURNING id, destination, payload"
+            )
+        };
+    }
     let sql = match store.backend() {
-        crate::store::Backend::Postgres => concat!(
-            "UPDATE outbox SET state = 'claimed', claim_until = $2, attempts = attempts + 1 WHERE id IN (",
-            due_deliveries!(),
-            " ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING id, destination, payload"
-        ),
-        crate::store::Backend::Sqlite => concat!(
-            "UPDATE outbox SET state = 'claimed', claim_until = $2, attempts = attempts + 1 WHERE id IN (",
-            due_deliveries!(),
-            " ORDER BY id LIMIT $3) RETURNING id, destination, payload"
-        ),
+        // Instances claiming at once skip each other's rows instead of waiting on them.
+        crate::store::Backend::Postgres => claim_due!(" FOR UPDATE SKIP LOCKED"),
+        // One writer at a time already.
+        crate::store::Backend::Sqlite => claim_due!(""),
     };
     let mut tx = store.begin_row_write().await?;
     let rows = sqlx::query(sql).bind(t).bind(t + seconds).bind(limit).fetch_all(&mut *tx).await?;

@@ -219,9 +219,9 @@ impl Store {
 
     /// A transaction that will write rows no other instance serialises on (row locks
     /// are enough on PostgreSQL), still queued in turn on SQLite. Every write while the
-    /// gateway serves goes through this or [`Store::begin_write`]: a statement sent straight to the pool
-    /// waits in SQLite's busy handler, which under a steady audit load almost never
-    /// finds the lock free and gives up with "database is locked".
+    /// gateway serves goes through this or [`Store::begin_write`]: a statement sent
+    /// straight to the pool waits in SQLite's busy handler, which under a steady audit
+    /// load almost never finds the lock free and gives up with "database is locked".
     pub async fn begin_row_write(&self) -> Result<WriteTx, sqlx::Error> {
         self.begin_writing(None).await
     }
