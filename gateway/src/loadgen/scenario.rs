@@ -339,6 +339,11 @@ pub async fn bench(opts: Options) -> Result<Results, String> {
         if db.starts_with("postgres") { "PostgreSQL" } else { "SQLite" }
     );
     let mut best: Option<(LoadReport, LoadReport)> = None;
+    // Rounds a minute apart can differ by a third on a shared host, so each round's
+    // ratio (against the baseline run next to it) is the steadier figure.
+    let mut to_baseline = Vec::new();
+    #[cfg_attr(not(feature = "bench"), allow(unused_mut))]
+    let mut to_unaudited: Vec<f64> = Vec::new();
     for round in 0..opts.rounds.max(1) {
         let before = GroupCommits::read(&admins).await;
         let g = run(spec.clone()).await;
@@ -350,6 +355,7 @@ pub async fn bench(opts: Options) -> Result<Results, String> {
         {
             let u = run(unaudited_spec.clone()).await;
             println!("round {} unaudited {}", round + 1, u.line());
+            to_unaudited.push(g.rate() / u.rate());
             best_unaudited = Some(match best_unaudited {
                 Some(b) if b.rate() >= u.rate() => b,
                 _ => u,
@@ -357,6 +363,7 @@ pub async fn bench(opts: Options) -> Result<Results, String> {
         }
         let b = run(base_spec.clone()).await;
         println!("round {} baseline {}", round + 1, b.line());
+        to_baseline.push(g.rate() / b.rate());
         best = Some(match best {
             None => (g, b),
             Some((bg, bb)) => (if g.rate() > bg.rate() { g } else { bg }, if b.rate() > bb.rate() { b } else { bb }),
@@ -372,6 +379,11 @@ pub async fn bench(opts: Options) -> Result<Results, String> {
             u.rate(),
             g.rate() / u.rate()
         );
+    }
+    for (name, ratios) in [("gateway / baseline", &to_baseline), ("audited / unaudited", &to_unaudited)] {
+        if let Some(s) = Spread::of(ratios) {
+            println!("{name} within each round: {s}");
+        }
     }
     println!("resident memory of this process (gateway + baseline + clients): {} MB", rss_mb());
     if opts.idle > 0 {
@@ -394,6 +406,35 @@ pub async fn bench(opts: Options) -> Result<Results, String> {
     }
     drop(fed);
     Ok(Results { gateway: g, baseline: b, unaudited: best_unaudited })
+}
+
+/// Lowest, median and highest of per-round ratios.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Spread {
+    low: f64,
+    median: f64,
+    high: f64,
+}
+
+impl Spread {
+    /// The spread of the finite `ratios` (a round against a baseline that served
+    /// nothing has none), or `None` when none is.
+    fn of(ratios: &[f64]) -> Option<Spread> {
+        let mut v: Vec<f64> = ratios.iter().copied().filter(|r| r.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+        Some(Spread { low: v[0], median, high: v[n - 1] })
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.2}–{:.2}, median {:.2}", self.low, self.high, self.median)
+    }
 }
 
 /// The audit writers' counters, summed over the gateways' `/metrics`.
@@ -466,7 +507,23 @@ pub fn rss_mb() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::GroupCommits;
+    use super::{GroupCommits, Spread};
+
+    #[test]
+    fn per_round_ratios_are_summarised_by_their_range_and_median() {
+        let s = Spread::of(&[0.40, 0.29, 0.33]).unwrap();
+        assert_eq!(s, Spread { low: 0.29, median: 0.33, high: 0.40 });
+        assert_eq!(s.to_string(), "0.29–0.40, median 0.33");
+        assert_eq!(Spread::of(&[0.75, 0.25]).unwrap().median, 0.5);
+        assert_eq!(Spread::of(&[]), None);
+        let no_baseline = [0.5, f64::NAN, f64::INFINITY];
+        assert_eq!(
+            Spread::of(&no_baseline),
+            Some(Spread { low: 0.5, median: 0.5, high: 0.5 }),
+            "rounds without a ratio are left out"
+        );
+        assert_eq!(Spread::of(&[f64::NAN]), None);
+    }
     use std::sync::atomic::Ordering::Relaxed;
 
     #[test]
