@@ -236,6 +236,8 @@ impl Institution {
     }
 }
 
+/// A site's `owner` for a shared cloud EHR hosting several clinics: each MML document or
+/// JAHIS prescription belongs to the member institution it names.
 pub const OWNER_FROM_RECORD: &str = "from-record";
 
 /// A source of records.

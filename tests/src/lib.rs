@@ -52,6 +52,7 @@ pub fn jst_today() -> time::Date {
     time::OffsetDateTime::now_utc().to_offset(jst).date()
 }
 
+/// True when `KAKEHASHI_TEST_BACKEND=postgres` asks the end-to-end tests to run on PostgreSQL.
 pub fn backend_is_postgres() -> bool {
     std::env::var("KAKEHASHI_TEST_BACKEND").is_ok_and(|v| v == "postgres")
 }
