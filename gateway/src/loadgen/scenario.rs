@@ -508,6 +508,7 @@ pub fn rss_mb() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::{GroupCommits, Spread};
+    use std::sync::atomic::Ordering::Relaxed;
 
     #[test]
     fn per_round_ratios_are_summarised_by_their_range_and_median() {
@@ -524,7 +525,6 @@ mod tests {
         );
         assert_eq!(Spread::of(&[f64::NAN]), None);
     }
-    use std::sync::atomic::Ordering::Relaxed;
 
     #[test]
     fn group_commits_are_read_from_what_metrics_renders() {
