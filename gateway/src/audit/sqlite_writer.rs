@@ -402,6 +402,53 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_verifies_while_the_gateway_goes_on_appending() {
+        let (dir, store, log, signer) = log_in_temp_dir("live").await;
+        // Checkpoints every 10 events, so that appends during a verification add some.
+        let cp = crate::audit::Checkpoints { signer: signer.clone(), every: 10, interval: Duration::from_secs(3600) };
+        drop(log);
+        let log = AuditLog::start(store.clone(), "test".into(), cp);
+        for i in 0..50 {
+            log.record(record(i)).await.unwrap();
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let appender = {
+            let (log, stop) = (log.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 50;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut batch = tokio::task::JoinSet::new();
+                    for j in i..i + 8 {
+                        let log = log.clone();
+                        batch.spawn(async move { log.record(record(j)).await });
+                    }
+                    for r in batch.join_all().await {
+                        r.unwrap();
+                    }
+                    i += 8;
+                }
+                i
+            })
+        };
+        let keys = TrustedKeys::new([signer.public_key()]);
+        let mut last = 0;
+        for _ in 0..30 {
+            let report = crate::audit::verify::verify(&store, &keys, 10).await.unwrap();
+            assert!(report.last >= last, "each pass reaches the head it found");
+            last = report.last;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let appended = appender.await.unwrap();
+        assert!(
+            appended > 50 && last > 50,
+            "events were appended during verification ({appended}, verified to {last})"
+        );
+        let report = crate::audit::verify::verify(&store, &keys, 10).await.unwrap();
+        assert_eq!(report.last, appended as i64, "once the appends stop, the whole log");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_is_checkpointed_while_the_writer_runs() {
         let (dir, _store, log, _) = log_in_temp_dir("wal").await;
         // 20 bursts of 200 events (~10 MB of frames in all), each followed by more than

@@ -71,8 +71,18 @@ impl Cp {
     }
 }
 
-/// Verify the whole log with the trusted public keys.
+/// The newest sequence number stored, or 0.
+async fn stored_head(store: &Store) -> Result<i64, VerifyError> {
+    Ok(sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_event").fetch_one(store.pool()).await?)
+}
+
+/// Verify the whole log with the trusted public keys, up to the head it has when
+/// verification starts: a running gateway goes on appending, and the checkpoints it
+/// signs meanwhile must not look missing.
 pub async fn verify(store: &Store, keys: &TrustedKeys, every: i64) -> Result<Report, VerifyError> {
+    // The head first, then the checkpoints: every checkpoint due at or below the head
+    // was committed with its event (or after it), so it is among those read.
+    let head = stored_head(store).await?;
     let mut checkpoints: BTreeMap<i64, Cp> = BTreeMap::new();
     for r in sqlx::query("SELECT seq, hash, signed_at, key_id, signature FROM audit_checkpoint")
         .fetch_all(store.pool())
@@ -107,8 +117,8 @@ pub async fn verify(store: &Store, keys: &TrustedKeys, every: i64) -> Result<Rep
     let mut checked = 0u64;
     let mut last_signed = expect - 1;
     const PAGE: i64 = 10_000;
-    loop {
-        let rows = page(store, expect, PAGE).await?;
+    while expect <= head {
+        let rows = page(store, expect, head, PAGE).await?;
         if rows.is_empty() {
             break;
         }
@@ -146,9 +156,19 @@ pub async fn verify(store: &Store, keys: &TrustedKeys, every: i64) -> Result<Rep
             events += 1;
         }
     }
-    // A checkpoint beyond the last event means the events it signed were removed.
+    if expect <= head {
+        return Err(broken(expect, format!("event missing (removed while being verified; the head was {head})")));
+    }
+    // A checkpoint beyond the last event means the events it signed were removed. One
+    // past the head read at the start may sign an event appended since: asking for the
+    // head again tells which.
     if let Some((&seq, _)) = checkpoints.range(expect..).next() {
-        return Err(broken(expect, format!("events up to the checkpoint at {seq} are missing (removed from the end)")));
+        if seq > stored_head(store).await? {
+            return Err(broken(
+                expect,
+                format!("events up to the checkpoint at {seq} are missing (removed from the end)"),
+            ));
+        }
     }
     Ok(Report {
         events,
@@ -196,29 +216,29 @@ macro_rules! stored_row {
     };
 }
 
-const EVENTS_SQL: &str = "SELECT seq, event, prev_hash, hash, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, entities FROM audit_event WHERE seq >= $1 ORDER BY seq LIMIT $2";
+const EVENTS_SQL: &str = "SELECT seq, event, prev_hash, hash, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, entities FROM audit_event WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3";
 
-/// Up to `limit` events from sequence number `from` on. On SQLite they are read
+/// Up to `limit` events from sequence number `from` to `to`. On SQLite they are read
 /// natively in a blocking thread: through sqlx every row crossed its SQLite worker's
 /// channel and was converted twice, which took more CPU than verifying it.
-async fn page(store: &Store, from: i64, limit: i64) -> Result<Vec<StoredRow>, VerifyError> {
+async fn page(store: &Store, from: i64, to: i64, limit: i64) -> Result<Vec<StoredRow>, VerifyError> {
     if let Some((file, _)) = store.sqlite_writer_parts() {
-        return tokio::task::spawn_blocking(move || sqlite_page(&file, from, limit))
+        return tokio::task::spawn_blocking(move || sqlite_page(&file, from, to, limit))
             .await
             .map_err(|e| VerifyError::Thread(e.to_string()))?;
     }
-    let rows = sqlx::query(EVENTS_SQL).bind(from).bind(limit).fetch_all(store.pool()).await?;
+    let rows = sqlx::query(EVENTS_SQL).bind(from).bind(to).bind(limit).fetch_all(store.pool()).await?;
     let row = |r: &sqlx::any::AnyRow| -> Result<StoredRow, sqlx::Error> { Ok(stored_row!(r, try_get)) };
     Ok(rows.iter().map(row).collect::<Result<_, _>>()?)
 }
 
-fn sqlite_page(file: &std::path::Path, from: i64, limit: i64) -> Result<Vec<StoredRow>, VerifyError> {
+fn sqlite_page(file: &std::path::Path, from: i64, to: i64, limit: i64) -> Result<Vec<StoredRow>, VerifyError> {
     // Read and write without create: the log must already be there.
     let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = rusqlite::Connection::open_with_flags(file, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let mut stmt = conn.prepare(EVENTS_SQL)?;
-    let rows = stmt.query_map([from, limit], |r| Ok(stored_row!(r, get)))?;
+    let rows = stmt.query_map([from, to, limit], |r| Ok(stored_row!(r, get)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
