@@ -80,8 +80,9 @@ async fn stored_head(store: &Store) -> Result<i64, VerifyError> {
 /// verification starts: a running gateway goes on appending, and the checkpoints it
 /// signs meanwhile must not look missing.
 pub async fn verify(store: &Store, keys: &TrustedKeys, every: i64) -> Result<Report, VerifyError> {
-    // The head first, then the checkpoints: every checkpoint due at or below the head
-    // was committed with its event (or after it), so it is among those read.
+    // The head first, then the checkpoints: a checkpoint due at or below the head was
+    // committed in the same transaction as its event, so it is among those read (the
+    // periodic ones signed later at other heads are not required).
     let head = stored_head(store).await?;
     let mut checkpoints: BTreeMap<i64, Cp> = BTreeMap::new();
     for r in sqlx::query("SELECT seq, hash, signed_at, key_id, signature FROM audit_checkpoint")
