@@ -43,7 +43,6 @@ pub struct TestGateway {
     pub db_url: String,
 }
 
-/// True when the tests run against PostgreSQL (`KAKEHASHI_TEST_BACKEND=postgres`).
 /// Today's date in Japan: the gateway reads a date without a zone (`date=2026-12-02`,
 /// `--before 2026-12-03`) as Japan Standard Time, so a test that names "today" by the
 /// UTC calendar asks for the wrong day from 15:00 to 24:00 UTC.
@@ -52,7 +51,7 @@ pub fn jst_today() -> time::Date {
     time::OffsetDateTime::now_utc().to_offset(jst).date()
 }
 
-/// True when `KAKEHASHI_TEST_BACKEND=postgres` asks the end-to-end tests to run on PostgreSQL.
+/// True when the tests run against PostgreSQL (`KAKEHASHI_TEST_BACKEND=postgres`).
 pub fn backend_is_postgres() -> bool {
     std::env::var("KAKEHASHI_TEST_BACKEND").is_ok_and(|v| v == "postgres")
 }

@@ -319,7 +319,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    async fn log_in_temp_dir(name: &str) -> (std::path::PathBuf, Store, AuditLog, Arc<Signer>) {
+    /// A log in a fresh directory, signing a checkpoint every `every` events.
+    async fn log_in_temp_dir(name: &str, every: i64) -> (std::path::PathBuf, Store, AuditLog, Arc<Signer>) {
         let dir = std::env::temp_dir().join(format!("kk-sqlite-writer-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -327,7 +328,7 @@ mod tests {
         std::fs::write(dir.join("key.pk8"), pkcs8.as_ref()).unwrap();
         let signer = Arc::new(Signer::load(&dir.join("key.pk8")).unwrap());
         let store = Store::open(&format!("sqlite://{}/audit.db", dir.display())).await.unwrap();
-        let cp = Checkpoints { signer: signer.clone(), every: 100, interval: Duration::from_secs(3600) };
+        let cp = Checkpoints { signer: signer.clone(), every, interval: Duration::from_secs(3600) };
         let log = AuditLog::start(store.clone(), "test".into(), cp);
         (dir, store, log, signer)
     }
@@ -354,7 +355,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_log_begun_with_rendered_events_goes_on_with_entries_and_verifies() {
-        let (dir, store, log, signer) = log_in_temp_dir("upgrade").await;
+        let (dir, store, log, signer) = log_in_temp_dir("upgrade", 100).await;
         // What a gateway before entries stored: the rendered AuditEvent, chained the same way.
         let old = serde_json::to_string(&record(0).entry("test").to_fhir(Some(1))).unwrap();
         let hash = crate::audit::log::chain_hash(1, &crate::audit::log::GENESIS, old.as_bytes());
@@ -382,7 +383,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_events_form_one_chain_that_verifies() {
-        let (dir, store, log, signer) = log_in_temp_dir("chain").await;
+        let (dir, store, log, signer) = log_in_temp_dir("chain", 100).await;
         let tasks: Vec<_> = (0..300)
             .map(|i| {
                 let log = log.clone();
@@ -403,11 +404,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_log_verifies_while_the_gateway_goes_on_appending() {
-        let (dir, store, log, signer) = log_in_temp_dir("live").await;
         // Checkpoints every 10 events, so that appends during a verification add some.
-        let cp = crate::audit::Checkpoints { signer: signer.clone(), every: 10, interval: Duration::from_secs(3600) };
-        drop(log);
-        let log = AuditLog::start(store.clone(), "test".into(), cp);
+        let (dir, store, log, signer) = log_in_temp_dir("live", 10).await;
         for i in 0..50 {
             log.record(record(i)).await.unwrap();
         }
@@ -450,7 +448,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_is_checkpointed_while_the_writer_runs() {
-        let (dir, _store, log, _) = log_in_temp_dir("wal").await;
+        let (dir, _store, log, _) = log_in_temp_dir("wal", 100).await;
         // 20 bursts of 200 events (~10 MB of frames in all), each followed by more than
         // one checkpoint interval: a WAL nobody checkpoints would hold every frame.
         for burst in 0..20 {

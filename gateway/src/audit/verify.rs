@@ -11,6 +11,8 @@ use super::log::{chain_hash, Columns, GENESIS};
 use crate::store::Store;
 use sqlx::Row;
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
 
 /// What a successful verification covered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,10 +120,11 @@ pub async fn verify(store: &Store, keys: &TrustedKeys, every: i64) -> Result<Rep
     let mut checked = 0u64;
     let mut last_signed = expect - 1;
     const PAGE: i64 = 10_000;
+    let mut pages = Pages::of(store);
     while expect <= head {
-        let rows = page(store, expect, head, PAGE).await?;
+        let rows = pages.next(expect, head, PAGE).await?;
         if rows.is_empty() {
-            break;
+            return Err(broken(expect, format!("event missing (removed while being verified; the head was {head})")));
         }
         for r in rows {
             let seq = r.seq;
@@ -156,9 +159,6 @@ pub async fn verify(store: &Store, keys: &TrustedKeys, every: i64) -> Result<Rep
             expect = seq + 1;
             events += 1;
         }
-    }
-    if expect <= head {
-        return Err(broken(expect, format!("event missing (removed while being verified; the head was {head})")));
     }
     // A checkpoint beyond the last event means the events it signed were removed. One
     // past the head read at the start may sign an event appended since: asking for the
@@ -219,28 +219,61 @@ macro_rules! stored_row {
 
 const EVENTS_SQL: &str = "SELECT seq, event, prev_hash, hash, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, entities FROM audit_event WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3";
 
-/// Up to `limit` events from sequence number `from` to `to`. On SQLite they are read
-/// natively in a blocking thread: through sqlx every row crossed its SQLite worker's
-/// channel and was converted twice, which took more CPU than verifying it.
-async fn page(store: &Store, from: i64, to: i64, limit: i64) -> Result<Vec<StoredRow>, VerifyError> {
-    if let Some((file, _)) = store.sqlite_writer_parts() {
-        return tokio::task::spawn_blocking(move || sqlite_page(&file, from, to, limit))
-            .await
-            .map_err(|e| VerifyError::Thread(e.to_string()))?;
-    }
-    let rows = sqlx::query(EVENTS_SQL).bind(from).bind(to).bind(limit).fetch_all(store.pool()).await?;
-    let row = |r: &sqlx::any::AnyRow| -> Result<StoredRow, sqlx::Error> { Ok(stored_row!(r, try_get)) };
-    Ok(rows.iter().map(row).collect::<Result<_, _>>()?)
+/// The log read a page at a time. On SQLite natively, in a blocking thread, on one
+/// connection kept from page to page: through sqlx every row crossed its SQLite
+/// worker's channel and was converted twice, which took more CPU than verifying it.
+enum Pages<'s> {
+    Sqlite { file: Arc<Path>, conn: Option<rusqlite::Connection> },
+    Pool(&'s Store),
 }
 
-fn sqlite_page(file: &std::path::Path, from: i64, to: i64, limit: i64) -> Result<Vec<StoredRow>, VerifyError> {
+impl<'s> Pages<'s> {
+    fn of(store: &'s Store) -> Pages<'s> {
+        match store.sqlite_writer_parts() {
+            Some((file, _)) => Pages::Sqlite { file, conn: None },
+            None => Pages::Pool(store),
+        }
+    }
+
+    /// Up to `limit` events from sequence number `from` to `to`.
+    async fn next(&mut self, from: i64, to: i64, limit: i64) -> Result<Vec<StoredRow>, VerifyError> {
+        match self {
+            Pages::Sqlite { file, conn } => {
+                let (file, open) = (file.clone(), conn.take());
+                let (c, rows) = tokio::task::spawn_blocking(move || {
+                    let c = match open {
+                        Some(c) => c,
+                        None => open_sqlite(&file)?,
+                    };
+                    let rows = sqlite_page(&c, from, to, limit)?;
+                    Ok::<_, VerifyError>((c, rows))
+                })
+                .await
+                .map_err(|e| VerifyError::Thread(e.to_string()))??;
+                *conn = Some(c);
+                Ok(rows)
+            }
+            Pages::Pool(store) => {
+                let rows = sqlx::query(EVENTS_SQL).bind(from).bind(to).bind(limit).fetch_all(store.pool()).await?;
+                let row = |r: &sqlx::any::AnyRow| -> Result<StoredRow, sqlx::Error> { Ok(stored_row!(r, try_get)) };
+                Ok(rows.iter().map(row).collect::<Result<_, _>>()?)
+            }
+        }
+    }
+}
+
+fn open_sqlite(file: &Path) -> Result<rusqlite::Connection, rusqlite::Error> {
     // Read and write without create: the log must already be there.
     let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = rusqlite::Connection::open_with_flags(file, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+fn sqlite_page(conn: &rusqlite::Connection, from: i64, to: i64, limit: i64) -> Result<Vec<StoredRow>, rusqlite::Error> {
     let mut stmt = conn.prepare(EVENTS_SQL)?;
     let rows = stmt.query_map([from, to, limit], |r| Ok(stored_row!(r, get)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    rows.collect()
 }
 
 /// Whether the columns auditors query by are those derived from the hashed entry:
