@@ -135,6 +135,7 @@ async fn main() {
         connections: 64,
         duration: Duration::from_secs(5),
         rounds: 3,
+        warmup: Duration::from_secs(5),
         rate_per_client: 0.0,
         database_url: None,
         instances: 1,

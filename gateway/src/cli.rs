@@ -55,6 +55,9 @@ struct BenchArgs {
     /// Alternating rounds of gateway and baseline.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
+    /// Seconds of an unreported first run of each contestant (default: --duration; 0: none).
+    #[arg(long)]
+    warmup: Option<u64>,
     /// Requests per second per client (open loop); 0 runs closed loop.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
@@ -313,6 +316,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 connections: b.connections.max(1),
                 duration: std::time::Duration::from_secs(b.duration.clamp(1, 600)),
                 rounds: b.rounds,
+                warmup: std::time::Duration::from_secs(b.warmup.unwrap_or(b.duration).min(600)),
                 rate_per_client: b.rate.max(0.0),
                 database_url: b.database_url,
                 instances: b.instances.clamp(1, 8),
