@@ -108,6 +108,26 @@ async fn push_is_durable_idempotent_delivered_and_grants_the_recipient() {
     let comps = clinic.get(gw.addr, &format!("/fhir/Composition?patient={pid}")).await.unwrap().json();
     assert_eq!(comps["total"], 1, "{comps}");
     assert_eq!(comps["entry"][0]["resource"]["title"], "退院時サマリー");
+    // Read by id and in $everything: the pushed records come from the database.
+    let comp_id = comps["entry"][0]["resource"]["id"].as_str().unwrap();
+    let read = clinic.get(gw.addr, &format!("/fhir/Composition/{comp_id}")).await.unwrap();
+    assert_eq!(read.status, 200);
+    assert_eq!(read.json(), comps["entry"][0]["resource"]);
+    // (The document's Organizations and Practitioners are about no patient.)
+    let stored = count(&gw, "SELECT COUNT(*) FROM pushed_record WHERE patient IS NOT NULL").await;
+    let everything = clinic.get(gw.addr, &format!("/fhir/Patient/{pid}/$everything")).await.unwrap().json();
+    let pushed_ids: Vec<&str> = everything["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["resource"]["meta"]["source"] == "urn:kakehashi:site:push")
+        .filter_map(|e| e["resource"]["id"].as_str())
+        .collect();
+    assert!(pushed_ids.contains(&comp_id), "{everything}");
+    assert_eq!(pushed_ids.len() as i64, stored, "every record of the document about the patient, once: {pushed_ids:?}");
+    // A record nobody pushed is still unknown.
+    let missing = clinic.get(gw.addr, "/fhir/Composition/not-pushed").await.unwrap();
+    assert_eq!(missing.status, 404);
     gw.stop().await;
 }
 
@@ -229,6 +249,20 @@ async fn killed_after_acknowledging_delivers_exactly_once_after_restart() {
     let (state, attempts): (String, i64) =
         sqlx::query_as("SELECT state, attempts FROM outbox WHERE kind = 'deliver'").fetch_one(&pool).await.unwrap();
     assert_eq!((state.as_str(), attempts), ("delivered", 1));
+
+    // A document stored before its records were kept apart (as a database written by an
+    // earlier version holds it) gets them at start-up and is served again.
+    let records: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pushed_record").fetch_one(&pool).await.unwrap();
+    assert!(records > 0);
+    sqlx::query("DELETE FROM pushed_record").execute(&pool).await.unwrap();
+    let mut child = ServeProcess::spawn(&config);
+    wait_ready(&client, addr).await;
+    let pid = client.first_id(addr, "/fhir/Patient?identifier=1000001").await;
+    let comps = client.get(addr, &format!("/fhir/Composition?patient={pid}")).await.unwrap().json();
+    child.kill();
+    assert_eq!(comps["total"], 1, "{comps}");
+    let again: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pushed_record").fetch_one(&pool).await.unwrap();
+    assert_eq!(again, records);
 }
 
 /// Two distinct free ports (both held until both are known).

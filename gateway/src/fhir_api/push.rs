@@ -9,7 +9,7 @@ use super::read::{audit, caller, record, Caller};
 use crate::app::{fhir_json, ApiError, AppState};
 use crate::audit::{Disclosed, Interaction, Outcome};
 use crate::policy::grants::{Grant, GrantKind};
-use crate::sites::Owner;
+use crate::records::pushed;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
@@ -241,7 +241,7 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
             let ctx = Context {
                 owner: c.who.institution.clone(),
                 owner_name: c.who.institution_name.clone(),
-                site: "push".into(),
+                site: pushed::PUSH_SITE.into(),
                 source_key: id.clone(),
             };
             let patient_id = ctx.id_for("Patient", &checked.patient_local);
@@ -259,16 +259,12 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
                 resource: referral_consent(&id, &patient_id, &c.who.institution, &checked.recipient, now, days),
             };
             crate::policy::grants::write_row(&mut tx, &grant, &c.who.fingerprint).await.map_err(db)?;
+            let records = records_of(&bundle, &id, &ctx, &checked.patient_local);
+            pushed::insert(&mut tx, &id, now, &c.who.institution, &records).await.map_err(db)?;
             tx.commit().await.map_err(db)?;
             // Durable from here on; the mirrors follow.
             state.policy.grants.remember(grant);
-            let owner =
-                Owner { code: c.who.institution.clone(), name: c.who.institution_name.clone(), site: "push".into() };
-            let records = records_of(&bundle, &id, &ctx, &checked.patient_local)
-                .into_iter()
-                .map(|r| (r, owner.clone()))
-                .collect();
-            state.records.add_pushed_document(&id, now, records).await;
+            state.records.add_pushed_document(&id, now, pushed::keys_of(&records));
             (id, StatusCode::CREATED)
         }
     };
@@ -349,44 +345,62 @@ async fn status_inner(state: AppState, id: String, req: Request) -> Result<Respo
 /// How far before the newest known push the periodic load looks again, in seconds.
 const PUSH_LOOKBACK_SECS: i64 = 300;
 
-/// Load the stored pushed documents not yet in the records: all of them at start-up,
-/// then (every few seconds) those other instances sharing the database received.
-/// Returns how many were added.
+/// Note the stored pushed documents not yet known here: all of them at start-up, then
+/// (every few seconds) those other instances sharing the database received. A document
+/// stored before its records were kept apart gets them now. Returns how many were added.
 pub async fn load_pushed(
     store: &crate::store::Store,
     config: &crate::config::Config,
-    records: &std::sync::Arc<crate::records::Records>,
+    records: &crate::records::Records,
 ) -> Result<usize, sqlx::Error> {
     // A push is stamped before it waits for the lock and commits, and instances stamp
     // their own: a document can become visible with a time older than the newest one
     // seen here. Look back well past any request's lifetime; known ids are skipped.
-    let ids = sqlx::query("SELECT id FROM pushed_document WHERE received_at >= $1")
+    let docs = sqlx::query("SELECT id, received_at FROM pushed_document WHERE received_at >= $1")
         .bind(records.pushed_watermark() - PUSH_LOOKBACK_SECS)
         .fetch_all(store.pool())
         .await?;
     let mut added = 0;
-    for r in &ids {
-        let id: String = r.try_get(0)?;
+    for row in &docs {
+        let (id, received_at): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
         if records.has_pushed_document(&id) {
             continue;
         }
-        let Some(row) = sqlx::query("SELECT sender, patient, bundle, received_at FROM pushed_document WHERE id = $1")
-            .bind(&id)
-            .fetch_optional(store.pool())
-            .await?
-        else {
-            continue;
-        };
-        let (sender, patient, bundle, received_at): (String, String, String, i64) =
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
-        let Ok(Resource::Bundle(b)) = serde_json::from_str::<Resource>(&bundle) else { continue };
-        let name = config.institution(&sender).map(|i| i.name.clone()).unwrap_or_default();
-        let ctx =
-            Context { owner: sender.clone(), owner_name: name.clone(), site: "push".into(), source_key: id.clone() };
-        let owner = Owner { code: sender, name, site: "push".into() };
-        let resources = records_of(&b, &id, &ctx, &patient).into_iter().map(|r| (r, owner.clone())).collect();
-        records.add_pushed_document(&id, received_at, resources).await;
+        let mut keys = pushed::keys_of_document(store.pool(), &id).await?;
+        if keys.is_empty() {
+            let Some(stored) = records_of_stored(store, config, &id).await? else { continue };
+            let mut tx = store.begin_row_write().await?;
+            pushed::insert(&mut tx, &id, received_at, &stored.0, &stored.1).await?;
+            tx.commit().await?;
+            keys = pushed::keys_of(&stored.1);
+        }
+        records.add_pushed_document(&id, received_at, keys);
         added += 1;
     }
     Ok(added)
+}
+
+/// The sender and the records of stored document `id`, derived from its Bundle as the
+/// push derived them.
+async fn records_of_stored(
+    store: &crate::store::Store,
+    config: &crate::config::Config,
+    id: &str,
+) -> Result<Option<(String, Vec<Resource>)>, sqlx::Error> {
+    let Some(row) = sqlx::query("SELECT sender, patient, bundle FROM pushed_document WHERE id = $1")
+        .bind(id)
+        .fetch_optional(store.pool())
+        .await?
+    else {
+        return Ok(None);
+    };
+    let (sender, patient, bundle): (String, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    let Ok(Resource::Bundle(b)) = serde_json::from_str::<Resource>(&bundle) else {
+        tracing::error!(document = %id, "a stored pushed document is not a Bundle; its records are not served");
+        return Ok(None);
+    };
+    let owner_name = config.institution(&sender).map(|i| i.name.clone()).unwrap_or_default();
+    let ctx = Context { owner: sender.clone(), owner_name, site: pushed::PUSH_SITE.into(), source_key: id.to_string() };
+    let records = records_of(&b, id, &ctx, &patient);
+    Ok(Some((sender, records)))
 }

@@ -7,6 +7,7 @@ use crate::app::{fhir_bytes, ApiError, AppState};
 use crate::audit::{now_micros, AuditRecord, Disclosed, Interaction, Outcome, Requestor};
 use crate::identity::{ConnInfo, Principal};
 use crate::policy::{Basis, Permitted, Presentation, ReadContext, Refusal};
+use crate::records::pushed::{self, Wanted};
 use crate::records::Stored;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
@@ -105,6 +106,14 @@ fn check_type(ty: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The pushed records `wanted`, read from the database when there are any.
+async fn pushed_records(state: &AppState, wanted: Wanted<'_>) -> Result<Vec<Arc<Stored>>, ApiError> {
+    let Some(wanted) = state.records.pushed_wanted(wanted) else { return Ok(Vec::new()) };
+    pushed::fetch(state.store.pool(), wanted)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("pushed documents cannot be read now: {e}")))
+}
+
 /// A resource as the audit record names it; `basis` is empty for a refusal.
 fn disclosure(s: &Stored, basis: String) -> Disclosed {
     Disclosed { reference: s.key(), owner: s.owner.clone(), patient: s.patient.clone(), basis }
@@ -192,7 +201,14 @@ async fn read_inner(state: AppState, ty: String, id: String, req: Request) -> Re
     }
     let snap = state.records.snapshot();
     let not_found = || ApiError::NotFound(format!("{ty}/{id} is not known or not visible to you"));
-    let Some(stored) = snap.get(&ty, &id) else { return Err(not_found()) };
+    let pushed;
+    let stored = match snap.get(&ty, &id) {
+        Some(s) => s,
+        None => {
+            pushed = pushed_records(&state, Wanted::Key(&ty, &id)).await?;
+            pushed.first().ok_or_else(not_found)?
+        }
+    };
     match state.policy.decide(&c.who, stored, &c.ctx) {
         Ok(permit) => {
             let p = Permitted { permit, record: stored.clone() };
@@ -228,10 +244,18 @@ async fn search_inner(state: AppState, ty: String, req: Request) -> Result<Respo
         Criterion::Patient(ids) => Some(ids.clone()),
         _ => None,
     });
+    let pushed = match &patient_filter {
+        Some(ids) => {
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            pushed_records(&state, Wanted::Patients(&ids, Some(&ty))).await?
+        }
+        None => pushed_records(&state, Wanted::Type(&ty)).await?,
+    };
     let candidates: Vec<&Arc<Stored>> = match &patient_filter {
         Some(ids) => ids.iter().flat_map(|id| snap.for_patient(id)).filter(|s| s.resource.type_name() == ty).collect(),
         None => snap.of_type(&ty).collect(),
     };
+    let candidates = candidates.into_iter().chain(&pushed);
     let birth_of = |s: &Stored| -> Option<String> {
         let p = snap.get("Patient", s.patient.as_deref()?)?;
         match &p.resource {
@@ -313,13 +337,17 @@ async fn everything_inner(state: AppState, id: String, req: Request) -> Result<R
     }
     search.used.clear();
     let snap = state.records.snapshot();
-    let mut permitted = state.policy.filter(&c.who, snap.for_patient(&id), &c.ctx);
+    let pushed = pushed_records(&state, Wanted::Patients(&[&id], None)).await?;
+    let mut permitted = state.policy.filter(&c.who, snap.for_patient(&id).chain(&pushed), &c.ctx);
     if !permitted.is_empty() {
         // The person's records at every linked site, each under its own owner's policy.
         let links = state.linkage.links(&snap);
-        for (other, _) in links.linked(&id) {
+        let others: Vec<&str> = links.linked(&id).map(|(other, _)| other).collect();
+        let pushed = pushed_records(&state, Wanted::Patients(&others, None)).await?;
+        for other in &others {
             permitted.extend(state.policy.filter(&c.who, snap.for_patient(other), &c.ctx));
         }
+        permitted.extend(state.policy.filter(&c.who, &pushed, &c.ctx));
     }
     if permitted.is_empty() {
         let asked: Vec<Disclosed> =

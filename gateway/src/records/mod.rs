@@ -1,6 +1,9 @@
 //! Records: each site's resources, translated once and kept in memory, refreshed when
 //! the site's files change. Requests read an immutable [`Snapshot`]; a background task
 //! re-scans the sites and swaps in a new snapshot, re-translating only changed files.
+//! Pushed documents' records are kept in the database instead ([`pushed`]).
+
+pub mod pushed;
 
 use crate::config::{Config, Connector};
 use crate::sites::{Owner, Ownership};
@@ -10,7 +13,6 @@ use kakehashi_fhir::Resource;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -43,7 +45,7 @@ impl Stored {
 }
 
 /// The patient a resource is about.
-fn patient_of(r: &Resource) -> Option<String> {
+pub(crate) fn patient_of(r: &Resource) -> Option<String> {
     let reference = match r {
         Resource::Patient(p) => return p.id.clone(),
         Resource::MedicationRequest(x) => Some(&x.subject),
@@ -118,15 +120,8 @@ struct SiteState {
 /// All sites' records, refreshed in the background.
 pub struct Records {
     sites: Mutex<Vec<SiteState>>,
-    /// Records that arrived by push (documents), kept alongside the sites'.
-    pushed: Mutex<Vec<Arc<Stored>>>,
-    /// Ids of the pushed documents in `pushed`, and the newest receive time among them.
-    pushed_docs: Mutex<(std::collections::HashSet<String>, i64)>,
-    /// Additions to `pushed` so far, and how many of them the snapshot includes.
-    pushed_count: AtomicU64,
-    built_count: AtomicU64,
-    /// One snapshot rebuild for pushes at a time; pushes arriving meanwhile share the next.
-    rebuild_turn: tokio::sync::Mutex<()>,
+    /// Which records arrived by push (their content is in the database).
+    pushed: RwLock<pushed::PushedIndex>,
     current: RwLock<Arc<Snapshot>>,
 }
 
@@ -165,11 +160,7 @@ impl Records {
     fn with(sites: Vec<SiteState>, snapshot: Snapshot) -> Arc<Records> {
         Arc::new(Records {
             sites: Mutex::new(sites),
-            pushed: Mutex::new(Vec::new()),
-            pushed_docs: Mutex::new((std::collections::HashSet::new(), 0)),
-            pushed_count: AtomicU64::new(0),
-            built_count: AtomicU64::new(0),
-            rebuild_turn: tokio::sync::Mutex::new(()),
+            pushed: RwLock::default(),
             current: RwLock::new(Arc::new(snapshot)),
         })
     }
@@ -180,74 +171,46 @@ impl Records {
         self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Add the resources of pushed document `id` (received at `received_at`, Unix
-    /// seconds) unless it is already here — this instance's own push and the periodic
-    /// load of other instances' pushes may both offer it. Returns once it is served.
-    pub async fn add_pushed_document(self: &Arc<Self>, id: &str, received_at: i64, resources: Vec<(Resource, Owner)>) {
-        {
-            let mut docs = self.pushed_docs.lock().unwrap_or_else(PoisonError::into_inner);
-            if !docs.0.insert(id.to_string()) {
-                return;
-            }
-            docs.1 = docs.1.max(received_at);
-        }
-        self.add_pushed(resources).await;
+    /// Note the records of pushed document `id` (received at `received_at`, Unix
+    /// seconds, and stored already) unless it is here: this instance's own push and the
+    /// periodic load of other instances' pushes may both offer it. Served from now on.
+    pub fn add_pushed_document(&self, id: &str, received_at: i64, keys: Vec<pushed::PushedKey>) {
+        self.pushed.write().unwrap_or_else(PoisonError::into_inner).add(id, received_at, keys);
     }
 
     /// Whether pushed document `id` is here.
     pub fn has_pushed_document(&self, id: &str) -> bool {
-        self.pushed_docs.lock().unwrap_or_else(PoisonError::into_inner).0.contains(id)
+        self.pushed.read().unwrap_or_else(PoisonError::into_inner).has_document(id)
     }
 
     /// The newest receive time of the pushed documents here (0 when none).
     pub fn pushed_watermark(&self) -> i64 {
-        self.pushed_docs.lock().unwrap_or_else(PoisonError::into_inner).1
+        self.pushed.read().unwrap_or_else(PoisonError::into_inner).newest()
     }
 
-    /// Add pushed resources (each with its owner); returns once the snapshot serves them.
-    /// Rebuilding is O(all records), so pushes arriving together share one rebuild
-    /// (group commit), run off the async workers; no site is rescanned.
-    async fn add_pushed(self: &Arc<Self>, resources: Vec<(Resource, Owner)>) {
-        let mine = {
-            let mut pushed = self.pushed.lock().unwrap_or_else(PoisonError::into_inner);
-            pushed.extend(resources.into_iter().filter_map(|(r, o)| Stored::new(r, &o)).map(Arc::new));
-            // Counted under the lock: a rebuild that saw count N holds every addition up to N.
-            self.pushed_count.fetch_add(1, Ordering::SeqCst) + 1
+    /// The pushed records to ask the database for, if any, among those `wanted`.
+    pub fn pushed_wanted<'a>(&self, wanted: pushed::Wanted<'a>) -> Option<pushed::Wanted<'a>> {
+        let idx = self.pushed.read().unwrap_or_else(PoisonError::into_inner);
+        let any = match wanted {
+            pushed::Wanted::Key(t, id) => idx.has(t, id),
+            pushed::Wanted::Type(t) => idx.has_type(t),
+            pushed::Wanted::Patients(ps, t) => {
+                t.is_none_or(|t| idx.has_type(t)) && ps.iter().any(|p| idx.has_patient(p))
+            }
         };
-        let _turn = self.rebuild_turn.lock().await;
-        if self.built_count.load(Ordering::SeqCst) >= mine {
-            return;
-        }
-        let me = self.clone();
-        let rebuilt = tokio::task::spawn_blocking(move || {
-            let count = me.pushed_count.load(Ordering::SeqCst);
-            me.rebuild(false);
-            me.built_count.fetch_max(count, Ordering::SeqCst);
-        })
-        .await;
-        if rebuilt.is_err() {
-            tracing::error!("snapshot rebuild after a push failed; the next refresh retries");
-        }
+        any.then_some(wanted)
     }
 
     /// Re-scan every site; re-translate changed files; swap the snapshot if anything
     /// changed. Returns whether it did.
     pub fn refresh(&self) -> bool {
-        self.rebuild(true)
-    }
-
-    /// Swap in a new snapshot; with `rescan`, only when a site's files changed.
-    fn rebuild(&self, rescan: bool) -> bool {
         let mut sites = self.sites.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut changed = !rescan;
-        if rescan {
-            for site in sites.iter_mut() {
-                changed |= refresh_site(site);
-            }
+        let mut changed = false;
+        for site in sites.iter_mut() {
+            changed |= refresh_site(site);
         }
         if changed {
             let mut all: Vec<Arc<Stored>> = Vec::new();
-            let pushed = self.pushed.lock().unwrap_or_else(PoisonError::into_inner);
             {
                 // Borrowed (type, id) keys: no allocation per record.
                 let mut seen: std::collections::HashSet<(&str, &str)> = std::collections::HashSet::new();
@@ -257,13 +220,12 @@ impl Records {
                     paths.sort();
                     paths.into_iter().flat_map(move |p| site.files[p].1.iter())
                 });
-                for s in site_records.chain(pushed.iter()) {
+                for s in site_records {
                     if seen.insert((s.resource.type_name(), s.resource.id().unwrap_or(""))) {
                         all.push(s.clone());
                     }
                 }
             }
-            drop(pushed);
             let snap = Arc::new(Snapshot::build(all));
             *self.current.write().unwrap_or_else(PoisonError::into_inner) = snap;
         }

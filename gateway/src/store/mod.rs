@@ -104,6 +104,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0006_linkage.sql"),
         postgres: include_str!("../../migrations/postgres/0006_linkage.sql"),
     },
+    Migration {
+        version: 7,
+        sqlite: include_str!("../../migrations/sqlite/0007_pushed_records.sql"),
+        postgres: include_str!("../../migrations/postgres/0007_pushed_records.sql"),
+    },
 ];
 
 /// A writing transaction from [`Store::begin_write`]; use it as the connection. Every
