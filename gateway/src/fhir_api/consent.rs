@@ -311,7 +311,8 @@ async fn read_inner(state: AppState, id: String, req: Request) -> Result<Respons
     let g = state
         .policy
         .grants
-        .first(|g| g.id == id && g.owner == c.who.institution)
+        .by_id(&id)
+        .filter(|g| g.owner == c.who.institution)
         .ok_or_else(|| ApiError::NotFound(format!("Consent/{id} is not a grant of your institution")))?;
     audit(&state, record(&c, Interaction::Read, Outcome::Success, None, vec![grant_disclosed(&g)], None)).await?;
     let consent = with_status(&g, c.ctx.now).ok_or_else(|| ApiError::Internal("stored grant is unreadable".into()))?;
@@ -333,7 +334,7 @@ async fn revoke_inner(state: AppState, id: String, req: Request) -> Result<Respo
         }
         Err(e) => return Err(ApiError::Unavailable(format!("the grant could not be revoked: {e}"))),
     }
-    let g = state.policy.grants.first(|g| g.id == id);
+    let g = state.policy.grants.by_id(&id);
     let disclosed = g.as_ref().map(grant_disclosed).into_iter().collect();
     audit(&state, record(&c, Interaction::Delete, Outcome::Success, None, disclosed, None)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -7,6 +7,7 @@
 use crate::store::Store;
 use kakehashi_fhir::{Consent, Resource};
 use sqlx::Row;
+use std::collections::HashMap;
 use std::sync::{PoisonError, RwLock};
 
 /// Code system of grant kinds in `Consent.category`.
@@ -127,7 +128,60 @@ pub enum GrantStoreError {
 /// All grants, mirrored in memory.
 #[derive(Debug, Default)]
 pub struct Grants {
-    all: RwLock<Vec<Grant>>,
+    all: RwLock<GrantSet>,
+}
+
+/// Grants with the indexes a decision looks them up by. Every pushed document brings a
+/// referral grant, so a federation gathers tens of thousands: scanning them all for
+/// every record a search decides on grew with each push.
+#[derive(Debug, Default)]
+struct GrantSet {
+    list: Vec<Grant>,
+    /// Positions in `list` by owner, then patient ("" for all the owner's patients).
+    by_owner: HashMap<String, HashMap<String, Vec<usize>>>,
+    by_id: HashMap<String, usize>,
+}
+
+impl GrantSet {
+    fn new(list: Vec<Grant>) -> GrantSet {
+        let mut set = GrantSet { list: Vec::with_capacity(list.len()), ..GrantSet::default() };
+        for g in list {
+            set.upsert(g);
+        }
+        set
+    }
+
+    /// Add `g`, or replace the grant with its id.
+    fn upsert(&mut self, g: Grant) {
+        if let Some(&i) = self.by_id.get(&g.id) {
+            if self.list[i].owner == g.owner && self.list[i].patient == g.patient {
+                self.list[i] = g;
+                return;
+            }
+            // Another owner or patient under the same id: rebuild the positions.
+            let mut list = std::mem::take(&mut self.list);
+            list.remove(i);
+            list.push(g);
+            *self = GrantSet::new(list);
+            return;
+        }
+        let i = self.list.len();
+        self.by_id.insert(g.id.clone(), i);
+        self.by_owner.entry(g.owner.clone()).or_default().entry(g.patient.clone()).or_default().push(i);
+        self.list.push(g);
+    }
+
+    /// The grants of `owner` for `patient` or for all its patients, in `list` order.
+    fn of(&self, owner: &str, patient: &str) -> impl Iterator<Item = &Grant> {
+        let patients = self.by_owner.get(owner);
+        let at = |p: &str| patients.and_then(|m| m.get(p)).map(Vec::as_slice).unwrap_or_default();
+        let mut positions: Vec<usize> = at(patient).to_vec();
+        if !patient.is_empty() {
+            positions.extend_from_slice(at(""));
+            positions.sort_unstable();
+        }
+        positions.into_iter().map(|i| &self.list[i])
+    }
 }
 
 impl Grants {
@@ -155,28 +209,40 @@ impl Grants {
                 resource: r.try_get(9)?,
             });
         }
-        *self.all.write().unwrap_or_else(PoisonError::into_inner) = all;
+        let set = GrantSet::new(all);
+        *self.all.write().unwrap_or_else(PoisonError::into_inner) = set;
         Ok(())
     }
 
     /// Mirror a grant just committed by this instance, without reloading every grant
     /// (the periodic reload brings other instances' changes).
     pub fn remember(&self, g: Grant) {
-        let mut all = self.all.write().unwrap_or_else(PoisonError::into_inner);
-        all.retain(|x| x.id != g.id);
-        all.push(g);
+        self.all.write().unwrap_or_else(PoisonError::into_inner).upsert(g);
     }
 
     /// Grants matching a predicate (cloned out of the lock).
     pub fn find(&self, mut pred: impl FnMut(&Grant) -> bool) -> Vec<Grant> {
         let g = self.all.read().unwrap_or_else(PoisonError::into_inner);
-        g.iter().filter(|x| pred(x)).cloned().collect()
+        g.list.iter().filter(|x| pred(x)).cloned().collect()
     }
 
-    /// The first grant satisfying `pred`, without cloning the rest.
-    pub fn first(&self, mut pred: impl FnMut(&Grant) -> bool) -> Option<Grant> {
+    /// The grant with this id.
+    pub fn by_id(&self, id: &str) -> Option<Grant> {
         let g = self.all.read().unwrap_or_else(PoisonError::into_inner);
-        g.iter().find(|x| pred(x)).cloned()
+        g.by_id.get(id).map(|&i| g.list[i].clone())
+    }
+
+    /// Kind and id of the first grant of `owner` about `patient` (or about all its
+    /// patients) that satisfies `pred`.
+    pub fn first_of(
+        &self,
+        owner: &str,
+        patient: &str,
+        mut pred: impl FnMut(&Grant) -> bool,
+    ) -> Option<(GrantKind, String)> {
+        let g = self.all.read().unwrap_or_else(PoisonError::into_inner);
+        let found = g.of(owner, patient).find(|x| pred(x)).map(|x| (x.kind, x.id.clone()));
+        found
     }
 
     /// Store a new grant, refusing overlaps, atomically; then mirror it.
@@ -221,8 +287,8 @@ impl Grants {
             return Err(GrantStoreError::NotFound(id.to_string()));
         }
         let mut all = self.all.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(g) = all.iter_mut().find(|g| g.id == id) {
-            g.revoked_at = Some(now);
+        if let Some(&i) = all.by_id.get(id) {
+            all.list[i].revoked_at = Some(now);
         }
         Ok(())
     }
@@ -251,4 +317,66 @@ pub async fn write_row(conn: &mut sqlx::AnyConnection, g: &Grant, created_by: &s
     .execute(conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(id: &str, owner: &str, patient: &str) -> Grant {
+        Grant {
+            id: id.into(),
+            owner: owner.into(),
+            kind: GrantKind::Consent,
+            patient: patient.into(),
+            grantees: vec!["4610200021".into()],
+            resource_types: vec![],
+            valid_from: 0,
+            valid_to: 100,
+            revoked_at: None,
+            resource: String::new(),
+        }
+    }
+
+    fn ids(set: &GrantSet, owner: &str, patient: &str) -> Vec<String> {
+        set.of(owner, patient).map(|g| g.id.clone()).collect()
+    }
+
+    #[test]
+    fn a_decision_sees_the_owners_grants_for_that_patient_and_for_all_its_patients_in_order() {
+        let set = GrantSet::new(vec![
+            grant("a", "hub", "p1"),
+            grant("delegation", "hub", ""),
+            grant("b", "hub", "p2"),
+            grant("c", "hub", "p1"),
+            grant("other-owner", "clinic", "p1"),
+        ]);
+        assert_eq!(ids(&set, "hub", "p1"), ["a", "delegation", "c"]);
+        assert_eq!(ids(&set, "hub", "p2"), ["delegation", "b"]);
+        assert_eq!(ids(&set, "hub", "p3"), ["delegation"]);
+        assert_eq!(ids(&set, "hub", ""), ["delegation"], "a record about no patient");
+        assert_eq!(ids(&set, "clinic", "p1"), ["other-owner"]);
+        assert!(ids(&set, "pharmacy", "p1").is_empty());
+    }
+
+    #[test]
+    fn the_mirror_replaces_by_id_and_marks_revocations() {
+        let grants = Grants::default();
+        grants.remember(grant("a", "hub", "p1"));
+        grants.remember(grant("b", "hub", "p1"));
+        let mut changed = grant("a", "hub", "p1");
+        changed.valid_to = 50;
+        grants.remember(changed);
+        assert_eq!(grants.find(|_| true).len(), 2);
+        assert_eq!(grants.by_id("a").map(|g| g.valid_to), Some(50));
+        // The same id now about another patient (a reload after a correction).
+        grants.remember(grant("a", "hub", "p9"));
+        assert_eq!(grants.first_of("hub", "p1", |_| true), Some((GrantKind::Consent, "b".into())));
+        assert_eq!(grants.first_of("hub", "p9", |_| true), Some((GrantKind::Consent, "a".into())));
+        let b = grants.all.read().unwrap().by_id["b"];
+        grants.all.write().unwrap().list[b].revoked_at = Some(10);
+        let active = |g: &Grant| g.active_at(20);
+        assert_eq!(grants.first_of("hub", "p1", active), None, "b was revoked at 10");
+        assert_eq!(grants.by_id("zzz"), None);
+    }
 }

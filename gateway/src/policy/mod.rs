@@ -152,11 +152,9 @@ impl Policy {
         }
         let patient = record.patient.as_deref().unwrap_or("");
         let applies = |g: &Grant| {
-            g.owner == record.owner
-                && g.active_at(ctx.now)
+            g.active_at(ctx.now)
                 && g.names(&who.institution)
                 && g.covers(ty)
-                && (g.patient.is_empty() || g.patient == patient)
                 && match g.kind {
                     GrantKind::Consent | GrantKind::Referral => {
                         matches!(who.role, Role::ClinicTerminal | Role::HospitalSystem | Role::Doctor)
@@ -165,8 +163,8 @@ impl Policy {
                     GrantKind::Pharmacy => who.role == Role::Pharmacy && matches!(ty, "MedicationRequest" | "Patient"),
                 }
         };
-        if let Some(g) = self.grants.first(applies) {
-            return permit(Basis::Grant(g.kind, g.id));
+        if let Some((kind, id)) = self.grants.first_of(&record.owner, patient, applies) {
+            return permit(Basis::Grant(kind, id));
         }
         if who.role == Role::Doctor && ctx.break_glass.as_deref().is_some_and(|r| !r.trim().is_empty()) {
             return permit(Basis::BreakGlass);
