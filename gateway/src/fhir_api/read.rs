@@ -106,10 +106,15 @@ fn check_type(ty: &str) -> Result<(), ApiError> {
     }
 }
 
-/// The pushed records `wanted`, read from the database when there are any.
-async fn pushed_records(state: &AppState, wanted: Wanted<'_>) -> Result<Vec<Arc<Stored>>, ApiError> {
+/// The pushed records `wanted` that `keep` accepts, read from the database when there
+/// are any.
+async fn pushed_records(
+    state: &AppState,
+    wanted: Wanted<'_>,
+    keep: impl FnMut(&Stored) -> bool,
+) -> Result<Vec<Arc<Stored>>, ApiError> {
     let Some(wanted) = state.records.pushed_wanted(wanted) else { return Ok(Vec::new()) };
-    pushed::fetch(state.store.pool(), wanted)
+    pushed::fetch(state.store.pool(), wanted, keep)
         .await
         .map_err(|e| ApiError::Unavailable(format!("pushed documents cannot be read now: {e}")))
 }
@@ -205,7 +210,7 @@ async fn read_inner(state: AppState, ty: String, id: String, req: Request) -> Re
     let stored = match snap.get(&ty, &id) {
         Some(s) => s,
         None => {
-            pushed = pushed_records(&state, Wanted::Key(&ty, &id)).await?;
+            pushed = pushed_records(&state, Wanted::Key(&ty, &id), |_| true).await?;
             pushed.first().ok_or_else(not_found)?
         }
     };
@@ -244,18 +249,10 @@ async fn search_inner(state: AppState, ty: String, req: Request) -> Result<Respo
         Criterion::Patient(ids) => Some(ids.clone()),
         _ => None,
     });
-    let pushed = match &patient_filter {
-        Some(ids) => {
-            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-            pushed_records(&state, Wanted::Patients(&ids, Some(&ty))).await?
-        }
-        None => pushed_records(&state, Wanted::Type(&ty)).await?,
-    };
     let candidates: Vec<&Arc<Stored>> = match &patient_filter {
         Some(ids) => ids.iter().flat_map(|id| snap.for_patient(id)).filter(|s| s.resource.type_name() == ty).collect(),
         None => snap.of_type(&ty).collect(),
     };
-    let candidates = candidates.into_iter().chain(&pushed);
     let birth_of = |s: &Stored| -> Option<String> {
         let p = snap.get("Patient", s.patient.as_deref()?)?;
         match &p.resource {
@@ -263,10 +260,16 @@ async fn search_inner(state: AppState, ty: String, req: Request) -> Result<Respo
             _ => None,
         }
     };
-    let matching: Vec<&Arc<Stored>> = candidates
-        .into_iter()
-        .filter(|s| params::matches(&s.resource, s.patient.as_deref(), birth_of(s).as_deref(), &search.criteria))
-        .collect();
+    let matches =
+        |s: &Stored| params::matches(&s.resource, s.patient.as_deref(), birth_of(s).as_deref(), &search.criteria);
+    let pushed = match &patient_filter {
+        Some(ids) => {
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            pushed_records(&state, Wanted::Patients(&ids, Some(&ty)), matches).await?
+        }
+        None => pushed_records(&state, Wanted::Type(&ty), matches).await?,
+    };
+    let matching: Vec<&Arc<Stored>> = candidates.into_iter().filter(|s| matches(s)).chain(&pushed).collect();
     // A pharmacy that presents the prescription number and the patient's exact birth
     // date may read that prescription and its Patient; a wrong birth date matches
     // nothing, which reveals nothing about whether the prescription exists.
@@ -337,13 +340,13 @@ async fn everything_inner(state: AppState, id: String, req: Request) -> Result<R
     }
     search.used.clear();
     let snap = state.records.snapshot();
-    let pushed = pushed_records(&state, Wanted::Patients(&[&id], None)).await?;
+    let pushed = pushed_records(&state, Wanted::Patients(&[&id], None), |_| true).await?;
     let mut permitted = state.policy.filter(&c.who, snap.for_patient(&id).chain(&pushed), &c.ctx);
     if !permitted.is_empty() {
         // The person's records at every linked site, each under its own owner's policy.
         let links = state.linkage.links(&snap);
         let others: Vec<&str> = links.linked(&id).map(|(other, _)| other).collect();
-        let pushed = pushed_records(&state, Wanted::Patients(&others, None)).await?;
+        let pushed = pushed_records(&state, Wanted::Patients(&others, None), |_| true).await?;
         for other in &others {
             permitted.extend(state.policy.filter(&c.who, snap.for_patient(other), &c.ctx));
         }

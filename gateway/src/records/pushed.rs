@@ -6,6 +6,7 @@
 //! every push rebuilt a snapshot that held them all.
 
 use super::Stored;
+use futures_util::TryStreamExt;
 use kakehashi_fhir::Resource;
 use serde_json::value::RawValue;
 use sqlx::Row;
@@ -124,8 +125,14 @@ pub async fn insert(
     Ok(())
 }
 
-/// The pushed records `wanted`, in the order the documents arrived.
-pub async fn fetch(pool: &sqlx::AnyPool, wanted: Wanted<'_>) -> Result<Vec<Arc<Stored>>, sqlx::Error> {
+/// The pushed records `wanted` that `keep` accepts, in the order the documents arrived.
+/// Each row is decoded and judged in turn, so a search without a patient holds only
+/// what matches it, not every pushed record of the type.
+pub async fn fetch(
+    pool: &sqlx::AnyPool,
+    wanted: Wanted<'_>,
+    mut keep: impl FnMut(&Stored) -> bool,
+) -> Result<Vec<Arc<Stored>>, sqlx::Error> {
     let (clause, binds): (String, Vec<&str>) = match wanted {
         Wanted::Key(rtype, id) => ("rtype = $1 AND id = $2".into(), vec![rtype, id]),
         Wanted::Type(rtype) => ("rtype = $1".into(), vec![rtype]),
@@ -148,14 +155,17 @@ pub async fn fetch(pool: &sqlx::AnyPool, wanted: Wanted<'_>) -> Result<Vec<Arc<S
     for b in binds {
         q = q.bind(b);
     }
-    let rows = q.fetch_all(pool).await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
+    let mut rows = q.fetch(pool);
+    let mut out = Vec::new();
+    while let Some(row) = rows.try_next().await? {
         let (owner, patient, body): (String, Option<String>, String) =
             (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
         let resource: Resource = serde_json::from_str(&body).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
         let json = RawValue::from_string(body).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        out.push(Arc::new(Stored { resource, json, owner, site: PUSH_SITE.into(), patient }));
+        let stored = Stored { resource, json, owner, site: PUSH_SITE.into(), patient };
+        if keep(&stored) {
+            out.push(Arc::new(stored));
+        }
     }
     Ok(out)
 }
