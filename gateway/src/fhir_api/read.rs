@@ -113,6 +113,16 @@ async fn pushed_records(
     wanted: Wanted<'_>,
     keep: impl FnMut(&Stored) -> bool,
 ) -> Result<Vec<Arc<Stored>>, ApiError> {
+    // Only patients with pushed records are named to the database: a search may list
+    // many patients, each a bound parameter.
+    let known;
+    let wanted = match wanted {
+        Wanted::Patients(patients, rtype) => {
+            known = state.records.patients_with_pushed(patients);
+            Wanted::Patients(&known, rtype)
+        }
+        other => other,
+    };
     let Some(wanted) = state.records.pushed_wanted(wanted) else { return Ok(Vec::new()) };
     pushed::fetch(state.store.pool(), wanted, keep)
         .await

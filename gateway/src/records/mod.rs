@@ -188,6 +188,12 @@ impl Records {
         self.pushed.read().unwrap_or_else(PoisonError::into_inner).newest()
     }
 
+    /// Those of `patients` that have pushed records.
+    pub fn patients_with_pushed<'a>(&self, patients: &[&'a str]) -> Vec<&'a str> {
+        let idx = self.pushed.read().unwrap_or_else(PoisonError::into_inner);
+        patients.iter().copied().filter(|p| idx.has_patient(p)).collect()
+    }
+
     /// The pushed records to ask the database for, if any, among those `wanted`.
     pub fn pushed_wanted<'a>(&self, wanted: pushed::Wanted<'a>) -> Option<pushed::Wanted<'a>> {
         let idx = self.pushed.read().unwrap_or_else(PoisonError::into_inner);
