@@ -8,6 +8,7 @@ use crate::store::Store;
 use kakehashi_fhir::{Consent, Resource};
 use sqlx::Row;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{PoisonError, RwLock};
 
 /// Code system of grant kinds in `Consent.category`.
@@ -126,9 +127,17 @@ pub enum GrantStoreError {
 }
 
 /// All grants, mirrored in memory.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Grants {
     all: RwLock<GrantSet>,
+    /// The newest change number the mirror holds (-1: nothing loaded yet).
+    seen: AtomicI64,
+}
+
+impl Default for Grants {
+    fn default() -> Self {
+        Grants { all: RwLock::default(), seen: AtomicI64::new(-1) }
+    }
 }
 
 /// Grants with the indexes a decision looks them up by. Every pushed document brings a
@@ -185,15 +194,23 @@ impl GrantSet {
 }
 
 impl Grants {
-    /// Reload the mirror from the database.
-    pub async fn reload(&self, store: &Store) -> Result<(), sqlx::Error> {
+    /// Bring the mirror up to date: every grant the first time, then only those changed
+    /// since (each change takes the next number under one row lock, so a change is
+    /// visible only after every earlier one). Returns how many grants were read.
+    pub async fn reload(&self, store: &Store) -> Result<usize, sqlx::Error> {
+        let seen = self.seen.load(Ordering::SeqCst);
         let rows = sqlx::query(
-            "SELECT id, owner, kind, patient, grantees, resource_types, valid_from, valid_to, revoked_at, resource FROM policy_grant",
+            "SELECT id, owner, kind, patient, grantees, resource_types, valid_from, valid_to, revoked_at, resource, changed \
+             FROM policy_grant WHERE changed > $1 ORDER BY changed",
         )
+        .bind(seen)
         .fetch_all(store.pool())
         .await?;
+        let read = rows.len();
+        let mut newest = seen;
         let mut all = Vec::with_capacity(rows.len());
         for r in rows {
+            newest = newest.max(r.try_get(10)?);
             let kind: String = r.try_get(2)?;
             let Some(kind) = GrantKind::from_code(&kind) else { continue };
             all.push(Grant {
@@ -209,9 +226,14 @@ impl Grants {
                 resource: r.try_get(9)?,
             });
         }
-        let set = GrantSet::new(all);
-        *self.all.write().unwrap_or_else(PoisonError::into_inner) = set;
-        Ok(())
+        let mut set = self.all.write().unwrap_or_else(PoisonError::into_inner);
+        if seen < 0 {
+            *set = GrantSet::new(all);
+        } else {
+            all.into_iter().for_each(|g| set.upsert(g));
+        }
+        self.seen.fetch_max(newest, Ordering::SeqCst);
+        Ok(read)
     }
 
     /// Mirror a grant just committed by this instance, without reloading every grant
@@ -274,14 +296,17 @@ impl Grants {
     /// Revoke a grant of `owner` (kept, with its revocation time); then mirror it.
     pub async fn revoke(&self, store: &Store, owner: &str, id: &str, now: i64) -> Result<(), GrantStoreError> {
         let mut tx = store.begin_row_write().await?;
-        let done =
-            sqlx::query("UPDATE policy_grant SET revoked_at = $1 WHERE id = $2 AND owner = $3 AND revoked_at IS NULL")
-                .bind(now)
-                .bind(id)
-                .bind(owner)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+        let change = next_change(&mut tx).await?;
+        let done = sqlx::query(
+            "UPDATE policy_grant SET revoked_at = $1, changed = $2 WHERE id = $3 AND owner = $4 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(change)
+        .bind(id)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         tx.commit().await?;
         if done == 0 {
             return Err(GrantStoreError::NotFound(id.to_string()));
@@ -298,9 +323,10 @@ impl Grants {
 /// pushed document brings with it). The caller mirrors it with [`Grants::remember`]
 /// once committed.
 pub async fn write_row(conn: &mut sqlx::AnyConnection, g: &Grant, created_by: &str) -> Result<(), sqlx::Error> {
+    let change = next_change(conn).await?;
     sqlx::query(
-        "INSERT INTO policy_grant (id, owner, kind, patient, grantees, resource_types, valid_from, valid_to, revoked_at, created_at, created_by, resource) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        "INSERT INTO policy_grant (id, owner, kind, patient, grantees, resource_types, valid_from, valid_to, revoked_at, created_at, created_by, resource, changed) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(&g.id)
     .bind(&g.owner)
@@ -314,9 +340,16 @@ pub async fn write_row(conn: &mut sqlx::AnyConnection, g: &Grant, created_by: &s
     .bind(crate::audit::now_micros() / 1_000_000)
     .bind(created_by)
     .bind(&g.resource)
+    .bind(change)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// The next grant change number, taken within the caller's transaction: the counter's
+/// row stays locked until it ends, so changes commit in the order of their numbers.
+async fn next_change(conn: &mut sqlx::AnyConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("UPDATE grant_change SET seq = seq + 1 WHERE id = 1 RETURNING seq").fetch_one(conn).await
 }
 
 #[cfg(test)]

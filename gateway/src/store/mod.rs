@@ -109,6 +109,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0007_pushed_records.sql"),
         postgres: include_str!("../../migrations/postgres/0007_pushed_records.sql"),
     },
+    Migration {
+        version: 8,
+        sqlite: include_str!("../../migrations/sqlite/0008_grant_changes.sql"),
+        postgres: include_str!("../../migrations/postgres/0008_grant_changes.sql"),
+    },
 ];
 
 /// A writing transaction from [`Store::begin_write`]; use it as the connection. Every
