@@ -356,17 +356,27 @@ pub async fn load_pushed(
     // A push is stamped before it waits for the lock and commits, and instances stamp
     // their own: a document can become visible with a time older than the newest one
     // seen here. Look back well past any request's lifetime; known ids are skipped.
+    let since = records.pushed_watermark() - PUSH_LOOKBACK_SECS;
     let docs = sqlx::query("SELECT id, received_at FROM pushed_document WHERE received_at >= $1")
-        .bind(records.pushed_watermark() - PUSH_LOOKBACK_SECS)
+        .bind(since)
         .fetch_all(store.pool())
         .await?;
+    // At start-up every document is new here: their keys in one query. Afterwards only
+    // other instances' latest documents are, each asked for alone.
+    let mut known_keys = match records.pushed_watermark() {
+        0 => pushed::keys_since(store.pool(), since).await?,
+        _ => Default::default(),
+    };
     let mut added = 0;
     for row in &docs {
         let (id, received_at): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
         if records.has_pushed_document(&id) {
             continue;
         }
-        let mut keys = pushed::keys_of_document(store.pool(), &id).await?;
+        let mut keys = match known_keys.remove(&id) {
+            Some(keys) => keys,
+            None => pushed::keys_of_document(store.pool(), &id).await?,
+        };
         if keys.is_empty() {
             let Some(stored) = records_of_stored(store, config, &id).await? else { continue };
             let mut tx = store.begin_row_write().await?;
