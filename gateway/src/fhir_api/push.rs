@@ -258,12 +258,12 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
                 revoked_at: None,
                 resource: referral_consent(&id, &patient_id, &c.who.institution, &checked.recipient, now, days),
             };
-            crate::policy::grants::write_row(&mut tx, &grant, &c.who.fingerprint).await.map_err(db)?;
+            let changed = crate::policy::grants::write_row(&mut tx, &grant, &c.who.fingerprint).await.map_err(db)?;
             let records = records_of(&bundle, &id, &ctx, &checked.patient_local);
             pushed::insert(&mut tx, &id, now, &c.who.institution, &records).await.map_err(db)?;
             tx.commit().await.map_err(db)?;
             // Durable from here on; the mirrors follow.
-            state.policy.grants.remember(grant);
+            state.policy.grants.remember(grant, changed);
             state.records.add_pushed_document(&id, now, pushed::keys_of(&records));
             (id, StatusCode::CREATED)
         }

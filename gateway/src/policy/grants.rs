@@ -146,31 +146,39 @@ impl Default for Grants {
 #[derive(Debug, Default)]
 struct GrantSet {
     list: Vec<Grant>,
+    /// The change number each grant of `list` was read or written at.
+    changed: Vec<i64>,
     /// Positions in `list` by owner, then patient ("" for all the owner's patients).
     by_owner: HashMap<String, HashMap<String, Vec<usize>>>,
     by_id: HashMap<String, usize>,
 }
 
 impl GrantSet {
-    fn new(list: Vec<Grant>) -> GrantSet {
+    fn new(list: Vec<(Grant, i64)>) -> GrantSet {
         let mut set = GrantSet { list: Vec::with_capacity(list.len()), ..GrantSet::default() };
-        for g in list {
-            set.upsert(g);
+        for (g, changed) in list {
+            set.upsert(g, changed);
         }
         set
     }
 
-    /// Add `g`, or replace the grant with its id.
-    fn upsert(&mut self, g: Grant) {
+    /// Add `g` as of change `changed`, or replace the grant with its id unless the one
+    /// here is newer: a reload that read a row just before this gateway revoked it must
+    /// not bring the grant back.
+    fn upsert(&mut self, g: Grant, changed: i64) {
         if let Some(&i) = self.by_id.get(&g.id) {
+            if self.changed[i] > changed {
+                return;
+            }
             if self.list[i].owner == g.owner && self.list[i].patient == g.patient {
-                self.list[i] = g;
+                (self.list[i], self.changed[i]) = (g, changed);
                 return;
             }
             // Another owner or patient under the same id: rebuild the positions.
-            let mut list = std::mem::take(&mut self.list);
+            let mut list: Vec<(Grant, i64)> =
+                std::mem::take(&mut self.list).into_iter().zip(std::mem::take(&mut self.changed)).collect();
             list.remove(i);
-            list.push(g);
+            list.push((g, changed));
             *self = GrantSet::new(list);
             return;
         }
@@ -178,6 +186,7 @@ impl GrantSet {
         self.by_id.insert(g.id.clone(), i);
         self.by_owner.entry(g.owner.clone()).or_default().entry(g.patient.clone()).or_default().push(i);
         self.list.push(g);
+        self.changed.push(changed);
     }
 
     /// The grants of `owner` for `patient` or for all its patients, in `list` order.
@@ -210,10 +219,11 @@ impl Grants {
         let mut newest = seen;
         let mut all = Vec::with_capacity(rows.len());
         for r in rows {
-            newest = newest.max(r.try_get(10)?);
+            let changed: i64 = r.try_get(10)?;
+            newest = newest.max(changed);
             let kind: String = r.try_get(2)?;
             let Some(kind) = GrantKind::from_code(&kind) else { continue };
-            all.push(Grant {
+            let grant = Grant {
                 id: r.try_get(0)?,
                 owner: r.try_get(1)?,
                 kind,
@@ -224,22 +234,19 @@ impl Grants {
                 valid_to: r.try_get(7)?,
                 revoked_at: r.try_get(8)?,
                 resource: r.try_get(9)?,
-            });
+            };
+            all.push((grant, changed));
         }
         let mut set = self.all.write().unwrap_or_else(PoisonError::into_inner);
-        if seen < 0 {
-            *set = GrantSet::new(all);
-        } else {
-            all.into_iter().for_each(|g| set.upsert(g));
-        }
+        all.into_iter().for_each(|(g, changed)| set.upsert(g, changed));
         self.seen.fetch_max(newest, Ordering::SeqCst);
         Ok(read)
     }
 
-    /// Mirror a grant just committed by this instance, without reloading every grant
-    /// (the periodic reload brings other instances' changes).
-    pub fn remember(&self, g: Grant) {
-        self.all.write().unwrap_or_else(PoisonError::into_inner).upsert(g);
+    /// Mirror a grant this instance just committed as change `changed` (the number
+    /// [`write_row`] returned), without waiting for the periodic reload.
+    pub fn remember(&self, g: Grant, changed: i64) {
+        self.all.write().unwrap_or_else(PoisonError::into_inner).upsert(g, changed);
     }
 
     /// Grants matching a predicate (cloned out of the lock).
@@ -287,9 +294,9 @@ impl Grants {
                 return Err(GrantStoreError::Overlap(r.try_get(0)?));
             }
         }
-        write_row(&mut tx, g, created_by).await?;
+        let changed = write_row(&mut tx, g, created_by).await?;
         tx.commit().await?;
-        self.remember(g.clone());
+        self.remember(g.clone(), changed);
         Ok(())
     }
 
@@ -314,15 +321,16 @@ impl Grants {
         let mut all = self.all.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(&i) = all.by_id.get(id) {
             all.list[i].revoked_at = Some(now);
+            all.changed[i] = all.changed[i].max(change);
         }
         Ok(())
     }
 }
 
 /// Insert one grant row within the caller's transaction (a Consent, or the referral a
-/// pushed document brings with it). The caller mirrors it with [`Grants::remember`]
-/// once committed.
-pub async fn write_row(conn: &mut sqlx::AnyConnection, g: &Grant, created_by: &str) -> Result<(), sqlx::Error> {
+/// pushed document brings with it); returns its change number. The caller mirrors it
+/// with [`Grants::remember`] once committed.
+pub async fn write_row(conn: &mut sqlx::AnyConnection, g: &Grant, created_by: &str) -> Result<i64, sqlx::Error> {
     let change = next_change(conn).await?;
     sqlx::query(
         "INSERT INTO policy_grant (id, owner, kind, patient, grantees, resource_types, valid_from, valid_to, revoked_at, created_at, created_by, resource, changed) \
@@ -343,7 +351,7 @@ pub async fn write_row(conn: &mut sqlx::AnyConnection, g: &Grant, created_by: &s
     .bind(change)
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(change)
 }
 
 /// The next grant change number, taken within the caller's transaction: the counter's
@@ -377,13 +385,18 @@ mod tests {
 
     #[test]
     fn a_decision_sees_the_owners_grants_for_that_patient_and_for_all_its_patients_in_order() {
-        let set = GrantSet::new(vec![
-            grant("a", "hub", "p1"),
-            grant("delegation", "hub", ""),
-            grant("b", "hub", "p2"),
-            grant("c", "hub", "p1"),
-            grant("other-owner", "clinic", "p1"),
-        ]);
+        let set = GrantSet::new(
+            [
+                grant("a", "hub", "p1"),
+                grant("delegation", "hub", ""),
+                grant("b", "hub", "p2"),
+                grant("c", "hub", "p1"),
+                grant("other-owner", "clinic", "p1"),
+            ]
+            .into_iter()
+            .zip(1..)
+            .collect(),
+        );
         assert_eq!(ids(&set, "hub", "p1"), ["a", "delegation", "c"]);
         assert_eq!(ids(&set, "hub", "p2"), ["delegation", "b"]);
         assert_eq!(ids(&set, "hub", "p3"), ["delegation"]);
@@ -395,15 +408,18 @@ mod tests {
     #[test]
     fn the_mirror_replaces_by_id_and_marks_revocations() {
         let grants = Grants::default();
-        grants.remember(grant("a", "hub", "p1"));
-        grants.remember(grant("b", "hub", "p1"));
+        grants.remember(grant("a", "hub", "p1"), 1);
+        grants.remember(grant("b", "hub", "p1"), 2);
         let mut changed = grant("a", "hub", "p1");
         changed.valid_to = 50;
-        grants.remember(changed);
+        grants.remember(changed, 3);
         assert_eq!(grants.find(|_| true).len(), 2);
         assert_eq!(grants.by_id("a").map(|g| g.valid_to), Some(50));
         // The same id now about another patient (a reload after a correction).
-        grants.remember(grant("a", "hub", "p9"));
+        // An older copy (a reload that read the row before the change) is ignored.
+        grants.remember(grant("a", "hub", "p1"), 1);
+        assert_eq!(grants.by_id("a").map(|g| g.valid_to), Some(50));
+        grants.remember(grant("a", "hub", "p9"), 4);
         assert_eq!(grants.first_of("hub", "p1", |_| true), Some((GrantKind::Consent, "b".into())));
         assert_eq!(grants.first_of("hub", "p9", |_| true), Some((GrantKind::Consent, "a".into())));
         let b = grants.all.read().unwrap().by_id["b"];
