@@ -73,47 +73,26 @@ struct Migration {
     postgres: &'static str,
 }
 
+/// Migration `$version`, from the file of that name in each backend's folder.
+macro_rules! migration {
+    ($version:literal, $file:literal) => {
+        Migration {
+            version: $version,
+            sqlite: include_str!(concat!("../../migrations/sqlite/", $file)),
+            postgres: include_str!(concat!("../../migrations/postgres/", $file)),
+        }
+    };
+}
+
 const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        sqlite: include_str!("../../migrations/sqlite/0001_init.sql"),
-        postgres: include_str!("../../migrations/postgres/0001_init.sql"),
-    },
-    Migration {
-        version: 2,
-        sqlite: include_str!("../../migrations/sqlite/0002_audit.sql"),
-        postgres: include_str!("../../migrations/postgres/0002_audit.sql"),
-    },
-    Migration {
-        version: 3,
-        sqlite: include_str!("../../migrations/sqlite/0003_grants.sql"),
-        postgres: include_str!("../../migrations/postgres/0003_grants.sql"),
-    },
-    Migration {
-        version: 4,
-        sqlite: include_str!("../../migrations/sqlite/0004_audit_verify.sql"),
-        postgres: include_str!("../../migrations/postgres/0004_audit_verify.sql"),
-    },
-    Migration {
-        version: 5,
-        sqlite: include_str!("../../migrations/sqlite/0005_push.sql"),
-        postgres: include_str!("../../migrations/postgres/0005_push.sql"),
-    },
-    Migration {
-        version: 6,
-        sqlite: include_str!("../../migrations/sqlite/0006_linkage.sql"),
-        postgres: include_str!("../../migrations/postgres/0006_linkage.sql"),
-    },
-    Migration {
-        version: 7,
-        sqlite: include_str!("../../migrations/sqlite/0007_pushed_records.sql"),
-        postgres: include_str!("../../migrations/postgres/0007_pushed_records.sql"),
-    },
-    Migration {
-        version: 8,
-        sqlite: include_str!("../../migrations/sqlite/0008_grant_changes.sql"),
-        postgres: include_str!("../../migrations/postgres/0008_grant_changes.sql"),
-    },
+    migration!(1, "0001_init.sql"),
+    migration!(2, "0002_audit.sql"),
+    migration!(3, "0003_grants.sql"),
+    migration!(4, "0004_audit_verify.sql"),
+    migration!(5, "0005_push.sql"),
+    migration!(6, "0006_linkage.sql"),
+    migration!(7, "0007_pushed_records.sql"),
+    migration!(8, "0008_grant_changes.sql"),
 ];
 
 /// A writing transaction from [`Store::begin_write`]; use it as the connection. Every
