@@ -527,50 +527,8 @@ pub fn rss_mb() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{bench, GroupCommits, Mode, Options, Spread, Workload};
+    use super::{GroupCommits, Spread};
     use std::sync::atomic::Ordering::Relaxed;
-    use std::time::Duration;
-
-    /// Every workload and connection mode the harness offers, briefly: each stops by
-    /// itself, every request of the gateway and of the baseline answers as expected, and
-    /// the idle connections are held.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_workload_runs_against_gateway_and_baseline_without_errors() {
-        let cases = [
-            (Workload::PatientRead, Mode::H1, 0),
-            (Workload::PatientRead, Mode::H2, 0),
-            (Workload::Search20, Mode::H1, 0),
-            (Workload::Everything, Mode::H1, 0),
-            (Workload::Push50k, Mode::H1, 0),
-            (Workload::Metadata, Mode::NewConnection, 0),
-            (Workload::Metadata, Mode::Resumed, 0),
-            (Workload::PatientRead, Mode::H1, 50),
-        ];
-        for (workload, mode, idle) in cases {
-            let opts = Options {
-                workload,
-                mode,
-                connections: 4,
-                duration: Duration::from_millis(400),
-                rounds: 1,
-                warmup: Duration::from_millis(100),
-                rate_per_client: 0.0,
-                database_url: None,
-                instances: 1,
-                idle,
-            };
-            let started = std::time::Instant::now();
-            let r = bench(opts).await.unwrap_or_else(|e| panic!("{workload:?} {mode:?}: {e}"));
-            let mut reports = vec![("gateway", &r.gateway), ("baseline", &r.baseline)];
-            reports.extend(r.unaudited.as_ref().map(|u| ("unaudited", u)));
-            for (who, report) in reports {
-                assert!(report.ok > 0, "{workload:?} {mode:?}: the {who} answered nothing");
-                assert!(report.errors.is_empty(), "{workload:?} {mode:?}: the {who} failed: {:?}", report.errors);
-                assert!(report.elapsed < Duration::from_secs(5), "{workload:?} {mode:?}: the {who} ran on");
-            }
-            assert!(started.elapsed() < Duration::from_secs(60), "{workload:?} {mode:?}: the bench did not stop");
-        }
-    }
 
     #[test]
     fn per_round_ratios_are_summarised_by_their_range_and_median() {
