@@ -260,11 +260,11 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
             };
             let changed = crate::policy::grants::write_row(&mut tx, &grant, &c.who.fingerprint).await.map_err(db)?;
             let records = records_of(&bundle, &id, &ctx, &checked.patient_local);
-            pushed::insert(&mut tx, &id, now, &c.who.institution, &records).await.map_err(db)?;
+            let keys = pushed::insert(&mut tx, &id, now, &c.who.institution, &records).await.map_err(db)?;
             tx.commit().await.map_err(db)?;
             // Durable from here on; the mirrors follow.
             state.policy.grants.remember(grant, changed);
-            state.records.add_pushed_document(&id, now, pushed::keys_of(&records));
+            state.records.add_pushed_document(&id, now, keys);
             (id, StatusCode::CREATED)
         }
     };
@@ -356,16 +356,17 @@ pub async fn load_pushed(
     // A push is stamped before it waits for the lock and commits, and instances stamp
     // their own: a document can become visible with a time older than the newest one
     // seen here. Look back well past any request's lifetime; known ids are skipped.
-    let since = records.pushed_watermark() - PUSH_LOOKBACK_SECS;
+    let watermark = records.pushed_watermark();
+    let since = watermark - PUSH_LOOKBACK_SECS;
     let docs = sqlx::query("SELECT id, received_at FROM pushed_document WHERE received_at >= $1")
         .bind(since)
         .fetch_all(store.pool())
         .await?;
-    // At start-up every document is new here: their keys in one query. Afterwards only
-    // other instances' latest documents are, each asked for alone.
-    let mut known_keys = match records.pushed_watermark() {
-        0 => pushed::keys_since(store.pool(), since).await?,
-        _ => Default::default(),
+    // At start-up every document is new here: all their keys in one query. Afterwards
+    // only other instances' latest documents are, each asked for alone.
+    let mut all_keys = match watermark {
+        0 => Some(pushed::keys_since(store.pool(), since).await?),
+        _ => None,
     };
     let mut added = 0;
     for row in &docs {
@@ -373,16 +374,15 @@ pub async fn load_pushed(
         if records.has_pushed_document(&id) {
             continue;
         }
-        let mut keys = match known_keys.remove(&id) {
-            Some(keys) => keys,
+        let mut keys = match &mut all_keys {
+            Some(all) => all.remove(&id).unwrap_or_default(),
             None => pushed::keys_of_document(store.pool(), &id).await?,
         };
         if keys.is_empty() {
-            let Some(stored) = records_of_stored(store, config, &id).await? else { continue };
+            let Some((sender, resources)) = records_of_stored(store, config, &id).await? else { continue };
             let mut tx = store.begin_row_write().await?;
-            pushed::insert(&mut tx, &id, received_at, &stored.0, &stored.1).await?;
+            keys = pushed::insert(&mut tx, &id, received_at, &sender, &resources).await?;
             tx.commit().await?;
-            keys = pushed::keys_of(&stored.1);
         }
         records.add_pushed_document(&id, received_at, keys);
         added += 1;

@@ -113,16 +113,6 @@ async fn pushed_records(
     wanted: Wanted<'_>,
     keep: impl FnMut(&Stored) -> bool,
 ) -> Result<Vec<Arc<Stored>>, ApiError> {
-    // Only patients with pushed records are named to the database: a search may list
-    // many patients, each a bound parameter.
-    let known;
-    let wanted = match wanted {
-        Wanted::Patients(patients, rtype) => {
-            known = state.records.patients_with_pushed(patients);
-            Wanted::Patients(&known, rtype)
-        }
-        other => other,
-    };
     let Some(wanted) = state.records.pushed_wanted(wanted) else { return Ok(Vec::new()) };
     pushed::fetch(state.store.pool(), wanted, keep)
         .await
@@ -274,8 +264,8 @@ async fn search_inner(state: AppState, ty: String, req: Request) -> Result<Respo
         |s: &Stored| params::matches(&s.resource, s.patient.as_deref(), birth_of(s).as_deref(), &search.criteria);
     let pushed = match &patient_filter {
         Some(ids) => {
-            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-            pushed_records(&state, Wanted::Patients(&ids, Some(&ty)), matches).await?
+            let ids = ids.iter().map(String::as_str).collect();
+            pushed_records(&state, Wanted::Patients(ids, Some(&ty)), matches).await?
         }
         None => pushed_records(&state, Wanted::Type(&ty), matches).await?,
     };
@@ -350,13 +340,13 @@ async fn everything_inner(state: AppState, id: String, req: Request) -> Result<R
     }
     search.used.clear();
     let snap = state.records.snapshot();
-    let pushed = pushed_records(&state, Wanted::Patients(&[&id], None), |_| true).await?;
+    let pushed = pushed_records(&state, Wanted::Patients(vec![&id], None), |_| true).await?;
     let mut permitted = state.policy.filter(&c.who, snap.for_patient(&id).chain(&pushed), &c.ctx);
     if !permitted.is_empty() {
         // The person's records at every linked site, each under its own owner's policy.
         let links = state.linkage.links(&snap);
         let others: Vec<&str> = links.linked(&id).map(|(other, _)| other).collect();
-        let pushed = pushed_records(&state, Wanted::Patients(&others, None), |_| true).await?;
+        let pushed = pushed_records(&state, Wanted::Patients(others.clone(), None), |_| true).await?;
         for other in &others {
             permitted.extend(state.policy.filter(&c.who, snap.for_patient(other), &c.ctx));
         }

@@ -189,16 +189,20 @@ impl GrantSet {
         self.changed.push(changed);
     }
 
-    /// The grants of `owner` for `patient` or for all its patients, in `list` order.
+    /// The grants of `owner` for `patient` or for all its patients, in `list` order: the
+    /// two ascending position lists merged as they are walked (this runs for every record
+    /// a read decides on, so it allocates nothing).
     fn of(&self, owner: &str, patient: &str) -> impl Iterator<Item = &Grant> {
         let patients = self.by_owner.get(owner);
         let at = |p: &str| patients.and_then(|m| m.get(p)).map(Vec::as_slice).unwrap_or_default();
-        let mut positions: Vec<usize> = at(patient).to_vec();
-        if !patient.is_empty() {
-            positions.extend_from_slice(at(""));
-            positions.sort_unstable();
-        }
-        positions.into_iter().map(|i| &self.list[i])
+        let (mine, all) = (at(patient), if patient.is_empty() { &[][..] } else { at("") });
+        let (mut a, mut b) = (mine.iter().peekable(), all.iter().peekable());
+        std::iter::from_fn(move || match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if y < x => b.next(),
+            (Some(_), _) => a.next(),
+            (None, _) => b.next(),
+        })
+        .map(|&i| &self.list[i])
     }
 }
 

@@ -45,7 +45,7 @@ impl Stored {
 }
 
 /// The patient a resource is about.
-pub(crate) fn patient_of(r: &Resource) -> Option<String> {
+fn patient_of(r: &Resource) -> Option<String> {
     let reference = match r {
         Resource::Patient(p) => return p.id.clone(),
         Resource::MedicationRequest(x) => Some(&x.subject),
@@ -188,23 +188,18 @@ impl Records {
         self.pushed.read().unwrap_or_else(PoisonError::into_inner).newest()
     }
 
-    /// Those of `patients` that have pushed records.
-    pub fn patients_with_pushed<'a>(&self, patients: &[&'a str]) -> Vec<&'a str> {
-        let idx = self.pushed.read().unwrap_or_else(PoisonError::into_inner);
-        patients.iter().copied().filter(|p| idx.has_patient(p)).collect()
-    }
-
-    /// The pushed records to ask the database for, if any, among those `wanted`.
+    /// What of `wanted` to ask the database for, if anything: only patients with pushed
+    /// records are named (a search may list many, each a bound parameter).
     pub fn pushed_wanted<'a>(&self, wanted: pushed::Wanted<'a>) -> Option<pushed::Wanted<'a>> {
         let idx = self.pushed.read().unwrap_or_else(PoisonError::into_inner);
-        let any = match wanted {
-            pushed::Wanted::Key(t, id) => idx.has(t, id),
-            pushed::Wanted::Type(t) => idx.has_type(t),
-            pushed::Wanted::Patients(ps, t) => {
-                t.is_none_or(|t| idx.has_type(t)) && ps.iter().any(|p| idx.has_patient(p))
+        match wanted {
+            pushed::Wanted::Key(t, id) => idx.has(t, id).then_some(wanted),
+            pushed::Wanted::Type(t) => idx.has_type(t).then_some(wanted),
+            pushed::Wanted::Patients(mut ps, t) => {
+                ps.retain(|p| idx.has_patient(p));
+                (!ps.is_empty() && t.is_none_or(|t| idx.has_type(t))).then_some(pushed::Wanted::Patients(ps, t))
             }
-        };
-        any.then_some(wanted)
+        }
     }
 
     /// Re-scan every site; re-translate changed files; swap the snapshot if anything

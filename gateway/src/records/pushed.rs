@@ -73,18 +73,18 @@ impl PushedIndex {
 }
 
 /// Which pushed records a request wants.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Wanted<'a> {
     /// One record.
     Key(&'a str, &'a str),
     /// Every record about these patients, of one type or all.
-    Patients(&'a [&'a str], Option<&'a str>),
+    Patients(Vec<&'a str>, Option<&'a str>),
     /// Every record of a type.
     Type(&'a str),
 }
 
 /// The index keys of `records`.
-pub fn keys_of(records: &[Resource]) -> Vec<PushedKey> {
+fn keys_of(records: &[Resource]) -> Vec<PushedKey> {
     records
         .iter()
         .map(|r| PushedKey {
@@ -96,33 +96,35 @@ pub fn keys_of(records: &[Resource]) -> Vec<PushedKey> {
 }
 
 /// Store the records of pushed document `document` (from `owner`, received at
-/// `received_at`) on `conn`, normally the push's own transaction. A record already
-/// stored (another instance filling in the same older document) is left as it is.
+/// `received_at`) on `conn`, normally the push's own transaction, and return their index
+/// keys. A record already stored (another instance filling in the same older document)
+/// is left as it is.
 pub async fn insert(
     conn: &mut sqlx::AnyConnection,
     document: &str,
     received_at: i64,
     owner: &str,
     records: &[Resource],
-) -> Result<(), sqlx::Error> {
-    for (i, (r, key)) in records.iter().zip(keys_of(records)).enumerate() {
+) -> Result<Vec<PushedKey>, sqlx::Error> {
+    let keys = keys_of(records);
+    for (i, (r, key)) in records.iter().zip(&keys).enumerate() {
         let body = serde_json::to_string(r).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         sqlx::query(
             "INSERT INTO pushed_record (rtype, id, document, entry_index, received_at, owner, patient, body) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (rtype, id) DO NOTHING",
         )
-        .bind(key.rtype)
-        .bind(key.id)
+        .bind(&key.rtype)
+        .bind(&key.id)
         .bind(document)
         .bind(i as i64)
         .bind(received_at)
         .bind(owner)
-        .bind(key.patient)
+        .bind(&key.patient)
         .bind(body)
         .execute(&mut *conn)
         .await?;
     }
-    Ok(())
+    Ok(keys)
 }
 
 /// The pushed records `wanted` that `keep` accepts, in the order the documents arrived.
@@ -136,14 +138,14 @@ pub async fn fetch(
     let (clause, binds): (String, Vec<&str>) = match wanted {
         Wanted::Key(rtype, id) => ("rtype = $1 AND id = $2".into(), vec![rtype, id]),
         Wanted::Type(rtype) => ("rtype = $1".into(), vec![rtype]),
-        Wanted::Patients([], _) => return Ok(Vec::new()),
+        Wanted::Patients(patients, _) if patients.is_empty() => return Ok(Vec::new()),
         Wanted::Patients(patients, rtype) => {
             let list: Vec<String> = (1..=patients.len()).map(|i| format!("${i}")).collect();
             let mut clause = format!("patient IN ({})", list.join(", "));
             if rtype.is_some() {
                 clause.push_str(&format!(" AND rtype = ${}", patients.len() + 1));
             }
-            (clause, patients.iter().copied().chain(rtype).collect())
+            (clause, patients.into_iter().chain(rtype).collect())
         }
     };
     // Only column names and numbered placeholders are written into the text; every
@@ -182,8 +184,7 @@ pub async fn keys_since(pool: &sqlx::AnyPool, since: i64) -> Result<HashMap<Stri
     .await?;
     let mut out: HashMap<String, Vec<PushedKey>> = HashMap::new();
     for r in rows {
-        let key = PushedKey { rtype: r.try_get(1)?, id: r.try_get(2)?, patient: r.try_get(3)? };
-        out.entry(r.try_get(0)?).or_default().push(key);
+        out.entry(r.try_get(0)?).or_default().push(key_at(&r, 1)?);
     }
     Ok(out)
 }
@@ -195,7 +196,12 @@ pub async fn keys_of_document(pool: &sqlx::AnyPool, document: &str) -> Result<Ve
         .bind(document)
         .fetch_all(pool)
         .await?;
-    rows.iter().map(|r| Ok(PushedKey { rtype: r.try_get(0)?, id: r.try_get(1)?, patient: r.try_get(2)? })).collect()
+    rows.iter().map(|r| key_at(r, 0)).collect()
+}
+
+/// The key in `row`'s columns `first` (type), `first + 1` (id) and `first + 2` (patient).
+fn key_at(row: &sqlx::any::AnyRow, first: usize) -> Result<PushedKey, sqlx::Error> {
+    Ok(PushedKey { rtype: row.try_get(first)?, id: row.try_get(first + 1)?, patient: row.try_get(first + 2)? })
 }
 
 #[cfg(test)]
