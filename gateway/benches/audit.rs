@@ -163,9 +163,10 @@ async fn main() {
     let signer = Arc::new(kakehashi::audit::checkpoint::Signer::load(&cfg.audit.signing_key).unwrap());
     // The same stack over `store`, audited into it, or with `log` when given.
     let stack = |store: &Store, log: Option<AuditLog>| {
-        let cp = Checkpoints { signer: signer.clone(), every: 1000, interval: Duration::from_secs(60) };
+        let cp = Checkpoints { signer: signer.clone(), every: 1000, interval: Duration::from_secs(60), witness: None };
         let log = log.unwrap_or_else(|| AuditLog::start(store.clone(), "bench".into(), cp));
-        build(AppState::new(cfg.clone(), Arc::default(), store.clone(), records.clone(), log))
+        let addr = cfg.server.listen;
+        build(AppState::new(cfg.clone(), Arc::default(), store.clone(), records.clone(), log, addr, None))
     };
     let audited = stack(&store, None);
     let unaudited = stack(&store, Some(AuditLog::danger_disabled_for_benchmark()));
@@ -182,6 +183,7 @@ async fn main() {
         fingerprint: None,
         claimed_institution: None,
         identity: Ok(who.clone()),
+        cert: None,
     };
     let snap = records.snapshot();
     let patient = snap.of_type("Patient").next().unwrap().resource.id().unwrap().to_string();

@@ -29,6 +29,16 @@ pub struct Metrics {
     pub identity_refusals: AtomicU64,
     /// Successful reloads of TLS material.
     pub tls_reloads: AtomicU64,
+    /// Refused or failed handshakes by reason (`revoked`, `unknown-ca`, `no-certificate`...).
+    pub handshake_refusals: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Connections refused for the global limit.
+    pub refused_global_limit: AtomicU64,
+    /// Connections refused for the per-certificate limit.
+    pub refused_certificate_limit: AtomicU64,
+    /// Open connections closed because their certificate was revoked (or the CRLs lapsed).
+    pub closed_revoked: AtomicU64,
+    /// Outbox delivery attempts by kind (`document`, `break-glass`) and result.
+    pub outbox_attempts: std::sync::Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
     /// Audit forwarding counters, when `[audit.forward]` is configured.
     pub audit_forward: std::sync::OnceLock<Arc<crate::audit::forward::ForwardStats>>,
     /// The audit writer's group-commit counters, once it runs.
@@ -44,9 +54,34 @@ impl Metrics {
         }
     }
 
+    /// Count one refused or failed handshake.
+    pub fn handshake_refused(&self, reason: &'static str) {
+        self.handshakes_failed.fetch_add(1, Relaxed);
+        *self.handshake_refusals.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(reason).or_default() += 1;
+    }
+
+    /// Count one outbox delivery attempt of `kind`.
+    pub fn outbox(&self, kind: &'static str, ok: bool) {
+        let result = if ok { "delivered" } else { "failed" };
+        *self.outbox_attempts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry((kind, result)).or_default() +=
+            1;
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut s = String::new();
+        s.push_str("# HELP kakehashi_tls_handshakes_refused_total TLS handshakes refused, by reason.\n# TYPE kakehashi_tls_handshakes_refused_total counter\n");
+        for (reason, n) in self.handshake_refusals.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+            let _ = writeln!(s, "kakehashi_tls_handshakes_refused_total{{reason=\"{reason}\"}} {n}");
+        }
+        s.push_str("# HELP kakehashi_outbox_deliveries_total Outbox delivery attempts by kind and result (failed ones are retried with backoff).\n# TYPE kakehashi_outbox_deliveries_total counter\n");
+        for ((kind, result), n) in self.outbox_attempts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+            let _ = writeln!(s, "kakehashi_outbox_deliveries_total{{kind=\"{kind}\",result=\"{result}\"}} {n}");
+        }
+        s.push_str("# HELP kakehashi_connections_refused_total Connections refused at a connection limit.\n# TYPE kakehashi_connections_refused_total counter\n");
+        for (limit, v) in [("global", &self.refused_global_limit), ("certificate", &self.refused_certificate_limit)] {
+            let _ = writeln!(s, "kakehashi_connections_refused_total{{limit=\"{limit}\"}} {}", v.load(Relaxed));
+        }
         s.push_str("# HELP kakehashi_http_responses_total FHIR responses by status class.\n# TYPE kakehashi_http_responses_total counter\n");
         for class in 1..=5 {
             let _ = writeln!(
@@ -86,6 +121,12 @@ impl Metrics {
                 "Reloads of TLS material (CA, CRL, certificate).",
                 "counter",
                 &self.tls_reloads,
+            ),
+            (
+                "kakehashi_connections_closed_revoked_total",
+                "Open connections closed because their certificate was revoked or the CRLs lapsed.",
+                "counter",
+                &self.closed_revoked,
             ),
         ] {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
@@ -154,8 +195,10 @@ mod tests {
         m.response(StatusCode::OK);
         m.response(StatusCode::FORBIDDEN);
         m.response(StatusCode::FORBIDDEN);
-        m.handshakes_failed.fetch_add(3, Relaxed);
+        m.handshakes_failed.fetch_add(2, Relaxed);
+        m.handshake_refused("revoked");
         let t = m.render();
+        assert!(t.contains("kakehashi_tls_handshakes_refused_total{reason=\"revoked\"} 1\n"), "{t}");
         assert!(t.contains("kakehashi_http_responses_total{class=\"2xx\"} 1\n"));
         assert!(t.contains("kakehashi_http_responses_total{class=\"4xx\"} 2\n"));
         assert!(t.contains("kakehashi_tls_handshakes_failed_total 3\n"));

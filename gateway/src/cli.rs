@@ -95,9 +95,16 @@ enum BenchMode {
 enum AuditCommand {
     /// Re-walk the hash chain and checkpoint signatures; non-zero exit names the first bad sequence number.
     Verify {
-        /// The federation configuration (database and audit key).
+        /// The federation configuration (database, audit key and interval).
         #[arg(long)]
         config: PathBuf,
+        /// A witness file to hold the log to (repeatable, one per gateway instance);
+        /// default: the configuration's `audit.witness`, if any.
+        #[arg(long)]
+        witness: Vec<PathBuf>,
+        /// Pass when the log is empty (a federation that has served nothing yet).
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// Stream events with their hashes.
     Export {
@@ -335,22 +342,49 @@ fn date_arg(v: &str, end: bool) -> Result<i64, String> {
 
 async fn audit(a: AuditCommand) -> Result<(), String> {
     let config = match &a {
-        AuditCommand::Verify { config } | AuditCommand::Export { config, .. } | AuditCommand::Prune { config, .. } => {
+        AuditCommand::Verify { config, .. } | AuditCommand::Export { config, .. } | AuditCommand::Prune { config, .. } => {
             config.clone()
         }
     };
     let cfg = Config::load(&config).map_err(|e| e.to_string())?;
-    let store = crate::store::Store::open(&cfg.database.url).await.map_err(|e| e.to_string())?;
+    // Never create or migrate: these commands inspect a store, they must not mend it.
+    let store = crate::store::Store::open_existing(&cfg.database.url)
+        .await
+        .map_err(|e| format!("{}: {e}", redacted_url(&cfg.database.url)))?;
+    let signer = || crate::audit::checkpoint::Signer::load(&cfg.audit.signing_key).map_err(|e| e.to_string());
     match a {
-        AuditCommand::Verify { .. } => {
-            let cp = crate::app::server::checkpoints(&cfg, &store).await.map_err(|e| e.to_string())?;
-            let keys = crate::audit::checkpoint::TrustedKeys::load(&cp.signer, &cfg.audit.retired_public_keys)
+        AuditCommand::Verify { witness, allow_empty, .. } => {
+            let keys = crate::audit::checkpoint::TrustedKeys::load(&signer()?, &cfg.audit.retired_public_keys)
                 .map_err(|e| e.to_string())?;
-            let r = crate::audit::verify::verify(&store, &keys, cp.every).await.map_err(|e| e.to_string())?;
+            let files = if witness.is_empty() { cfg.audit.witness.iter().cloned().collect() } else { witness };
+            let trust = crate::audit::verify::Trust {
+                keys,
+                every: cfg.audit.checkpoint_every.max(1) as i64,
+                witnesses: crate::audit::verify::read_witnesses(&files).map_err(|e| e.to_string())?,
+                allow_empty,
+            };
+            let r = crate::audit::verify::verify_with(&store, &trust).await.map_err(|e| e.to_string())?;
             println!(
-                "audit log verified: events {}..{} ({} events), {} signed checkpoints, {} events after the last checkpoint",
-                r.first, r.last, r.events, r.checkpoints, r.unsigned_tail
+                "audit log verified: events {}..{} ({} events), {} signed checkpoints",
+                r.first, r.last, r.events, r.checkpoints
             );
+            match files.len() {
+                0 => println!("no witness given: a removed tail with its checkpoints cannot be detected (use --witness)"),
+                n => println!(
+                    "witness: {} records in {n} file(s) agree with the log; witnessed up to event {}",
+                    r.witness_records, r.witnessed_up_to
+                ),
+            }
+            if r.unsigned_tail > 0 {
+                println!(
+                    "{} events after the last signed checkpoint ({}..{}), not yet anchored: chained, not proven",
+                    r.unsigned_tail,
+                    r.last - r.unsigned_tail as i64 + 1,
+                    r.last
+                );
+            } else {
+                println!("0 events after the last signed checkpoint");
+            }
             Ok(())
         }
         AuditCommand::Export { format, from, to, .. } => {
@@ -375,12 +409,34 @@ async fn audit(a: AuditCommand) -> Result<(), String> {
         }
         AuditCommand::Prune { before, .. } => {
             let before = date_arg(&before, false)?;
+            let signer = signer()?;
             match crate::audit::verify::prune(&store, before).await.map_err(|e| e.to_string())? {
-                Some(seq) => println!("pruned events up to {seq}; the signed checkpoint at {seq} is the new anchor"),
+                Some((seq, hash)) => {
+                    println!("pruned events up to {seq}; the signed checkpoint at {seq} is the new anchor");
+                    if let Some(path) = &cfg.audit.witness {
+                        let w = crate::audit::witness::Witness::open(path, None).map_err(|e| e.to_string())?;
+                        if !w.witness(&signer, crate::audit::witness::Kind::Prune, seq, &hash) {
+                            return Err(format!("pruned, but the witness {} could not record it", path.display()));
+                        }
+                        println!("witness {} records the new anchor", path.display());
+                    }
+                }
                 None => println!("nothing to prune: no signed checkpoint among the events before that date"),
             }
             Ok(())
         }
+    }
+}
+
+/// A database URL without its password, for messages.
+fn redacted_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}@{}", &url[..scheme + 3], &url[at + 1..])
+        }
+        _ => url.to_string(),
     }
 }
 

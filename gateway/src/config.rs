@@ -43,6 +43,9 @@ pub struct Config {
     /// Record sources and their owners.
     #[serde(default, rename = "site")]
     pub sites: Vec<Site>,
+    /// Limits of the policy's exceptional paths (break-glass, presented prescriptions).
+    #[serde(default)]
+    pub policy: PolicySettings,
     /// Where the file was read from (set by [`Config::load`]).
     #[serde(skip)]
     pub source: PathBuf,
@@ -86,6 +89,17 @@ pub struct Server {
     pub outbox_delay_ms: u64,
     /// Days a pushed referral or discharge summary gives its recipient access.
     pub referral_days: u64,
+    /// The base URL clients reach the FHIR API at (`https://gw.example.jp/fhir`), for
+    /// `fullUrl`, paging links and `Location`. Never taken from the request's Host
+    /// header; default `https://<listen address>/fhir`.
+    pub public_base_url: Option<String>,
+    /// Most TLS connections open at once; further clients are refused (503).
+    pub max_connections: usize,
+    /// Most TLS connections open at once with one client certificate (503 beyond).
+    pub max_connections_per_certificate: usize,
+    /// Refused TLS handshakes are written to the audit log, aggregated per certificate
+    /// and reason over this many seconds.
+    pub refused_handshake_audit_secs: u64,
 }
 
 impl Default for Server {
@@ -104,7 +118,30 @@ impl Default for Server {
             outbox_poll_ms: 500,
             outbox_delay_ms: 0,
             referral_days: 180,
+            public_base_url: None,
+            max_connections: 10_000,
+            max_connections_per_certificate: 256,
+            refused_handshake_audit_secs: 60,
         }
+    }
+}
+
+/// `[policy]`: limits of the exceptional ways across a boundary.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySettings {
+    /// Hours a break-glass declaration lets one reader (terminal) read one patient.
+    pub break_glass_hours: u64,
+    /// Patients one terminal may hold open break-glass declarations for at once.
+    pub break_glass_max_patients: u64,
+    /// Presented-prescription lookups one pharmacy certificate may make per minute
+    /// (429 beyond), so that a sweep of numbers and birth dates is slow and visible.
+    pub prescription_lookups_per_minute: u32,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        PolicySettings { break_glass_hours: 24, break_glass_max_patients: 10, prescription_lookups_per_minute: 30 }
     }
 }
 
@@ -143,9 +180,15 @@ pub struct AuditSettings {
     /// Also sign the chain head when this many seconds passed since the last checkpoint.
     #[serde(default = "default_checkpoint_secs")]
     pub checkpoint_secs: u64,
-    /// Public halves (hex) of retired signing keys, so checkpoints they signed still verify.
+    /// Public halves (hex) of retired signing keys, oldest first, so checkpoints they
+    /// signed before their successor took over still verify.
     #[serde(default)]
     pub retired_public_keys: Vec<PathBuf>,
+    /// An append-only file outside the database where every signed checkpoint, start
+    /// and clean stop is also written (put it on another volume); `audit verify
+    /// --witness` checks the database against it.
+    #[serde(default)]
+    pub witness: Option<PathBuf>,
     /// Also send every event to an ATNA audit record repository (syslog over TLS).
     #[serde(default)]
     pub forward: Option<AuditForward>,
@@ -191,7 +234,7 @@ fn default_checkpoint_every() -> u64 {
 }
 
 fn default_checkpoint_secs() -> u64 {
-    60
+    5
 }
 
 /// What kind of member an institution is.
@@ -253,6 +296,12 @@ pub struct Site {
     /// Where documents pushed to this site's owner are delivered, and in which format.
     #[serde(default)]
     pub inbox: Option<Inbox>,
+    /// The identifier system of the prescription number printed on this site's
+    /// prescriptions, the only identifier a pharmacy's presented-prescription lookup
+    /// matches (default `urn:kakehashi:local:<owner>:prescription-number`, which the
+    /// gateway gives the JAHIS prescription number and the HL7 order number).
+    #[serde(default)]
+    pub prescription_number_system: Option<String>,
 }
 
 /// A delivery inbox: a directory the site's system picks documents up from.
@@ -350,6 +399,7 @@ impl Config {
         fix(&mut self.tls.key);
         fix(&mut self.audit.signing_key);
         self.audit.retired_public_keys.iter_mut().for_each(fix);
+        self.audit.witness.iter_mut().for_each(fix);
         if let Some(f) = &mut self.audit.forward {
             fix(&mut f.ca);
             f.cert.iter_mut().chain(f.key.iter_mut()).for_each(fix);
@@ -423,6 +473,20 @@ impl Config {
         }
         if self.audit.checkpoint_every == 0 || self.audit.checkpoint_secs == 0 {
             return Err(self.invalid("audit.checkpoint_every", "checkpoint_every and checkpoint_secs must be positive"));
+        }
+        if let Some(base) = &self.server.public_base_url {
+            let ok = base.strip_prefix("https://").is_some_and(|rest| {
+                !rest.is_empty() && !rest.starts_with('/') && !rest.contains(['?', '#', ' '])
+            });
+            if !ok {
+                return Err(self.invalid(
+                    "server.public_base_url",
+                    format!("`{base}` is not an https:// URL without query or fragment (e.g. https://gw.example.jp/fhir)"),
+                ));
+            }
+        }
+        if self.server.max_connections == 0 || self.server.max_connections_per_certificate == 0 {
+            return Err(self.invalid("server.max_connections", "connection limits must be positive"));
         }
         if self.server.max_header_bytes < 8192 {
             return Err(self.invalid("server.max_header_bytes", "must be at least 8192"));

@@ -194,6 +194,8 @@ pub struct ConnInfo {
     pub claimed_institution: Option<String>,
     /// The principal, or why the certificate does not name one.
     pub identity: Result<Arc<Principal>, IdentityError>,
+    /// Issuer and serial of the certificate, for revocation checks after the handshake.
+    pub cert: Option<Arc<crate::tls::CertId>>,
 }
 
 /// Tower layer (axum middleware): let a request through only when its connection
@@ -235,6 +237,7 @@ mod layer_tests {
                 fingerprint: None,
                 claimed_institution: None,
                 identity,
+                cert: None,
             });
         }
         r

@@ -2,6 +2,8 @@
 //! configuration in a temporary directory), an in-process gateway on ephemeral ports,
 //! and a real rustls + hyper client that presents a certificate.
 
+pub mod tamper;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use kakehashi::{Config, Gateway};
@@ -95,6 +97,8 @@ pub struct Options {
     pub checkpoint_secs: u64,
     /// Lines appended to `[audit]` (sub-tables such as `[audit.forward]` included).
     pub audit_extra: String,
+    /// Lines of a `[policy]` table.
+    pub policy_extra: String,
 }
 
 impl Default for Options {
@@ -105,6 +109,7 @@ impl Default for Options {
             checkpoint_every: 1000,
             checkpoint_secs: 2,
             audit_extra: String::new(),
+            policy_extra: String::new(),
         }
     }
 }
@@ -113,6 +118,7 @@ impl Default for Options {
 pub fn write_config(dir: &Path, opts: &Options) -> PathBuf {
     let server_extra = &opts.server_extra;
     let audit_extra = &opts.audit_extra;
+    let policy_extra = &opts.policy_extra;
     let every = opts.checkpoint_every;
     let secs = opts.checkpoint_secs;
     let db = opts.db_url.clone().unwrap_or_else(|| "sqlite://kakehashi.db".into());
@@ -137,7 +143,10 @@ url = "{db}"
 signing_key = "pki/audit-signing.pk8"
 checkpoint_every = {every}
 checkpoint_secs = {secs}
+witness = "witness/audit.log"
 {audit_extra}
+[policy]
+{policy_extra}
 [[institution]]
 code = "{HUB}"
 name = "Hub"
@@ -232,6 +241,11 @@ impl TestGateway {
     /// The configuration file.
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("kakehashi.toml")
+    }
+
+    /// The gateway's audit witness file.
+    pub fn witness_path(&self) -> PathBuf {
+        self.dir.path().join("witness/audit.log")
     }
 
     /// The gateway's SQLite database file (SQLite backend only).
@@ -352,6 +366,25 @@ impl Client {
         connector.connect(ServerName::try_from("localhost").expect("name"), tcp).await
     }
 
+    /// Open one connection (HTTP/2 when the client offers `h2` and the server takes it,
+    /// else HTTP/1.1 keep-alive) for several requests.
+    pub async fn keep_alive(&self, addr: SocketAddr) -> Result<KeepAlive, String> {
+        let tls = self.connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let io = hyper_util::rt::TokioIo::new(tls);
+        if h2 {
+            let (send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(|e| format!("h2 handshake: {e}"))?;
+            tokio::spawn(conn);
+            Ok(KeepAlive::H2(send))
+        } else {
+            let (send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(conn);
+            Ok(KeepAlive::H1(send))
+        }
+    }
+
     /// GET a path.
     pub async fn get(&self, addr: SocketAddr, path: &str) -> Result<Reply, String> {
         self.send(addr, http::Request::get(path).body(Full::new(Bytes::new())).expect("request")).await
@@ -397,6 +430,39 @@ impl Client {
         tokio::spawn(conn);
         let resp = send.send_request(req).await.map_err(|e| format!("request: {e}"))?;
         read(resp, resumed, alpn).await
+    }
+}
+
+/// One open connection carrying several requests in turn.
+pub enum KeepAlive {
+    /// HTTP/1.1 keep-alive.
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    /// HTTP/2.
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+impl KeepAlive {
+    /// GET a path on this connection; an error when the connection was closed.
+    pub async fn get(&mut self, path: &str) -> Result<Reply, String> {
+        self.send(http::Request::get(path).body(Full::new(Bytes::new())).expect("request")).await
+    }
+
+    /// Send a request on this connection.
+    pub async fn send(&mut self, mut req: http::Request<Full<Bytes>>) -> Result<Reply, String> {
+        let resp = match self {
+            KeepAlive::H1(s) => {
+                req.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("localhost"));
+                s.ready().await.map_err(|e| format!("connection: {e}"))?;
+                s.send_request(req).await
+            }
+            KeepAlive::H2(s) => {
+                *req.uri_mut() = format!("https://localhost{}", req.uri()).parse().map_err(|e| format!("uri: {e}"))?;
+                s.ready().await.map_err(|e| format!("connection: {e}"))?;
+                s.send_request(req).await
+            }
+        }
+        .map_err(|e| format!("request: {e}"))?;
+        read(resp, false, None).await
     }
 }
 

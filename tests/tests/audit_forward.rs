@@ -74,17 +74,33 @@ fn serve(
     })
 }
 
-/// The AuditEvent ids (sequence numbers) of messages received within `wait`, until `want` arrived.
-async fn receive(rx: &mut mpsc::UnboundedReceiver<String>, want: usize, wait: Duration) -> Vec<i64> {
+/// The AuditEvent ids (sequence numbers) of messages received within `wait`, until
+/// `want` arrived; witness lines (MSGID AuditWitness) are counted in `witnessed`.
+async fn receive(
+    rx: &mut mpsc::UnboundedReceiver<String>,
+    want: usize,
+    wait: Duration,
+    witnessed: &mut usize,
+) -> Vec<i64> {
     let deadline = Instant::now() + wait;
     let mut seqs = Vec::new();
     while seqs.len() < want {
         let Ok(Some(msg)) = tokio::time::timeout_at(deadline.into(), rx.recv()).await else { break };
         assert!(msg.starts_with("<85>1 "), "{msg}");
+        let msgid = msg.split(' ').nth(5).unwrap_or("");
         let json = msg.split_once('\u{FEFF}').map(|x| x.1).expect("BOM-prefixed body");
-        let event: serde_json::Value = serde_json::from_str(json).unwrap();
-        assert_eq!(event["resourceType"], "AuditEvent");
-        seqs.push(event["id"].as_str().unwrap().parse().unwrap());
+        let body: serde_json::Value = serde_json::from_str(json).unwrap();
+        match msgid {
+            "AuditWitness" => {
+                assert!(body["signature"].is_string() && body["kind"].is_string(), "{body}");
+                *witnessed += 1;
+            }
+            "AuditEvent" => {
+                assert_eq!(body["resourceType"], "AuditEvent");
+                seqs.push(body["id"].as_str().unwrap().parse().unwrap());
+            }
+            other => panic!("unexpected MSGID {other}: {msg}"),
+        }
     }
     seqs
 }
@@ -108,7 +124,8 @@ async fn events_reach_the_repository_and_reads_never_wait_for_it() {
     for _ in 0..5 {
         assert_eq!(hub.get(gw.addr, "/fhir/Patient?identifier=1000001").await.unwrap().status, 200);
     }
-    let first = receive(&mut rx, 5, Duration::from_secs(20)).await;
+    let mut witnessed = 0;
+    let first = receive(&mut rx, 5, Duration::from_secs(20), &mut witnessed).await;
     assert_eq!(first.len(), 5, "{first:?}");
 
     // The repository goes away; reads go on, audited in the database, without waiting.
@@ -124,7 +141,7 @@ async fn events_reach_the_repository_and_reads_never_wait_for_it() {
     // It comes back on the same address: the queued events arrive, after the first ones.
     let listener = TcpListener::bind(addr).await.unwrap();
     let repo = serve(listener, tls, tx);
-    let later = receive(&mut rx, 3, Duration::from_secs(30)).await;
+    let later = receive(&mut rx, 3, Duration::from_secs(30), &mut witnessed).await;
     assert_eq!(later.len(), 3, "queued events not delivered after reconnecting: {later:?}");
     let mut all = first.clone();
     all.extend(&later);
@@ -137,8 +154,15 @@ async fn events_reach_the_repository_and_reads_never_wait_for_it() {
     for s in &all {
         assert!(stored.contains(s), "forwarded event {s} is not in the database");
     }
+    // The witness goes to the repository too: at least the writer's start.
+    assert!(witnessed >= 1, "no witness line was forwarded");
     let metrics = admin_metrics(gw.admin).await;
-    assert!(metrics.contains("kakehashi_audit_forward_sent_total 8"), "{metrics}");
+    let sent: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kakehashi_audit_forward_sent_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(sent >= 8 + witnessed as u64, "{metrics}");
     assert!(metrics.contains("kakehashi_audit_forward_connects_total 2"), "reconnected once: {metrics}");
     repo.abort();
     gw.stop().await;
@@ -152,4 +176,44 @@ async fn admin_metrics(admin: SocketAddr) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
+}
+
+/// A repository that completes every TLS handshake and closes at once: the forwarder
+/// must back off as after a refused connection, not reconnect thousands of times a
+/// second (an outside probe counted about 10,000 handshakes in a few seconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_that_closes_at_once_is_retried_with_backoff() {
+    let (ca_pem, tls) = repository_tls();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let handshakes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let repo = {
+        let handshakes = handshakes.clone();
+        tokio::spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                if let Ok(s) = acceptor.accept(tcp).await {
+                    handshakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    drop(s);
+                }
+            }
+        })
+    };
+    let ca_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca_file.path(), &ca_pem).unwrap();
+    let audit_extra =
+        format!("[audit.forward]\naddress = \"{addr}\"\nserver_name = \"localhost\"\nca = \"{}\"\n", ca_file.path().display());
+    let gw = TestGateway::start_opts(Options { audit_extra, ..Default::default() }).await;
+    let hub = gw.client(Some(&gw.issue("hub", HUB, Role::HospitalSystem)));
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        assert_eq!(hub.get(gw.addr, "/fhir/Patient?identifier=1000001").await.unwrap().status, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let n = handshakes.load(std::sync::atomic::Ordering::Relaxed);
+    // 200 ms, 400, 800, 1.6 s, 3.2 s: about five in four seconds.
+    assert!((1..=10).contains(&n), "{n} handshakes in 4 s");
+    repo.abort();
+    gw.stop().await;
 }

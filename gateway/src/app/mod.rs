@@ -7,6 +7,7 @@
 //! 4. `negotiate` — FHIR JSON in and out (406/415/400);
 //! 5. the FHIR routes (404/405 fallbacks).
 
+pub mod connections;
 mod rescue;
 pub mod server;
 
@@ -50,10 +51,17 @@ pub struct Shared {
     pub records: Arc<crate::records::Records>,
     /// The policy decision point.
     pub policy: Arc<crate::policy::Policy>,
+    /// Presented-prescription lookups per pharmacy certificate.
+    pub prescription_lookups: crate::policy::rate::RateLimiter,
     /// Cross-site patient linkage.
     pub linkage: Arc<crate::linkage::Linkage>,
     /// The audit log writer.
     pub audit: crate::audit::AuditLog,
+    /// The FHIR base URL for links and `Location` (configured, never from a request).
+    pub base_url: String,
+    /// The TLS material in force, for per-request revocation checks (absent in
+    /// in-process benchmarks, which have no TLS).
+    pub tls: Option<Arc<crate::tls::ReloadingConfig>>,
 }
 
 impl AppState {
@@ -64,6 +72,8 @@ impl AppState {
         store: crate::store::Store,
         records: Arc<crate::records::Records>,
         audit: crate::audit::AuditLog,
+        listening: std::net::SocketAddr,
+        tls: Option<Arc<crate::tls::ReloadingConfig>>,
     ) -> Self {
         let started = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
@@ -71,8 +81,14 @@ impl AppState {
         let capability =
             serde_json::to_vec(&crate::fhir_api::capability::statement(&started)).map(Bytes::from).unwrap_or_default();
         let request_timeout = Duration::from_secs(config.server.request_timeout_secs);
-        let policy = crate::policy::Policy::new();
+        let policy = crate::policy::Policy::for_config(&config);
+        let prescription_lookups =
+            crate::policy::rate::RateLimiter::new(config.policy.prescription_lookups_per_minute);
         let linkage = Arc::default();
+        let base_url = match &config.server.public_base_url {
+            Some(b) => b.trim_end_matches('/').to_string(),
+            None => format!("https://{listening}/fhir"),
+        };
         AppState(Arc::new(Shared {
             config,
             metrics,
@@ -80,9 +96,12 @@ impl AppState {
             request_timeout,
             store,
             records,
+            prescription_lookups,
             policy,
             linkage,
             audit,
+            base_url,
+            tls,
         }))
     }
 }
@@ -91,17 +110,50 @@ impl AppState {
 pub fn build(state: AppState) -> Router {
     crate::fhir_api::router()
         .layer(from_fn(crate::fhir_api::negotiate::layer))
+        .layer(from_fn_with_state(state.clone(), body_first))
         .layer(from_fn_with_state(state.clone(), identity))
         .layer(from_fn_with_state(state.clone(), deadline))
         .layer(from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
+/// Read a request's body (up to the size limit) before any handler can refuse the
+/// request: over HTTP/2 a response sent while the client is still sending its body
+/// ends the stream with a reset, and clients (curl: "(92) Stream error in the HTTP/2
+/// framing layer") lose the 4xx that says why.
+async fn body_first(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if matches!(*req.method(), http::Method::GET | http::Method::HEAD | http::Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    match crate::fhir_api::body::bytes(body, state.config.server.max_body_bytes).await {
+        Ok(bytes) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Read and discard what is left of a refused request's body (bounded in size and
+/// time), so that its 4xx is delivered rather than reset (see [`body_first`]).
+async fn discard_body(req: Request, limit: usize) -> Request {
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit));
+    let _ = tokio::time::timeout(Duration::from_secs(2), limited).await;
+    Request::from_parts(parts, axum::body::Body::empty())
+}
+
 async fn identity(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let conn = req.extensions().get::<crate::identity::ConnInfo>().cloned();
-    if conn.as_ref().is_none_or(|c| c.identity.is_err()) {
+    // Revocation is checked on every request, not only in the handshake: a CRL
+    // reloaded since this connection opened may name its certificate (or have lapsed).
+    let revoked = match (&state.tls, conn.as_ref().and_then(|c| c.cert.as_deref())) {
+        (Some(tls), Some(cert)) => tls.revocation().refuses(cert, crate::audit::now_micros() / 1_000_000),
+        _ => None,
+    };
+    let mut req = req;
+    if conn.as_ref().is_none_or(|c| c.identity.is_err()) || revoked.is_some() {
+        req = discard_body(req, state.config.server.max_body_bytes).await;
         state.metrics.identity_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let reason = e_reason(conn.as_ref());
+        let reason = revoked.map(str::to_string).unwrap_or_else(|| e_reason(conn.as_ref()));
         let rec = crate::audit::AuditRecord {
             interaction: crate::audit::Interaction::Connect,
             outcome: crate::audit::Outcome::Denied,
@@ -109,6 +161,7 @@ async fn identity(State(state): State<AppState>, req: Request, next: Next) -> Re
             requestor: crate::audit::Requestor::Unidentified {
                 fingerprint: conn.as_ref().and_then(|c| c.fingerprint.clone()),
                 institution: conn.as_ref().and_then(|c| c.claimed_institution.clone()),
+                certificate: None,
             },
             source_address: conn.as_ref().map(|c| c.peer.to_string()).unwrap_or_default(),
             disclosed: vec![],
@@ -118,7 +171,12 @@ async fn identity(State(state): State<AppState>, req: Request, next: Next) -> Re
             recorded_micros: crate::audit::now_micros(),
         };
         if let Err(e) = state.audit.record(rec).await {
-            return ApiError::Unavailable(e.to_string()).into_response();
+            return ApiError::unavailable("the audit log is unavailable; the request was not served", e).into_response();
+        }
+        if let Some(why) = revoked {
+            let mut resp = ApiError::Forbidden(why.into()).into_response();
+            resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            return resp;
         }
     }
     crate::identity::layer(req, next).await

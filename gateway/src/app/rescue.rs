@@ -35,9 +35,18 @@ pub enum ApiError {
     /// 415: the request body's media type is not accepted.
     #[error("{0}")]
     UnsupportedMediaType(String),
-    /// 503: a dependency (audit store, database) is unavailable; fail closed.
+    /// 503: a dependency (audit store, database) is unavailable; fail closed. The text
+    /// is sent: build it with [`ApiError::unavailable`], which logs the cause instead.
     #[error("{0}")]
     Unavailable(String),
+    /// 429: the principal asked too often; retry after the given seconds.
+    #[error("{message}")]
+    TooManyRequests {
+        /// What was limited.
+        message: String,
+        /// Seconds until a retry can succeed.
+        retry_after: u64,
+    },
     /// 504/408-like: the request ran out of time.
     #[error("the request took longer than {0} seconds")]
     Timeout(u64),
@@ -56,6 +65,12 @@ impl ApiError {
         }
     }
 
+    /// A 503 saying `public`; the cause (a database message, say) is logged, never sent.
+    pub fn unavailable(public: &str, cause: impl std::fmt::Display) -> Self {
+        tracing::warn!(error = %cause, "{public}");
+        ApiError::Unavailable(public.to_string())
+    }
+
     fn parts(&self) -> (StatusCode, IssueType, Option<String>) {
         match self {
             ApiError::BadRequest { code, expression, .. } => (StatusCode::BAD_REQUEST, *code, expression.clone()),
@@ -67,6 +82,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, IssueType::TooCostly, None),
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, IssueType::NotSupported, None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, IssueType::Transient, None),
+            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, IssueType::Throttled, None),
             ApiError::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, IssueType::Timeout, None),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, IssueType::Exception, None),
         }
@@ -92,6 +108,9 @@ impl IntoResponse for ApiError {
         let mut resp = fhir_json(status, &self.outcome());
         if status == StatusCode::METHOD_NOT_ALLOWED {
             resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+        }
+        if let ApiError::TooManyRequests { retry_after, .. } = &self {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
         resp
     }

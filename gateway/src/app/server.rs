@@ -3,6 +3,7 @@
 //! drains in-flight requests on shutdown.
 
 use crate::admin::Metrics;
+use crate::app::connections::{self, Admission, Limits};
 use crate::app::{build, AppState};
 use crate::config::Config;
 use crate::identity::{principal_from_cert, ConnInfo, Members};
@@ -32,6 +33,12 @@ pub enum StartError {
     /// The audit signing key is unusable.
     #[error(transparent)]
     AuditKey(#[from] crate::audit::checkpoint::KeyError),
+    /// The audit witness file cannot be opened.
+    #[error(transparent)]
+    Witness(#[from] crate::audit::witness::WitnessError),
+    /// The configuration disagrees with what the database was created with.
+    #[error("{0}")]
+    Mismatch(String),
     /// `[audit.forward]` is unusable.
     #[error(transparent)]
     AuditForward(#[from] crate::audit::forward::ForwardError),
@@ -67,8 +74,8 @@ impl Gateway {
         let admin = bind(config.server.admin_listen).await?;
         let members = Members::from_config(&config);
         let store = Store::open(&config.database.url).await?;
-        let checkpoints = checkpoints(&config, &store).await?;
         let forward = config.audit.forward.as_ref().map(crate::audit::forward::Forwarder::start).transpose()?;
+        let checkpoints = checkpoints(&config, &store, forward.clone()).await?;
         Ok(Gateway {
             config: Arc::new(config),
             listener,
@@ -115,6 +122,7 @@ impl Gateway {
         if let Some(f) = &forward {
             let _ = metrics.audit_forward.set(f.stats.clone());
         }
+        let forwarder = forward.clone();
         let audit = crate::audit::AuditLog::start_forwarding(
             store.clone(),
             format!("kakehashi {}", config.federation.name),
@@ -124,7 +132,10 @@ impl Gateway {
         #[cfg(feature = "bench")]
         let audit = if unaudited { crate::audit::AuditLog::danger_disabled_for_benchmark() } else { audit };
         let _ = metrics.audit_writer.set(audit.stats());
-        let state = AppState::new(config.clone(), metrics.clone(), store.clone(), records, audit);
+        let audit_log = audit.clone();
+        let listening = listener.local_addr().unwrap_or(config.server.listen);
+        let state =
+            AppState::new(config.clone(), metrics.clone(), store.clone(), records, audit, listening, Some(tls.clone()));
         if let Err(e) = state.policy.grants.reload(&store).await {
             tracing::error!(error = %e, "grants could not be loaded; cross-site reads are refused until they are");
         }
@@ -134,7 +145,7 @@ impl Gateway {
         if let Err(e) = crate::fhir_api::push::load_pushed(&store, &config, &state.records).await {
             tracing::error!(error = %e, "pushed documents could not be loaded; they are served once the database answers");
         }
-        let delivery = tokio::spawn(crate::outbox::run(store.clone(), config.clone()));
+        let delivery = tokio::spawn(crate::outbox::run(store.clone(), config.clone(), metrics.clone(), forwarder));
         // Other instances sharing the database change grants and links and receive pushes.
         let grants_task = {
             let (policy, linkage, store) = (state.policy.clone(), state.linkage.clone(), store.clone());
@@ -165,6 +176,11 @@ impl Gateway {
         let watcher =
             tokio::spawn(watch_tls(tls.clone(), metrics.clone(), Duration::from_secs(limits.crl_check_secs.max(1))));
         let admin_task = tokio::spawn(serve_admin(admin, metrics.clone(), store));
+        let refusals = Arc::new(crate::audit::refusals::Refusals::default());
+        let refusals_task = tokio::spawn(
+            refusals.clone().run(audit_log.clone(), Duration::from_secs(limits.refused_handshake_audit_secs.max(1))),
+        );
+        let admission = Limits::new(limits.max_connections, limits.max_connections_per_certificate);
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "gateway listening");
 
         tokio::pin!(shutdown);
@@ -181,45 +197,29 @@ impl Gateway {
                     }
                 },
             };
-            let _ = tcp.set_nodelay(true);
-            let (tls_cfg, members, metrics, app, http) =
-                (tls.current(), members.clone(), metrics.clone(), app.clone(), http.clone());
-            let watch = graceful.watcher();
-            tokio::spawn(async move {
-                let (stream, leaf) = match handshake(tls_cfg, tcp, handshake_timeout).await {
-                    Ok(s) => s,
-                    Err(HandshakeError::Timeout) => {
-                        metrics.handshakes_timed_out.fetch_add(1, Relaxed);
-                        return;
-                    }
-                    Err(e) => {
-                        metrics.handshakes_failed.fetch_add(1, Relaxed);
-                        tracing::debug!(%peer, error = %e, "TLS handshake refused");
-                        return;
-                    }
-                };
-                metrics.connections_accepted.fetch_add(1, Relaxed);
-                metrics.connections_open.fetch_add(1, Relaxed);
-                let identity = principal_from_cert(leaf.as_deref(), &members).map(Arc::new);
-                let conn = ConnInfo {
-                    peer,
-                    fingerprint: leaf.as_deref().map(crate::identity::fingerprint),
-                    claimed_institution: leaf.as_deref().and_then(crate::identity::claimed_institution),
-                    identity,
-                };
-                let svc = app.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(conn.clone());
-                    req.map(axum::body::Body::new)
-                });
-                let served = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
-                if let Err(e) = watch.watch(served.into_owned()).await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let slot = match admission.admit() {
+                Admission::Drop => {
+                    metrics.refused_global_limit.fetch_add(1, Relaxed);
+                    continue;
                 }
-                metrics.connections_open.fetch_sub(1, Relaxed);
-            });
+                a => a,
+            };
+            let _ = tcp.set_nodelay(true);
+            let conn = Connection {
+                tls: tls.clone(),
+                members: members.clone(),
+                metrics: metrics.clone(),
+                app: app.clone(),
+                http: http.clone(),
+                refusals: refusals.clone(),
+                admission: admission.clone(),
+            };
+            let watch = graceful.watcher();
+            tokio::spawn(conn.serve(tcp, peer, slot, handshake_timeout, watch));
         }
         drop(listener);
         watcher.abort();
+        refusals_task.abort();
         refresh.abort();
         grants_task.abort();
         delivery.abort();
@@ -231,24 +231,145 @@ impl Gateway {
                 "in-flight requests did not finish within the shutdown grace period"
             );
         }
+        // Every request has ended: sign the chain head and witness the clean stop.
+        audit_log.close(Duration::from_secs(10)).await;
         tracing::info!("gateway stopped");
     }
 }
 
-/// The audit checkpoint settings in force: the key from the configuration, and the
-/// interval fixed for this database at its first start.
-pub async fn checkpoints(config: &Config, store: &Store) -> Result<crate::audit::Checkpoints, StartError> {
-    let signer = Arc::new(crate::audit::checkpoint::Signer::load(&config.audit.signing_key)?);
-    let every = store.meta_init("audit.checkpoint_every", &config.audit.checkpoint_every.to_string()).await?;
-    let every: i64 = every.parse().unwrap_or(1000).max(1);
-    if every as u64 != config.audit.checkpoint_every {
-        tracing::warn!(
-            in_force = every,
-            configured = config.audit.checkpoint_every,
-            "audit.checkpoint_every is fixed per database; the configured value is ignored"
-        );
+/// What serving one connection needs.
+struct Connection {
+    tls: Arc<ReloadingConfig>,
+    members: Arc<Members>,
+    metrics: Arc<Metrics>,
+    app: axum::Router,
+    http: Arc<auto::Builder<TokioExecutor>>,
+    refusals: Arc<crate::audit::refusals::Refusals>,
+    admission: Arc<Limits>,
+}
+
+impl Connection {
+    /// Handshake, admit, then serve until the client goes, the gateway drains, or the
+    /// certificate is revoked (the connection is then closed at once).
+    async fn serve(
+        self,
+        tcp: tokio::net::TcpStream,
+        peer: SocketAddr,
+        admission: Admission,
+        handshake_timeout: Duration,
+        watch: hyper_util::server::graceful::Watcher,
+    ) {
+        let Connection { tls, members, metrics, app, http, refusals, admission: limits } = self;
+        let (stream, leaf) = match handshake(tls.current(), tcp, handshake_timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                let reason = e.reason();
+                metrics.handshake_refused(reason);
+                if let HandshakeError::Timeout = e {
+                    metrics.handshakes_timed_out.fetch_add(1, Relaxed);
+                }
+                tracing::debug!(%peer, error = %e, "TLS handshake refused");
+                // A certificate refused, or none presented: the audit log shows who knocked.
+                if let HandshakeError::Failed { presented, .. } = e {
+                    if presented.is_some() || reason == "no-certificate" {
+                        refusals.note(peer, presented, reason);
+                    }
+                }
+                return;
+            }
+        };
+        let _global = match admission {
+            Admission::Serve(slot) => slot,
+            Admission::Refuse(_slot) => {
+                metrics.refused_global_limit.fetch_add(1, Relaxed);
+                return connections::refuse(stream, "the gateway is at its connection limit; retry shortly").await;
+            }
+            Admission::Drop => return,
+        };
+        let fingerprint = leaf.as_deref().map(crate::identity::fingerprint);
+        let _per_certificate = match fingerprint.as_deref().map(|fp| limits.admit_certificate(fp)) {
+            Some(None) => {
+                metrics.refused_certificate_limit.fetch_add(1, Relaxed);
+                return connections::refuse(stream, "too many connections are open with this client certificate")
+                    .await;
+            }
+            Some(Some(slot)) => Some(slot),
+            None => None,
+        };
+        metrics.connections_accepted.fetch_add(1, Relaxed);
+        metrics.connections_open.fetch_add(1, Relaxed);
+        let cert = leaf.as_deref().and_then(crate::tls::cert_id).map(Arc::new);
+        let conn = ConnInfo {
+            peer,
+            fingerprint,
+            claimed_institution: leaf.as_deref().and_then(crate::identity::claimed_institution),
+            identity: principal_from_cert(leaf.as_deref(), &members).map(Arc::new),
+            cert: cert.clone(),
+        };
+        let svc = app.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(conn.clone());
+            req.map(axum::body::Body::new)
+        });
+        let mut revocations = tls.subscribe();
+        let served = watch.watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc)).into_owned());
+        tokio::pin!(served);
+        loop {
+            tokio::select! {
+                ended = &mut served => {
+                    if let Err(e) = ended {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                changed = revocations.changed() => {
+                    if changed.is_err() {
+                        // The TLS material is gone with the gateway: just serve to the end.
+                        let _ = (&mut served).await;
+                        break;
+                    }
+                    let now = crate::audit::now_micros() / 1_000_000;
+                    if let Some(why) = cert.as_deref().and_then(|c| tls.revocation().refuses(c, now)) {
+                        // Dropping the connection closes it, whatever it was doing.
+                        metrics.closed_revoked.fetch_add(1, Relaxed);
+                        tracing::info!(%peer, reason = why, "closed an open connection: its certificate may no longer be served");
+                        break;
+                    }
+                }
+            }
+        }
+        metrics.connections_open.fetch_sub(1, Relaxed);
     }
-    Ok(crate::audit::Checkpoints { signer, every, interval: Duration::from_secs(config.audit.checkpoint_secs) })
+}
+
+/// The audit checkpoint settings in force: the key and interval from the
+/// configuration, which must be the interval the database was created with (`audit
+/// verify` takes it from the configuration, never from the database it checks), and
+/// the witness file.
+pub async fn checkpoints(
+    config: &Config,
+    store: &Store,
+    forward: Option<crate::audit::forward::Forwarder>,
+) -> Result<crate::audit::Checkpoints, StartError> {
+    let signer = Arc::new(crate::audit::checkpoint::Signer::load(&config.audit.signing_key)?);
+    let configured = config.audit.checkpoint_every.to_string();
+    let every = store.meta_init("audit.checkpoint_every", &configured).await?;
+    if every != configured {
+        return Err(StartError::Mismatch(format!(
+            "audit.checkpoint_every is {configured} in {} but this database's log was written with {every}: \
+             set it back to {every} (it cannot change for a log; `audit verify` checks against the configured value)",
+            config.source.display()
+        )));
+    }
+    let witness = match &config.audit.witness {
+        Some(path) => Some(Arc::new(crate::audit::witness::Witness::open(path, forward)?)),
+        None => None,
+    };
+    Ok(crate::audit::Checkpoints {
+        signer,
+        every: config.audit.checkpoint_every.max(1) as i64,
+        interval: Duration::from_secs(config.audit.checkpoint_secs),
+        witness,
+    })
 }
 
 fn http_builder(header_read_timeout: u64, max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
@@ -271,6 +392,9 @@ async fn watch_tls(tls: Arc<ReloadingConfig>, metrics: Arc<Metrics>, every: Dura
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if tls.check_lapse(crate::audit::now_micros() / 1_000_000) {
+            tracing::error!("the certificate revocation lists have expired: every client is refused until they are refreshed (kakehashi certs refresh-crl)");
+        }
         match tls.reload_if_changed() {
             Ok(true) => {
                 metrics.tls_reloads.fetch_add(1, Relaxed);

@@ -58,7 +58,12 @@ impl Signer {
 
     /// Sign a checkpoint over (`seq`, `hash`, `signed_at`).
     pub fn sign(&self, seq: i64, hash: &[u8], signed_at: i64) -> Vec<u8> {
-        self.pair.sign(&message(seq, hash, signed_at)).as_ref().to_vec()
+        self.sign_raw(&message(seq, hash, signed_at))
+    }
+
+    /// Sign a message that carries its own domain separation (a witness line's).
+    pub fn sign_raw(&self, message: &[u8]) -> Vec<u8> {
+        self.pair.sign(message).as_ref().to_vec()
     }
 }
 
@@ -71,21 +76,24 @@ fn message(seq: i64, hash: &[u8], signed_at: i64) -> Vec<u8> {
     m
 }
 
-/// The public keys a verifier trusts, by key id: the current signer's and any retired
-/// keys' (so the log stays verifiable across a key rotation).
+/// The public keys a verifier trusts, oldest first: retired keys in the order they
+/// were retired, then the current signer's. Order matters: once a newer key has signed
+/// a checkpoint, an older (retired) key may sign nothing after it, so a leaked retired
+/// key cannot re-sign a rewritten tail.
 #[derive(Debug, Clone, Default)]
-pub struct TrustedKeys(std::collections::HashMap<String, Vec<u8>>);
+pub struct TrustedKeys(Vec<(String, Vec<u8>)>);
 
 impl TrustedKeys {
-    /// Trust these public keys.
+    /// Trust these public keys, oldest first.
     pub fn new(keys: impl IntoIterator<Item = Vec<u8>>) -> TrustedKeys {
         TrustedKeys(keys.into_iter().map(|k| (key_id(&k), k)).collect())
     }
 
-    /// The current signer's key plus the retired public keys named in the configuration
-    /// (hex files like the `audit-signing.pub` that `certs init` writes).
+    /// The retired public keys named in the configuration (hex files like the
+    /// `audit-signing.pub` that `certs init` writes, oldest first), then the current
+    /// signer's key.
     pub fn load(signer: &Signer, retired: &[std::path::PathBuf]) -> Result<TrustedKeys, KeyError> {
-        let mut keys = vec![signer.public_key()];
+        let mut keys = Vec::new();
         for path in retired {
             let err = |m: String| KeyError { path: path.display().to_string(), message: m };
             let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
@@ -94,17 +102,32 @@ impl TrustedKeys {
                 .ok_or_else(|| err("not a hex Ed25519 public key (64 hex digits, as in audit-signing.pub)".into()))?;
             keys.push(key);
         }
+        keys.push(signer.public_key());
         Ok(TrustedKeys::new(keys))
     }
 
-    /// Check a signature made by the key `key_id`; false when that key is not trusted.
+    fn key(&self, key_id: &str) -> Option<&[u8]> {
+        self.0.iter().find(|(id, _)| id == key_id).map(|(_, k)| k.as_slice())
+    }
+
+    /// Check a checkpoint signature made by the key `key_id`; false when that key is not trusted.
     pub fn verify(&self, key_id: &str, seq: i64, hash: &[u8], signed_at: i64, signature: &[u8]) -> bool {
-        self.0.get(key_id).is_some_and(|k| verify(k, seq, hash, signed_at, signature))
+        self.key(key_id).is_some_and(|k| verify(k, seq, hash, signed_at, signature))
+    }
+
+    /// Check a signature over a self-separated message (a witness line's).
+    pub fn verify_raw(&self, key_id: &str, message: &[u8], signature: &[u8]) -> bool {
+        self.key(key_id).is_some_and(|k| UnparsedPublicKey::new(&ED25519, k).verify(message, signature).is_ok())
     }
 
     /// Whether `key_id` is trusted.
     pub fn knows(&self, key_id: &str) -> bool {
-        self.0.contains_key(key_id)
+        self.key(key_id).is_some()
+    }
+
+    /// The position of `key_id` from oldest (0) to current.
+    pub fn rank(&self, key_id: &str) -> Option<usize> {
+        self.0.iter().position(|(id, _)| id == key_id)
     }
 }
 

@@ -71,15 +71,42 @@ pub enum Outcome {
     /// Failed on our side.
     #[serde(rename = "8")]
     Failed,
+    /// Asked for something that does not exist (a read of an absent id).
+    #[serde(rename = "not-found")]
+    NotFound,
+    /// The request itself was malformed (a search parameter out of range, say).
+    #[serde(rename = "invalid")]
+    Invalid,
 }
 
 impl Outcome {
-    /// The AuditEvent outcome code.
+    /// The AuditEvent outcome code (a minor failure, `4`, for refusals, absent records
+    /// and malformed requests alike; `outcomeDesc` says which).
     pub fn code(self) -> &'static str {
         match self {
             Outcome::Success => "0",
-            Outcome::Denied => "4",
+            Outcome::Denied | Outcome::NotFound | Outcome::Invalid => "4",
             Outcome::Failed => "8",
+        }
+    }
+
+    /// The code stored in the `outcome` column and the entry: the FHIR code, or a
+    /// name for the kinds of minor failure FHIR does not tell apart.
+    pub fn column(self) -> &'static str {
+        match self {
+            Outcome::NotFound => "not-found",
+            Outcome::Invalid => "invalid",
+            other => other.code(),
+        }
+    }
+
+    /// The stored codes whose FHIR outcome is `fhir_code`.
+    pub fn columns_for(fhir_code: &str) -> &'static [&'static str] {
+        match fhir_code {
+            "0" => &["0"],
+            "4" => &["4", "not-found", "invalid"],
+            "8" => &["8"],
+            _ => &[],
         }
     }
 }
@@ -89,13 +116,26 @@ impl Outcome {
 pub enum Requestor {
     /// A federation principal.
     Principal(Arc<Principal>),
-    /// A connection whose certificate named no principal.
+    /// A connection whose certificate named no principal (or was refused in the handshake).
     Unidentified {
         /// Certificate fingerprint, when a certificate was presented.
         fingerprint: Option<String>,
         /// Claimed institution, when readable.
         institution: Option<String>,
+        /// Subject, issuer and serial of the certificate, when one was presented.
+        certificate: Option<CertSummary>,
     },
+}
+
+/// What identifies a presented certificate to people and CRLs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSummary {
+    /// Subject DN.
+    pub subject: String,
+    /// Issuer DN.
+    pub issuer: String,
+    /// Serial number, hex.
+    pub serial: String,
 }
 
 /// One resource disclosed (or refused), with the boundary it sits behind.
@@ -147,10 +187,14 @@ impl AuditRecord {
                 role: b(p.role.as_str()),
                 terminal: b(&p.terminal),
                 fingerprint: b(&p.fingerprint),
+                ..Agent::default()
             },
-            Requestor::Unidentified { fingerprint, institution } => Agent {
+            Requestor::Unidentified { fingerprint, institution, certificate } => Agent {
                 institution: institution.as_deref().and_then(b),
                 fingerprint: fingerprint.as_deref().and_then(b),
+                subject: certificate.as_ref().and_then(|c| b(&c.subject)),
+                issuer: certificate.as_ref().and_then(|c| b(&c.issuer)),
+                serial: certificate.as_ref().and_then(|c| b(&c.serial)),
                 ..Agent::default()
             },
         };
@@ -241,6 +285,15 @@ pub struct Agent<'a> {
     /// SHA-256 of the certificate, lowercase hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<Cow<'a, str>>,
+    /// Subject DN of a certificate that named no principal (a refused handshake).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Cow<'a, str>>,
+    /// Its issuer DN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<Cow<'a, str>>,
+    /// Its serial number, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<Cow<'a, str>>,
 }
 
 /// One resource of an [`Entry`] with the boundary it sits behind.
@@ -289,9 +342,9 @@ impl<'a> Entry<'a> {
         self.agent.institution.as_deref()
     }
 
-    /// Distinct owners of what was disclosed.
+    /// Distinct owners of what was disclosed (an absent record has none).
     pub fn owners(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self.disclosed.iter().map(|d| &*d.owner).collect();
+        let mut v: Vec<&str> = self.disclosed.iter().map(|d| &*d.owner).filter(|o| !o.is_empty()).collect();
         v.sort_unstable();
         v.dedup();
         v
@@ -308,20 +361,47 @@ impl<'a> Entry<'a> {
     /// True when any owner differs from the reader's institution.
     pub fn crosses_boundary(&self) -> bool {
         let reader = self.agent_institution();
-        self.disclosed.iter().any(|d| Some(&*d.owner) != reader)
+        self.disclosed.iter().any(|d| !d.owner.is_empty() && Some(&*d.owner) != reader)
+    }
+
+    /// The entry as an auditor of institution `viewer` may see it. A read refused at
+    /// another institution's boundary is shown to the reader's own auditors exactly as
+    /// a read of an absent record: what was asked for, not whose it is nor whose
+    /// patient, so the audit trail does not tell them what the refusal hid. The
+    /// owners crossed (and audit bodies, `viewer` None) see it whole.
+    pub fn as_seen_by(&self, viewer: Option<&str>) -> Entry<'a> {
+        let mut e = self.clone();
+        let Some(viewer) = viewer else { return e };
+        let refused = matches!(self.outcome, Outcome::Denied | Outcome::NotFound);
+        if !refused || self.owners().contains(&viewer) {
+            return e;
+        }
+        let hidden = e.disclosed.iter().any(|d| !d.owner.is_empty() && d.basis.is_empty());
+        if hidden {
+            for d in e.disclosed.iter_mut().filter(|d| d.basis.is_empty()) {
+                d.owner = Cow::Borrowed("");
+                d.patient = None;
+            }
+            e.outcome = Outcome::NotFound;
+            e.outcome_desc = Some(Cow::Borrowed(crate::fhir_api::read::NOT_VISIBLE));
+        }
+        e
     }
 
     /// The FHIR AuditEvent (id = sequence number in the log, when known).
     pub fn to_fhir(&self, seq: Option<i64>) -> AuditEvent {
         let recorded = crate::instant::from_micros(self.recorded).unwrap_or_else(|| "1970-01-01T00:00:00Z".into());
         let a = &self.agent;
+        let mut extension: Vec<Extension> = a.fingerprint.iter().map(|f| ext_string(FINGERPRINT_EXT, f)).collect();
+        extension.extend(a.serial.iter().map(|v| ext_string(SERIAL_EXT, v)));
+        extension.extend(a.issuer.iter().map(|v| ext_string(ISSUER_EXT, v)));
         let agent = AuditEventAgent {
-            extension: a.fingerprint.iter().map(|f| ext_string(FINGERPRINT_EXT, f)).collect(),
+            extension,
             type_: Some(dcm("110153", "Source Role ID")),
             role: a.role.iter().map(|r| CodeableConcept::coding(Coding::new(ROLE_SYSTEM, &**r))).collect(),
             who: a.institution.as_deref().map(|i| institution_ref(i, a.name.as_deref())),
             alt_id: a.terminal.as_deref().map(str::to_string),
-            name: a.name.as_deref().map(str::to_string),
+            name: a.name.as_deref().or(a.subject.as_deref()).map(str::to_string),
             requestor: true,
             network: Some(AuditEventNetwork { address: Some(self.source.to_string()), type_: Some("2".into()) }),
             purpose_of_use: vec![CodeableConcept::coding(Coding::new(
@@ -349,7 +429,12 @@ impl<'a> Entry<'a> {
             .collect();
         for d in &self.disclosed {
             let boundary = if Some(&*d.owner) == reader { BOUNDARY_SAME_SITE } else { BOUNDARY_CROSS_SITE };
-            let mut detail = vec![detail("owner", &d.owner), detail("boundary", boundary)];
+            // An absent record (or one shown as such) has no owner and no boundary.
+            let mut detail = if d.owner.is_empty() {
+                vec![]
+            } else {
+                vec![detail("owner", &d.owner), detail("boundary", boundary)]
+            };
             if !d.basis.is_empty() {
                 detail.push(self::detail("basis", &d.basis));
             }
@@ -408,12 +493,18 @@ impl<'a> Entry<'a> {
     }
 }
 
-/// The FHIR AuditEvent JSON of stored event `seq`, as auditors, exports and audit
-/// repositories see it (ready to embed: callers need not parse it again).
+/// The FHIR AuditEvent JSON of stored event `seq`, as exports and audit repositories
+/// see it (ready to embed: callers need not parse it again).
 pub fn render_stored(seq: i64, stored: &str) -> Result<Box<RawValue>, StoredEventError> {
+    render_for(seq, stored, None)
+}
+
+/// The FHIR AuditEvent JSON of stored event `seq` as an auditor of institution
+/// `viewer` may see it ([`Entry::as_seen_by`]); `None` for the whole event.
+pub fn render_for(seq: i64, stored: &str, viewer: Option<&str>) -> Result<Box<RawValue>, StoredEventError> {
     let fail = |e: serde_json::Error| StoredEventError { seq, why: e.to_string() };
     match Entry::parse(seq, stored)? {
-        Some(entry) => serde_json::value::to_raw_value(&entry.to_fhir(Some(seq))).map_err(fail),
+        Some(entry) => serde_json::value::to_raw_value(&entry.as_seen_by(viewer).to_fhir(Some(seq))).map_err(fail),
         // Written by an older gateway: checked to be JSON, shown as stored.
         None => RawValue::from_string(stored.to_string()).map_err(fail),
     }
@@ -421,6 +512,10 @@ pub fn render_stored(seq: i64, stored: &str) -> Result<Box<RawValue>, StoredEven
 
 /// Extension carrying the client certificate's SHA-256 fingerprint.
 pub const FINGERPRINT_EXT: &str = "urn:kakehashi:audit:certificate-sha256";
+/// Extension carrying a refused certificate's serial number (hex).
+pub const SERIAL_EXT: &str = "urn:kakehashi:audit:certificate-serial";
+/// Extension carrying a refused certificate's issuer DN.
+pub const ISSUER_EXT: &str = "urn:kakehashi:audit:certificate-issuer";
 /// Code system of Kakehashi roles.
 pub const ROLE_SYSTEM: &str = "urn:kakehashi:role";
 
@@ -509,7 +604,11 @@ mod tests {
             interaction: Interaction::Connect,
             outcome: Outcome::Denied,
             outcome_desc: Some("unknown institution".into()),
-            requestor: Requestor::Unidentified { fingerprint: Some("cd".repeat(32)), institution: None },
+            requestor: Requestor::Unidentified {
+                fingerprint: Some("cd".repeat(32)),
+                institution: None,
+                certificate: Some(CertSummary { subject: "CN=x".into(), issuer: "CN=ca".into(), serial: "01".into() }),
+            },
             disclosed: vec![],
             query: None,
             break_glass_reason: None,
@@ -570,9 +669,10 @@ mod tests {
             assert_eq!(serde_json::to_value(i).unwrap(), i.code(), "{i:?}");
             assert_eq!(serde_json::from_value::<Interaction>(i.code().into()).unwrap(), i);
         }
-        for o in [Outcome::Success, Outcome::Denied, Outcome::Failed] {
-            assert_eq!(serde_json::to_value(o).unwrap(), o.code(), "{o:?}");
-            assert_eq!(serde_json::from_value::<Outcome>(o.code().into()).unwrap(), o);
+        for o in [Outcome::Success, Outcome::Denied, Outcome::Failed, Outcome::NotFound, Outcome::Invalid] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.column(), "{o:?}");
+            assert_eq!(serde_json::from_value::<Outcome>(o.column().into()).unwrap(), o);
+            assert!(Outcome::columns_for(o.code()).contains(&o.column()), "{o:?}");
         }
     }
 

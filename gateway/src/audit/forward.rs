@@ -43,11 +43,18 @@ pub enum ForwardError {
     ServerName(String),
 }
 
+/// What goes to the repository.
+enum Outgoing {
+    /// A stored event (sequence number and entry); the connection task renders it.
+    Event(i64, String),
+    /// Another message under its own MSGID (a witness line, a break-glass notice).
+    Message(&'static str, String),
+}
+
 /// The sending side, held by the audit writer.
 #[derive(Clone)]
 pub struct Forwarder {
-    /// Sequence numbers and stored entries; the connection task renders them.
-    tx: mpsc::Sender<(i64, String)>,
+    tx: mpsc::Sender<Outgoing>,
     /// Counters.
     pub stats: Arc<ForwardStats>,
 }
@@ -68,7 +75,16 @@ impl Forwarder {
 
     /// Queue stored event `seq` (its entry) without waiting.
     pub fn offer(&self, seq: i64, entry: String) {
-        if self.tx.try_send((seq, entry)).is_err() {
+        self.queue(Outgoing::Event(seq, entry));
+    }
+
+    /// Queue a message with syslog MSGID `msgid` (JSON body) without waiting.
+    pub fn offer_message(&self, msgid: &'static str, body: String) {
+        self.queue(Outgoing::Message(msgid, body));
+    }
+
+    fn queue(&self, out: Outgoing) {
+        if self.tx.try_send(out).is_err() {
             let n = self.stats.dropped.fetch_add(1, Relaxed);
             if n.is_power_of_two() {
                 tracing::warn!(dropped = n + 1, "audit forwarding queue full; events are in the database only");
@@ -82,11 +98,11 @@ struct Header {
     app: String,
 }
 
-/// One RFC 5425 frame: `MSG-LEN SP SYSLOG-MSG`, the message being RFC 5424 with the
-/// FHIR AuditEvent JSON as its UTF-8 (BOM-prefixed) body.
-fn frame(h: &Header, event: &str) -> Vec<u8> {
+/// One RFC 5425 frame: `MSG-LEN SP SYSLOG-MSG`, the message being RFC 5424 with
+/// MSGID `msgid` and a JSON body (a FHIR AuditEvent, say) as its UTF-8 (BOM-prefixed) body.
+fn frame(h: &Header, msgid: &str, body: &str) -> Vec<u8> {
     let now = crate::instant::from_micros(crate::audit::now_micros()).unwrap_or_else(|| "-".into());
-    let msg = format!("<{PRI}>1 {now} {} {} {} AuditEvent - \u{FEFF}{event}", h.hostname, h.app, std::process::id());
+    let msg = format!("<{PRI}>1 {now} {} {} {} {msgid} - \u{FEFF}{body}", h.hostname, h.app, std::process::id());
     let mut out = format!("{} ", msg.len()).into_bytes();
     out.extend_from_slice(msg.as_bytes());
     out
@@ -97,7 +113,7 @@ async fn run(
     tls: Arc<rustls::ClientConfig>,
     name: rustls::pki_types::ServerName<'static>,
     header: Header,
-    mut rx: mpsc::Receiver<(i64, String)>,
+    mut rx: mpsc::Receiver<Outgoing>,
     stats: Arc<ForwardStats>,
 ) {
     let connector = tokio_rustls::TlsConnector::from(tls);
@@ -118,11 +134,43 @@ async fn run(
             }
             Err(_) => {
                 tracing::warn!(%address, "audit repository connection timed out; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
         stats.connects.fetch_add(1, Relaxed);
-        backoff = Duration::from_millis(200);
+        let opened = tokio::time::Instant::now();
+        if serve_connection(stream, &header, &mut rx, &mut pending, &stats).await.is_none() {
+            return;
+        }
+        // Syslog over TLS has no acknowledgement, so a connection that ended soon after
+        // it opened (a repository that completes the handshake and closes at once) may
+        // have delivered nothing: back off as after a refused connect, or this loop
+        // makes thousands of handshakes a second. One that stayed up was healthy.
+        if opened.elapsed() >= HEALTHY_CONNECTION {
+            backoff = Duration::from_millis(200);
+        } else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+/// A connection that stays up this long counts as healthy (the backoff restarts).
+const HEALTHY_CONNECTION: Duration = Duration::from_secs(2);
+
+/// Send queued messages on one connection until it ends; returns how many were
+/// written, or None when the queue closed (the gateway is stopping).
+async fn serve_connection(
+    stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    header: &Header,
+    rx: &mut mpsc::Receiver<Outgoing>,
+    pending: &mut Option<Vec<u8>>,
+    stats: &ForwardStats,
+) -> Option<u64> {
+    let mut sent = 0u64;
+    {
         let (mut read, mut write) = tokio::io::split(stream);
         let mut scratch = [0u8; 256];
         loop {
@@ -134,8 +182,9 @@ async fn run(
                         // A repository sends nothing: anything readable is its close.
                         _ = read.read(&mut scratch) => break,
                         event = rx.recv() => match event {
-                            Some((seq, entry)) => match super::event::render_stored(seq, &entry) {
-                                Ok(e) => frame(&header, e.get()),
+                            Some(Outgoing::Message(msgid, body)) => frame(&header, msgid, &body),
+                            Some(Outgoing::Event(seq, entry)) => match super::event::render_stored(seq, &entry) {
+                                Ok(e) => frame(&header, "AuditEvent", e.get()),
                                 // Cannot happen for an entry this gateway wrote; the
                                 // database keeps it either way.
                                 Err(e) => {
@@ -143,19 +192,21 @@ async fn run(
                                     continue;
                                 }
                             },
-                            None => return,
+                            None => return None,
                         },
                     }
                 }
             };
             if let Err(e) = write.write_all(&frame_bytes).await.and(write.flush().await) {
-                tracing::warn!(%address, error = %e, "audit repository connection lost; resending after reconnecting");
-                pending = Some(frame_bytes);
+                tracing::warn!(error = %e, "audit repository connection lost; resending after reconnecting");
+                *pending = Some(frame_bytes);
                 break;
             }
             stats.sent.fetch_add(1, Relaxed);
+            sent += 1;
         }
     }
+    Some(sent)
 }
 
 #[cfg(test)]
@@ -165,7 +216,7 @@ mod tests {
     #[test]
     fn frames_are_octet_counted_rfc5424_messages() {
         let h = Header { hostname: "gw1".into(), app: "kakehashi".into() };
-        let f = frame(&h, r#"{"resourceType":"AuditEvent","id":"7"}"#);
+        let f = frame(&h, "AuditEvent", r#"{"resourceType":"AuditEvent","id":"7"}"#);
         let text = String::from_utf8(f).unwrap();
         let (len, msg) = text.split_once(' ').unwrap();
         assert_eq!(len.parse::<usize>().unwrap(), msg.len());

@@ -8,6 +8,7 @@
 
 use super::checkpoint::Signer;
 use super::event::{AuditRecord, Entry};
+use super::witness::{Kind as WitnessKind, Witness};
 use crate::store::{Lock, PostgresUrl, Store};
 use sqlx::Row;
 use std::fmt::Write;
@@ -87,7 +88,7 @@ impl Columns {
             agent: entry.agent_institution().unwrap_or("").to_string(),
             owners: list(entry.owners()),
             patients: list(entry.patients()),
-            outcome: entry.outcome.code(),
+            outcome: entry.outcome.column(),
             subtype: entry.interaction.code(),
             cross: i64::from(entry.crosses_boundary()),
             entities: list(entry.disclosed.iter().map(|d| &*d.reference).collect()),
@@ -147,6 +148,8 @@ impl WriterStats {
 #[derive(Clone)]
 pub struct AuditLog {
     tx: flume::Sender<Job>,
+    /// Asks the writer to sign its head, witness a clean shutdown and stop.
+    stop: flume::Sender<oneshot::Sender<()>>,
     stats: Arc<WriterStats>,
     observer: Arc<str>,
     /// Benchmark-only builds can measure reads without auditing; production builds
@@ -164,6 +167,25 @@ pub struct Checkpoints {
     pub every: i64,
     /// And at the head when this long passed with events waiting.
     pub interval: Duration,
+    /// Where signed checkpoints, starts and clean stops are also written, outside the
+    /// database ([`super::witness`]).
+    pub witness: Option<Arc<Witness>>,
+}
+
+impl Checkpoints {
+    /// Witness `kind` at (`seq`, `hash`), when a witness is configured.
+    pub(super) fn witness(&self, kind: WitnessKind, seq: i64, hash: &[u8]) {
+        if let Some(w) = &self.witness {
+            w.witness(&self.signer, kind, seq, hash);
+        }
+    }
+
+    /// Witness the checkpoints a committed transaction signed.
+    pub(super) fn witness_signed(&self, signed: &[(i64, Vec<u8>)]) {
+        for (seq, hash) in signed {
+            self.witness(WitnessKind::Checkpoint, *seq, hash);
+        }
+    }
 }
 
 impl AuditLog {
@@ -181,16 +203,19 @@ impl AuditLog {
         forward: Option<super::forward::Forwarder>,
     ) -> AuditLog {
         let (tx, rx) = flume::bounded(8192);
+        let (stop, stopped) = flume::bounded(1);
         let stats = Arc::new(WriterStats::default());
+        let queues = Queues { jobs: rx, stop: stopped };
         match store.sqlite_writer_parts() {
-            Some((file, gate)) => super::sqlite_writer::spawn(file, gate, checkpoints, rx, forward, stats.clone()),
+            Some((file, gate)) => super::sqlite_writer::spawn(file, gate, checkpoints, queues, forward, stats.clone()),
             None => match store.postgres_writer_url() {
-                Some(url) => spawn_postgres(url, checkpoints, rx, forward, stats.clone()),
+                Some(url) => spawn_postgres(url, checkpoints, queues, forward, stats.clone()),
                 None => tracing::error!("no database for the audit log; reads will be refused"),
             },
         }
         AuditLog {
             tx,
+            stop,
             stats,
             observer: observer.into(),
             #[cfg(feature = "bench")]
@@ -203,7 +228,18 @@ impl AuditLog {
     #[cfg(feature = "bench")]
     pub fn danger_disabled_for_benchmark() -> AuditLog {
         let (tx, _rx) = flume::bounded(1);
-        AuditLog { tx, stats: Arc::default(), observer: "".into(), disabled: true }
+        let (stop, _) = flume::bounded(1);
+        AuditLog { tx, stop, stats: Arc::default(), observer: "".into(), disabled: true }
+    }
+
+    /// Stop the writer cleanly: it appends what is queued, signs the chain head, writes
+    /// a shutdown record to the witness and ends. Waits up to `grace`; events recorded
+    /// after this are refused.
+    pub async fn close(&self, grace: Duration) {
+        let (done, finished) = oneshot::channel();
+        if self.stop.send_async(done).await.is_ok() && tokio::time::timeout(grace, finished).await.is_err() {
+            tracing::warn!("the audit writer did not stop in time; its last events may be unanchored");
+        }
     }
 
     /// The writer's group-commit counters.
@@ -224,11 +260,19 @@ impl AuditLog {
     }
 }
 
+/// What a writer waits on: events to append, and the request to stop.
+pub(super) struct Queues {
+    /// Events.
+    pub(super) jobs: flume::Receiver<Job>,
+    /// A stop request, answered once the head is signed and witnessed.
+    pub(super) stop: flume::Receiver<oneshot::Sender<()>>,
+}
+
 /// Start the PostgreSQL writer: a thread with a single-threaded runtime of its own.
 fn spawn_postgres(
     url: PostgresUrl,
     cp: Checkpoints,
-    rx: flume::Receiver<Job>,
+    rx: Queues,
     forward: Option<super::forward::Forwarder>,
     stats: Arc<WriterStats>,
 ) {
@@ -273,41 +317,80 @@ impl WriterConnection {
 async fn writer(
     url: PostgresUrl,
     cp: Checkpoints,
-    rx: flume::Receiver<Job>,
+    q: Queues,
     forward: Option<super::forward::Forwarder>,
     stats: Arc<WriterStats>,
 ) {
     let mut conn = WriterConnection { url, conn: None };
     let mut tick = tokio::time::interval(cp.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut started = false;
     loop {
+        if !started {
+            // The head as this writer finds it, signed and witnessed, so that what was
+            // appended while no gateway ran is told apart from what it appends.
+            match conn.with(async |c| checkpoint_head(c, &cp.signer).await).await {
+                Ok(head) => {
+                    let (seq, hash) = head.unwrap_or((0, GENESIS.to_vec()));
+                    cp.witness(WitnessKind::Start, seq, &hash);
+                    started = true;
+                }
+                Err(e) => tracing::warn!(error = %e, "the audit writer cannot reach the database yet"),
+            }
+        }
         let first = tokio::select! {
-            job = rx.recv_async() => match job {
+            job = q.jobs.recv_async() => match job {
                 Ok(j) => j,
                 Err(_) => break,
             },
+            done = q.stop.recv_async() => {
+                while let Ok(job) = q.jobs.try_recv() {
+                    write_one_batch(&mut conn, &cp, vec![job], forward.as_ref(), &stats).await;
+                }
+                match conn.with(async |c| checkpoint_head(c, &cp.signer).await).await {
+                    Ok(Some((seq, hash))) => cp.witness(WitnessKind::Shutdown, seq, &hash),
+                    Ok(None) => cp.witness(WitnessKind::Shutdown, 0, &GENESIS),
+                    Err(e) => tracing::warn!(error = %e, "the chain head could not be signed at shutdown"),
+                }
+                if let Ok(done) = done {
+                    let _ = done.send(());
+                }
+                return;
+            }
             _ = tick.tick() => {
-                if let Err(e) = conn.with(async |c| checkpoint_head(c, &cp.signer).await).await {
-                    tracing::warn!(error = %e, "periodic audit checkpoint failed; retrying at the next tick");
+                if let Ok(Some((seq, hash))) = conn.with(async |c| checkpoint_head_if_unsigned(c, &cp.signer).await).await {
+                    cp.witness(WitnessKind::Checkpoint, seq, &hash);
                 }
                 continue;
             }
         };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
+            match q.jobs.try_recv() {
                 Ok(j) => batch.push(j),
                 Err(_) => break,
             }
         }
-        let began = Instant::now();
-        match conn.with(async |c| write_batch(c, &cp, &batch).await).await {
-            Ok(first_seq) => {
-                stats.committed(batch.len(), began);
-                Job::committed(batch, first_seq, forward.as_ref())
-            }
-            Err(e) => Job::failed(batch, &e),
+        write_one_batch(&mut conn, &cp, batch, forward.as_ref(), &stats).await;
+    }
+}
+
+/// Append one batch and answer its requests.
+async fn write_one_batch(
+    conn: &mut WriterConnection,
+    cp: &Checkpoints,
+    batch: Vec<Job>,
+    forward: Option<&super::forward::Forwarder>,
+    stats: &WriterStats,
+) {
+    let began = Instant::now();
+    match conn.with(async |c| write_batch(c, cp, &batch).await).await {
+        Ok((first_seq, signed)) => {
+            stats.committed(batch.len(), began);
+            cp.witness_signed(&signed);
+            Job::committed(batch, first_seq, forward)
         }
+        Err(e) => Job::failed(batch, &e),
     }
 }
 
@@ -328,8 +411,10 @@ fn list(items: Vec<&str>) -> String {
 // The statements both writers (this one over sqlx, the SQLite thread over rusqlite) run,
 // so the two cannot drift apart. `$N` placeholders: SQLite numbers them in order too.
 
-/// The chain head: its sequence number and hash.
-pub(super) const HEAD_SQL: &str = "SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1";
+/// The chain head: its sequence number and hash; after everything was pruned, the
+/// pruning anchor (the chain goes on from it, not from the genesis).
+pub(super) const HEAD_SQL: &str = "SELECT seq, hash FROM (SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1) e \
+     UNION ALL SELECT seq, hash FROM audit_anchor WHERE id = 1 ORDER BY seq DESC LIMIT 1";
 /// The newest signed checkpoint's sequence number.
 pub(super) const LAST_CHECKPOINT_SQL: &str = "SELECT MAX(seq) FROM audit_checkpoint";
 /// A signed checkpoint: seq, hash, signed_at, key_id, signature.
@@ -397,9 +482,14 @@ async fn begin_at_head(conn: &mut sqlx::AnyConnection) -> Result<Option<(i64, Ve
     rows.iter().find(|r| r.len() == 2).map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
 }
 
-/// Append `batch` after the chain head in one transaction. On an error the caller
-/// drops the connection, which rolls the transaction back.
-async fn write_batch(conn: &mut sqlx::AnyConnection, cp: &Checkpoints, batch: &[Job]) -> Result<i64, sqlx::Error> {
+/// Append `batch` after the chain head in one transaction; returns the first new
+/// sequence number and the checkpoints signed. On an error the caller drops the
+/// connection, which rolls the transaction back.
+async fn write_batch(
+    conn: &mut sqlx::AnyConnection,
+    cp: &Checkpoints,
+    batch: &[Job],
+) -> Result<(i64, Vec<(i64, Vec<u8>)>), sqlx::Error> {
     let (mut seq, mut prev) = begin_at_head(conn).await?.unwrap_or((0, GENESIS.to_vec()));
     let first = seq + 1;
     let mut due = Vec::new();
@@ -420,11 +510,11 @@ async fn write_batch(conn: &mut sqlx::AnyConnection, cp: &Checkpoints, batch: &[
         }
         q.execute(&mut *conn).await?;
     }
-    for (seq, hash) in due {
-        insert_checkpoint(conn, &cp.signer, seq, &hash).await?;
+    for (seq, hash) in &due {
+        insert_checkpoint(conn, &cp.signer, *seq, hash).await?;
     }
     sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
-    Ok(first)
+    Ok((first, due.into_iter().map(|(s, h)| (s, h.to_vec())).collect()))
 }
 
 async fn insert_checkpoint(
@@ -445,19 +535,37 @@ async fn insert_checkpoint(
     Ok(())
 }
 
-/// Sign the chain head if events were added since the last checkpoint.
-async fn checkpoint_head(conn: &mut sqlx::AnyConnection, signer: &Signer) -> Result<Option<i64>, sqlx::Error> {
+/// Sign the chain head if events were added since the last checkpoint; returns the
+/// head signed now, if any.
+async fn checkpoint_head_if_unsigned(
+    conn: &mut sqlx::AnyConnection,
+    signer: &Signer,
+) -> Result<Option<(i64, Vec<u8>)>, sqlx::Error> {
     let head = begin_at_head(conn).await?;
     let last: Option<i64> = sqlx::query_scalar(LAST_CHECKPOINT_SQL).fetch_one(&mut *conn).await?;
     let signed = match head {
         Some((seq, hash)) if head_unsigned(seq, last) => {
             insert_checkpoint(conn, signer, seq, &hash).await?;
-            Some(seq)
+            Some((seq, hash))
         }
         _ => None,
     };
     sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
     Ok(signed)
+}
+
+/// The chain head, signed now if it was not: what a start and a clean stop witness.
+async fn checkpoint_head(
+    conn: &mut sqlx::AnyConnection,
+    signer: &Signer,
+) -> Result<Option<(i64, Vec<u8>)>, sqlx::Error> {
+    match checkpoint_head_if_unsigned(conn, signer).await? {
+        Some(head) => Ok(Some(head)),
+        None => {
+            let row = sqlx::query(HEAD_SQL).fetch_optional(&mut *conn).await?;
+            row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+        }
+    }
 }
 
 #[cfg(test)]

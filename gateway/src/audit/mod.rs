@@ -6,10 +6,12 @@ pub mod event;
 pub mod export;
 pub mod forward;
 pub mod log;
+pub mod refusals;
 mod sqlite_writer;
 pub mod verify;
+pub mod witness;
 
-pub use event::{AuditRecord, Disclosed, Interaction, Outcome, Requestor};
+pub use event::{AuditRecord, CertSummary, Disclosed, Interaction, Outcome, Requestor};
 pub use log::{AuditError, AuditLog, Checkpoints};
 
 /// Now, in Unix microseconds.

@@ -15,9 +15,10 @@
 
 use super::checkpoint::Signer;
 use super::log::{
-    chain_hash, head_unsigned, insert_events_sql, Checkpoints, Job, WriterStats, CHECKPOINT_SQL, GENESIS, HEAD_SQL,
-    LAST_CHECKPOINT_SQL, MAX_BATCH,
+    chain_hash, head_unsigned, insert_events_sql, Checkpoints, Job, Queues, WriterStats, CHECKPOINT_SQL, GENESIS,
+    HEAD_SQL, LAST_CHECKPOINT_SQL, MAX_BATCH,
 };
+use super::witness::Kind as WitnessKind;
 use rusqlite::{params, Connection, OptionalExtension, Statement};
 use std::path::Path;
 use std::sync::Arc;
@@ -28,15 +29,15 @@ pub(super) fn spawn(
     file: Arc<Path>,
     gate: Arc<tokio::sync::Mutex<()>>,
     cp: Checkpoints,
-    rx: flume::Receiver<Job>,
+    q: Queues,
     forward: Option<super::forward::Forwarder>,
     stats: Arc<WriterStats>,
 ) {
     let (stop, stopped) = flume::bounded(0);
     spawn_wal_checkpointer(file.clone(), gate.clone(), stopped);
-    let spawned = std::thread::Builder::new()
-        .name("audit-writer".into())
-        .spawn(move || Writer { file, gate, cp, rx, forward, stats, next_tick: Instant::now(), _stop: stop }.run());
+    let spawned = std::thread::Builder::new().name("audit-writer".into()).spawn(move || {
+        Writer { file, gate, cp, q, forward, stats, next_tick: Instant::now(), last: None, _stop: stop }.run()
+    });
     if let Err(e) = spawned {
         // The receiver is gone with the closure: every record() fails, so reads are refused.
         tracing::error!(error = %e, "could not start the audit writer thread; reads will be refused");
@@ -47,10 +48,13 @@ struct Writer {
     file: Arc<Path>,
     gate: Arc<tokio::sync::Mutex<()>>,
     cp: Checkpoints,
-    rx: flume::Receiver<Job>,
+    q: Queues,
     forward: Option<super::forward::Forwarder>,
     stats: Arc<WriterStats>,
     next_tick: Instant,
+    /// The head this writer last wrote or found at its start: on SQLite it is the only
+    /// writer of the chain, so a head it did not write was appended behind its back.
+    last: Option<(i64, Vec<u8>)>,
     /// Dropped with the writer, which stops the WAL checkpointer.
     _stop: flume::Sender<()>,
 }
@@ -59,6 +63,7 @@ struct Writer {
 enum Wake {
     Batch(Vec<Job>),
     Tick,
+    Stop(tokio::sync::oneshot::Sender<()>),
     Closed,
 }
 
@@ -69,7 +74,7 @@ impl Writer {
         // batch may leave it in a state not worth reasoning about, and the next batch
         // must find the store as it is now (a table restored, a disk with room again),
         // not refuse on a stale error.
-        let mut wake = self.wait();
+        let mut wake = Wake::Tick;
         loop {
             if let Wake::Closed = wake {
                 return;
@@ -87,7 +92,7 @@ impl Writer {
     }
 
     /// Write batches and checkpoints on `conn` with statements prepared once, starting
-    /// with `wake`, until a write fails (false) or the queue closes (true).
+    /// with `wake`, until a write fails (false) or the writer is to end (true).
     fn serve(&mut self, conn: &Connection, mut wake: Wake) -> bool {
         let mut st = match Statements::prepare(conn) {
             Ok(st) => st,
@@ -96,22 +101,66 @@ impl Writer {
                 return false;
             }
         };
-        loop {
-            if let Wake::Closed = wake {
-                return true;
+        if self.last.is_none() {
+            // First contact: sign the head as found and witness the start.
+            match self.in_turn(conn, || st.checkpoint_head(&self.cp.signer, true)) {
+                Ok(head) => {
+                    let (seq, hash) = head.unwrap_or((0, GENESIS.to_vec()));
+                    self.cp.witness(WitnessKind::Start, seq, &hash);
+                    self.last = Some((seq, hash));
+                }
+                Err(e) => {
+                    refuse(wake, &e);
+                    return false;
+                }
             }
+        }
+        loop {
             let began = Instant::now();
-            let written = {
-                let _gate = self.gate.blocking_lock();
-                in_tx(conn, || match &wake {
-                    Wake::Batch(jobs) => st.append(&self.cp, jobs).map(Some),
-                    _ => st.checkpoint_head(&self.cp.signer).map(|()| None),
-                })
+            let written = match &wake {
+                Wake::Closed => return true,
+                Wake::Batch(jobs) => {
+                    let last = self.last.clone();
+                    self.in_turn(conn, || st.append_after(&self.cp, jobs, last.as_ref())).map(Some)
+                }
+                Wake::Tick => self.in_turn(conn, || st.checkpoint_head(&self.cp.signer, false)).map(|signed| {
+                    if let Some((seq, hash)) = signed {
+                        self.cp.witness(WitnessKind::Checkpoint, seq, &hash);
+                    }
+                    None
+                }),
+                Wake::Stop(_) => {
+                    // Whatever was queued before the stop, then the head, signed.
+                    let queued: Vec<Job> = self.q.jobs.try_iter().collect();
+                    if !queued.is_empty() {
+                        wake = Wake::Batch(queued);
+                        continue;
+                    }
+                    let head = self.in_turn(conn, || st.checkpoint_head(&self.cp.signer, true));
+                    match head {
+                        Ok(head) => {
+                            let (seq, hash) = head.unwrap_or((0, GENESIS.to_vec()));
+                            self.cp.witness(WitnessKind::Shutdown, seq, &hash);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "the chain head could not be signed at shutdown"),
+                    }
+                    if let Wake::Stop(done) = wake {
+                        let _ = done.send(());
+                    }
+                    return true;
+                }
             };
             match (written, wake) {
-                (Ok(Some(first)), Wake::Batch(jobs)) => {
+                (Ok(Some(appended)), Wake::Batch(jobs)) => {
                     self.stats.committed(jobs.len(), began);
-                    Job::committed(jobs, first, self.forward.as_ref())
+                    if let Some((seq, hash)) = &appended.foreign {
+                        // Events this writer did not write sit under its new ones.
+                        tracing::error!(head = seq, "audit events were appended to the chain behind the gateway's writer");
+                        self.cp.witness(WitnessKind::Foreign, *seq, hash);
+                    }
+                    self.cp.witness_signed(&appended.signed);
+                    self.last = Some(appended.head);
+                    Job::committed(jobs, appended.first, self.forward.as_ref())
                 }
                 (Ok(_), _) => {}
                 (Err(e), failed) => {
@@ -123,23 +172,37 @@ impl Writer {
         }
     }
 
-    /// The next batch (every job already queued, up to [`MAX_BATCH`]), or the periodic
-    /// checkpoint when it is due first.
+    /// Run `f` in a transaction holding the store's write gate.
+    fn in_turn<T>(&self, conn: &Connection, f: impl FnOnce() -> Result<T, rusqlite::Error>) -> Result<T, rusqlite::Error> {
+        let _gate = self.gate.blocking_lock();
+        in_tx(conn, f)
+    }
+
+    /// The next batch (every job already queued, up to [`MAX_BATCH`]), the periodic
+    /// checkpoint when it is due first, or the stop request.
     fn wait(&mut self) -> Wake {
-        let now = Instant::now();
-        if now >= self.next_tick {
-            self.next_tick = now + self.cp.interval;
-            return Wake::Tick;
+        loop {
+            let now = Instant::now();
+            if now >= self.next_tick {
+                self.next_tick = now + self.cp.interval;
+                return Wake::Tick;
+            }
+            let got = flume::Selector::new()
+                .recv(&self.q.stop, |r| r.map(Wake::Stop).unwrap_or(Wake::Closed))
+                .recv(&self.q.jobs, |r| match r {
+                    Ok(first) => {
+                        let mut batch = Vec::with_capacity(self.q.jobs.len().min(MAX_BATCH) + 1);
+                        batch.push(first);
+                        batch.extend(self.q.jobs.try_iter().take(MAX_BATCH - 1));
+                        Wake::Batch(batch)
+                    }
+                    Err(_) => Wake::Closed,
+                })
+                .wait_timeout(self.next_tick - now);
+            if let Ok(w) = got {
+                return w;
+            }
         }
-        let first = match self.rx.recv_timeout(self.next_tick - now) {
-            Ok(job) => job,
-            Err(flume::RecvTimeoutError::Timeout) => return self.wait(),
-            Err(flume::RecvTimeoutError::Disconnected) => return Wake::Closed,
-        };
-        let mut batch = Vec::with_capacity(self.rx.len().min(MAX_BATCH) + 1);
-        batch.push(first);
-        batch.extend(self.rx.try_iter().take(MAX_BATCH - 1));
-        Wake::Batch(batch)
     }
 }
 
@@ -148,8 +211,24 @@ fn refuse(wake: Wake, error: &dyn std::fmt::Display) {
     match wake {
         Wake::Batch(jobs) => Job::failed(jobs, error),
         Wake::Tick => tracing::warn!(error = %error, "periodic audit checkpoint failed; retrying at the next tick"),
+        Wake::Stop(done) => {
+            tracing::warn!(error = %error, "the chain head could not be signed at shutdown");
+            let _ = done.send(());
+        }
         Wake::Closed => {}
     }
+}
+
+/// What one appended batch did.
+struct Appended {
+    /// Its first sequence number.
+    first: i64,
+    /// The head after it.
+    head: (i64, Vec<u8>),
+    /// Checkpoints it signed.
+    signed: Vec<(i64, Vec<u8>)>,
+    /// A head found that this writer did not leave (events appended behind its back).
+    foreign: Option<(i64, Vec<u8>)>,
 }
 
 fn open(file: &Path) -> Result<Connection, rusqlite::Error> {
@@ -260,13 +339,21 @@ impl<'c> Statements<'c> {
         self.head.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional()
     }
 
-    /// Append `batch` after the chain head; returns the first new sequence number.
-    fn append(&mut self, cp: &Checkpoints, batch: &[Job]) -> Result<i64, rusqlite::Error> {
+    /// Append `batch` after the chain head; `last` is the head this writer left, to
+    /// tell whether anything was appended behind its back.
+    fn append_after(
+        &mut self,
+        cp: &Checkpoints,
+        batch: &[Job],
+        last: Option<&(i64, Vec<u8>)>,
+    ) -> Result<Appended, rusqlite::Error> {
         let (mut seq, mut prev) = match self.head()? {
             Some((seq, hash)) => (seq, hash),
             None => (0, GENESIS.to_vec()),
         };
+        let foreign = last.filter(|l| l.0 < seq).map(|_| (seq, prev.clone()));
         let first = seq + 1;
+        let mut signed = Vec::new();
         for job in batch {
             seq += 1;
             let (json, c) = (&job.prepared.json, &job.prepared.cols);
@@ -287,11 +374,12 @@ impl<'c> Statements<'c> {
             ])?;
             if seq % cp.every == 0 {
                 self.sign(&cp.signer, seq, &hash)?;
+                signed.push((seq, hash.to_vec()));
             }
             prev.clear();
             prev.extend_from_slice(&hash);
         }
-        Ok(first)
+        Ok(Appended { first, head: (seq, prev), signed, foreign })
     }
 
     fn sign(&mut self, signer: &Signer, seq: i64, hash: &[u8]) -> Result<(), rusqlite::Error> {
@@ -300,14 +388,16 @@ impl<'c> Statements<'c> {
         Ok(())
     }
 
-    /// Sign the head if events were added since the last checkpoint.
-    fn checkpoint_head(&mut self, signer: &Signer) -> Result<(), rusqlite::Error> {
-        let Some((seq, hash)) = self.head()? else { return Ok(()) };
+    /// Sign the head if events were added since the last checkpoint. Returns the head
+    /// signed now, or with `always` the head whether signed now or before.
+    fn checkpoint_head(&mut self, signer: &Signer, always: bool) -> Result<Option<(i64, Vec<u8>)>, rusqlite::Error> {
+        let Some((seq, hash)) = self.head()? else { return Ok(None) };
         let last: Option<i64> = self.last_checkpoint.query_row([], |r| r.get(0))?;
-        if !head_unsigned(seq, last) {
-            return Ok(());
+        if head_unsigned(seq, last) {
+            self.sign(signer, seq, &hash)?;
+            return Ok(Some((seq, hash)));
         }
-        self.sign(signer, seq, &hash)
+        Ok(always.then_some((seq, hash)))
     }
 }
 
@@ -328,7 +418,7 @@ mod tests {
         std::fs::write(dir.join("key.pk8"), pkcs8.as_ref()).unwrap();
         let signer = Arc::new(Signer::load(&dir.join("key.pk8")).unwrap());
         let store = Store::open(&format!("sqlite://{}/audit.db", dir.display())).await.unwrap();
-        let cp = Checkpoints { signer: signer.clone(), every, interval: Duration::from_secs(3600) };
+        let cp = Checkpoints { signer: signer.clone(), every, interval: Duration::from_secs(3600), witness: None };
         let log = AuditLog::start(store.clone(), "test".into(), cp);
         (dir, store, log, signer)
     }
@@ -338,7 +428,11 @@ mod tests {
             interaction: Interaction::Read,
             outcome: Outcome::Success,
             outcome_desc: None,
-            requestor: Requestor::Unidentified { fingerprint: None, institution: Some("4610200021".into()) },
+            requestor: Requestor::Unidentified {
+                fingerprint: None,
+                institution: Some("4610200021".into()),
+                certificate: None,
+            },
             source_address: "127.0.0.1:1".into(),
             disclosed: vec![Disclosed {
                 reference: format!("Patient/p{i}"),

@@ -132,7 +132,11 @@ url = "sqlite://kakehashi.db"
 [audit]
 signing_key = "pki/audit-signing.pk8"
 checkpoint_every = 1000
-checkpoint_secs = 60
+checkpoint_secs = 5
+# Every signed checkpoint, start and clean stop is also written here; in production
+# put it on another volume (or host) than the database. `kakehashi audit verify`
+# holds the database to it.
+witness = "witness/audit-witness.log"
 "#,
     );
     for i in [&HUB, &CLINIC_A, &CLINIC_B, &PHARMACY, &AUDITOR] {

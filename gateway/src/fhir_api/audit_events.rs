@@ -3,6 +3,7 @@
 //! a federation audit body sees every event; nobody else reads the log. Reading it is
 //! itself audited. Every parameter is validated and bound, never spliced into SQL.
 
+use super::is_fhir_id;
 use super::params::{date_range, DEFAULT_COUNT, MAX_COUNT};
 use super::read::{audit, caller, record, Caller};
 use crate::app::{fhir_bytes, ApiError, AppState};
@@ -16,12 +17,12 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use sqlx::Row;
 
+/// Largest `_offset`: deeper pages are reached by the `_before` cursor of `next` links,
+/// which an index answers without counting past every skipped event.
+const MAX_OFFSET: usize = 10_000;
+
 fn invalid(name: &str, msg: impl Into<String>) -> ApiError {
     ApiError::invalid(msg, name)
-}
-
-fn is_fhir_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// A value bound to a placeholder.
@@ -78,7 +79,9 @@ struct Parsed {
     ignored: Vec<String>,
 }
 
-fn parse(c: &Caller, query: &str) -> Result<Parsed, ApiError> {
+/// Parse an auditor's query; `viewer` is the institution whose auditor asks, None for
+/// an audit body (which sees every event whole).
+fn parse(c: &Caller, query: &str, viewer: Option<&str>) -> Result<Parsed, ApiError> {
     let mut p = Parsed { filter: Filter::default(), count: DEFAULT_COUNT, offset: 0, used: vec![], ignored: vec![] };
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         let v = v.trim().to_string();
@@ -92,15 +95,20 @@ fn parse(c: &Caller, query: &str) -> Result<Parsed, ApiError> {
             }
             "_offset" => {
                 p.offset = v
-                    .parse()
-                    .map_err(|_| invalid("_offset", format!("_offset `{v}` is not a non-negative integer")))?;
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|o| *o <= MAX_OFFSET)
+                    .ok_or_else(|| invalid("_offset", format!("_offset `{v}` is not an integer from 0 to {MAX_OFFSET}; page further with the `next` link (_before)")))?;
                 continue;
             }
             // Paging cursor: events older than this sequence number. The log grows at
             // the head while an auditor pages, so offsets would shift; a cursor does not.
             "_before" => {
-                let b: i64 =
-                    v.parse().map_err(|_| invalid("_before", format!("_before `{v}` is not a sequence number")))?;
+                let b: i64 = v
+                    .parse()
+                    .ok()
+                    .filter(|b| *b > 0)
+                    .ok_or_else(|| invalid("_before", format!("_before `{v}` is not a sequence number")))?;
                 p.filter.add("seq < ?", vec![Bind::Int(b)]);
                 continue;
             }
@@ -145,13 +153,29 @@ fn parse(c: &Caller, query: &str) -> Result<Parsed, ApiError> {
                 if !is_fhir_id(&id) {
                     return Err(invalid("patient", format!("`{v}` is not a Patient id")));
                 }
-                p.filter.add("patients LIKE ?", vec![Bind::Text(format!("%,{id},%"))]);
+                let pattern = Bind::Text(format!("%,{id},%"));
+                match viewer {
+                    // A refusal's patient is known to the owner crossed, not to the
+                    // reader's auditors (it would tell them what the refusal hid).
+                    Some(me) => p.filter.add(
+                        "patients LIKE ? AND (outcome = '0' OR owners LIKE ?)",
+                        vec![pattern, Bind::Text(format!("%,{me},%"))],
+                    ),
+                    None => p.filter.add("patients LIKE ?", vec![pattern]),
+                }
             }
             "outcome" => {
                 if !matches!(v.as_str(), "0" | "4" | "8" | "12") {
                     return Err(invalid("outcome", format!("`{v}` is not an AuditEvent outcome (0, 4, 8, 12)")));
                 }
-                p.filter.add("outcome = ?", vec![Bind::Text(v.clone())]);
+                let stored = crate::audit::Outcome::columns_for(&v);
+                let placeholders = vec!["?"; stored.len().max(1)].join(", ");
+                let mut binds: Vec<Bind> = stored.iter().map(|s| Bind::Text(s.to_string())).collect();
+                if binds.is_empty() {
+                    // 12 (major failure) is a valid code this gateway never records.
+                    binds.push(Bind::Text("12".into()));
+                }
+                p.filter.add(&format!("outcome IN ({placeholders})"), binds);
             }
             "subtype" => {
                 let code = v.rsplit('|').next().unwrap_or("").to_string();
@@ -208,7 +232,16 @@ async fn search_inner(state: AppState, req: Request) -> Result<Response, ApiErro
         audit(&state, record(&c, Interaction::Search, Outcome::Denied, Some(why.clone()), vec![], Some(query))).await?;
         return Err(ApiError::Forbidden(why));
     }
-    let mut p = parse(&c, &query)?;
+    let viewer = (c.who.kind != InstitutionKind::AuditBody).then(|| c.who.institution.clone());
+    let mut p = match parse(&c, &query, viewer.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            // A malformed query is audited too: probing the log leaves a trace.
+            let why = format!("invalid query: {e}");
+            audit(&state, record(&c, Interaction::Search, Outcome::Invalid, Some(why), vec![], Some(query))).await?;
+            return Err(e);
+        }
+    };
     if c.who.kind != InstitutionKind::AuditBody {
         let me = c.who.institution.clone();
         p.filter.add(
@@ -217,7 +250,7 @@ async fn search_inner(state: AppState, req: Request) -> Result<Response, ApiErro
         );
     }
     let where_ = p.filter.sql_where();
-    let db = |e: sqlx::Error| ApiError::Unavailable(format!("the audit store cannot be read: {e}"));
+    let db = |e: sqlx::Error| ApiError::unavailable("the audit store cannot be read", e);
     let count_sql = format!("SELECT COUNT(*) FROM audit_event{where_}");
     // Only fixed clause text and integers are in the SQL; every value is bound.
     let total: i64 = bind(sqlx::query(sqlx::AssertSqlSafe(count_sql)), &p.filter.binds)
@@ -239,7 +272,8 @@ async fn search_inner(state: AppState, req: Request) -> Result<Response, ApiErro
         let seq: i64 = r.try_get(0).map_err(db)?;
         let event: String = r.try_get(1).map_err(db)?;
         let agent: String = r.try_get(2).map_err(db)?;
-        let raw = crate::audit::event::render_stored(seq, &event).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let raw = crate::audit::event::render_for(seq, &event, viewer.as_deref())
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
         events.push((seq, raw, agent));
     }
     let shown: Vec<Disclosed> = events

@@ -8,7 +8,8 @@ use crate::app::{fhir_bytes, fhir_json, ApiError, AppState};
 use crate::audit::{Disclosed, Interaction, Outcome};
 use crate::config::InstitutionKind;
 use crate::policy::grants::{Grant, GrantKind, GrantStoreError, ALL_MEMBERS, GRANT_KIND_SYSTEM, NETWORK_SYSTEM};
-use axum::extract::{Path, Request, State};
+use super::FhirPath;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
 use kakehashi_certs::Role;
@@ -250,7 +251,7 @@ async fn create_inner(state: AppState, req: Request) -> Result<Response, ApiErro
     match state.policy.grants.insert(&state.store, &grant, &c.who.fingerprint).await {
         Ok(()) => {}
         Err(e @ GrantStoreError::Overlap(_)) => return Err(ApiError::Conflict(e.to_string())),
-        Err(e) => return Err(ApiError::Unavailable(format!("the grant could not be stored: {e}"))),
+        Err(e) => return Err(ApiError::unavailable("the grant could not be stored", e)),
     }
     audit(&state, record(&c, Interaction::Create, Outcome::Success, None, vec![grant_disclosed(&grant)], None)).await?;
     let mut resp = fhir_bytes(StatusCode::CREATED, grant.resource.clone());
@@ -301,7 +302,7 @@ async fn search_inner(state: AppState, req: Request) -> Result<Response, ApiErro
 }
 
 /// `GET /fhir/Consent/{id}`.
-pub async fn read(State(state): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
+pub async fn read(State(state): State<AppState>, FhirPath(id): FhirPath<String>, req: Request) -> Response {
     read_inner(state, id, req).await.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -320,7 +321,7 @@ async fn read_inner(state: AppState, id: String, req: Request) -> Result<Respons
 }
 
 /// `DELETE /fhir/Consent/{id}`: revoke now.
-pub async fn revoke(State(state): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
+pub async fn revoke(State(state): State<AppState>, FhirPath(id): FhirPath<String>, req: Request) -> Response {
     revoke_inner(state, id, req).await.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -332,7 +333,7 @@ async fn revoke_inner(state: AppState, id: String, req: Request) -> Result<Respo
         Err(GrantStoreError::NotFound(_)) => {
             return Err(ApiError::NotFound(format!("Consent/{id} is not an active grant of your institution")))
         }
-        Err(e) => return Err(ApiError::Unavailable(format!("the grant could not be revoked: {e}"))),
+        Err(e) => return Err(ApiError::unavailable("the grant could not be revoked", e)),
     }
     let g = state.policy.grants.by_id(&id);
     let disclosed = g.as_ref().map(grant_disclosed).into_iter().collect();

@@ -102,7 +102,7 @@ async fn create_inner(state: AppState, req: Request) -> Result<Response, ApiErro
         .linkage
         .decide(&state.store, &decision, DecidedBy { institution: &c.who.institution, principal: &principal })
         .await
-        .map_err(|e| ApiError::Unavailable(format!("the decision could not be stored: {e}")))?;
+        .map_err(|e| ApiError::unavailable("the decision could not be stored", e))?;
     let desc = Some(if linked { "patients linked" } else { "patients separated" }.to_string());
     let disclosed = vec![shown(pa, &permit_a), shown(pb, &permit_b)];
     audit(&state, record(&c, Interaction::Create, Outcome::Success, desc, disclosed, None)).await?;

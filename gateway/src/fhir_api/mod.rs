@@ -8,6 +8,7 @@ pub mod capability;
 pub mod consent;
 pub mod linkage;
 pub mod negotiate;
+pub mod notices;
 pub mod params;
 pub mod push;
 pub mod read;
@@ -17,6 +18,35 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+
+/// Path parameters of a FHIR route; a path that cannot be decoded (`Patient/%ff` is not
+/// UTF-8) is a 400 OperationOutcome like every other malformed request, not axum's text.
+pub struct FhirPath<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S> for FhirPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(FhirPath(v)),
+            Err(e) => Err(ApiError::invalid(format!("the request path cannot be read: {}", e.body_text()), "path")),
+        }
+    }
+}
+
+/// Whether `id` is a FHIR id (`[A-Za-z0-9\-\.]{1,64}`).
+pub fn is_fhir_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// A 400 unless `id` is a FHIR id: nothing is looked up for a malformed one.
+pub fn check_id(id: &str) -> Result<(), ApiError> {
+    if is_fhir_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!("`{id}` is not a FHIR id (1-64 of A-Z a-z 0-9 - .)"), "id"))
+    }
+}
 
 /// The `/fhir` routes.
 pub fn router() -> Router<AppState> {
@@ -29,6 +59,8 @@ pub fn router() -> Router<AppState> {
         .route("/fhir/Consent", get(consent::search).post(consent::create))
         .route("/fhir/Consent/{id}", get(consent::read).delete(consent::revoke))
         .route("/fhir/Linkage", get(linkage::search).post(linkage::create))
+        .route("/fhir/Communication", get(notices::search))
+        .route("/fhir/Communication/{id}", get(notices::read))
         .route("/fhir/Patient/{id}/$everything", get(read::everything))
         .route("/fhir/{type}", get(read::search))
         .route("/fhir/{type}/{id}", get(read::read))

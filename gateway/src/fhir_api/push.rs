@@ -10,7 +10,8 @@ use crate::app::{fhir_json, ApiError, AppState};
 use crate::audit::{Disclosed, Interaction, Outcome};
 use crate::policy::grants::{Grant, GrantKind};
 use crate::records::pushed;
-use axum::extract::{Path, Request, State};
+use super::FhirPath;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
 use kakehashi_certs::Role;
@@ -194,8 +195,8 @@ async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError>
     let mut tx = store
         .begin_write(crate::store::Lock::Push)
         .await
-        .map_err(|e| ApiError::Unavailable(format!("the document store is unavailable: {e}")))?;
-    let db = |e: sqlx::Error| ApiError::Unavailable(format!("the document could not be stored: {e}"));
+        .map_err(|e| ApiError::unavailable("the document store is unavailable", e))?;
+    let db = |e: sqlx::Error| ApiError::unavailable("the document could not be stored", e);
     let existing = sqlx::query("SELECT id, content_hash FROM pushed_document WHERE identifier = $1")
         .bind(&checked.key)
         .fetch_optional(&mut *tx)
@@ -309,13 +310,13 @@ fn referral_consent(push_id: &str, patient_id: &str, sender: &str, recipient: &s
 }
 
 /// `GET /fhir/Bundle/{id}/$delivery-status`: for the sender and the recipient.
-pub async fn delivery_status(State(state): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
+pub async fn delivery_status(State(state): State<AppState>, FhirPath(id): FhirPath<String>, req: Request) -> Response {
     status_inner(state, id, req).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn status_inner(state: AppState, id: String, req: Request) -> Result<Response, ApiError> {
     let c = caller(&req, &state)?;
-    let db = |e: sqlx::Error| ApiError::Unavailable(format!("the document store is unavailable: {e}"));
+    let db = |e: sqlx::Error| ApiError::unavailable("the document store is unavailable", e);
     let row = sqlx::query("SELECT sender, recipient, received_at FROM pushed_document WHERE id = $1")
         .bind(&id)
         .fetch_optional(state.store.pool())

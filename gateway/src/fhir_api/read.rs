@@ -6,10 +6,11 @@ use super::params::{self, Criterion, Search};
 use crate::app::{fhir_bytes, ApiError, AppState};
 use crate::audit::{now_micros, AuditRecord, Disclosed, Interaction, Outcome, Requestor};
 use crate::identity::{ConnInfo, Principal};
-use crate::policy::{Basis, Permitted, Presentation, ReadContext, Refusal};
+use crate::policy::{break_glass, Basis, BreakGlass, BreakGlassCode, Permitted, Presentation, ReadContext, Refusal};
 use crate::records::pushed::{self, Wanted};
 use crate::records::Stored;
-use axum::extract::{Path, Request, State};
+use super::FhirPath;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 use kakehashi_certs::Role;
@@ -36,26 +37,53 @@ pub(super) struct Caller {
     pub base: String,
     pub strict: bool,
     pub ctx: ReadContext,
+    /// The break-glass declaration sent with the request (its patients are set by the
+    /// handler once it knows which patient is read).
+    pub glass: Option<(BreakGlassCode, Option<String>)>,
 }
 
-/// The header a doctor sets to read without a grant (break-glass); the value is the
-/// reason, in UTF-8 or percent-encoded UTF-8.
+impl Caller {
+    /// The read context with break-glass reaching `patients` (one person) only.
+    fn glass_for(&self, patients: Vec<String>) -> ReadContext {
+        ReadContext {
+            now: self.ctx.now,
+            break_glass: self.glass.clone().map(|(code, text)| BreakGlass { code, text, patients }),
+        }
+    }
+}
+
+/// The header a doctor sets to read one patient without a grant (break-glass):
+/// `<code>` or `<code>; <free text>` (UTF-8 or percent-encoded UTF-8), the code one of
+/// `emergency-treatment`, `unconscious-patient`, `disaster` or `other` (text required).
 pub const BREAK_GLASS_HEADER: &str = "kakehashi-break-glass";
 
-fn break_glass_reason(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+fn break_glass_reason(headers: &HeaderMap) -> Result<Option<(BreakGlassCode, Option<String>)>, ApiError> {
     let Some(v) = headers.get(BREAK_GLASS_HEADER) else { return Ok(None) };
     let raw = std::str::from_utf8(v.as_bytes()).map_err(|_| {
         ApiError::invalid("the break-glass reason must be UTF-8 (or percent-encoded UTF-8)", BREAK_GLASS_HEADER)
     })?;
-    let reason: String = form_urlencoded::parse(format!("r={}", raw.replace('+', "%2B")).as_bytes())
+    let decoded: String = form_urlencoded::parse(format!("r={}", raw.replace('+', "%2B")).as_bytes())
         .next()
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default();
-    let reason = reason.trim().to_string();
-    if reason.is_empty() || reason.chars().count() > 500 {
-        return Err(ApiError::invalid("a break-glass reason of 1 to 500 characters is required", BREAK_GLASS_HEADER));
+    let (code, text) = match decoded.split_once(';') {
+        Some((c, t)) => (c.trim(), Some(t.trim().to_string()).filter(|t| !t.is_empty())),
+        None => (decoded.trim(), None),
+    };
+    let codes = || BreakGlassCode::ALL.iter().map(|c| c.code()).collect::<Vec<_>>().join(", ");
+    let code = BreakGlassCode::from_code(code).ok_or_else(|| {
+        ApiError::invalid(
+            format!("the break-glass header starts with a reason code ({}), then `;` and free text", codes()),
+            BREAK_GLASS_HEADER,
+        )
+    })?;
+    if code == BreakGlassCode::Other && text.is_none() {
+        return Err(ApiError::invalid("break-glass for `other` needs free text: `other; <reason>`", BREAK_GLASS_HEADER));
     }
-    Ok(Some(reason))
+    if text.as_ref().is_some_and(|t| t.chars().count() > 500) {
+        return Err(ApiError::invalid("the break-glass text is at most 500 characters", BREAK_GLASS_HEADER));
+    }
+    Ok(Some((code, text)))
 }
 
 pub(super) fn caller(req: &Request, state: &AppState) -> Result<Caller, ApiError> {
@@ -65,28 +93,15 @@ pub(super) fn caller(req: &Request, state: &AppState) -> Result<Caller, ApiError
         .cloned()
         .ok_or_else(|| ApiError::Forbidden("no principal on this request".into()))?;
     let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer.to_string()).unwrap_or_default();
-    let ctx =
-        ReadContext { now: crate::audit::now_micros() / 1_000_000, break_glass: break_glass_reason(req.headers())? };
+    let ctx = ReadContext { now: crate::audit::now_micros() / 1_000_000, break_glass: None };
     Ok(Caller {
         who,
         peer,
-        base: base_url(req.headers(), req.uri(), state),
+        base: state.base_url.clone(),
         strict: prefers_strict(req.headers()),
         ctx,
+        glass: break_glass_reason(req.headers())?,
     })
-}
-
-/// `https://host/fhir`, from the request's authority when it is a plain host name.
-fn base_url(headers: &HeaderMap, uri: &http::Uri, state: &AppState) -> String {
-    let host = uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
-        .filter(|h| {
-            !h.is_empty() && h.len() < 256 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-        })
-        .unwrap_or_else(|| state.config.server.listen.to_string());
-    format!("https://{host}/fhir")
 }
 
 fn prefers_strict(headers: &HeaderMap) -> bool {
@@ -116,12 +131,17 @@ async fn pushed_records(
     let Some(wanted) = state.records.pushed_wanted(wanted) else { return Ok(Vec::new()) };
     pushed::fetch(state.store.pool(), wanted, keep)
         .await
-        .map_err(|e| ApiError::Unavailable(format!("pushed documents cannot be read now: {e}")))
+        .map_err(|e| ApiError::unavailable("pushed documents cannot be read now; nothing was disclosed", e))
 }
 
 /// A resource as the audit record names it; `basis` is empty for a refusal.
 fn disclosure(s: &Stored, basis: String) -> Disclosed {
     Disclosed { reference: s.key(), owner: s.owner.clone(), patient: s.patient.clone(), basis }
+}
+
+/// What was asked for and does not exist: no owner, no patient.
+fn absent(reference: String) -> Disclosed {
+    Disclosed { reference, owner: String::new(), patient: None, basis: String::new() }
 }
 
 fn disclosed(p: &Permitted) -> Disclosed {
@@ -137,6 +157,10 @@ pub(super) fn record(
     query: Option<String>,
 ) -> AuditRecord {
     let glass = disclosed.iter().any(|d| d.basis == Basis::BreakGlass.code());
+    let reason = c.glass.as_ref().map(|(code, text)| match text {
+        Some(t) => format!("{}; {t}", code.code()),
+        None => code.code().to_string(),
+    });
     AuditRecord {
         interaction,
         outcome,
@@ -146,36 +170,49 @@ pub(super) fn record(
         disclosed,
         query,
         purpose: if glass { "ETREAT" } else { "TREAT" }.into(),
-        break_glass_reason: if glass { c.ctx.break_glass.clone() } else { None },
+        break_glass_reason: if glass { reason } else { None },
         recorded_micros: now_micros(),
     }
 }
 
-/// Break-glass reads notify each owner crossed through the outbox, before disclosure.
-async fn notify_break_glass(state: &AppState, c: &Caller, permitted: &[&Permitted]) -> Result<(), ApiError> {
-    let mut owners: Vec<&str> =
-        permitted.iter().filter(|p| *p.permit.basis() == Basis::BreakGlass).map(|p| p.record.owner.as_str()).collect();
-    owners.sort_unstable();
-    owners.dedup();
-    for owner in owners {
-        let resources: Vec<String> =
-            permitted.iter().filter(|p| p.record.owner == owner).map(|p| p.record.key()).collect();
-        let payload = serde_json::json!({
-            "reader": { "institution": c.who.institution, "name": c.who.institution_name, "terminal": c.who.terminal, "certificate": c.who.fingerprint },
-            "reason": c.ctx.break_glass,
-            "resources": resources,
-            "at": c.ctx.now,
-        });
-        crate::outbox::enqueue(&state.store, "break-glass", owner, &payload).await.map_err(|e| {
-            ApiError::Unavailable(format!("the break-glass notice could not be stored ({e}); nothing was disclosed"))
-        })?;
+/// Break-glass reads of `person` open (or use) a declaration per owner and patient
+/// crossed, each new one stored with the owner's notice, before anything is disclosed.
+async fn declare_break_glass(
+    state: &AppState,
+    c: &Caller,
+    person: Option<&str>,
+    permitted: &[&Permitted],
+) -> Result<(), ApiError> {
+    let mut crossed: Vec<(&str, &str)> = permitted
+        .iter()
+        .filter(|p| *p.permit.basis() == Basis::BreakGlass)
+        .filter_map(|p| Some((p.record.owner.as_str(), p.record.patient.as_deref()?)))
+        .collect();
+    crossed.sort_unstable();
+    crossed.dedup();
+    let Some(reason) = c.glass_for(vec![]).break_glass.map(|g| g.reason()) else { return Ok(()) };
+    for (owner, patient) in crossed {
+        let crossing = break_glass::Crossing { owner, patient, person: person.unwrap_or(patient) };
+        let declared =
+            break_glass::declare(&state.store, &c.who, crossing, &reason, c.ctx.now, &state.config.policy).await;
+        match declared {
+            Ok(_) => {}
+            Err(break_glass::BreakGlassError::TooMany(..)) => {
+                let why = declared.err().map(|e| e.to_string()).unwrap_or_default();
+                audit(state, record(c, Interaction::Read, Outcome::Denied, Some(why.clone()), vec![], None)).await?;
+                return Err(ApiError::TooManyRequests { message: why, retry_after: 3600 });
+            }
+            Err(e) => {
+                return Err(ApiError::unavailable("the break-glass declaration could not be stored; nothing was disclosed", e))
+            }
+        }
     }
     Ok(())
 }
 
 /// Write the audit record or refuse: nothing is disclosed unaudited.
 pub(super) async fn audit(state: &AppState, rec: AuditRecord) -> Result<(), ApiError> {
-    state.audit.record(rec).await.map(|_| ()).map_err(|e| ApiError::Unavailable(format!("{e}; nothing was disclosed")))
+    state.audit.record(rec).await.map(|_| ()).map_err(|e| ApiError::unavailable("the audit log is unavailable; nothing was disclosed", e))
 }
 
 /// A role-level refusal: audited, then 403 (reveals nothing about existence).
@@ -194,12 +231,13 @@ async fn refuse_role(
 }
 
 /// `GET /fhir/{type}/{id}`.
-pub async fn read(State(state): State<AppState>, Path((ty, id)): Path<(String, String)>, req: Request) -> Response {
+pub async fn read(State(state): State<AppState>, FhirPath((ty, id)): FhirPath<(String, String)>, req: Request) -> Response {
     read_inner(state, ty, id, req).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn read_inner(state: AppState, ty: String, id: String, req: Request) -> Result<Response, ApiError> {
     check_type(&ty)?;
+    super::check_id(&id)?;
     let c = caller(&req, &state)?;
     if let Err(r) = state.policy.may_read_type(&c.who, &ty) {
         return Err(refuse_role(&state, &c, Interaction::Read, r, None).await);
@@ -208,16 +246,25 @@ async fn read_inner(state: AppState, ty: String, id: String, req: Request) -> Re
     let not_found = || ApiError::NotFound(format!("{ty}/{id} is not known or not visible to you"));
     let pushed;
     let stored = match snap.get(&ty, &id) {
-        Some(s) => s,
+        Some(s) => Some(s),
         None => {
             pushed = pushed_records(&state, Wanted::Key(&ty, &id), |_| true).await?;
-            pushed.first().ok_or_else(not_found)?
+            pushed.first()
         }
     };
-    match state.policy.decide(&c.who, stored, &c.ctx) {
+    // An absent record and a refused one take the same path: audited, then 404, so
+    // neither the answer nor its timing tells whether it exists.
+    let Some(stored) = stored else {
+        let asked = absent(format!("{ty}/{id}"));
+        audit(&state, record(&c, Interaction::Read, Outcome::NotFound, Some(NOT_VISIBLE.into()), vec![asked], None))
+            .await?;
+        return Err(not_found());
+    };
+    let ctx = c.glass_for(stored.patient.iter().cloned().collect());
+    match state.policy.decide(&c.who, stored, &ctx) {
         Ok(permit) => {
             let p = Permitted { permit, record: stored.clone() };
-            notify_break_glass(&state, &c, &[&p]).await?;
+            declare_break_glass(&state, &c, p.record.patient.as_deref(), &[&p]).await?;
             audit(&state, record(&c, Interaction::Read, Outcome::Success, None, vec![disclosed(&p)], None)).await?;
             Ok(fhir_bytes(StatusCode::OK, p.record.json.get().to_string()))
         }
@@ -231,8 +278,24 @@ async fn read_inner(state: AppState, ty: String, id: String, req: Request) -> Re
     }
 }
 
+/// What an absent record's audit event says (and what a refused one says to the
+/// reader's own auditors).
+pub const NOT_VISIBLE: &str = "not found, or not visible to this reader";
+
+/// The one patient a search is about (break-glass reaches no further), if it names one.
+fn one_patient(ty: &str, search: &Search) -> Option<String> {
+    let mut found = search.criteria.iter().filter_map(|cr| match cr {
+        Criterion::Patient(ids) if ids.len() == 1 => Some(ids[0].clone()),
+        Criterion::Id(ids) if ty == "Patient" && ids.len() == 1 => Some(ids[0].clone()),
+        _ => None,
+    });
+    let first = found.next()?;
+    // Two patient criteria naming different patients is not one patient.
+    found.all(|other| other == first).then_some(first)
+}
+
 /// `GET /fhir/{type}?...`.
-pub async fn search(State(state): State<AppState>, Path(ty): Path<String>, req: Request) -> Response {
+pub async fn search(State(state): State<AppState>, FhirPath(ty): FhirPath<String>, req: Request) -> Response {
     search_inner(state, ty, req).await.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -244,6 +307,14 @@ async fn search_inner(state: AppState, ty: String, req: Request) -> Result<Respo
         return Err(refuse_role(&state, &c, Interaction::Search, r, Some(query)).await);
     }
     let search = params::parse(&ty, &query, c.strict)?;
+    // Break-glass is for one patient at a time, never a search across patients.
+    let glass_patient = one_patient(&ty, &search);
+    if c.glass.is_some() && glass_patient.is_none() {
+        let why = "break-glass reads one patient at a time: search with exactly one patient (patient=, or _id= for Patient)";
+        audit(&state, record(&c, Interaction::Search, Outcome::Denied, Some(why.into()), vec![], Some(query))).await?;
+        return Err(ApiError::Forbidden(why.into()));
+    }
+    let ctx = c.glass_for(glass_patient.into_iter().collect());
     let snap = state.records.snapshot();
     let patient_filter = search.criteria.iter().find_map(|cr| match cr {
         Criterion::Patient(ids) => Some(ids.clone()),
@@ -276,6 +347,17 @@ async fn search_inner(state: AppState, ty: String, req: Request) -> Result<Respo
     let presented = (c.who.role == Role::Pharmacy && ty == "MedicationRequest")
         .then(|| Presentation::from_params(&search.used))
         .flatten();
+    if presented.is_some() {
+        if let Err(wait) = state.prescription_lookups.take(&c.who.fingerprint) {
+            let why = format!(
+                "presented-prescription lookups are limited to {} a minute per certificate; retry in {wait} s",
+                state.config.policy.prescription_lookups_per_minute
+            );
+            audit(&state, record(&c, Interaction::Search, Outcome::Denied, Some(why.clone()), vec![], Some(query)))
+                .await?;
+            return Err(ApiError::TooManyRequests { message: why, retry_after: wait });
+        }
+    }
     let mut includes: Vec<Permitted> = Vec::new();
     let permitted: Vec<Permitted> = if let Some(presented) = &presented {
         let mut out = Vec::new();
@@ -283,7 +365,7 @@ async fn search_inner(state: AppState, ty: String, req: Request) -> Result<Respo
             let birth = birth_of(s);
             let permit = state
                 .policy
-                .decide(&c.who, s, &c.ctx)
+                .decide(&c.who, s, &ctx)
                 .or_else(|_| state.policy.presented_prescription(&c.who, s, presented, birth.as_deref()));
             let Ok(permit) = permit else { continue };
             out.push(Permitted { permit, record: s.clone() });
@@ -294,9 +376,17 @@ async fn search_inner(state: AppState, ty: String, req: Request) -> Result<Respo
                 }
             }
         }
+        if out.is_empty() {
+            // A failed lookup is audited as such: a sweep shows as a run of these.
+            let why = "presented prescription: no prescription matches this number and birth date";
+            audit(&state, record(&c, Interaction::Search, Outcome::NotFound, Some(why.into()), vec![], Some(query)))
+                .await?;
+            let asked = Asked { interaction: Interaction::Search, path: &ty, search: &search, query: None, person: None };
+            return respond_page(&state, &c, asked, vec![], vec![], false).await;
+        }
         out
     } else {
-        let mut permitted = state.policy.filter(&c.who, matching, &c.ctx);
+        let mut permitted = state.policy.filter(&c.who, matching, &ctx);
         if ty == "Patient"
             && search.criteria.iter().any(|cr| matches!(cr, Criterion::Token { name, .. } if name == "identifier"))
         {
@@ -315,20 +405,22 @@ async fn search_inner(state: AppState, ty: String, req: Request) -> Result<Respo
                     }
                 }
             }
-            permitted.extend(state.policy.filter(&c.who, linked, &c.ctx));
+            permitted.extend(state.policy.filter(&c.who, linked, &ctx));
         }
         permitted
     };
-    let asked = Asked { interaction: Interaction::Search, path: &ty, search: &search, query: Some(query) };
-    respond_page(&state, &c, asked, permitted, includes).await
+    let person = ctx.break_glass.as_ref().and_then(|g| g.patients.first()).map(String::as_str);
+    let asked = Asked { interaction: Interaction::Search, path: &ty, search: &search, query: Some(query), person };
+    respond_page(&state, &c, asked, permitted, includes, true).await
 }
 
 /// `GET /fhir/Patient/{id}/$everything`.
-pub async fn everything(State(state): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
+pub async fn everything(State(state): State<AppState>, FhirPath(id): FhirPath<String>, req: Request) -> Response {
     everything_inner(state, id, req).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn everything_inner(state: AppState, id: String, req: Request) -> Result<Response, ApiError> {
+    super::check_id(&id)?;
     let c = caller(&req, &state)?;
     let query = req.uri().query().unwrap_or("").to_string();
     if let Err(r) = state.policy.may_read_type(&c.who, "Patient") {
@@ -340,31 +432,32 @@ async fn everything_inner(state: AppState, id: String, req: Request) -> Result<R
     }
     search.used.clear();
     let snap = state.records.snapshot();
+    let links = state.linkage.links(&snap);
+    let others: Vec<&str> = links.linked(&id).map(|(other, _)| other).collect();
+    // Break-glass reaches this person: the patient asked for and its linked records.
+    let ctx = c.glass_for(std::iter::once(id.as_str()).chain(others.iter().copied()).map(str::to_string).collect());
     let pushed = pushed_records(&state, Wanted::Patients(vec![&id], None), |_| true).await?;
-    let mut permitted = state.policy.filter(&c.who, snap.for_patient(&id).chain(&pushed), &c.ctx);
+    let mut permitted = state.policy.filter(&c.who, snap.for_patient(&id).chain(&pushed), &ctx);
     if !permitted.is_empty() {
         // The person's records at every linked site, each under its own owner's policy.
-        let links = state.linkage.links(&snap);
-        let others: Vec<&str> = links.linked(&id).map(|(other, _)| other).collect();
         let pushed = pushed_records(&state, Wanted::Patients(others.clone(), None), |_| true).await?;
         for other in &others {
-            permitted.extend(state.policy.filter(&c.who, snap.for_patient(other), &c.ctx));
+            permitted.extend(state.policy.filter(&c.who, snap.for_patient(other), &ctx));
         }
-        permitted.extend(state.policy.filter(&c.who, &pushed, &c.ctx));
+        permitted.extend(state.policy.filter(&c.who, &pushed, &ctx));
     }
     if permitted.is_empty() {
-        let asked: Vec<Disclosed> =
-            snap.get("Patient", &id).map(|s| disclosure(s, String::new())).into_iter().collect();
-        audit(
-            &state,
-            record(&c, Interaction::Everything, Outcome::Denied, Some(Refusal::NoGrant.to_string()), asked, None),
-        )
-        .await?;
+        let (outcome, why, asked) = match snap.get("Patient", &id) {
+            Some(s) => (Outcome::Denied, Refusal::NoGrant.to_string(), disclosure(s, String::new())),
+            None => (Outcome::NotFound, NOT_VISIBLE.to_string(), absent(format!("Patient/{id}"))),
+        };
+        audit(&state, record(&c, Interaction::Everything, outcome, Some(why), vec![asked], None)).await?;
         return Err(ApiError::NotFound(format!("Patient/{id} is not known or not visible to you")));
     }
     let path = format!("Patient/{id}/$everything");
-    let asked = Asked { interaction: Interaction::Everything, path: &path, search: &search, query: None };
-    respond_page(&state, &c, asked, permitted, vec![]).await
+    let asked =
+        Asked { interaction: Interaction::Everything, path: &path, search: &search, query: None, person: Some(&id) };
+    respond_page(&state, &c, asked, permitted, vec![], true).await
 }
 
 #[derive(Serialize)]
@@ -417,25 +510,31 @@ struct Asked<'a> {
     search: &'a Search,
     /// The query string, for the audit record.
     query: Option<String>,
+    /// The one person it is about, when it is (what break-glass declares for).
+    person: Option<&'a str>,
 }
 
-/// Audit the page of `permitted` (and its `includes`) that `asked` selects, then answer it.
+/// Audit the page of `permitted` (and its `includes`) that `asked` selects, then answer
+/// it; `audited` false when the caller has audited this answer already.
 async fn respond_page(
     state: &AppState,
     c: &Caller,
     asked: Asked<'_>,
     permitted: Vec<Permitted>,
     includes: Vec<Permitted>,
+    audited: bool,
 ) -> Result<Response, ApiError> {
-    let Asked { interaction, path, search, query } = asked;
+    let Asked { interaction, path, search, query, person } = asked;
     let total = permitted.len();
     let start = search.offset.min(total);
     let end = (start + search.count).min(total);
     let page = &permitted[start..end];
     let shown: Vec<&Permitted> = page.iter().chain(includes.iter()).collect();
-    notify_break_glass(state, c, &shown).await?;
-    audit(state, record(c, interaction, Outcome::Success, None, shown.iter().map(|p| disclosed(p)).collect(), query))
-        .await?;
+    declare_break_glass(state, c, person, &shown).await?;
+    if audited {
+        let rec = record(c, interaction, Outcome::Success, None, shown.iter().map(|p| disclosed(p)).collect(), query);
+        audit(state, rec).await?;
+    }
 
     let mut link = vec![LinkOut { relation: "self", url: page_url(&c.base, path, &search.used, search.count, start) }];
     if end < total && search.count > 0 {

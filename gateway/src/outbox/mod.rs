@@ -4,42 +4,69 @@
 use crate::store::Store;
 use sqlx::Row;
 
-/// Store one event for `destination`; returns its id.
-pub async fn enqueue(
-    store: &Store,
-    kind: &str,
-    destination: &str,
-    payload: &serde_json::Value,
-) -> Result<i64, sqlx::Error> {
-    let now = crate::audit::now_micros() / 1_000_000;
-    let mut tx = store.begin_row_write().await?;
-    let row = sqlx::query(
-        "INSERT INTO outbox (kind, destination, payload, created_at, state, attempts, next_attempt) \
-         VALUES ($1, $2, $3, $4, 'pending', 0, $5) RETURNING id",
-    )
-    .bind(kind)
-    .bind(destination)
-    .bind(payload.to_string())
-    .bind(now)
-    .bind(now)
-    .fetch_one(&mut *tx)
-    .await?;
-    let id = row.try_get(0)?;
-    tx.commit().await?;
-    Ok(id)
+/// A break-glass notice as the owner sees it: a FHIR Communication from the reader's
+/// institution to the owner about the patient, with the reason and the declaration.
+pub fn notice(id: i64, payload: &serde_json::Value, state: &str) -> serde_json::Value {
+    let inst = |code: &serde_json::Value, name: Option<&serde_json::Value>| {
+        let mut r = serde_json::json!({
+            "type": "Organization",
+            "identifier": {"system": kakehashi_mappings::codes::INSTITUTION_NUMBER, "value": code},
+        });
+        if let Some(n) = name.and_then(|n| n.as_str()).filter(|n| !n.is_empty()) {
+            r["display"] = n.into();
+        }
+        r
+    };
+    let reader = &payload["reader"];
+    let at = |k: &str| payload[k].as_i64().and_then(crate::instant::from_secs).unwrap_or_default();
+    let text = format!(
+        "Break-glass access (緊急時アクセス) to patient {} by {} terminal {} (certificate SHA-256 {}), reason: {}; declaration {} valid until {}.",
+        payload["patient"].as_str().unwrap_or(""),
+        reader["institution"].as_str().unwrap_or(""),
+        reader["terminal"].as_str().unwrap_or(""),
+        reader["certificate"].as_str().unwrap_or(""),
+        payload["reason"].as_str().unwrap_or(""),
+        payload["declaration"].as_str().unwrap_or(""),
+        at("expires"),
+    );
+    serde_json::json!({
+        "resourceType": "Communication",
+        "id": format!("break-glass-{id}"),
+        "identifier": [{"system": "urn:kakehashi:break-glass", "value": payload["declaration"]}],
+        "status": if state == "delivered" || state == "held" { "completed" } else { "in-progress" },
+        "category": [{"coding": [{"system": NOTICE_SYSTEM, "code": "break-glass", "display": "Break-glass access notice"}]}],
+        "priority": "urgent",
+        "subject": {"reference": format!("Patient/{}", payload["patient"].as_str().unwrap_or(""))},
+        "sent": at("at"),
+        "recipient": [inst(&payload["owner"], None)],
+        "sender": inst(&reader["institution"], reader.get("name")),
+        "reasonCode": [{
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "ETREAT"}],
+            "text": payload["reason"],
+        }],
+        "payload": [{"contentString": text}],
+    })
 }
 
-/// Events of a kind for a destination, oldest first (for owners reviewing notices).
-pub async fn list(
+/// Code system of the notices' `Communication.category`.
+pub const NOTICE_SYSTEM: &str = "urn:kakehashi:notice";
+
+/// Break-glass notices for `destination`, newest first, `limit` of them: (id, payload, state).
+pub async fn notices(
     store: &Store,
-    kind: &str,
     destination: &str,
+    only: Option<i64>,
+    limit: i64,
 ) -> Result<Vec<(i64, serde_json::Value, String)>, sqlx::Error> {
-    let rows = sqlx::query("SELECT id, payload, state FROM outbox WHERE kind = $1 AND destination = $2 ORDER BY id")
-        .bind(kind)
-        .bind(destination)
-        .fetch_all(store.pool())
-        .await?;
+    let rows = sqlx::query(
+        "SELECT id, payload, state FROM outbox WHERE kind = $1 AND destination = $2 AND ($3 = 0 OR id = $3) ORDER BY id DESC LIMIT $4",
+    )
+    .bind(crate::policy::break_glass::NOTICE_KIND)
+    .bind(destination)
+    .bind(only.unwrap_or(0))
+    .bind(limit)
+    .fetch_all(store.pool())
+    .await?;
     rows.into_iter()
         .map(|r| {
             let payload: String = r.try_get(1)?;
@@ -88,7 +115,7 @@ fn now() -> i64 {
 /// instance whose claim lapsed. One predicate for the idle check and both claims.
 macro_rules! due_deliveries {
     () => {
-        "SELECT id FROM outbox WHERE kind = 'deliver' AND \
+        "SELECT id FROM outbox WHERE kind IN ('deliver', 'break-glass') AND \
          ((state = 'pending' AND next_attempt <= $1) OR (state = 'claimed' AND claim_until < $1))"
     };
 }
@@ -96,7 +123,7 @@ macro_rules! due_deliveries {
 /// Claim up to `limit` due deliveries for `seconds`. Claims are atomic per row, so
 /// several gateway instances never deliver the same row at once; a claim that lapses
 /// (its instance died) is claimed again.
-async fn claim(store: &Store, limit: i64, seconds: i64) -> Result<Vec<(i64, String, String)>, sqlx::Error> {
+async fn claim(store: &Store, limit: i64, seconds: i64) -> Result<Vec<Claimed>, sqlx::Error> {
     let t = now();
     // Most polls find nothing due: ask first with a read, so that an idle gateway takes
     // no write turn every poll (on SQLite such turns, every 100 ms in the tests, starved
@@ -113,7 +140,7 @@ async fn claim(store: &Store, limit: i64, seconds: i64) -> Result<Vec<(i64, Stri
                 due_deliveries!(),
                 " ORDER BY id LIMIT $3",
                 $lock,
-                ") RETURNING id, destination, payload"
+                ") RETURNING id, kind, destination, payload"
             )
         };
     }
@@ -127,17 +154,41 @@ async fn claim(store: &Store, limit: i64, seconds: i64) -> Result<Vec<(i64, Stri
     let rows = sqlx::query(sql).bind(t).bind(t + seconds).bind(limit).fetch_all(&mut *tx).await?;
     let claimed = rows
         .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .map(|r| Ok(Claimed { id: r.try_get(0)?, kind: r.try_get(1)?, destination: r.try_get(2)?, payload: r.try_get(3)? }))
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
     tx.commit().await?;
     Ok(claimed)
 }
 
-async fn finish(store: &Store, id: i64, result: Result<(), String>, attempts_backoff: bool) -> Result<(), sqlx::Error> {
+/// A claimed outbox row.
+struct Claimed {
+    id: i64,
+    kind: String,
+    destination: String,
+    payload: String,
+}
+
+/// Where a delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivered {
+    /// Written to the destination's inbox.
+    Inbox,
+    /// The destination has no inbox: the row is kept for its API (a notice).
+    Held,
+}
+
+async fn finish(
+    store: &Store,
+    id: i64,
+    result: Result<Delivered, String>,
+    attempts_backoff: bool,
+) -> Result<(), sqlx::Error> {
     let mut tx = store.begin_row_write().await?;
     match result {
-        Ok(()) => {
-            sqlx::query("UPDATE outbox SET state = 'delivered', delivered_at = $1, last_error = NULL WHERE id = $2")
+        Ok(done) => {
+            let state = if done == Delivered::Inbox { "delivered" } else { "held" };
+            sqlx::query("UPDATE outbox SET state = $1, delivered_at = $2, last_error = NULL WHERE id = $3")
+                .bind(state)
                 .bind(now())
                 .bind(id)
                 .execute(&mut *tx)
@@ -159,11 +210,19 @@ async fn finish(store: &Store, id: i64, result: Result<(), String>, attempts_bac
 }
 
 /// Write a file atomically and durably: temp file, fsync, rename, fsync the directory.
-fn write_durably(dir: &std::path::Path, name: &str, bytes: &[u8]) -> Result<(), String> {
+/// Patient documents: the file is created 0600 and a directory made here 0700.
+pub(crate) fn write_durably(dir: &std::path::Path, name: &str, bytes: &[u8]) -> Result<(), String> {
     use std::io::Write;
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, dir.join(name)).map_err(|e| format!("{}: {e}", dir.display()))?;
     if let Ok(d) = std::fs::File::open(dir) {
@@ -208,8 +267,36 @@ async fn deliver(
     tokio::task::spawn_blocking(move || write_durably(&dir, &name, &bytes)).await.map_err(|e| e.to_string())?
 }
 
+/// Deliver a break-glass notice: into the owner's inbox as a FHIR Communication (JSON)
+/// when it has one, and to the ATNA repository when forwarding is configured; held for
+/// the owner's API otherwise.
+async fn deliver_notice(
+    config: &crate::config::Config,
+    forward: Option<&crate::audit::forward::Forwarder>,
+    id: i64,
+    destination: &str,
+    payload: &str,
+) -> Result<Delivered, String> {
+    let payload: serde_json::Value = serde_json::from_str(payload).map_err(|e| format!("malformed notice: {e}"))?;
+    let communication = notice(id, &payload, "delivered");
+    if let Some(f) = forward {
+        f.offer_message("BreakGlassNotice", communication.to_string());
+    }
+    let Some(inbox) = config.inbox_of(destination) else { return Ok(Delivered::Held) };
+    let (dir, name, bytes) = (inbox.dir.clone(), format!("break-glass-{id}.json"), communication.to_string());
+    tokio::task::spawn_blocking(move || write_durably(&dir, &name, bytes.as_bytes()))
+        .await
+        .map_err(|e| e.to_string())??;
+    Ok(Delivered::Inbox)
+}
+
 /// The delivery worker: poll, claim, deliver, record; forever.
-pub async fn run(store: Store, config: std::sync::Arc<crate::config::Config>) {
+pub async fn run(
+    store: Store,
+    config: std::sync::Arc<crate::config::Config>,
+    metrics: std::sync::Arc<crate::admin::Metrics>,
+    forward: Option<crate::audit::forward::Forwarder>,
+) {
     let every = std::time::Duration::from_millis(config.server.outbox_poll_ms.max(50));
     loop {
         tokio::time::sleep(every).await;
@@ -220,13 +307,18 @@ pub async fn run(store: Store, config: std::sync::Arc<crate::config::Config>) {
                 continue;
             }
         };
-        for (id, destination, payload) in claimed {
-            let result = deliver(&store, &config, &destination, &payload).await;
+        for c in claimed {
+            let (kind, result) = if c.kind == crate::policy::break_glass::NOTICE_KIND {
+                ("break-glass", deliver_notice(&config, forward.as_ref(), c.id, &c.destination, &c.payload).await)
+            } else {
+                ("document", deliver(&store, &config, &c.destination, &c.payload).await.map(|()| Delivered::Inbox))
+            };
+            metrics.outbox(kind, result.is_ok());
             if let Err(e) = &result {
-                tracing::warn!(outbox = id, reason = %e, "delivery failed; will retry with backoff");
+                tracing::warn!(outbox = c.id, kind, reason = %e, "delivery failed; will retry with backoff");
             }
-            if let Err(e) = finish(&store, id, result, true).await {
-                tracing::warn!(outbox = id, error = %e, "delivery result not recorded; the claim will lapse and retry");
+            if let Err(e) = finish(&store, c.id, result, true).await {
+                tracing::warn!(outbox = c.id, error = %e, "delivery result not recorded; the claim will lapse and retry");
             }
         }
     }
@@ -268,14 +360,26 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         let payload = serde_json::json!({ "push": "p1" });
-        let stored = enqueue(&store, "deliver", "4610100011", &payload).await;
+        let stored = async {
+            let mut tx = store.begin_row_write().await?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO outbox (kind, destination, payload, created_at, state, attempts, next_attempt) \
+                 VALUES ('deliver', $1, $2, 0, 'pending', 0, 0) RETURNING id",
+            )
+            .bind("4610100011")
+            .bind(payload.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await.map(|()| id)
+        }
+        .await;
         let claimed = claim(&store, 16, 60).await;
         stop.store(true, Ordering::Relaxed);
         assert!(busy.join().unwrap() > 0, "the other writer ran");
         let id = stored.expect("the notice is stored in its turn");
         let claimed = claimed.expect("the claim runs in its turn");
-        assert_eq!(claimed.iter().map(|c| c.0).collect::<Vec<_>>(), vec![id]);
-        finish(&store, id, Ok(()), true).await.unwrap();
+        assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), vec![id]);
+        finish(&store, id, Ok(Delivered::Inbox), true).await.unwrap();
         assert_eq!(delivery_of(&store, "p1").await.unwrap().unwrap().state, "delivered");
         let _ = std::fs::remove_dir_all(dir);
     }

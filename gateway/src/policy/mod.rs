@@ -3,12 +3,15 @@
 //! allow. The decision is a type: data leaves only inside [`Permitted`], and only this
 //! module can make a [`Permit`].
 
+pub mod break_glass;
 pub mod grants;
+pub mod rate;
 
 use crate::identity::Principal;
 use crate::records::Stored;
 use grants::{Grant, GrantKind, Grants};
 use kakehashi_certs::Role;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Why a read was allowed.
@@ -40,6 +43,8 @@ impl Basis {
 /// birth date (`YYYY-MM-DD`). Ranges, lists and partial dates are not a presentation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Presentation {
+    /// The identifier system given with the number (`system|number`), if any.
+    pub system: Option<String>,
     /// The prescription number, as printed.
     pub number: String,
     /// The patient's birth date.
@@ -47,8 +52,8 @@ pub struct Presentation {
 }
 
 impl Presentation {
-    /// From a search's parameters: exactly one `identifier` value (an optional
-    /// `system|` is ignored) and exactly one `patient.birthdate` that is a plain date.
+    /// From a search's parameters: exactly one `identifier` value (optionally
+    /// `system|number`) and exactly one `patient.birthdate` that is a plain date.
     pub fn from_params(params: &[(String, String)]) -> Option<Presentation> {
         let only = |name: &str| {
             let mut it = params.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str());
@@ -56,12 +61,78 @@ impl Presentation {
             it.next().is_none().then_some(first)
         };
         let identifier = only("identifier")?;
-        let number = identifier.rsplit_once('|').map_or(identifier, |(_, v)| v);
+        let (system, number) = match identifier.rsplit_once('|') {
+            Some((s, v)) => ((!s.is_empty()).then(|| s.to_string()), v),
+            None => (None, identifier),
+        };
         let birth = only("patient.birthdate")?;
         let is_date = birth.len() == 10
             && birth.bytes().enumerate().all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
-        (is_date && !number.is_empty() && !number.contains(','))
-            .then(|| Presentation { number: number.to_string(), birth_date: birth.to_string() })
+        (is_date && !number.is_empty() && !number.contains(',')).then(|| Presentation {
+            system,
+            number: number.to_string(),
+            birth_date: birth.to_string(),
+        })
+    }
+}
+
+/// Why a doctor breaks the glass: a code from a short list, and free text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakGlassCode {
+    /// Emergency treatment (救急・急変時の診療).
+    EmergencyTreatment,
+    /// The patient cannot consent (意識障害等で本人の同意が得られない).
+    UnconsciousPatient,
+    /// Disaster medical care (災害時の診療).
+    Disaster,
+    /// Another reason, stated in the free text (required).
+    Other,
+}
+
+impl BreakGlassCode {
+    /// Every code, as sent in the header.
+    pub const ALL: [BreakGlassCode; 4] = [
+        BreakGlassCode::EmergencyTreatment,
+        BreakGlassCode::UnconsciousPatient,
+        BreakGlassCode::Disaster,
+        BreakGlassCode::Other,
+    ];
+
+    /// The code as sent and audited.
+    pub fn code(self) -> &'static str {
+        match self {
+            BreakGlassCode::EmergencyTreatment => "emergency-treatment",
+            BreakGlassCode::UnconsciousPatient => "unconscious-patient",
+            BreakGlassCode::Disaster => "disaster",
+            BreakGlassCode::Other => "other",
+        }
+    }
+
+    /// From the code.
+    pub fn from_code(c: &str) -> Option<BreakGlassCode> {
+        Self::ALL.into_iter().find(|k| k.code() == c)
+    }
+}
+
+/// A break-glass declaration: why, and for which patient(s) of one person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakGlass {
+    /// The reason code.
+    pub code: BreakGlassCode,
+    /// Free text (required for `other`).
+    pub text: Option<String>,
+    /// The patient ids it reaches: the one patient read (and the same person's
+    /// records at other sites, for `$everything`). Never more than one person.
+    pub patients: Vec<String>,
+}
+
+impl BreakGlass {
+    /// `code` or `code; free text`, as audited.
+    pub fn reason(&self) -> String {
+        match &self.text {
+            Some(t) => format!("{}; {t}", self.code.code()),
+            None => self.code.code().to_string(),
+        }
     }
 }
 
@@ -70,8 +141,8 @@ impl Presentation {
 pub struct ReadContext {
     /// Now, Unix seconds.
     pub now: i64,
-    /// The break-glass reason stated with the request, if any.
-    pub break_glass: Option<String>,
+    /// The break-glass declaration of the request, if any.
+    pub break_glass: Option<BreakGlass>,
 }
 
 /// Proof that the policy allowed this principal to see one resource. Not
@@ -122,12 +193,34 @@ pub enum Refusal {
 pub struct Policy {
     /// The owners' grants.
     pub grants: Grants,
+    /// Per site, the identifier system of the prescription number printed on its
+    /// prescriptions (`site.prescription_number_system`); by default the owner's
+    /// `urn:kakehashi:local:<owner>:prescription-number`.
+    prescription_systems: HashMap<String, String>,
 }
 
 impl Policy {
-    /// A policy with no grants loaded yet.
+    /// A policy with no grants loaded yet and the default prescription-number systems.
     pub fn new() -> Arc<Policy> {
         Arc::new(Policy::default())
+    }
+
+    /// A policy for `config`'s sites, no grants loaded yet.
+    pub fn for_config(config: &crate::config::Config) -> Arc<Policy> {
+        let prescription_systems = config
+            .sites
+            .iter()
+            .filter_map(|s| Some((s.id.clone(), s.prescription_number_system.clone()?)))
+            .collect();
+        Arc::new(Policy { grants: Grants::default(), prescription_systems })
+    }
+
+    /// The identifier system whose value is the prescription number of `record`.
+    pub fn prescription_system(&self, record: &Stored) -> String {
+        self.prescription_systems
+            .get(&record.site)
+            .cloned()
+            .unwrap_or_else(|| kakehashi_mappings::codes::local_system(&record.owner, "prescription-number"))
     }
 
     /// Role-level check before anything is looked up, so a refusal here reveals
@@ -166,7 +259,10 @@ impl Policy {
         if let Some((kind, id)) = self.grants.first_of(&record.owner, patient, applies) {
             return permit(Basis::Grant(kind, id));
         }
-        if who.role == Role::Doctor && ctx.break_glass.as_deref().is_some_and(|r| !r.trim().is_empty()) {
+        // Break-glass reaches only the patient (person) it was declared for.
+        if who.role == Role::Doctor
+            && ctx.break_glass.as_ref().is_some_and(|g| !patient.is_empty() && g.patients.iter().any(|p| p == patient))
+        {
             return permit(Basis::BreakGlass);
         }
         Err(Refusal::NoGrant)
@@ -189,8 +285,15 @@ impl Policy {
             return Err(Refusal::TypeNotForRole { role: who.role, resource_type: ty.to_string() });
         }
         let number_matches = match &record.resource {
+            // The number printed on the prescription, in its own identifier system, and
+            // nothing else: order, RP-group and dispensing numbers are small sequential
+            // integers that a sweep would find in every prescription.
             kakehashi_fhir::Resource::MedicationRequest(m) => {
-                m.identifier.iter().any(|i| i.value.as_deref() == Some(presented.number.as_str()))
+                let system = self.prescription_system(record);
+                presented.system.as_deref().is_none_or(|s| s == system)
+                    && m.identifier.iter().any(|i| {
+                        i.system.as_deref() == Some(system.as_str()) && i.value.as_deref() == Some(presented.number.as_str())
+                    })
             }
             kakehashi_fhir::Resource::Patient(_) => true,
             _ => return Err(Refusal::TypeNotForRole { role: who.role, resource_type: ty.to_string() }),
@@ -228,7 +331,12 @@ mod tests {
     fn a_presentation_is_one_number_and_one_exact_birth_date() {
         let ok =
             Presentation::from_params(&params(&[("identifier", "urn:x|RX-1"), ("patient.birthdate", "1945-11-02")]));
-        assert_eq!(ok, Some(Presentation { number: "RX-1".into(), birth_date: "1945-11-02".into() }));
+        assert_eq!(
+            ok,
+            Some(Presentation { system: Some("urn:x".into()), number: "RX-1".into(), birth_date: "1945-11-02".into() })
+        );
+        let bare = Presentation::from_params(&params(&[("identifier", "RX-1"), ("patient.birthdate", "1945-11-02")]));
+        assert_eq!(bare.and_then(|p| p.system), None);
         for bad in [
             vec![("identifier", "RX-1"), ("patient.birthdate", "ge1945-11-02")],
             vec![("identifier", "RX-1"), ("patient.birthdate", "1945")],

@@ -19,6 +19,12 @@ pub enum StoreError {
     /// A migration failed.
     #[error("migration {version} failed: {source}")]
     Migration { version: i64, source: sqlx::Error },
+    /// An existing store was asked for and there is none (nothing is created).
+    #[error("{0}")]
+    Missing(String),
+    /// The database file could not be created with private permissions.
+    #[error("{path}: {source}")]
+    File { path: String, source: std::io::Error },
 }
 
 /// Which database engine is behind the pool.
@@ -93,6 +99,7 @@ const MIGRATIONS: &[Migration] = &[
     migration!(6, "0006_linkage.sql"),
     migration!(7, "0007_pushed_records.sql"),
     migration!(8, "0008_grant_changes.sql"),
+    migration!(9, "0009_break_glass.sql"),
 ];
 
 /// A writing transaction from [`Store::begin_write`]; use it as the connection. Every
@@ -136,9 +143,76 @@ pub enum Lock {
     Push = 7263004,
 }
 
+/// Create the SQLite file `path` readable by its owner only (0600; its directory
+/// 0700 when created here) before SQLite opens it: SQLite gives the write-ahead log
+/// and shared-memory files the database file's permissions.
+fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let err = |source| StoreError::File { path: path.display().to_string(), source };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+    }
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(err(e)),
+    }
+}
+
 impl Store {
-    /// Connect and apply pending migrations.
+    /// Connect, creating an embedded database on first use, and apply pending migrations.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
+        if let Some(rest) = url.strip_prefix("sqlite://") {
+            let file = rest.split('?').next().unwrap_or(rest);
+            if !file.starts_with(':') && !rest.contains("mode=memory") {
+                create_private(std::path::Path::new(file))?;
+            }
+        }
+        let store = Self::connect(url, true).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connect to a store that must already exist, creating and migrating nothing: for
+    /// the `audit` commands, which inspect a store and must not mend what they inspect.
+    /// A missing SQLite file, or a database without the gateway's schema, is an error.
+    pub async fn open_existing(url: &str) -> Result<Store, StoreError> {
+        if let Some(rest) = url.strip_prefix("sqlite://") {
+            let file = rest.split('?').next().unwrap_or(rest);
+            if !std::path::Path::new(file).is_file() {
+                return Err(StoreError::Missing(format!("database file {file} does not exist")));
+            }
+            // Read it directly first, writing nothing: a truncated or foreign file fails
+            // here with SQLite's own words (the pool would retry until its timeout), and
+            // an empty one is not initialised by the pool's connection settings.
+            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let conn = rusqlite::Connection::open_with_flags(file, flags)
+                .map_err(|e| StoreError::Missing(format!("{file} cannot be opened: {e}")))?;
+            if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)) {
+                return Err(StoreError::Missing(format!("{file} is not a readable SQLite database: {e}")));
+            }
+            if conn.query_row("SELECT MAX(version) FROM kk_schema", [], |r| r.get::<_, Option<i64>>(0)).is_err() {
+                return Err(StoreError::Missing(format!(
+                    "{file} holds no Kakehashi schema (empty, truncated or not this gateway's)"
+                )));
+            }
+        }
+        let store = Self::connect(url, false).await?;
+        let has_schema: Result<Option<i64>, sqlx::Error> =
+            sqlx::query_scalar("SELECT MAX(version) FROM kk_schema").fetch_one(&store.pool).await;
+        match has_schema {
+            Ok(Some(v)) if v >= MIGRATIONS.len() as i64 => Ok(store),
+            Ok(Some(v)) => Err(StoreError::Missing(format!(
+                "the database has schema version {v}, older than this build's {}: start the gateway once to migrate it",
+                MIGRATIONS.len()
+            ))),
+            Ok(None) | Err(_) => Err(StoreError::Missing(
+                "the database holds no Kakehashi schema (empty, truncated or not this gateway's)".into(),
+            )),
+        }
+    }
+
+    async fn connect(url: &str, create: bool) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let mut sqlite_file = None;
         let mut postgres_url = None;
@@ -146,7 +220,8 @@ impl Store {
             sqlite_file = Some(Arc::from(std::path::Path::new(rest.split('?').next().unwrap_or(rest))));
             // Create the file on first use; WAL gives readers and one writer concurrency.
             let sep = if rest.contains('?') { '&' } else { '?' };
-            let url = if rest.contains("mode=") { url.to_string() } else { format!("{url}{sep}mode=rwc") };
+            let mode = if create { "rwc" } else { "rw" };
+            let url = if rest.contains("mode=") { url.to_string() } else { format!("{url}{sep}mode={mode}") };
             (Backend::Sqlite, url)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             postgres_url = Some(PostgresUrl(Arc::from(url)));
@@ -169,9 +244,7 @@ impl Store {
             })
             .connect(&url)
             .await?;
-        let store = Store { pool, backend, write_gate: Arc::default(), sqlite_file, postgres_url };
-        store.migrate().await?;
-        Ok(store)
+        Ok(Store { pool, backend, write_gate: Arc::default(), sqlite_file, postgres_url })
     }
 
     /// The engine in use.
@@ -253,31 +326,62 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
+    /// Apply pending migrations. On PostgreSQL one connection holds a session advisory
+    /// lock throughout, so instances starting together on a fresh database apply each
+    /// migration once: even `CREATE TABLE IF NOT EXISTS` fails with a duplicate key when
+    /// two sessions run it at once. On SQLite each migration's `BEGIN IMMEDIATE` suffices.
     async fn migrate(&self) -> Result<(), StoreError> {
-        self.pool
-            .execute("CREATE TABLE IF NOT EXISTS kk_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
-            .await?;
-        for m in MIGRATIONS {
-            // Two instances starting together must not both apply a migration.
-            let mut tx = self.begin_write(Lock::Migrations).await?;
-            let done = sqlx::query("SELECT version FROM kk_schema WHERE version = $1")
-                .bind(m.version)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
-            if !done {
-                let sql = if self.backend == Backend::Sqlite { m.sqlite } else { m.postgres };
-                tx.execute(sql).await.map_err(|source| StoreError::Migration { version: m.version, source })?;
-                sqlx::query("INSERT INTO kk_schema (version, applied_at) VALUES ($1, $2)")
-                    .bind(m.version)
-                    .bind(time::OffsetDateTime::now_utc().unix_timestamp())
-                    .execute(&mut *tx)
-                    .await?;
+        match self.backend {
+            Backend::Sqlite => {
+                self.pool.execute(SCHEMA_TABLE).await?;
+                for m in MIGRATIONS {
+                    let mut tx = self.begin_write(Lock::Migrations).await?;
+                    apply(&mut tx, m, m.sqlite).await?;
+                    tx.commit().await?;
+                }
             }
-            tx.commit().await?;
+            Backend::Postgres => {
+                let mut conn = self.pool.acquire().await?;
+                sqlx::query("SELECT pg_advisory_lock($1)").bind(Lock::Migrations as i64).execute(&mut *conn).await?;
+                let applied = async {
+                    conn.execute(SCHEMA_TABLE).await?;
+                    for m in MIGRATIONS {
+                        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                        apply(&mut tx, m, m.postgres).await?;
+                        tx.commit().await?;
+                    }
+                    Ok::<(), StoreError>(())
+                }
+                .await;
+                let unlocked =
+                    sqlx::query("SELECT pg_advisory_unlock($1)").bind(Lock::Migrations as i64).execute(&mut *conn).await;
+                if unlocked.is_err() {
+                    // A session still holding the lock must not go back to the pool.
+                    conn.detach();
+                }
+                applied?;
+            }
         }
         Ok(())
     }
+}
+
+const SCHEMA_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS kk_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)";
+
+/// Apply migration `m` (its SQL for this backend) in `conn`'s transaction unless done.
+async fn apply(conn: &mut sqlx::AnyConnection, m: &Migration, sql: &'static str) -> Result<(), StoreError> {
+    let done =
+        sqlx::query("SELECT version FROM kk_schema WHERE version = $1").bind(m.version).fetch_optional(&mut *conn).await?;
+    if done.is_none() {
+        conn.execute(sql).await.map_err(|source| StoreError::Migration { version: m.version, source })?;
+        sqlx::query("INSERT INTO kk_schema (version, applied_at) VALUES ($1, $2)")
+            .bind(m.version)
+            .bind(time::OffsetDateTime::now_utc().unix_timestamp())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
