@@ -65,7 +65,7 @@ pub fn statement(started: &str) -> CapabilityStatement {
 }
 
 /// Resources with their own handlers: grants (Consent), patient links (Linkage), pushed
-/// documents (Bundle) and the audit log (AuditEvent).
+/// documents (Bundle), break-glass notices (Communication) and the audit log (AuditEvent).
 fn managed_resources() -> impl Iterator<Item = RestResource> {
     let resource = |ty: &str, interactions: &[&str], params: &[(&str, &str)]| RestResource {
         type_: ty.into(),
@@ -81,6 +81,8 @@ fn managed_resources() -> impl Iterator<Item = RestResource> {
         resource("Linkage", &["search-type", "create"], &[("item", "reference"), ("source", "reference")]),
         // A pushed document: the same as POST to the base.
         resource("Bundle", &["create"], &[]),
+        // Break-glass notices to the caller's institution.
+        resource("Communication", &["read", "search-type"], &[("category", "token")]),
         resource(
             "AuditEvent",
             &["search-type"],
