@@ -158,7 +158,8 @@ async fn main() {
     let (_, cfg) =
         kakehashi::loadgen::scenario::write_federation(&dir, &format!("sqlite://{}/bench.db", dir.display())).unwrap();
     let store = Store::open(&cfg.database.url).await.unwrap();
-    let records = Records::load(&cfg);
+    let index = kakehashi::records::index::IndexDb::open(&cfg.records.index_url_for(&cfg.database.url)).await.unwrap();
+    let records = Records::open(&cfg, index);
     let cfg = Arc::new(cfg);
     let signer = Arc::new(kakehashi::audit::checkpoint::Signer::load(&cfg.audit.signing_key).unwrap());
     // The same stack over `store`, audited into it, or with `log` when given.
@@ -185,8 +186,8 @@ async fn main() {
         identity: Ok(who.clone()),
         cert: None,
     };
-    let snap = records.snapshot();
-    let patient = snap.of_type("Patient").next().unwrap().resource.id().unwrap().to_string();
+    // The hub's patient 1000001 (derived id: nothing to look up).
+    let patient = kakehashi_mappings::stable_id("4610100011", "Patient", "1000001");
     let path = format!("/fhir/Patient/{patient}");
     let d = Duration::from_secs(3);
     rate(&audited, &path, &conn, &who, Duration::from_secs(1), concurrency).await; // warm up

@@ -36,6 +36,32 @@ enum Command {
     Audit(AuditCommand),
     /// Load harness: the gateway against a bare TLS baseline on loopback.
     Bench(BenchArgs),
+    /// Write synthetic records for benchmarks (fictional people only).
+    #[command(subcommand)]
+    Generate(GenerateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum GenerateCommand {
+    /// An SS-MIX2 storage: per patient an ADT-00 and VISITS prescriptions (OMP-01) and
+    /// lab results (OML-11), ISO-2022-JP, with versioned and cancelled orders.
+    SsMix2 {
+        /// Storage root to write (created).
+        #[arg(long)]
+        out: PathBuf,
+        /// Patients.
+        #[arg(long, default_value_t = 1000)]
+        patients: u64,
+        /// Visits per patient.
+        #[arg(long, default_value_t = 4)]
+        visits: u64,
+        /// The first patient id (10 digits, then consecutive).
+        #[arg(long, default_value_t = 1_000_000_000)]
+        first_id: u64,
+        /// Writer threads (default: the machine's cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -304,6 +330,23 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Certs(c) => certs(c).map_err(|e| e.to_string()),
         Command::Translate(a) => translate(a),
         Command::Audit(a) => runtime()?.block_on(audit(a)),
+        Command::Generate(GenerateCommand::SsMix2 { out, patients, visits, first_id, threads }) => {
+            use crate::loadgen::storage;
+            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            let spec = storage::Spec { root: out, patients, visits, first_id, threads };
+            let started = std::time::Instant::now();
+            let w = storage::generate(&spec, &std::sync::atomic::AtomicU64::new(0))?;
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "{} patients, {} files ({:.1} MB) in {}: {secs:.1} s, {:.0} files/s",
+                patients,
+                w.files,
+                w.bytes as f64 / 1e6,
+                spec.root.display(),
+                w.files as f64 / secs.max(1e-9)
+            );
+            Ok(())
+        }
         Command::Bench(b) => {
             use crate::loadgen::{scenario, Mode};
             let opts = scenario::Options {

@@ -46,6 +46,9 @@ pub struct Config {
     /// Limits of the policy's exceptional paths (break-glass, presented prescriptions).
     #[serde(default)]
     pub policy: PolicySettings,
+    /// The records index and cache.
+    #[serde(default)]
+    pub records: RecordsSettings,
     /// Where the file was read from (set by [`Config::load`]).
     #[serde(skip)]
     pub source: PathBuf,
@@ -81,8 +84,6 @@ pub struct Server {
     pub shutdown_grace_secs: u64,
     /// How often CRL files are checked for changes, in seconds.
     pub crl_check_secs: u64,
-    /// How often sites are re-scanned for new or changed records, in milliseconds.
-    pub records_refresh_ms: u64,
     /// How often the outbox is polled for deliveries, in milliseconds.
     pub outbox_poll_ms: u64,
     /// How long a new delivery waits before its first attempt, in milliseconds.
@@ -114,7 +115,6 @@ impl Default for Server {
             max_body_bytes: 8 * 1024 * 1024,
             shutdown_grace_secs: 30,
             crl_check_secs: 2,
-            records_refresh_ms: 2000,
             outbox_poll_ms: 500,
             outbox_delay_ms: 0,
             referral_days: 180,
@@ -122,6 +122,54 @@ impl Default for Server {
             max_connections: 10_000,
             max_connections_per_certificate: 256,
             refused_handshake_audit_secs: 60,
+        }
+    }
+}
+
+/// `[records]`: the index of the sites' records and the cache of translations.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordsSettings {
+    /// Translated patients kept in memory, in MB (least recently used go first).
+    pub cache_mb: u64,
+    /// Percent of one core the background indexer may use while nothing changes.
+    pub index_cpu_percent: f64,
+    /// Where the index lives: default, beside an SQLite store as `<name>-records.db`
+    /// (deleting it makes the gateway rebuild it), or in the PostgreSQL store itself.
+    pub index_url: Option<String>,
+    /// Patients a search without a patient (or identifier) may have to read; beyond it
+    /// the search is refused as too costly and asked to name a patient.
+    pub max_search_patients: u64,
+    /// At start, how long to wait for the first index pass before serving (a small
+    /// federation is then complete; a large storage goes on indexing while serving).
+    pub startup_wait_ms: u64,
+}
+
+impl Default for RecordsSettings {
+    fn default() -> Self {
+        RecordsSettings {
+            cache_mb: 64,
+            index_cpu_percent: 2.0,
+            index_url: None,
+            max_search_patients: 200,
+            startup_wait_ms: 2000,
+        }
+    }
+}
+
+impl RecordsSettings {
+    /// The index URL for a store at `database_url`.
+    pub fn index_url_for(&self, database_url: &str) -> String {
+        if let Some(u) = &self.index_url {
+            return u.clone();
+        }
+        match database_url.strip_prefix("sqlite://") {
+            Some(rest) => {
+                let file = rest.split('?').next().unwrap_or(rest);
+                let stem = file.strip_suffix(".db").unwrap_or(file);
+                format!("sqlite://{stem}-records.db")
+            }
+            None => database_url.to_string(),
         }
     }
 }
@@ -414,6 +462,12 @@ impl Config {
                 Connector::Mml { dir } | Connector::JahisRx { dir } => fix(dir),
             }
         }
+        if let Some(rest) = self.records.index_url.clone().as_deref().and_then(|u| u.strip_prefix("sqlite://")) {
+            let p = Path::new(rest.split('?').next().unwrap_or(rest));
+            if p.is_relative() {
+                self.records.index_url = Some(format!("sqlite://{}", base.join(p).display()));
+            }
+        }
         if let Some(rest) = self.database.url.strip_prefix("sqlite://") {
             let p = Path::new(rest.split('?').next().unwrap_or(rest));
             if p.is_relative() && !rest.starts_with(':') {
@@ -484,6 +538,9 @@ impl Config {
                     format!("`{base}` is not an https:// URL without query or fragment (e.g. https://gw.example.jp/fhir)"),
                 ));
             }
+        }
+        if !(self.records.index_cpu_percent > 0.0 && self.records.index_cpu_percent <= 100.0) {
+            return Err(self.invalid("records.index_cpu_percent", "must be more than 0 and at most 100"));
         }
         if self.server.max_connections == 0 || self.server.max_connections_per_certificate == 0 {
             return Err(self.invalid("server.max_connections", "connection limits must be positive"));

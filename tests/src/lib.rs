@@ -129,7 +129,6 @@ name = "test"
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 crl_check_secs = 1
-records_refresh_ms = 200
 outbox_poll_ms = 100
 {server_extra}
 [tls]

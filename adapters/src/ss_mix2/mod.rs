@@ -97,6 +97,76 @@ pub struct Scan {
     pub problems: Vec<SourceError>,
 }
 
+/// When a file last changed, as far as a reader can tell without opening it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stamp {
+    /// Modification time, Unix nanoseconds.
+    pub mtime_ns: i64,
+    /// Size in bytes.
+    pub size: i64,
+}
+
+impl Stamp {
+    /// The stamp of a file's metadata.
+    pub fn of(meta: &std::fs::Metadata) -> Stamp {
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        Stamp { mtime_ns, size: i64::try_from(meta.len()).unwrap_or(i64::MAX) }
+    }
+}
+
+/// A message file of a patient as listed, not yet chosen among its versions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedFile {
+    /// Full path.
+    pub path: PathBuf,
+    /// Parsed name.
+    pub name: FileName,
+    /// Size and modification time.
+    pub stamp: Stamp,
+}
+
+/// Everything in one patient's directory.
+#[derive(Debug, Default)]
+pub struct PatientFiles {
+    /// Correctly named and filed messages, in path order.
+    pub files: Vec<ListedFile>,
+    /// Files that could not be used, each a located error.
+    pub problems: Vec<SourceError>,
+}
+
+/// Of one patient's listed messages, the newest valid version of every record, ordered
+/// by date, type and order: the newest timestamp wins, at equal timestamps a deletion
+/// wins, and a record whose newest version is flagged `0` is deleted.
+pub fn live(files: &[ListedFile]) -> Vec<&ListedFile> {
+    let mut versions: BTreeMap<(String, String, String, String), &ListedFile> = BTreeMap::new();
+    for file in files {
+        match versions.entry(file.name.key()) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(file);
+            }
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                let cur = &o.get().name;
+                if (file.name.timestamp.as_str(), !file.name.valid) > (cur.timestamp.as_str(), !cur.valid) {
+                    o.insert(file);
+                }
+            }
+        }
+    }
+    let mut out: Vec<&ListedFile> = versions.into_values().filter(|f| f.name.valid).collect();
+    out.sort_by(|a, b| {
+        (a.name.date.as_deref(), &a.name.data_type, &a.name.order_no).cmp(&(
+            b.name.date.as_deref(),
+            &b.name.data_type,
+            &b.name.order_no,
+        ))
+    });
+    out
+}
+
 /// An SS-MIX2 storage root.
 #[derive(Debug, Clone)]
 pub struct Storage {
@@ -107,7 +177,8 @@ fn io_problem(path: &Path, e: std::io::Error) -> SourceError {
     SourceError::at(Location { file: Some(path.display().to_string()), ..Default::default() }, e.to_string())
 }
 
-fn subdirs(dir: &Path) -> Result<Vec<(String, PathBuf)>, SourceError> {
+/// The subdirectories of `dir` by name, sorted.
+pub fn subdirs(dir: &Path) -> Result<Vec<(String, PathBuf)>, SourceError> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io_problem(dir, e))? {
         let entry = entry.map_err(|e| io_problem(dir, e))?;
@@ -151,12 +222,20 @@ impl Storage {
 
     /// The current records of one patient.
     pub fn scan_patient(&self, pid: &str) -> Result<Scan, SourceError> {
-        let mut scan = Scan::default();
-        let Some(dir) = self.patient_dir(pid) else { return Ok(scan) };
+        let listed = self.patient_files(pid)?;
+        let files = live(&listed.files).into_iter().map(|f| StoredFile { path: f.path.clone(), name: f.name.clone() });
+        Ok(Scan { files: files.collect(), problems: listed.problems })
+    }
+
+    /// Every correctly named and filed message of one patient, each with its size and
+    /// modification time (what tells a reader that something changed), and the located
+    /// problems (misfiled files, bad names). A patient without a directory has none.
+    pub fn patient_files(&self, pid: &str) -> Result<PatientFiles, SourceError> {
+        let mut out = PatientFiles::default();
+        let Some(dir) = self.patient_dir(pid) else { return Ok(out) };
         if !dir.is_dir() {
-            return Ok(scan);
+            return Ok(out);
         }
-        let mut versions: BTreeMap<(String, String, String, String), StoredFile> = BTreeMap::new();
         for (date_dir, date_path) in subdirs(&dir)? {
             for (type_dir, type_path) in subdirs(&date_path)? {
                 for entry in std::fs::read_dir(&type_path).map_err(|e| io_problem(&type_path, e))? {
@@ -169,45 +248,27 @@ impl Storage {
                     let name = match FileName::parse(&file_name) {
                         Ok(n) => n,
                         Err(m) => {
-                            scan.problems.push(located(m));
+                            out.problems.push(located(m));
                             continue;
                         }
                     };
                     let expected_date = name.date.as_deref().unwrap_or("-");
                     if name.patient_id != pid || name.data_type != type_dir || expected_date != date_dir {
-                        scan.problems.push(located(format!(
+                        out.problems.push(located(format!(
                             "misfiled: the name says patient {}, date {}, type {} but the file is stored under {pid}/{date_dir}/{type_dir}",
                             name.patient_id, expected_date, name.data_type
                         )));
                         continue;
                     }
-                    let file = StoredFile { path, name };
-                    match versions.entry(file.name.key()) {
-                        std::collections::btree_map::Entry::Vacant(v) => {
-                            v.insert(file);
-                        }
-                        std::collections::btree_map::Entry::Occupied(mut o) => {
-                            // Newest timestamp wins; at equal timestamps a deletion wins.
-                            let cur = &o.get().name;
-                            if (file.name.timestamp.as_str(), !file.name.valid) > (cur.timestamp.as_str(), !cur.valid) {
-                                o.insert(file);
-                            }
-                        }
-                    }
+                    // A file removed between listing and stat is simply not there.
+                    let Ok(meta) = entry.metadata() else { continue };
+                    out.files.push(ListedFile { path, name, stamp: Stamp::of(&meta) });
                 }
             }
         }
-        scan.files = versions.into_values().filter(|f| f.name.valid).collect();
-        scan.files.sort_by(|a, b| {
-            (a.name.date.as_deref(), &a.name.data_type, &a.name.order_no).cmp(&(
-                b.name.date.as_deref(),
-                &b.name.data_type,
-                &b.name.order_no,
-            ))
-        });
-        Ok(scan)
+        out.files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
     }
-
     /// The current records of every patient.
     pub fn scan_all(&self) -> Result<Scan, SourceError> {
         let mut all = Scan::default();

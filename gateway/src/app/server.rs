@@ -56,6 +56,7 @@ pub struct Gateway {
     members: Arc<Members>,
     metrics: Arc<Metrics>,
     store: Store,
+    index: crate::records::index::IndexDb,
     checkpoints: crate::audit::Checkpoints,
     forward: Option<crate::audit::forward::Forwarder>,
     /// Benchmark builds only: serve without auditing, to measure what auditing costs.
@@ -74,6 +75,7 @@ impl Gateway {
         let admin = bind(config.server.admin_listen).await?;
         let members = Members::from_config(&config);
         let store = Store::open(&config.database.url).await?;
+        let index = crate::records::index::IndexDb::open(&config.records.index_url_for(&config.database.url)).await?;
         let forward = config.audit.forward.as_ref().map(crate::audit::forward::Forwarder::start).transpose()?;
         let checkpoints = checkpoints(&config, &store, forward.clone()).await?;
         Ok(Gateway {
@@ -84,6 +86,7 @@ impl Gateway {
             members,
             metrics: Arc::default(),
             store,
+            index,
             checkpoints,
             forward,
             #[cfg(feature = "bench")]
@@ -115,10 +118,26 @@ impl Gateway {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         #[cfg(feature = "bench")]
         let unaudited = self.danger_unaudited;
-        let Gateway { config, listener, admin, tls, members, metrics, store, checkpoints, forward, .. } = self;
+        let Gateway { config, listener, admin, tls, members, metrics, store, index, checkpoints, forward, .. } = self;
         let limits = &config.server;
-        let records = crate::records::Records::load(&config);
-        let refresh = tokio::spawn(records.clone().watch(Duration::from_millis(limits.records_refresh_ms.max(100))));
+        let records = crate::records::Records::open(&config, index);
+        let _indexer = crate::records::indexer::spawn(
+            records.clone(),
+            crate::records::indexer::Settings { cpu_percent: config.records.index_cpu_percent, batch: 200 },
+        );
+        // A small federation is indexed in moments: wait for it, so that the first
+        // requests see every record; a large storage goes on indexing while serving.
+        let wait = Duration::from_millis(config.records.startup_wait_ms);
+        let waited = tokio::time::Instant::now();
+        while !records.status.complete.load(Relaxed) && waited.elapsed() < wait {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !records.status.complete.load(Relaxed) {
+            tracing::info!(
+                patients = records.status.patients.load(Relaxed),
+                "serving while the records index is built; records not yet indexed are found as it proceeds"
+            );
+        }
         if let Some(f) = &forward {
             let _ = metrics.audit_forward.set(f.stats.clone());
         }
@@ -220,7 +239,6 @@ impl Gateway {
         drop(listener);
         watcher.abort();
         refusals_task.abort();
-        refresh.abort();
         grants_task.abort();
         delivery.abort();
         admin_task.abort();

@@ -2,7 +2,7 @@
 //! a hub hospital (SS-MIX2 storage), two rural clinics (MML), a pharmacy and an
 //! auditor — created on first run and reused afterwards. Every record is synthetic.
 
-mod samples;
+pub(crate) mod samples;
 
 use crate::config::{Config, ConfigError};
 use kakehashi_certs::{CertsError, ClientCertRequest, InitOptions, Pki, Role};

@@ -4,22 +4,22 @@
 
 use std::path::Path;
 
-/// A synthetic hub patient.
-struct HubPatient {
-    id: &'static str,
-    kanji: (&'static str, &'static str),
-    kana: (&'static str, &'static str),
-    birth: &'static str,
-    sex: &'static str,
-    address: &'static str,
-    zip: &'static str,
-    phone: &'static str,
-    insurer: &'static str,
-    kigo: &'static str,
-    bango: &'static str,
+/// A synthetic hub patient (borrowed strings, so that generated ones fit too).
+pub(crate) struct HubPatient<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) kanji: (&'a str, &'a str),
+    pub(crate) kana: (&'a str, &'a str),
+    pub(crate) birth: &'a str,
+    pub(crate) sex: &'a str,
+    pub(crate) address: &'a str,
+    pub(crate) zip: &'a str,
+    pub(crate) phone: &'a str,
+    pub(crate) insurer: &'a str,
+    pub(crate) kigo: &'a str,
+    pub(crate) bango: &'a str,
 }
 
-const HUB_PATIENTS: [HubPatient; 3] = [
+const HUB_PATIENTS: [HubPatient<'static>; 3] = [
     HubPatient {
         id: "1000001",
         kanji: ("島田", "花子"),
@@ -65,14 +65,14 @@ fn msh(kind: &str, ts: &str, ctl: &str) -> String {
     format!("MSH|^~\\&|KKHUB|4610100011|KAKEHASHI|GW|{ts}||{kind}|{ctl}|P|2.5||||||~ISO IR87||ISO 2022-1994|SS-MIX2_1.20^SS-MIX2^1.2.392.200250.2.1.100.1.2.120^ISO")
 }
 
-fn pid(p: &HubPatient) -> String {
+fn pid(p: &HubPatient<'_>) -> String {
     format!(
         "PID|0001||{}^^^^PI||{}^{}^^^^^L^I~{}^{}^^^^^L^P||{}|{}|||^^^^{}^JPN^H^{}||^PRN^PH^^^^^^^^^{}",
         p.id, p.kanji.0, p.kanji.1, p.kana.0, p.kana.1, p.birth, p.sex, p.zip, p.address, p.phone
     )
 }
 
-fn adt00(p: &HubPatient) -> String {
+pub(crate) fn adt00(p: &HubPatient<'_>) -> String {
     [
         msh("ADT^A08^ADT_A01", "20260401090000", &format!("ADT{}", p.id)),
         "EVN||202604010900".into(),
@@ -90,40 +90,50 @@ fn adt00(p: &HubPatient) -> String {
     .join("\r")
 }
 
-fn omp01(p: &HubPatient, order: &str) -> String {
-    let orc = format!("ORC|NW|{order}||1|||||20260410103045|||110^医師^一郎^^^^^^^L^^^^^I|10^^^^^C||||01^内科^99XY1||||県立南海島嶼中央病院");
+fn omp01(p: &HubPatient<'_>, order: &str) -> String {
+    omp01_on(p, order, "20260410")
+}
+
+/// An outpatient prescription (RDE^O11, two drugs) of `p` ordered on `date` (YYYYMMDD).
+pub(crate) fn omp01_on(p: &HubPatient<'_>, order: &str, date: &str) -> String {
+    let orc = format!("ORC|NW|{order}||1|||||{date}103045|||110^医師^一郎^^^^^^^L^^^^^I|10^^^^^C||||01^内科^99XY1||||県立南海島嶼中央病院");
     [
-        msh("RDE^O11^RDE_O11", "20260410103100", &format!("RX{order}")),
+        msh("RDE^O11^RDE_O11", &format!("{date}103100"), &format!("RX{order}")),
         pid(p),
         "PV1|0001|O|01^^^^^C||||110^医師^一郎^^^^^^^L^^^^^I".into(),
         orc.clone(),
         "RXE||103835401^アムロジピン錠５ｍｇ^HOT9|1||TAB^錠^MR9P|||||14|TAB^錠^MR9P||||R2604101||||1^TAB&錠&MR9P||OHP^外来処方^MR9P".into(),
-        "TQ1|1||1013000400000000&内服・経口・１日１回朝食後&JAMISDP01|||14^d|20260410".into(),
+        format!("TQ1|1||1013000400000000&内服・経口・１日１回朝食後&JAMISDP01|||14^d|{date}"),
         "RXR|PO^口^HL70162".into(),
         orc,
         "RXE||111915301^ランソプラゾールＯＤ錠１５ｍｇ^HOT9|1||TAB^錠^MR9P|||||14|TAB^錠^MR9P||||R2604101||||1^TAB&錠&MR9P||OHP^外来処方^MR9P".into(),
-        "TQ1|1||1013000400000000&内服・経口・１日１回朝食後&JAMISDP01|||14^d|20260410".into(),
+        format!("TQ1|1||1013000400000000&内服・経口・１日１回朝食後&JAMISDP01|||14^d|{date}"),
         "RXR|PO^口^HL70162".into(),
     ]
     .join("\r")
 }
 
-fn oml11(p: &HubPatient, order: &str) -> String {
+fn oml11(p: &HubPatient<'_>, order: &str) -> String {
+    oml11_on(p, order, "20260410")
+}
+
+/// A laboratory result (OUL^R22, three tests) of `p` sampled on `date` (YYYYMMDD).
+pub(crate) fn oml11_on(p: &HubPatient<'_>, order: &str, date: &str) -> String {
     [
-        msh("OUL^R22^OUL_R22", "20260410150000", &format!("LB{order}")),
+        msh("OUL^R22^OUL_R22", &format!("{date}150000"), &format!("LB{order}")),
         pid(p),
         "PV1|0001|O|01^^^^^C".into(),
-        format!("SPM|1|{order}||023^血清^JC10|||||||||||||202604101000"),
-        format!("OBR|1|{order}|{order}|E001^生化学検査^99O03|||20260410|20260410||||||||110^医師^一郎^^^^^^^^L^^^^^I||||||20260410150000"),
-        format!("ORC|SC|{order}|{order}||CM||||20260410150000|||110^医師^一郎^^^^^^^^L^^^^^I|01^^^^^C||||01^内科^99XY1"),
-        "OBX|1|NM|3D010000001926101^グルコース^JC10||128|mg/dL^mg/dL^ISO+|70-109|H|||F|||202604101000".into(),
-        "OBX|2|NM|3D046000001906202^HbA1c(NGSP)^JC10||6.9|%^%^ISO+|4.6-6.2|H|||F|||202604101000".into(),
-        "OBX|3|NM|3C025000002327201^クレアチニン^JC10||0.82|mg/dL^mg/dL^ISO+|0.46-0.79|H|||F|||202604101000".into(),
+        format!("SPM|1|{order}||023^血清^JC10|||||||||||||{date}1000"),
+        format!("OBR|1|{order}|{order}|E001^生化学検査^99O03|||{date}|{date}||||||||110^医師^一郎^^^^^^^^L^^^^^I||||||{date}150000"),
+        format!("ORC|SC|{order}|{order}||CM||||{date}150000|||110^医師^一郎^^^^^^^^L^^^^^I|01^^^^^C||||01^内科^99XY1"),
+        format!("OBX|1|NM|3D010000001926101^グルコース^JC10||128|mg/dL^mg/dL^ISO+|70-109|H|||F|||{date}1000"),
+        format!("OBX|2|NM|3D046000001906202^HbA1c(NGSP)^JC10||6.9|%^%^ISO+|4.6-6.2|H|||F|||{date}1000"),
+        format!("OBX|3|NM|3C025000002327201^クレアチニン^JC10||0.82|mg/dL^mg/dL^ISO+|0.46-0.79|H|||F|||{date}1000"),
     ]
     .join("\r")
 }
 
-fn ppr01(p: &HubPatient) -> String {
+fn ppr01(p: &HubPatient<'_>) -> String {
     [
         msh("PPR^ZD1^PPR_ZD1", "20260410110000", &format!("PB{}", p.id)),
         pid(p),
@@ -133,7 +143,8 @@ fn ppr01(p: &HubPatient) -> String {
     .join("\r")
 }
 
-fn ss_mix2_path(
+/// Where SS-MIX2 stores a message: `root/pid[0..3]/pid[3..6]/pid/date/kind/name`.
+pub(crate) fn ss_mix2_path(
     root: &Path,
     pid: &str,
     date: &str,
@@ -142,22 +153,30 @@ fn ss_mix2_path(
     ts: &str,
     dept: &str,
 ) -> std::path::PathBuf {
+    ss_mix2_version(root, [pid, date, kind, order, ts, dept], true)
+}
+
+/// The path of one version of a message, `valid` or flagged deleted (`_0`); `fields`
+/// are patient id, date, data type, order number, timestamp and department.
+pub(crate) fn ss_mix2_version(root: &Path, fields: [&str; 6], valid: bool) -> std::path::PathBuf {
+    let [pid, date, kind, order, ts, dept] = fields;
+    let flag = if valid { 1 } else { 0 };
     root.join(&pid[0..3])
         .join(&pid[3..6])
         .join(pid)
         .join(date)
         .join(kind)
-        .join(format!("{pid}_{date}_{kind}_{order}_{ts}_{dept}_1"))
+        .join(format!("{pid}_{date}_{kind}_{order}_{ts}_{dept}_{flag}"))
 }
 
-fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub(crate) fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), String> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     }
     std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn iso2022jp(text: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn iso2022jp(text: &str) -> Result<Vec<u8>, String> {
     let (bytes, _, unmappable) = encoding_rs::ISO_2022_JP.encode(text);
     if unmappable {
         return Err("a sample message has characters outside JIS X 0208".into());

@@ -49,7 +49,7 @@ fn random_id() -> Result<String, ApiError> {
 }
 
 /// Turn a posted Consent into a grant, checking everything before anything is stored.
-fn validate(state: &AppState, c: &Caller, mut consent: Consent) -> Result<Grant, ApiError> {
+async fn validate(state: &AppState, c: &Caller, mut consent: Consent) -> Result<Grant, ApiError> {
     if consent.status != "active" {
         return Err(bad("Consent.status", "a new grant must have status `active`; revoke one with DELETE"));
     }
@@ -89,12 +89,16 @@ fn validate(state: &AppState, c: &Caller, mut consent: Consent) -> Result<Grant,
         }
     }
 
-    let snap = state.records.snapshot();
     let patient = match consent.patient.as_ref().and_then(|r| r.reference.as_deref()) {
         Some(r) => {
             let id = r.strip_prefix("Patient/").ok_or_else(|| bad("Consent.patient", "must reference Patient/{id}"))?;
+            let found = state
+                .records
+                .patient(&state.store, id)
+                .await
+                .map_err(|e| ApiError::unavailable("the records cannot be read now; nothing was stored", e))?;
             // Absent and foreign patients get the same answer: no hint across boundaries.
-            match snap.get("Patient", id) {
+            match found {
                 Some(p) if p.owner == c.who.institution => id.to_string(),
                 _ => {
                     return Err(rule(
@@ -247,7 +251,7 @@ async fn create_inner(state: AppState, req: Request) -> Result<Response, ApiErro
     let Resource::Consent(consent) = super::body::resource(&body)? else {
         return Err(bad("Consent", "POST /fhir/Consent takes a Consent resource"));
     };
-    let grant = validate(&state, &c, consent)?;
+    let grant = validate(&state, &c, consent).await?;
     match state.policy.grants.insert(&state.store, &grant, &c.who.fingerprint).await {
         Ok(()) => {}
         Err(e @ GrantStoreError::Overlap(_)) => return Err(ApiError::Conflict(e.to_string())),

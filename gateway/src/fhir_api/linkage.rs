@@ -38,14 +38,13 @@ fn patient_id(r: &Reference, expr: &str) -> Result<String, ApiError> {
 }
 
 /// A Patient the caller may see, with the permit that says so.
-fn visible<'s>(
-    state: &AppState,
-    c: &Caller,
-    snap: &'s crate::records::Snapshot,
-    id: &str,
-) -> Option<(&'s Arc<Stored>, Permit)> {
-    let p = snap.get("Patient", id)?;
-    state.policy.decide(&c.who, p, &c.ctx).ok().map(|permit| (p, permit))
+async fn visible(state: &AppState, c: &Caller, id: &str) -> Result<Option<(Arc<Stored>, Permit)>, ApiError> {
+    let p = state
+        .records
+        .patient(&state.store, id)
+        .await
+        .map_err(|e| ApiError::unavailable("the records cannot be read now; nothing was disclosed", e))?;
+    Ok(p.and_then(|p| state.policy.decide(&c.who, &p, &c.ctx).ok().map(|permit| (p, permit))))
 }
 
 fn shown(p: &Stored, permit: &Permit) -> Disclosed {
@@ -81,15 +80,14 @@ async fn create_inner(state: AppState, req: Request) -> Result<Response, ApiErro
     if a == b {
         return Err(ApiError::invalid("the two items name the same Patient", "Linkage.item"));
     }
-    let snap = state.records.snapshot();
     // A record the caller cannot see gets the same answer as one that does not exist.
     let not_visible = |i: usize, id: &str| ApiError::BadRequest {
         code: IssueType::BusinessRule,
         diagnostics: format!("Patient/{id} is not known or not visible to you"),
         expression: Some(format!("Linkage.item[{i}].resource")),
     };
-    let (pa, permit_a) = visible(&state, &c, &snap, &a).ok_or_else(|| not_visible(0, &a))?;
-    let (pb, permit_b) = visible(&state, &c, &snap, &b).ok_or_else(|| not_visible(1, &b))?;
+    let (pa, permit_a) = visible(&state, &c, &a).await?.ok_or_else(|| not_visible(0, &a))?;
+    let (pb, permit_b) = visible(&state, &c, &b).await?.ok_or_else(|| not_visible(1, &b))?;
     if pa.owner != c.who.institution && pb.owner != c.who.institution {
         return Err(ApiError::Forbidden(
             "only an institution owning one of the two records links or separates them".into(),
@@ -104,7 +102,7 @@ async fn create_inner(state: AppState, req: Request) -> Result<Response, ApiErro
         .await
         .map_err(|e| ApiError::unavailable("the decision could not be stored", e))?;
     let desc = Some(if linked { "patients linked" } else { "patients separated" }.to_string());
-    let disclosed = vec![shown(pa, &permit_a), shown(pb, &permit_b)];
+    let disclosed = vec![shown(&pa, &permit_a), shown(&pb, &permit_b)];
     audit(&state, record(&c, Interaction::Create, Outcome::Success, desc, disclosed, None)).await?;
 
     let out = Linkage {
@@ -152,18 +150,21 @@ async fn search_inner(state: AppState, req: Request) -> Result<Response, ApiErro
         }
     }
     let id = item_of.ok_or_else(|| ApiError::invalid("item=Patient/{id} is required", "item"))?;
-    let snap = state.records.snapshot();
     let mut found = Vec::new();
     let mut disclosed = Vec::new();
-    if let Some((p, permit)) = visible(&state, &c, &snap, &id) {
-        disclosed.push(shown(p, &permit));
-        let links = state.linkage.links(&snap);
+    if let Some((p, permit)) = visible(&state, &c, &id).await? {
+        disclosed.push(shown(&p, &permit));
+        let linked = state
+            .linkage
+            .person(&state.records, &id)
+            .await
+            .map_err(|e| ApiError::unavailable("the records cannot be read now; nothing was disclosed", e))?;
         let mut items = vec![item("source", &id, None)];
-        for (other, basis) in links.linked(&id) {
+        for (other, basis) in linked {
             // Links to records the caller may not see are not shown: they reveal a person.
-            if let Some((o, permit)) = visible(&state, &c, &snap, other) {
-                disclosed.push(shown(o, &permit));
-                items.push(item("alternate", other, Some(basis.code())));
+            if let Some((o, permit)) = visible(&state, &c, &other).await? {
+                disclosed.push(shown(&o, &permit));
+                items.push(item("alternate", &other, Some(basis.code())));
             }
         }
         if items.len() > 1 {

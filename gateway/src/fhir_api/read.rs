@@ -7,7 +7,6 @@ use crate::app::{fhir_bytes, ApiError, AppState};
 use crate::audit::{now_micros, AuditRecord, Disclosed, Interaction, Outcome, Requestor};
 use crate::identity::{ConnInfo, Principal};
 use crate::policy::{break_glass, Basis, BreakGlass, BreakGlassCode, Permitted, Presentation, ReadContext, Refusal};
-use crate::records::pushed::{self, Wanted};
 use crate::records::Stored;
 use super::FhirPath;
 use axum::extract::{Request, State};
@@ -121,17 +120,21 @@ fn check_type(ty: &str) -> Result<(), ApiError> {
     }
 }
 
-/// The pushed records `wanted` that `keep` accepts, read from the database when there
-/// are any.
-async fn pushed_records(
+/// A read that could not reach the records (a site's storage unmounted, the index
+/// down): audited as a failure, then 503; nothing is disclosed.
+async fn unreadable(
     state: &AppState,
-    wanted: Wanted<'_>,
-    keep: impl FnMut(&Stored) -> bool,
-) -> Result<Vec<Arc<Stored>>, ApiError> {
-    let Some(wanted) = state.records.pushed_wanted(wanted) else { return Ok(Vec::new()) };
-    pushed::fetch(state.store.pool(), wanted, keep)
-        .await
-        .map_err(|e| ApiError::unavailable("pushed documents cannot be read now; nothing was disclosed", e))
+    c: &Caller,
+    interaction: Interaction,
+    e: crate::records::RecordsError,
+    query: Option<String>,
+) -> ApiError {
+    let public = "the records cannot be read now (a site's storage or the records index is unavailable); nothing was disclosed";
+    let rec = record(c, interaction, Outcome::Failed, Some(public.into()), vec![], query);
+    match audit(state, rec).await {
+        Ok(()) => ApiError::unavailable(public, e),
+        Err(a) => a,
+    }
 }
 
 /// A resource as the audit record names it; `basis` is empty for a refusal.
@@ -242,15 +245,10 @@ async fn read_inner(state: AppState, ty: String, id: String, req: Request) -> Re
     if let Err(r) = state.policy.may_read_type(&c.who, &ty) {
         return Err(refuse_role(&state, &c, Interaction::Read, r, None).await);
     }
-    let snap = state.records.snapshot();
     let not_found = || ApiError::NotFound(format!("{ty}/{id} is not known or not visible to you"));
-    let pushed;
-    let stored = match snap.get(&ty, &id) {
-        Some(s) => Some(s),
-        None => {
-            pushed = pushed_records(&state, Wanted::Key(&ty, &id), |_| true).await?;
-            pushed.first()
-        }
+    let stored = match state.records.get(&state.store, &ty, &id).await {
+        Ok(s) => s,
+        Err(e) => return Err(unreadable(&state, &c, Interaction::Read, e, None).await),
     };
     // An absent record and a refused one take the same path: audited, then 404, so
     // neither the answer nor its timing tells whether it exists.
@@ -261,7 +259,7 @@ async fn read_inner(state: AppState, ty: String, id: String, req: Request) -> Re
         return Err(not_found());
     };
     let ctx = c.glass_for(stored.patient.iter().cloned().collect());
-    match state.policy.decide(&c.who, stored, &ctx) {
+    match state.policy.decide(&c.who, &stored, &ctx) {
         Ok(permit) => {
             let p = Permitted { permit, record: stored.clone() };
             declare_break_glass(&state, &c, p.record.patient.as_deref(), &[&p]).await?;
@@ -270,7 +268,7 @@ async fn read_inner(state: AppState, ty: String, id: String, req: Request) -> Re
         }
         Err(r) => {
             // Existence must not leak across a boundary: the refusal looks like absence.
-            let asked = disclosure(stored, String::new());
+            let asked = disclosure(&stored, String::new());
             audit(&state, record(&c, Interaction::Read, Outcome::Denied, Some(r.to_string()), vec![asked], None))
                 .await?;
             Err(not_found())
@@ -315,32 +313,6 @@ async fn search_inner(state: AppState, ty: String, req: Request) -> Result<Respo
         return Err(ApiError::Forbidden(why.into()));
     }
     let ctx = c.glass_for(glass_patient.into_iter().collect());
-    let snap = state.records.snapshot();
-    let patient_filter = search.criteria.iter().find_map(|cr| match cr {
-        Criterion::Patient(ids) => Some(ids.clone()),
-        _ => None,
-    });
-    let candidates: Vec<&Arc<Stored>> = match &patient_filter {
-        Some(ids) => ids.iter().flat_map(|id| snap.for_patient(id)).filter(|s| s.resource.type_name() == ty).collect(),
-        None => snap.of_type(&ty).collect(),
-    };
-    let birth_of = |s: &Stored| -> Option<String> {
-        let p = snap.get("Patient", s.patient.as_deref()?)?;
-        match &p.resource {
-            kakehashi_fhir::Resource::Patient(p) => p.birth_date.clone(),
-            _ => None,
-        }
-    };
-    let matches =
-        |s: &Stored| params::matches(&s.resource, s.patient.as_deref(), birth_of(s).as_deref(), &search.criteria);
-    let pushed = match &patient_filter {
-        Some(ids) => {
-            let ids = ids.iter().map(String::as_str).collect();
-            pushed_records(&state, Wanted::Patients(ids, Some(&ty)), matches).await?
-        }
-        None => pushed_records(&state, Wanted::Type(&ty), matches).await?,
-    };
-    let matching: Vec<&Arc<Stored>> = candidates.into_iter().filter(|s| matches(s)).chain(&pushed).collect();
     // A pharmacy that presents the prescription number and the patient's exact birth
     // date may read that prescription and its Patient; a wrong birth date matches
     // nothing, which reveals nothing about whether the prescription exists.
@@ -358,60 +330,248 @@ async fn search_inner(state: AppState, ty: String, req: Request) -> Result<Respo
             return Err(ApiError::TooManyRequests { message: why, retry_after: wait });
         }
     }
+    let found = if ty == "Patient" {
+        find_patients(&state, &c, &search, &ctx).await
+    } else {
+        find_records(&state, &c, &ty, &search, &ctx, presented.as_ref()).await
+    };
+    let found = match found {
+        Ok(f) => f,
+        Err(Found::Refused(e)) => {
+            let why = e.to_string();
+            audit(&state, record(&c, Interaction::Search, Outcome::Invalid, Some(why), vec![], Some(query))).await?;
+            return Err(e);
+        }
+        Err(Found::Unreadable(e)) => return Err(unreadable(&state, &c, Interaction::Search, e, Some(query)).await),
+    };
+    let asked = |query| Asked { interaction: Interaction::Search, path: &ty, search: &search, query, person: ctx.break_glass.as_ref().and_then(|g| g.patients.first()).map(String::as_str) };
+    if presented.is_some() && found.total == 0 {
+        // A failed lookup is audited as such: a sweep shows as a run of these.
+        let why = "presented prescription: no prescription matches this number and birth date";
+        audit(&state, record(&c, Interaction::Search, Outcome::NotFound, Some(why.into()), vec![], Some(query))).await?;
+        return respond(&state, &c, asked(None), found, false).await;
+    }
+    respond(&state, &c, asked(Some(query)), found, true).await
+}
+
+/// What a search found: the permitted matches of the page asked for, their total, and
+/// records included with them.
+struct Page {
+    total: usize,
+    /// The page's matches (already sliced by `_offset` and `_count`).
+    matches: Vec<Permitted>,
+    includes: Vec<Permitted>,
+}
+
+/// Why a search found nothing to answer with.
+enum Found {
+    /// Refused as asked (too costly): 400, audited.
+    Refused(ApiError),
+    /// The records could not be read: 503, audited.
+    Unreadable(crate::records::RecordsError),
+}
+
+impl From<crate::records::RecordsError> for Found {
+    fn from(e: crate::records::RecordsError) -> Found {
+        Found::Unreadable(e)
+    }
+}
+
+fn too_costly(msg: String) -> Found {
+    Found::Refused(ApiError::BadRequest { code: kakehashi_fhir::IssueType::TooCostly, diagnostics: msg, expression: None })
+}
+
+/// Matches to the page `search` asks for.
+fn page_of(search: &Search, mut permitted: Vec<Permitted>, includes: Vec<Permitted>) -> Page {
+    let total = permitted.len();
+    let start = search.offset.min(total);
+    let end = (start + search.count).min(total);
+    permitted.truncate(end);
+    let matches = permitted.split_off(start);
+    Page { total, matches, includes }
+}
+
+/// Patients matching `search` the reader may see: the index answers the parameters
+/// (each exactly as the parameters match a Patient) within the reader's scope; the
+/// policy counts the total on what the index knows, and only the page's Patients are
+/// read. An identifier search also reaches the same person's records at other sites.
+async fn find_patients(state: &AppState, c: &Caller, search: &Search, ctx: &ReadContext) -> Result<Page, Found> {
+    const MAX_MATCHES: i64 = 10_000;
+    let records = &state.records;
+    let pg = records.index().is_some_and(|i| i.backend() == crate::store::Backend::Postgres);
+    let mut filter = crate::records::index::PatientFilter::default();
+    for cr in &search.criteria {
+        match cr {
+            Criterion::Id(ids) => filter.ids(ids),
+            Criterion::Str { name, values, modifier } => {
+                let how = match modifier {
+                    params::StrMatch::Prefix => crate::records::index::NameMatch::Prefix,
+                    params::StrMatch::Exact => crate::records::index::NameMatch::Exact,
+                    params::StrMatch::Contains => crate::records::index::NameMatch::Contains,
+                };
+                filter.name(name, values, how, pg);
+            }
+            Criterion::Token { name, values } if name == "identifier" => filter.identifier(values),
+            Criterion::Token { name, values } if name == "gender" => {
+                filter.gender(&values.iter().filter_map(|(_, c)| c.clone()).collect::<Vec<_>>())
+            }
+            Criterion::Date { name, prefix, start, end } if name == "birthdate" => filter.birth(*prefix, *start, *end),
+            _ => {}
+        }
+    }
+    let scope = state.policy.scope(&c.who, "Patient", ctx);
+    if scope.patients.len() <= 1000 {
+        filter.scope(&scope.owners, &scope.patients);
+    }
+    let mut rows = records.find_patients(&filter, MAX_MATCHES + 1).await?;
+    if rows.len() as i64 > MAX_MATCHES {
+        return Err(too_costly(format!(
+            "more than {MAX_MATCHES} Patients match; narrow the search (identifier, a longer name, birthdate)"
+        )));
+    }
+    // Patients given as resources (tests, benchmarks) are matched on the resource.
+    rows.extend(records.fixed_patients().filter(|s| params::matches(&s.resource, s.patient.as_deref(), None, &search.criteria)).map(row_of));
+    let visible = |r: &crate::records::index::PatientRow| state.policy.basis(&c.who, "Patient", &r.owner, Some(&r.id), ctx).is_ok();
+    rows.retain(|r| visible(r));
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
+    rows.dedup_by(|a, b| a.id == b.id);
+    if search.criteria.iter().any(|cr| matches!(cr, Criterion::Token { name, .. } if name == "identifier")) {
+        // The same person at other sites, reached only from a record the caller may
+        // see, each still decided by its own owner's policy; after the direct matches.
+        let mut linked_rows = Vec::new();
+        for direct in &rows {
+            let linked: Vec<String> = state.linkage.person(records, &direct.id).await?.into_iter().map(|(o, _)| o).collect();
+            let linked: Vec<&str> = linked.iter().map(String::as_str).collect();
+            linked_rows.extend(records.patient_rows(&linked).await?.into_iter().filter(|r| visible(r)));
+        }
+        linked_rows.sort_by(|a, b| a.id.cmp(&b.id));
+        linked_rows.dedup_by(|a, b| a.id == b.id);
+        linked_rows.retain(|l| !rows.iter().any(|r| r.id == l.id));
+        rows.extend(linked_rows);
+    }
+    // The total is decided on the index entries; only the page's Patients are read,
+    // and decided again, each, on the resource.
+    let total = rows.len();
+    let start = search.offset.min(total);
+    let end = start.saturating_add(search.count).min(total);
+    let ids: Vec<&str> = rows[start..end].iter().map(|r| r.id.as_str()).collect();
+    let loaded = records.of_patients(&state.store, &ids, Some("Patient"), |_| true).await?;
+    let mut matches: Vec<Permitted> = Vec::new();
+    for id in ids {
+        let Some(s) = loaded.iter().find(|s| s.patient.as_deref() == Some(id)) else { continue };
+        if let Ok(permit) = state.policy.decide(&c.who, s, ctx) {
+            matches.push(Permitted { permit, record: s.clone() });
+        }
+    }
+    Ok(Page { total, matches, includes: vec![] })
+}
+
+/// The index entry of a Patient given as a resource.
+fn row_of(s: &Arc<Stored>) -> crate::records::index::PatientRow {
+    let id = s.patient.clone().unwrap_or_default();
+    crate::records::index::PatientRow { id: id.clone(), site: s.site.clone(), owner: s.owner.clone(), local: id }
+}
+
+/// Records of a type other than Patient: those of the patients the search names, of
+/// the patients holding a presented prescription number, of the ids asked for, or of
+/// every patient the reader may see at all when that is few enough.
+async fn find_records(
+    state: &AppState,
+    c: &Caller,
+    ty: &str,
+    search: &Search,
+    ctx: &ReadContext,
+    presented: Option<&Presentation>,
+) -> Result<Page, Found> {
+    let records = &state.records;
+    fn narrow(patients: &mut Option<Vec<String>>, ids: Vec<String>) {
+        *patients = Some(match patients.take() {
+            Some(before) => before.into_iter().filter(|p| ids.contains(p)).collect(),
+            None => ids,
+        })
+    }
+    let mut patients: Option<Vec<String>> = None;
+    for cr in &search.criteria {
+        if let Criterion::Patient(ids) = cr {
+            narrow(&mut patients, ids.clone());
+        }
+    }
+    let mut by_id: Vec<Arc<Stored>> = Vec::new();
+    if patients.is_none() {
+        if let Some(ids) = search.criteria.iter().find_map(|cr| match cr {
+            Criterion::Id(ids) => Some(ids),
+            _ => None,
+        }) {
+            for id in ids {
+                by_id.extend(records.get(&state.store, ty, id).await?);
+            }
+            narrow(&mut patients, vec![]);
+        } else if ty == "MedicationRequest" {
+            if let Some(values) = search.criteria.iter().find_map(|cr| match cr {
+                Criterion::Token { name, values } if name == "identifier" => Some(values),
+                _ => None,
+            }) {
+                let mut ids = Vec::new();
+                for (_, number) in values {
+                    if let Some(n) = number {
+                        ids.extend(records.prescribed(n).await?);
+                    }
+                }
+                narrow(&mut patients, ids);
+            }
+        }
+    }
+    let patients = match patients {
+        Some(p) => p,
+        None => {
+            let limit = state.config.records.max_search_patients as i64;
+            let scope = state.policy.scope(&c.who, ty, ctx);
+            records.patients_in(&scope, limit).await?.ok_or_else(|| {
+                too_costly(format!(
+                    "this search would read the records of more than {limit} patients: search {ty} with patient= (or identifier=)"
+                ))
+            })?
+        }
+    };
+    let ids: Vec<&str> = patients.iter().map(String::as_str).collect();
+    let mut all = records.of_patients(&state.store, &ids, None, |_| true).await?;
+    all.extend(by_id);
+    let births: std::collections::HashMap<&str, &str> = all
+        .iter()
+        .filter_map(|s| match &s.resource {
+            kakehashi_fhir::Resource::Patient(p) => Some((p.id.as_deref()?, p.birth_date.as_deref()?)),
+            _ => None,
+        })
+        .collect();
+    let birth_of = |s: &Stored| s.patient.as_deref().and_then(|p| births.get(p).copied());
+    let matching: Vec<&Arc<Stored>> = all
+        .iter()
+        .filter(|s| s.resource.type_name() == ty)
+        .filter(|s| params::matches(&s.resource, s.patient.as_deref(), birth_of(s), &search.criteria))
+        .collect();
     let mut includes: Vec<Permitted> = Vec::new();
-    let permitted: Vec<Permitted> = if let Some(presented) = &presented {
+    let permitted: Vec<Permitted> = if let Some(presented) = presented {
         let mut out = Vec::new();
         for s in matching {
             let birth = birth_of(s);
             let permit = state
                 .policy
-                .decide(&c.who, s, &ctx)
-                .or_else(|_| state.policy.presented_prescription(&c.who, s, presented, birth.as_deref()));
+                .decide(&c.who, s, ctx)
+                .or_else(|_| state.policy.presented_prescription(&c.who, s, presented, birth));
             let Ok(permit) = permit else { continue };
             out.push(Permitted { permit, record: s.clone() });
-            let Some(p) = s.patient.as_deref().and_then(|id| snap.get("Patient", id)) else { continue };
+            let Some(p) = all.iter().find(|p| p.resource.type_name() == "Patient" && p.patient == s.patient) else { continue };
             if !includes.iter().any(|i| Arc::ptr_eq(&i.record, p)) {
-                if let Ok(permit) = state.policy.presented_prescription(&c.who, p, presented, birth.as_deref()) {
+                if let Ok(permit) = state.policy.presented_prescription(&c.who, p, presented, birth) {
                     includes.push(Permitted { permit, record: p.clone() });
                 }
             }
         }
-        if out.is_empty() {
-            // A failed lookup is audited as such: a sweep shows as a run of these.
-            let why = "presented prescription: no prescription matches this number and birth date";
-            audit(&state, record(&c, Interaction::Search, Outcome::NotFound, Some(why.into()), vec![], Some(query)))
-                .await?;
-            let asked = Asked { interaction: Interaction::Search, path: &ty, search: &search, query: None, person: None };
-            return respond_page(&state, &c, asked, vec![], vec![], false).await;
-        }
         out
     } else {
-        let mut permitted = state.policy.filter(&c.who, matching, &ctx);
-        if ty == "Patient"
-            && search.criteria.iter().any(|cr| matches!(cr, Criterion::Token { name, .. } if name == "identifier"))
-        {
-            // The same person at other sites, reached only from a record the caller
-            // may see, each still decided by its own owner's policy.
-            let links = state.linkage.links(&snap);
-            let mut linked: Vec<&Arc<Stored>> = Vec::new();
-            for p in &permitted {
-                for (id, _) in links.linked(p.record.resource.id().unwrap_or("")) {
-                    if let Some(s) = snap.get("Patient", id) {
-                        if !permitted.iter().any(|q| Arc::ptr_eq(&q.record, s))
-                            && !linked.iter().any(|l| Arc::ptr_eq(l, s))
-                        {
-                            linked.push(s);
-                        }
-                    }
-                }
-            }
-            permitted.extend(state.policy.filter(&c.who, linked, &ctx));
-        }
-        permitted
+        state.policy.filter(&c.who, matching, ctx)
     };
-    let person = ctx.break_glass.as_ref().and_then(|g| g.patients.first()).map(String::as_str);
-    let asked = Asked { interaction: Interaction::Search, path: &ty, search: &search, query: Some(query), person };
-    respond_page(&state, &c, asked, permitted, includes, true).await
+    Ok(page_of(search, permitted, includes))
 }
 
 /// `GET /fhir/Patient/{id}/$everything`.
@@ -431,23 +591,28 @@ async fn everything_inner(state: AppState, id: String, req: Request) -> Result<R
         return Err(ApiError::invalid("$everything takes only _count and _offset here", "Patient/$everything"));
     }
     search.used.clear();
-    let snap = state.records.snapshot();
-    let links = state.linkage.links(&snap);
-    let others: Vec<&str> = links.linked(&id).map(|(other, _)| other).collect();
+    let read = async {
+        let others: Vec<String> = state.linkage.person(&state.records, &id).await?.into_iter().map(|(o, _)| o).collect();
+        let all_ids: Vec<&str> = std::iter::once(id.as_str()).chain(others.iter().map(String::as_str)).collect();
+        let records = state.records.of_patients(&state.store, &all_ids, None, |_| true).await?;
+        Ok::<_, crate::records::RecordsError>((others, records))
+    };
+    let (others, records) = match read.await {
+        Ok(r) => r,
+        Err(e) => return Err(unreadable(&state, &c, Interaction::Everything, e, None).await),
+    };
     // Break-glass reaches this person: the patient asked for and its linked records.
-    let ctx = c.glass_for(std::iter::once(id.as_str()).chain(others.iter().copied()).map(str::to_string).collect());
-    let pushed = pushed_records(&state, Wanted::Patients(vec![&id], None), |_| true).await?;
-    let mut permitted = state.policy.filter(&c.who, snap.for_patient(&id).chain(&pushed), &ctx);
+    let ctx = c.glass_for(std::iter::once(id.clone()).chain(others.iter().cloned()).collect());
+    // The person's records at linked sites only when the patient asked for is visible.
+    let mine: Vec<&Arc<Stored>> = records.iter().filter(|s| s.patient.as_deref() == Some(id.as_str())).collect();
+    let mut permitted = state.policy.filter(&c.who, mine, &ctx);
     if !permitted.is_empty() {
-        // The person's records at every linked site, each under its own owner's policy.
-        let pushed = pushed_records(&state, Wanted::Patients(others.clone(), None), |_| true).await?;
-        for other in &others {
-            permitted.extend(state.policy.filter(&c.who, snap.for_patient(other), &ctx));
-        }
-        permitted.extend(state.policy.filter(&c.who, &pushed, &ctx));
+        let theirs = records.iter().filter(|s| s.patient.as_deref() != Some(id.as_str()));
+        permitted.extend(state.policy.filter(&c.who, theirs, &ctx));
     }
     if permitted.is_empty() {
-        let (outcome, why, asked) = match snap.get("Patient", &id) {
+        let asked = records.iter().find(|s| s.resource.type_name() == "Patient" && s.patient.as_deref() == Some(id.as_str()));
+        let (outcome, why, asked) = match asked {
             Some(s) => (Outcome::Denied, Refusal::NoGrant.to_string(), disclosure(s, String::new())),
             None => (Outcome::NotFound, NOT_VISIBLE.to_string(), absent(format!("Patient/{id}"))),
         };
@@ -457,7 +622,7 @@ async fn everything_inner(state: AppState, id: String, req: Request) -> Result<R
     let path = format!("Patient/{id}/$everything");
     let asked =
         Asked { interaction: Interaction::Everything, path: &path, search: &search, query: None, person: Some(&id) };
-    respond_page(&state, &c, asked, permitted, vec![], true).await
+    respond(&state, &c, asked, page_of(&search, permitted, vec![]), true).await
 }
 
 #[derive(Serialize)]
@@ -514,28 +679,19 @@ struct Asked<'a> {
     person: Option<&'a str>,
 }
 
-/// Audit the page of `permitted` (and its `includes`) that `asked` selects, then answer
-/// it; `audited` false when the caller has audited this answer already.
-async fn respond_page(
-    state: &AppState,
-    c: &Caller,
-    asked: Asked<'_>,
-    permitted: Vec<Permitted>,
-    includes: Vec<Permitted>,
-    audited: bool,
-) -> Result<Response, ApiError> {
+/// Audit the page (its matches and includes), then answer it; `audited` false when the
+/// caller has audited this answer already.
+async fn respond(state: &AppState, c: &Caller, asked: Asked<'_>, page: Page, audited: bool) -> Result<Response, ApiError> {
     let Asked { interaction, path, search, query, person } = asked;
-    let total = permitted.len();
+    let Page { total, matches, includes } = page;
     let start = search.offset.min(total);
-    let end = (start + search.count).min(total);
-    let page = &permitted[start..end];
-    let shown: Vec<&Permitted> = page.iter().chain(includes.iter()).collect();
+    let end = start + matches.len();
+    let shown: Vec<&Permitted> = matches.iter().chain(includes.iter()).collect();
     declare_break_glass(state, c, person, &shown).await?;
     if audited {
         let rec = record(c, interaction, Outcome::Success, None, shown.iter().map(|p| disclosed(p)).collect(), query);
         audit(state, rec).await?;
     }
-
     let mut link = vec![LinkOut { relation: "self", url: page_url(&c.base, path, &search.used, search.count, start) }];
     if end < total && search.count > 0 {
         link.push(LinkOut { relation: "next", url: page_url(&c.base, path, &search.used, search.count, end) });
@@ -555,7 +711,7 @@ async fn respond_page(
         );
         serde_json::value::to_raw_value(&oo).ok()
     });
-    let modes = page.iter().map(|p| (p, "match")).chain(includes.iter().map(|p| (p, "include")));
+    let modes = matches.iter().map(|p| (p, "match")).chain(includes.iter().map(|p| (p, "include")));
     let mut entry: Vec<EntryOut<'_>> = modes
         .map(|(p, mode)| EntryOut {
             full_url: Some(format!("{}/{}", c.base, p.record.key())),

@@ -3,8 +3,6 @@
 //! either changes. Automatic links are deterministic and conservative: a rule that
 //! finds more than one candidate at a site links nobody there (never merge on a guess).
 
-use crate::records::Snapshot;
-use kakehashi_fhir::Resource;
 use kakehashi_mappings::codes::{EN_REPRESENTATION, INSURANCE_MEMBER_ID};
 use std::collections::{HashMap, HashSet};
 
@@ -83,11 +81,6 @@ impl Links {
         let mut all = vec![patient.to_string()];
         all.extend(self.linked(patient).map(|(id, _)| id.to_string()));
         all
-    }
-
-    /// Build the index from a snapshot's Patients (and their Coverages).
-    pub fn from_snapshot(snap: &Snapshot, decisions: &[Decision]) -> Links {
-        Links::build(&facts(snap), decisions)
     }
 
     /// Build the index from extracted facts.
@@ -180,10 +173,7 @@ fn automatic(people: &[Facts]) -> Vec<(usize, usize, LinkBasis)> {
     }
     let insurance = |f: &Facts| f.insurance.iter().map(|(k, _)| k.clone()).collect();
     edges.extend(unambiguous(people, buckets(people, insurance), same_insured, LinkBasis::Insurance));
-    let demographics = |f: &Facts| match (&f.kana, &f.birth_date, &f.gender) {
-        (Some(k), Some(b), Some(g)) => vec![format!("{k}|{b}|{g}")],
-        _ => vec![],
-    };
+    let demographics = |f: &Facts| demographics_key(f).into_iter().collect();
     edges.extend(unambiguous(people, buckets(people, demographics), insurance_agrees, LinkBasis::Demographics));
     edges
 }
@@ -259,52 +249,58 @@ fn insurance_agrees(a: &Facts, b: &Facts) -> bool {
         || a.insurance.iter().any(|(ka, _)| b.insurance.iter().any(|(kb, _)| ka == kb))
 }
 
-/// The facts of every Patient in a snapshot.
-pub fn facts(snap: &Snapshot) -> Vec<Facts> {
-    let mut out: Vec<Facts> = Vec::new();
-    let mut at: HashMap<&str, usize> = HashMap::new();
-    for s in snap.of_type("Patient") {
-        let Resource::Patient(p) = &s.resource else { continue };
-        let Some(id) = p.id.as_deref() else { continue };
-        let mut f = Facts {
-            id: id.to_string(),
-            site: format!("{}|{}", s.site, s.owner),
-            birth_date: p.birth_date.clone().filter(|d| d.len() == 10),
-            gender: p.gender.clone().filter(|g| matches!(g.as_str(), "male" | "female" | "other")),
-            kana: p
-                .name
-                .iter()
-                .find(|n| {
-                    n.extension.iter().any(|e| e.url == EN_REPRESENTATION && e.value_code.as_deref() == Some("SYL"))
-                })
-                .map(|n| {
-                    let parts = n.family.iter().chain(n.given.iter()).cloned().collect::<Vec<_>>().join("");
-                    kana_key(if parts.is_empty() { n.text.as_deref().unwrap_or("") } else { &parts })
-                })
-                .filter(|k| !k.is_empty()),
-            ..Default::default()
-        };
-        for i in &p.identifier {
-            let (Some(system), Some(value)) = (i.system.as_deref(), i.value.as_deref()) else { continue };
-            if system == INSURANCE_MEMBER_ID {
-                f.insurance.extend(insurance_key(value));
-            } else if is_institution_patient_id(system) {
-                f.identifiers.push(format!("{system}|{}", fold(value)));
-            }
-        }
-        at.insert(id, out.len());
-        out.push(f);
-    }
-    for s in snap.of_type("Coverage") {
-        let Resource::Coverage(c) = &s.resource else { continue };
-        let Some(&i) = s.patient.as_deref().and_then(|p| at.get(p)) else { continue };
-        for id in &c.identifier {
-            if id.system.as_deref() == Some(INSURANCE_MEMBER_ID) {
-                out[i].insurance.extend(id.value.as_deref().and_then(insurance_key));
-            }
+/// The facts of one Patient at site `site` (`site|owner`), with the insurance
+/// identities of its Coverages.
+pub fn facts_of<'a>(
+    p: &kakehashi_fhir::Patient,
+    coverages: impl Iterator<Item = &'a kakehashi_fhir::Coverage>,
+    site: String,
+) -> Option<Facts> {
+    let id = p.id.as_deref()?;
+    let mut f = Facts {
+        id: id.to_string(),
+        site,
+        birth_date: p.birth_date.clone().filter(|d| d.len() == 10),
+        gender: p.gender.clone().filter(|g| matches!(g.as_str(), "male" | "female" | "other")),
+        kana: p
+            .name
+            .iter()
+            .find(|n| n.extension.iter().any(|e| e.url == EN_REPRESENTATION && e.value_code.as_deref() == Some("SYL")))
+            .map(|n| {
+                let parts = n.family.iter().chain(n.given.iter()).cloned().collect::<Vec<_>>().join("");
+                kana_key(if parts.is_empty() { n.text.as_deref().unwrap_or("") } else { &parts })
+            })
+            .filter(|k| !k.is_empty()),
+        ..Default::default()
+    };
+    for i in &p.identifier {
+        let (Some(system), Some(value)) = (i.system.as_deref(), i.value.as_deref()) else { continue };
+        if system == INSURANCE_MEMBER_ID {
+            f.insurance.extend(insurance_key(value));
+        } else if is_institution_patient_id(system) {
+            f.identifiers.push(format!("{system}|{}", fold(value)));
         }
     }
-    out
+    for c in coverages {
+        f.insurance.extend(coverage_insurance(c));
+    }
+    Some(f)
+}
+
+fn coverage_insurance(c: &kakehashi_fhir::Coverage) -> Vec<(String, Option<String>)> {
+    c.identifier
+        .iter()
+        .filter(|id| id.system.as_deref() == Some(INSURANCE_MEMBER_ID))
+        .filter_map(|id| id.value.as_deref().and_then(insurance_key))
+        .collect()
+}
+
+/// The demographics key of `f` (kana, birth date and gender), when it has all three.
+pub fn demographics_key(f: &Facts) -> Option<String> {
+    match (&f.kana, &f.birth_date, &f.gender) {
+        (Some(k), Some(b), Some(g)) => Some(format!("{k}|{b}|{g}")),
+        _ => None,
+    }
 }
 
 /// JP Core patient ids are scoped by the institution code in their system.

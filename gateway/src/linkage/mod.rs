@@ -7,22 +7,19 @@ pub mod index;
 
 pub use index::{Decision, LinkBasis, Links};
 
-use crate::records::Snapshot;
+use crate::records::{Records, RecordsError};
 use crate::store::Store;
+use index::Facts;
 use sqlx::Row;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, PoisonError, RwLock};
 
-/// Owners' decisions (mirrored from the database) and the index built from them.
+/// Owners' decisions (mirrored from the database); the links themselves are worked out
+/// per person from the records index when asked for.
 #[derive(Default)]
 pub struct Linkage {
     decisions: RwLock<Arc<Vec<Decision>>>,
-    /// The index, with the snapshot and decisions it was built from.
-    cache: Mutex<Option<Built>>,
 }
-
-/// An index and what it was built from.
-type Built = (Arc<Snapshot>, Arc<Vec<Decision>>, Arc<Links>);
 
 /// Who made a manual decision.
 pub struct DecidedBy<'a> {
@@ -32,20 +29,104 @@ pub struct DecidedBy<'a> {
     pub principal: &'a str,
 }
 
+/// A person's records examined at most: beyond it the rules link nobody further (a
+/// person has a handful of records; a runaway means keys shared by unrelated people).
+const MAX_PERSON: usize = 200;
+
 impl Linkage {
-    /// The link index for this snapshot, rebuilt only when the records or the
-    /// decisions changed since the last call.
-    pub fn links(&self, snap: &Arc<Snapshot>) -> Arc<Links> {
+    /// The Patient records linked to `patient` (itself excluded), with how. Worked out
+    /// from the index around `patient` only: the records sharing a key with it, then
+    /// with those linked to it, until nothing new joins; the rules (and owners'
+    /// decisions) are applied to that neighbourhood exactly as to the whole federation,
+    /// since every rule looks only at the records sharing one key.
+    pub async fn person(&self, records: &Records, patient: &str) -> Result<Vec<(String, LinkBasis)>, RecordsError> {
         let decisions = self.decisions.read().unwrap_or_else(PoisonError::into_inner).clone();
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((s, d, links)) = cache.as_ref() {
-            if Arc::ptr_eq(s, snap) && Arc::ptr_eq(d, &decisions) {
-                return links.clone();
+        if records.index().is_none() {
+            // Records given as resources (tests, benchmarks): few enough to link at once.
+            let links = Links::build(&records.fixed_facts(), &decisions);
+            return Ok(links.linked(patient).map(|(id, b)| (id.to_string(), b)).collect());
+        }
+        let mut facts: HashMap<String, Facts> = HashMap::new();
+        let mut expanded: HashSet<String> = HashSet::new();
+        let mut frontier = vec![patient.to_string()];
+        loop {
+            for p in std::mem::take(&mut frontier) {
+                if !expanded.insert(p.clone()) || facts.len() > MAX_PERSON {
+                    continue;
+                }
+                let Some(f) = self.facts(records, &p, &mut facts).await? else { continue };
+                let mut neighbours: Vec<String> = Vec::new();
+                if let Some(index) = records.index() {
+                    for k in f.identifiers.iter() {
+                        neighbours.extend(index.with_key("id", k).await?.into_iter().map(|(p, _)| p));
+                    }
+                    for (k, _) in &f.insurance {
+                        neighbours.extend(index.with_key("ins", k).await?.into_iter().map(|(p, _)| p));
+                    }
+                    if let Some(k) = index::demographics_key(&f) {
+                        neighbours.extend(index.with_key("demo", &k).await?.into_iter().map(|(p, _)| p));
+                    }
+                }
+                neighbours.extend(
+                    decisions.iter().filter(|d| d.a == p || d.b == p).map(|d| if d.a == p { d.b.clone() } else { d.a.clone() }),
+                );
+                for n in neighbours {
+                    self.facts(records, &n, &mut facts).await?;
+                }
+            }
+            let people: Vec<Facts> = facts.values().cloned().collect();
+            let local: Vec<Decision> =
+                decisions.iter().filter(|d| facts.contains_key(&d.a) && facts.contains_key(&d.b)).cloned().collect();
+            let links = Links::build(&people, &local);
+            frontier = links.person(patient).into_iter().filter(|p| !expanded.contains(p)).collect();
+            if frontier.is_empty() || facts.len() > MAX_PERSON {
+                return Ok(links.linked(patient).map(|(id, b)| (id.to_string(), b)).collect());
             }
         }
-        let links = Arc::new(Links::from_snapshot(snap, &decisions));
-        *cache = Some((snap.clone(), decisions, links.clone()));
-        links
+    }
+
+    /// The facts of `patient` (loaded once into `cache`), from the index or from the
+    /// records given as resources.
+    async fn facts(
+        &self,
+        records: &Records,
+        patient: &str,
+        cache: &mut HashMap<String, Facts>,
+    ) -> Result<Option<Facts>, RecordsError> {
+        if let Some(f) = cache.get(patient) {
+            return Ok(Some(f.clone()));
+        }
+        let mut found = None;
+        {
+            if let Some(index) = records.index() {
+                // The first site listed holds the Patient as the rules see it; keys come
+                // from every site holding records of it (its insurance at another).
+                let mut at = index.demographics(patient).await?;
+                at.sort_by_key(|(site, ..)| records.sites().iter().position(|s| &s.id == site));
+                if let Some((site, owner, birth, gender)) = at.into_iter().next() {
+                    let mut f = Facts {
+                        id: patient.to_string(),
+                        site: format!("{site}|{owner}"),
+                        birth_date: birth.filter(|b| b.len() == 10),
+                        gender: gender.filter(|g| matches!(g.as_str(), "male" | "female" | "other")),
+                        ..Default::default()
+                    };
+                    for (kind, key, extra) in index.keys_of(patient).await? {
+                        match kind.as_str() {
+                            "id" => f.identifiers.push(key),
+                            "ins" => f.insurance.push((key, extra)),
+                            "demo" => f.kana = key.split('|').next().map(str::to_string),
+                            _ => {}
+                        }
+                    }
+                    found = Some(f);
+                }
+            }
+        }
+        if let Some(f) = &found {
+            cache.insert(patient.to_string(), f.clone());
+        }
+        Ok(found)
     }
 
     /// Reload the decisions from the database (other instances decide too).

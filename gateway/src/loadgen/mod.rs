@@ -6,6 +6,7 @@
 
 pub mod baseline;
 pub mod scenario;
+pub mod storage;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;

@@ -253,6 +253,12 @@ impl Grants {
         self.all.write().unwrap_or_else(PoisonError::into_inner).upsert(g, changed);
     }
 
+    /// Visit every grant (under the read lock: `f` must not call back into grants).
+    pub fn for_each(&self, mut f: impl FnMut(&Grant)) {
+        let g = self.all.read().unwrap_or_else(PoisonError::into_inner);
+        g.list.iter().for_each(&mut f);
+    }
+
     /// Grants matching a predicate (cloned out of the lock).
     pub fn find(&self, mut pred: impl FnMut(&Grant) -> bool) -> Vec<Grant> {
         let g = self.all.read().unwrap_or_else(PoisonError::into_inner);

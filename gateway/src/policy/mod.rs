@@ -188,6 +188,17 @@ pub enum Refusal {
     NoGrant,
 }
 
+/// Whether a grant of its kind lets this role read this type.
+fn kind_fits(g: &Grant, who: &Principal, ty: &str) -> bool {
+    match g.kind {
+        GrantKind::Consent | GrantKind::Referral => {
+            matches!(who.role, Role::ClinicTerminal | Role::HospitalSystem | Role::Doctor)
+        }
+        GrantKind::Delegation => who.role == Role::Doctor,
+        GrantKind::Pharmacy => who.role == Role::Pharmacy && matches!(ty, "MedicationRequest" | "Patient"),
+    }
+}
+
 /// The policy decision point.
 #[derive(Debug, Default)]
 pub struct Policy {
@@ -237,35 +248,67 @@ impl Policy {
 
     /// Decide one resource: same site, then the owner's grants, then break-glass.
     pub fn decide(&self, who: &Principal, record: &Stored, ctx: &ReadContext) -> Result<Permit, Refusal> {
-        let ty = record.resource.type_name();
+        let basis = self.basis(who, record.resource.type_name(), &record.owner, record.patient.as_deref(), ctx)?;
+        Ok(Permit { basis, _sealed: () })
+    }
+
+    /// The decision for a record known only by its type, owner and patient (an index
+    /// entry), without a permit: what a search counts before it reads the page it
+    /// returns (whose records are then decided again, each, by [`Policy::decide`]).
+    pub fn basis(
+        &self,
+        who: &Principal,
+        ty: &str,
+        owner: &str,
+        patient: Option<&str>,
+        ctx: &ReadContext,
+    ) -> Result<Basis, Refusal> {
         self.may_read_type(who, ty)?;
-        let permit = |basis| Ok(Permit { basis, _sealed: () });
-        if record.owner == who.institution {
-            return permit(Basis::SameSite);
+        if owner == who.institution {
+            return Ok(Basis::SameSite);
         }
-        let patient = record.patient.as_deref().unwrap_or("");
-        let applies = |g: &Grant| {
-            g.active_at(ctx.now)
-                && g.names(&who.institution)
-                && g.covers(ty)
-                && match g.kind {
-                    GrantKind::Consent | GrantKind::Referral => {
-                        matches!(who.role, Role::ClinicTerminal | Role::HospitalSystem | Role::Doctor)
-                    }
-                    GrantKind::Delegation => who.role == Role::Doctor,
-                    GrantKind::Pharmacy => who.role == Role::Pharmacy && matches!(ty, "MedicationRequest" | "Patient"),
-                }
-        };
-        if let Some((kind, id)) = self.grants.first_of(&record.owner, patient, applies) {
-            return permit(Basis::Grant(kind, id));
+        let patient = patient.unwrap_or("");
+        let applies = |g: &Grant| g.active_at(ctx.now) && g.names(&who.institution) && g.covers(ty) && kind_fits(g, who, ty);
+        if let Some((kind, id)) = self.grants.first_of(owner, patient, applies) {
+            return Ok(Basis::Grant(kind, id));
         }
         // Break-glass reaches only the patient (person) it was declared for.
         if who.role == Role::Doctor
             && ctx.break_glass.as_ref().is_some_and(|g| !patient.is_empty() && g.patients.iter().any(|p| p == patient))
         {
-            return permit(Basis::BreakGlass);
+            return Ok(Basis::BreakGlass);
         }
         Err(Refusal::NoGrant)
+    }
+
+    /// Where records of type `ty` this principal may see can be at all: every record of
+    /// its own institution and of owners that delegated all their patients to it, and
+    /// the patients its grants (and a break-glass declaration) name. A superset of what
+    /// [`Policy::basis`] permits, so that a search need not look elsewhere.
+    pub fn scope(&self, who: &Principal, ty: &str, ctx: &ReadContext) -> crate::records::Scope {
+        let mut scope = crate::records::Scope { owners: vec![who.institution.clone()], patients: Vec::new() };
+        if self.may_read_type(who, ty).is_err() {
+            return crate::records::Scope::default();
+        }
+        self.grants.for_each(|g| {
+            if g.active_at(ctx.now) && g.names(&who.institution) && g.covers(ty) && kind_fits(g, who, ty) {
+                if g.patient.is_empty() {
+                    scope.owners.push(g.owner.clone());
+                } else {
+                    scope.patients.push(g.patient.clone());
+                }
+            }
+        });
+        if who.role == Role::Doctor {
+            if let Some(g) = &ctx.break_glass {
+                scope.patients.extend(g.patients.iter().cloned());
+            }
+        }
+        scope.owners.sort();
+        scope.owners.dedup();
+        scope.patients.sort();
+        scope.patients.dedup();
+        scope
     }
 
     /// The pharmacy rule for a presented prescription: a pharmacy that states the

@@ -1,20 +1,31 @@
-//! Records: each site's resources, translated once and kept in memory, refreshed when
-//! the site's files change. Requests read an immutable [`Snapshot`]; a background task
-//! re-scans the sites and swaps in a new snapshot, re-translating only changed files.
-//! Pushed documents' records are kept in the database instead ([`pushed`]).
+//! Records: the one source of every record the gateway serves — sites' records
+//! (SS-MIX2 storage, MML and JAHIS directories) and pushed documents' records — behind
+//! one async interface: a record by type and id, a patient's records, Patients by
+//! search parameters, and the patients a search may have to look at.
+//!
+//! Nothing proportional to a site is held in memory. A persistent [`index`] says, for
+//! each patient, which files are theirs, their demographics, identifiers and linkage
+//! keys, and which resource ids their files yield; a patient's records are translated
+//! when first asked for and kept in a bounded [`cache`]; every read lists the patient's
+//! files (a few directory reads) so that a new, replaced or cancelled message is in
+//! the very next read. The background [`indexer`] finds new patients and changed
+//! demographics without rescanning unchanged subtrees. Pushed documents' records live
+//! in the database ([`pushed`]).
 
+pub mod cache;
+pub mod index;
+pub mod indexer;
 pub mod pushed;
+pub mod unit;
 
-use crate::config::{Config, Connector};
+use crate::config::Config;
 use crate::sites::{Owner, Ownership};
-use kakehashi_adapters::ss_mix2::Storage;
-use kakehashi_adapters::text::Charset;
+use index::{IndexDb, PatientFilter, PatientRow};
 use kakehashi_fhir::Resource;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, PoisonError, RwLock};
+use unit::{Site, Unit};
 
 /// One resource as served: parsed, pre-serialised, with its owner and patient.
 #[derive(Debug)]
@@ -62,113 +73,371 @@ fn patient_of(r: &Resource) -> Option<String> {
     reference.reference.as_deref()?.strip_prefix("Patient/").map(str::to_string)
 }
 
-/// An immutable view of every site's records.
+/// Why records could not be read. Reads answer 503 (audited), never a partial answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordsError {
+    /// A site's storage is unreachable (an unmounted share, say).
+    #[error(transparent)]
+    Site(#[from] unit::SiteError),
+    /// The index or the database failed.
+    #[error("records index: {0}")]
+    Index(#[from] sqlx::Error),
+    /// A blocking read failed to run.
+    #[error("records: {0}")]
+    Task(String),
+}
+
+/// What a reader may see at all, as far as owners and patients go: every record of
+/// `owners`, and the records of `patients`. The policy still decides each record;
+/// this only keeps a search from looking where nothing can be permitted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Owners all of whose patients may be visible (the reader's own institution, an
+    /// owner's on-call delegation).
+    pub owners: Vec<String>,
+    /// Further patients that may be visible (consent, referral, pharmacy, break-glass).
+    pub patients: Vec<String>,
+}
+
+/// Records given as resources, for tests and in-process benchmarks (no sites).
 #[derive(Debug, Default)]
-pub struct Snapshot {
-    /// All resources.
-    pub all: Vec<Arc<Stored>>,
-    /// Type, then id: looked up without allocating on every read.
-    by_key: HashMap<&'static str, HashMap<String, usize>>,
-    /// Per type, in `all` order, so searches do not scan every resource.
-    by_type: HashMap<&'static str, Vec<usize>>,
+struct Fixed {
+    all: Vec<Arc<Stored>>,
+    by_key: HashMap<(String, String), usize>,
     by_patient: HashMap<String, Vec<usize>>,
 }
 
-impl Snapshot {
-    fn build(all: Vec<Arc<Stored>>) -> Snapshot {
-        let mut by_key: HashMap<&'static str, HashMap<String, usize>> = HashMap::new();
-        let mut by_type: HashMap<&'static str, Vec<usize>> = HashMap::new();
-        let mut by_patient: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, s) in all.iter().enumerate() {
-            let ty = s.resource.type_name();
-            by_key.entry(ty).or_default().insert(s.resource.id().unwrap_or("").to_string(), i);
-            by_type.entry(ty).or_default().push(i);
-            if let Some(p) = &s.patient {
-                by_patient.entry(p.clone()).or_default().push(i);
-            }
-        }
-        Snapshot { all, by_key, by_type, by_patient }
-    }
-
-    /// A resource by type and id.
-    pub fn get(&self, ty: &str, id: &str) -> Option<&Arc<Stored>> {
-        self.by_key.get(ty)?.get(id).map(|&i| &self.all[i])
-    }
-
-    /// Every resource about a patient.
-    pub fn for_patient<'a>(&'a self, patient: &str) -> impl Iterator<Item = &'a Arc<Stored>> + 'a {
-        self.by_patient.get(patient).into_iter().flatten().map(move |&i| &self.all[i])
-    }
-
-    /// Every resource of a type.
-    pub fn of_type<'a>(&'a self, ty: &'a str) -> impl Iterator<Item = &'a Arc<Stored>> + 'a {
-        self.by_type.get(ty).into_iter().flatten().map(move |&i| &self.all[i])
-    }
-}
-
-type Stamp = (SystemTime, u64);
-
-struct SiteState {
-    ownership: Ownership,
-    connector: Connector,
-    /// Per source file: its stamp and what it translated to.
-    files: HashMap<PathBuf, (Stamp, Vec<Arc<Stored>>)>,
-    /// Problems of the last scan, for logs (never sent to clients).
-    problems: usize,
-}
-
-/// All sites' records, refreshed in the background.
+/// Every record the gateway serves.
 pub struct Records {
-    sites: Mutex<Vec<SiteState>>,
+    sites: Vec<Site>,
+    index: Option<IndexDb>,
+    cache: cache::Cache,
+    fixed: Fixed,
     /// Which records arrived by push (their content is in the database).
     pushed: RwLock<pushed::PushedIndex>,
-    current: RwLock<Arc<Snapshot>>,
+    /// The indexer's progress, for `/status` and `/metrics`.
+    pub status: Arc<indexer::Status>,
+    /// Per directory site, the directory time last synced, under a lock so that one
+    /// sync runs at a time ([`indexer::sync_flat`]).
+    flat: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<i64>>>>,
+}
+
+/// `records.cache_mb` as bytes.
+fn budget(cfg: &Config) -> usize {
+    usize::try_from(cfg.records.cache_mb).unwrap_or(usize::MAX / 2 >> 20).saturating_mul(1 << 20)
+}
+
+/// The sites of a configuration, as the records source reads them.
+pub fn sites(cfg: &Config) -> Vec<Site> {
+    cfg.sites
+        .iter()
+        .map(|s| Site {
+            id: s.id.clone(),
+            connector: s.connector.clone(),
+            ownership: if s.owner == crate::config::OWNER_FROM_RECORD {
+                Ownership::PerRecord { site: s.id.clone(), members: cfg.institutions.clone() }
+            } else {
+                Ownership::Site(Owner {
+                    code: s.owner.clone(),
+                    name: cfg.institution(&s.owner).map(|i| i.name.clone()).unwrap_or_default(),
+                    site: s.id.clone(),
+                })
+            },
+            prescription_system: s.prescription_number_system.clone(),
+        })
+        .collect()
 }
 
 impl Records {
-    /// Index the configured sites once.
-    pub fn load(cfg: &Config) -> Arc<Records> {
-        let sites = cfg
-            .sites
-            .iter()
-            .map(|s| SiteState {
-                ownership: if s.owner == crate::config::OWNER_FROM_RECORD {
-                    Ownership::PerRecord { site: s.id.clone(), members: cfg.institutions.clone() }
-                } else {
-                    Ownership::Site(Owner {
-                        code: s.owner.clone(),
-                        name: cfg.institution(&s.owner).map(|i| i.name.clone()).unwrap_or_default(),
-                        site: s.id.clone(),
-                    })
-                },
-                connector: s.connector.clone(),
-                files: HashMap::new(),
-                problems: 0,
-            })
-            .collect();
-        let r = Records::with(sites, Snapshot::default());
-        r.refresh();
-        r
+    /// The records of `cfg`'s sites, indexed in `index`; the indexer is started separately
+    /// ([`indexer::spawn`]).
+    pub fn open(cfg: &Config, index: IndexDb) -> Arc<Records> {
+        Arc::new(Records {
+            sites: sites(cfg),
+            index: Some(index),
+            cache: cache::Cache::new(budget(cfg)),
+            fixed: Fixed::default(),
+            pushed: RwLock::default(),
+            status: Arc::default(),
+            flat: Default::default(),
+        })
     }
 
     /// Records from explicit resources (tests, benchmarks).
     pub fn from_resources(resources: Vec<(Resource, Owner)>) -> Arc<Records> {
-        let all = resources.into_iter().filter_map(|(r, o)| Stored::new(r, &o)).map(Arc::new).collect();
-        Records::with(Vec::new(), Snapshot::build(all))
-    }
-
-    fn with(sites: Vec<SiteState>, snapshot: Snapshot) -> Arc<Records> {
+        let mut fixed = Fixed::default();
+        for (r, o) in resources {
+            let Some(s) = Stored::new(r, &o) else { continue };
+            let key = (s.resource.type_name().to_string(), s.resource.id().unwrap_or("").to_string());
+            if fixed.by_key.contains_key(&key) {
+                continue;
+            }
+            let i = fixed.all.len();
+            fixed.by_key.insert(key, i);
+            if let Some(p) = &s.patient {
+                fixed.by_patient.entry(p.clone()).or_default().push(i);
+            }
+            fixed.all.push(Arc::new(s));
+        }
         Arc::new(Records {
-            sites: Mutex::new(sites),
+            sites: Vec::new(),
+            index: None,
+            cache: cache::Cache::new(0),
+            fixed,
             pushed: RwLock::default(),
-            current: RwLock::new(Arc::new(snapshot)),
+            status: Arc::default(),
+            flat: Default::default(),
         })
     }
 
-    /// The current snapshot.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        // Every writer replaces whole values, so a panic elsewhere never leaves them half-done.
-        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+    /// The index, when there are sites.
+    pub fn index(&self) -> Option<&IndexDb> {
+        self.index.as_ref()
+    }
+
+    /// The sites read.
+    pub fn sites(&self) -> &[Site] {
+        &self.sites
+    }
+
+    /// Cache counters.
+    pub fn cache_stats(&self) -> Arc<cache::CacheStats> {
+        self.cache.stats.clone()
+    }
+
+    fn flat_gate(&self, site: &str) -> Arc<tokio::sync::Mutex<i64>> {
+        self.flat.lock().unwrap_or_else(PoisonError::into_inner).entry(site.to_string()).or_default().clone()
+    }
+
+    fn site(&self, id: &str) -> Option<&Site> {
+        self.sites.iter().find(|s| s.id == id)
+    }
+
+    /// A record by type and id: a site's (found through the index) or a pushed one.
+    pub async fn get(&self, store: &crate::store::Store, ty: &str, id: &str) -> Result<Option<Arc<Stored>>, RecordsError> {
+        if let Some(&i) = self.fixed.by_key.get(&(ty.to_string(), id.to_string())) {
+            return Ok(Some(self.fixed.all[i].clone()));
+        }
+        if let Some(index) = &self.index {
+            // Ids are `type-<hash>`: a malformed one names nothing of a site.
+            if id.starts_with(&format!("{}-", ty.to_ascii_lowercase())) {
+                let mut rows = index.locate(index::key64(id)).await?;
+                rows.sort_by_key(|r| self.sites.iter().position(|s| s.id == r.site));
+                for row in rows {
+                    let unit = self.unit(&row).await?;
+                    if let Some(s) =
+                        unit.records.iter().find(|s| s.resource.type_name() == ty && s.resource.id() == Some(id))
+                    {
+                        return Ok(Some(s.clone()));
+                    }
+                }
+            }
+        }
+        let pushed = self.pushed_records(store, pushed::Wanted::Key(ty, id), |_| true).await?;
+        Ok(pushed.into_iter().next())
+    }
+
+    /// Every record about `patients` (of type `ty`, or all), sites' and pushed, in site
+    /// order then path order.
+    pub async fn of_patients(
+        &self,
+        store: &crate::store::Store,
+        patients: &[&str],
+        ty: Option<&str>,
+        mut keep: impl FnMut(&Stored) -> bool,
+    ) -> Result<Vec<Arc<Stored>>, RecordsError> {
+        let mut out = Vec::new();
+        let wanted = |s: &Stored| ty.is_none_or(|t| s.resource.type_name() == t);
+        for p in patients {
+            for &i in self.fixed.by_patient.get(*p).into_iter().flatten() {
+                let s = &self.fixed.all[i];
+                if wanted(s) && keep(s) {
+                    out.push(s.clone());
+                }
+            }
+        }
+        if let Some(index) = &self.index {
+            let mut rows = index.patients(patients).await?;
+            rows.sort_by_key(|r| (self.sites.iter().position(|s| s.id == r.site), r.id.clone()));
+            // A patient with records at two sites of its owner has its Patient (and any
+            // other record) at both: the first site listed keeps it, as ids are derived
+            // from what a record is.
+            let mut seen = std::collections::HashSet::new();
+            for row in rows {
+                let unit = self.unit(&row).await?;
+                for s in unit.records.iter() {
+                    if wanted(s) && seen.insert(s.key()) && keep(s) {
+                        out.push(s.clone());
+                    }
+                }
+            }
+        }
+        out.extend(self.pushed_records(store, pushed::Wanted::Patients(patients.to_vec(), ty), |s| keep(s)).await?);
+        Ok(out)
+    }
+
+    /// The Patient resource with this id (site or pushed).
+    pub async fn patient(&self, store: &crate::store::Store, id: &str) -> Result<Option<Arc<Stored>>, RecordsError> {
+        self.get(store, "Patient", id).await
+    }
+
+    /// Indexed Patients that `filter` selects, at most `limit`.
+    pub async fn find_patients(&self, filter: &PatientFilter, limit: i64) -> Result<Vec<PatientRow>, RecordsError> {
+        match &self.index {
+            Some(index) => Ok(index.find_patients(filter, limit).await?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Linkage facts of every Patient given as a resource (tests, benchmarks).
+    pub fn fixed_facts(&self) -> Vec<crate::linkage::index::Facts> {
+        self.fixed
+            .all
+            .iter()
+            .filter_map(|s| match &s.resource {
+                Resource::Patient(p) => {
+                    let coverages = self.fixed.by_patient.get(p.id.as_deref().unwrap_or("")).into_iter().flatten().filter_map(
+                        |&i| match &self.fixed.all[i].resource {
+                            Resource::Coverage(c) => Some(c),
+                            _ => None,
+                        },
+                    );
+                    crate::linkage::index::facts_of(p, coverages, format!("{}|{}", s.site, s.owner))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The index entries of the Patients among `ids` (and of those given as resources).
+    pub async fn patient_rows(&self, ids: &[&str]) -> Result<Vec<PatientRow>, RecordsError> {
+        let mut out: Vec<PatientRow> = self
+            .fixed_patients()
+            .filter(|s| s.patient.as_deref().is_some_and(|p| ids.contains(&p)))
+            .map(|s| {
+                let id = s.patient.clone().unwrap_or_default();
+                PatientRow { id: id.clone(), site: s.site.clone(), owner: s.owner.clone(), local: id }
+            })
+            .collect();
+        if let Some(index) = &self.index {
+            out.extend(index.patients(ids).await?);
+        }
+        Ok(out)
+    }
+
+    /// Every Patient record given as a resource (tests, benchmarks), for searches.
+    pub fn fixed_patients(&self) -> impl Iterator<Item = &Arc<Stored>> {
+        self.fixed.all.iter().filter(|s| s.resource.type_name() == "Patient")
+    }
+
+    /// The patients `scope` reaches, unless there are more than `limit`.
+    pub async fn patients_in(&self, scope: &Scope, limit: i64) -> Result<Option<Vec<String>>, RecordsError> {
+        let mut out: Vec<String> = Vec::new();
+        for s in &self.fixed.all {
+            if s.resource.type_name() == "Patient"
+                && (scope.owners.contains(&s.owner) || s.patient.as_ref().is_some_and(|p| scope.patients.contains(p)))
+            {
+                out.extend(s.patient.clone());
+            }
+        }
+        if let Some(index) = &self.index {
+            let mut f = PatientFilter::default();
+            f.scope(&scope.owners, &scope.patients);
+            let rows = index.find_patients(&f, limit + 1).await?;
+            out.extend(rows.into_iter().map(|r| r.id));
+        }
+        let pushed = self.pushed.read().unwrap_or_else(PoisonError::into_inner);
+        out.extend(scope.patients.iter().filter(|p| pushed.has_patient(p)).cloned());
+        drop(pushed);
+        out.sort();
+        out.dedup();
+        Ok((out.len() as i64 <= limit).then_some(out))
+    }
+
+    /// Patients with a prescription numbered `number` (any site).
+    pub async fn prescribed(&self, number: &str) -> Result<Vec<String>, RecordsError> {
+        let mut out: Vec<String> = self
+            .fixed
+            .all
+            .iter()
+            .filter(|s| match &s.resource {
+                Resource::MedicationRequest(m) => m.identifier.iter().any(|i| i.value.as_deref() == Some(number)),
+                _ => false,
+            })
+            .filter_map(|s| s.patient.clone())
+            .collect();
+        if let Some(index) = &self.index {
+            out.extend(index.with_key("rx", number).await?.into_iter().map(|(p, _)| p));
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// One patient's records at its site, current: the files are listed (every read,
+    /// so that a new version is seen at once), and translated again only when they
+    /// changed since the cached translation; a change also updates the index.
+    async fn unit(&self, row: &PatientRow) -> Result<Arc<Unit>, RecordsError> {
+        let Some(site) = self.site(&row.site).cloned() else {
+            return Ok(Arc::new(empty_unit(row)));
+        };
+        if !site.is_ss_mix2() {
+            // A new document of this patient is found by syncing the directory, which
+            // costs one stat when nothing was added.
+            indexer::sync_flat(self, &site).await?;
+        }
+        let files: Vec<String> = match (&self.index, site.is_ss_mix2()) {
+            (Some(ix), false) => ix.files_of(&site.id, &row.id).await?.into_iter().map(|f| f.path).collect(),
+            _ => Vec::new(),
+        };
+        let cached = self.cache.get(&cache_key(&row.site, &row.id));
+        let row = row.clone();
+        let (unit, changed) = tokio::task::spawn_blocking(move || -> Result<(Arc<Unit>, Option<index::UnitRows>), RecordsError> {
+            if site.is_ss_mix2() {
+                let listing = unit::ss_mix2_listing(&site, &row.local)?;
+                if let Some(c) = cached.filter(|c| same_files(c, listing.iter().map(|f| (unit::relative(&site, &f.path), f.stamp)))) {
+                    return Ok((c, None));
+                }
+                let u = unit::read_ss_mix2(&site, &row.local, &listing)?;
+                let rows = unit::rows(&site, &u);
+                Ok((Arc::new(u), Some(rows)))
+            } else {
+                let stamps: Vec<(String, kakehashi_adapters::ss_mix2::Stamp)> = files
+                    .iter()
+                    .filter_map(|rel| {
+                        let m = std::fs::metadata(site.root().join(rel)).ok()?;
+                        Some((rel.clone(), kakehashi_adapters::ss_mix2::Stamp::of(&m)))
+                    })
+                    .collect();
+                if !site.root().is_dir() {
+                    return Err(unit::SiteError { site: site.id.clone(), message: format!("directory {} is not reachable", site.root().display()) }.into());
+                }
+                if let Some(c) = cached.filter(|c| same_files(c, stamps.iter().cloned())) {
+                    return Ok((c, None));
+                }
+                let u = unit::read_flat(&site, &row.id, &files);
+                let rows = unit::rows(&site, &u);
+                Ok((Arc::new(u), Some(rows)))
+            }
+        })
+        .await
+        .map_err(|e| RecordsError::Task(e.to_string()))??;
+        self.cache.stats.hits.fetch_add(u64::from(changed.is_none()), std::sync::atomic::Ordering::Relaxed);
+        if let Some(rows) = changed {
+            self.cache.stats.misses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(index) = &self.index {
+                let indexed = index.files_of(&rows.site, &rows.patient).await?;
+                let now: Vec<index::FileRow> = rows.files.clone();
+                if indexed != now {
+                    // The patient's files changed since they were indexed: the index
+                    // follows now, so that searches find what this read found.
+                    index.write_units(std::slice::from_ref(&rows), false).await?;
+                    self.status.reindexed_on_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            self.cache.put(&cache_key(&unit.site, &unit.patient), unit.clone());
+        }
+        Ok(unit)
     }
 
     /// Note the records of pushed document `id` (received at `received_at`, Unix
@@ -188,210 +457,57 @@ impl Records {
         self.pushed.read().unwrap_or_else(PoisonError::into_inner).newest()
     }
 
-    /// What of `wanted` to ask the database for, if anything: only patients with pushed
-    /// records are named (a search may list many, each a bound parameter).
-    pub fn pushed_wanted<'a>(&self, wanted: pushed::Wanted<'a>) -> Option<pushed::Wanted<'a>> {
-        let idx = self.pushed.read().unwrap_or_else(PoisonError::into_inner);
-        match wanted {
-            pushed::Wanted::Key(t, id) => idx.has(t, id).then_some(wanted),
-            pushed::Wanted::Type(t) => idx.has_type(t).then_some(wanted),
-            pushed::Wanted::Patients(mut ps, t) => {
-                ps.retain(|p| idx.has_patient(p));
-                (!ps.is_empty() && t.is_none_or(|t| idx.has_type(t))).then_some(pushed::Wanted::Patients(ps, t))
-            }
-        }
-    }
-
-    /// Re-scan every site; re-translate changed files; swap the snapshot if anything
-    /// changed. Returns whether it did.
-    pub fn refresh(&self) -> bool {
-        let mut sites = self.sites.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut changed = false;
-        for site in sites.iter_mut() {
-            changed |= refresh_site(site);
-        }
-        if changed {
-            let mut all: Vec<Arc<Stored>> = Vec::new();
-            {
-                // Borrowed (type, id) keys: no allocation per record.
-                let mut seen: std::collections::HashSet<(&str, &str)> = std::collections::HashSet::new();
-                // Sites in configuration order, each site's files in path order.
-                let site_records = sites.iter().flat_map(|site| {
-                    let mut paths: Vec<&PathBuf> = site.files.keys().collect();
-                    paths.sort();
-                    paths.into_iter().flat_map(move |p| site.files[p].1.iter())
-                });
-                for s in site_records {
-                    if seen.insert((s.resource.type_name(), s.resource.id().unwrap_or(""))) {
-                        all.push(s.clone());
-                    }
+    /// The pushed records `wanted` that `keep` accepts, read from the database only when
+    /// the index of pushed records says there are any.
+    async fn pushed_records(
+        &self,
+        store: &crate::store::Store,
+        wanted: pushed::Wanted<'_>,
+        keep: impl FnMut(&Stored) -> bool,
+    ) -> Result<Vec<Arc<Stored>>, RecordsError> {
+        let wanted = {
+            let idx = self.pushed.read().unwrap_or_else(PoisonError::into_inner);
+            match wanted {
+                pushed::Wanted::Key(t, id) => idx.has(t, id).then_some(wanted),
+                pushed::Wanted::Type(t) => idx.has_type(t).then_some(wanted),
+                pushed::Wanted::Patients(mut ps, t) => {
+                    ps.retain(|p| idx.has_patient(p));
+                    (!ps.is_empty() && t.is_none_or(|t| idx.has_type(t))).then_some(pushed::Wanted::Patients(ps, t))
                 }
             }
-            let snap = Arc::new(Snapshot::build(all));
-            *self.current.write().unwrap_or_else(PoisonError::into_inner) = snap;
-        }
-        changed
-    }
-
-    /// Refresh every `every` until dropped.
-    pub async fn watch(self: Arc<Self>, every: Duration) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let me = self.clone();
-            // Directory walks and translation are blocking work.
-            let _ = tokio::task::spawn_blocking(move || me.refresh()).await;
-        }
-    }
-}
-
-fn stamp(p: &std::path::Path) -> Option<Stamp> {
-    let m = std::fs::metadata(p).ok()?;
-    Some((m.modified().ok()?, m.len()))
-}
-
-fn refresh_site(site: &mut SiteState) -> bool {
-    let (current, problems): (Vec<PathBuf>, usize) = match &site.connector {
-        Connector::SsMix2 { root } => match Storage::new(root).scan_all() {
-            Ok(scan) => (scan.files.into_iter().map(|f| f.path).collect(), scan.problems.len()),
-            Err(e) => {
-                tracing::error!(site = %site.ownership.site(), reason = %e.message, "site storage unreadable; keeping its last records");
-                return false;
-            }
-        },
-        Connector::Mml { dir } | Connector::JahisRx { dir } => {
-            match crate::sites::files_with(dir, site.connector.extension()) {
-                Ok(files) => (files, 0),
-                Err(e) => {
-                    tracing::error!(site = %site.ownership.site(), reason = %e.message, "site directory unreadable; keeping its last records");
-                    return false;
-                }
-            }
-        }
-    };
-    if problems != site.problems {
-        tracing::warn!(site = %site.ownership.site(), problems, "site storage has files that cannot be used");
-        site.problems = problems;
-    }
-    let mut changed = false;
-    let keep: std::collections::HashSet<&PathBuf> = current.iter().collect();
-    let before = site.files.len();
-    site.files.retain(|p, _| keep.contains(p));
-    changed |= site.files.len() != before;
-    for path in &current {
-        let Some(st) = stamp(path) else { continue };
-        if site.files.get(path).is_some_and(|(s, _)| *s == st) {
-            continue;
-        }
-        changed = true;
-        let translated = match (&site.connector, &site.ownership) {
-            (Connector::SsMix2 { .. }, Ownership::Site(owner)) => {
-                crate::sites::translate_hl7_file(path, owner, Some(Charset::Iso2022Jp)).map(|t| (t, owner.clone()))
-            }
-            (Connector::Mml { .. }, o) => crate::sites::translate_mml_file_owned(path, o),
-            (Connector::JahisRx { .. }, o) => crate::sites::translate_jahis_file_owned(path, o),
-            // Configuration checking allows `from-record` only for formats that name their owner.
-            (Connector::SsMix2 { .. }, Ownership::PerRecord { .. }) => continue,
         };
-        let resources = match translated {
-            Ok((t, owner)) => t.resources.into_iter().filter_map(|r| Stored::new(r, &owner)).map(Arc::new).collect(),
-            Err(e) => {
-                // The path names the patient: log the reason only.
-                tracing::warn!(site = %site.ownership.site(), reason = %e.message, "record not translated");
-                Vec::new()
-            }
-        };
-        site.files.insert(path.clone(), (st, resources));
+        let Some(wanted) = wanted else { return Ok(Vec::new()) };
+        Ok(pushed::fetch(store.pool(), wanted, keep).await?)
     }
-    changed
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The cache's key of a patient's records at a site.
+fn cache_key(site: &str, patient: &str) -> String {
+    format!("{site}\n{patient}")
+}
 
-    const CONFIG: &str = r#"
-[federation]
-name = "t"
-[tls]
-client_ca = "pki/ca.pem"
-cert = "pki/server.pem"
-key = "pki/server.key"
-crls = ["pki/ca.crl"]
-[database]
-url = "sqlite://t.db"
-[audit]
-signing_key = "pki/audit-signing.pk8"
-[[institution]]
-code = "4610200021"
-name = "Clinic A"
-kind = "clinic"
-[[institution]]
-code = "4610200032"
-name = "Clinic B"
-kind = "clinic"
-facility_ids = ["JPN-CLINIC-B"]
-[[site]]
-id = "shared-ehr"
-owner = "from-record"
-connector = { kind = "mml", dir = "sites/shared/mml" }
-[[site]]
-id = "shared-rx"
-owner = "from-record"
-connector = { kind = "jahis-rx", dir = "sites/clinic-b/rx" }
-"#;
+fn empty_unit(row: &PatientRow) -> Unit {
+    Unit {
+        site: row.site.clone(),
+        patient: row.id.clone(),
+        local: row.local.clone(),
+        owner: row.owner.clone(),
+        files: vec![],
+        records: vec![],
+        bytes: 0,
+        watch_mtime: 0,
+        problems: 0,
+    }
+}
 
-    #[test]
-    fn a_shared_ehr_site_takes_each_records_owner_from_the_record() {
-        let dir = std::env::temp_dir().join(format!("kk-records-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        crate::demo::write_sites(&dir).unwrap();
-        let shared = dir.join("sites/shared/mml");
-        std::fs::create_dir_all(&shared).unwrap();
-        let a = std::fs::read_to_string(dir.join("sites/clinic-a/mml/A-0101-patient.xml")).unwrap();
-        let b = std::fs::read_to_string(dir.join("sites/clinic-b/mml/B-0201-patient.xml")).unwrap();
-        std::fs::write(shared.join("a.xml"), &a).unwrap();
-        // Clinic B's record names its facility by an alias listed in facility_ids.
-        std::fs::write(shared.join("b.xml"), b.replace(">4610200032<", ">JPN-CLINIC-B<")).unwrap();
-        // A record naming a non-member is not served.
-        std::fs::write(shared.join("x.xml"), a.replace(">4610200021<", ">4699999999<")).unwrap();
-        let cfg = Config::parse(CONFIG, &dir.join("kakehashi.toml")).unwrap();
-
-        let records = Records::load(&cfg);
-        let snap = records.snapshot();
-        let mut owners: Vec<(String, String)> =
-            snap.of_type("Patient").map(|s| (s.owner.clone(), s.site.clone())).collect();
-        owners.sort();
-        assert_eq!(
-            owners,
-            [
-                ("4610200021".to_string(), "shared-ehr".to_string()),
-                ("4610200032".to_string(), "shared-ehr".to_string()),
-            ]
-        );
-        // The prescription's owner comes from its record 1 (prefecture, table, code).
-        let rx: Vec<(String, String)> =
-            snap.of_type("MedicationRequest").map(|s| (s.owner.clone(), s.site.clone())).collect();
-        assert_eq!(rx, [("4610200032".to_string(), "shared-rx".to_string())]);
-        // The owner is stamped on the resource as well, not only on the index.
-        for s in snap.of_type("Patient") {
-            assert!(s.json.get().contains(&format!("\"code\":\"{}\"", s.owner)), "{}", s.json.get());
+/// Whether `unit` was read from exactly these files (relative path and stamp).
+fn same_files(unit: &Unit, files: impl Iterator<Item = (String, kakehashi_adapters::ss_mix2::Stamp)>) -> bool {
+    let mut n = 0;
+    for (rel, stamp) in files {
+        match unit.files.get(n) {
+            Some(f) if f.rel == rel && f.stamp == stamp => n += 1,
+            _ => return false,
         }
-        let _ = std::fs::remove_dir_all(&dir);
     }
-
-    #[test]
-    fn from_record_is_refused_where_records_do_not_name_an_owner() {
-        let bad =
-            CONFIG.replace(r#"{ kind = "mml", dir = "sites/shared/mml" }"#, r#"{ kind = "ss-mix2", root = "s" }"#);
-        let e = Config::parse(&bad, std::path::Path::new("f.toml")).unwrap_err().to_string();
-        assert!(e.contains("site[0].owner") && e.contains("from-record"), "{e}");
-        let bad = CONFIG.replace(
-            r#"connector = { kind = "mml", dir = "sites/shared/mml" }"#,
-            "connector = { kind = \"mml\", dir = \"m\" }\ninbox = { dir = \"i\", format = \"mml\" }",
-        );
-        let e = Config::parse(&bad, std::path::Path::new("f.toml")).unwrap_err().to_string();
-        assert!(e.contains("site[0].inbox"), "{e}");
-    }
+    n == unit.files.len()
 }

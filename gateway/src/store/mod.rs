@@ -146,7 +146,7 @@ pub enum Lock {
 /// Create the SQLite file `path` readable by its owner only (0600; its directory
 /// 0700 when created here) before SQLite opens it: SQLite gives the write-ahead log
 /// and shared-memory files the database file's permissions.
-fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
+pub(crate) fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let err = |source| StoreError::File { path: path.display().to_string(), source };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {

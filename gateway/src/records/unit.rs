@@ -1,0 +1,327 @@
+//! A unit: one patient's records at one site, the grain the index and the cache work
+//! in. An SS-MIX2 storage keeps a patient under one directory, so a unit is read by
+//! listing that directory (a few directory reads and stats tell whether anything
+//! changed) and translating the newest version of each record; a directory site (MML,
+//! JAHIS) keeps a patient's documents among others, and the index says which.
+
+use super::index::{key64, FileRow, UnitRows};
+use super::Stored;
+use crate::config::Connector;
+use crate::sites::{Owner, Ownership};
+use kakehashi_adapters::ss_mix2::{self, Stamp, Storage};
+use kakehashi_adapters::text::Charset;
+use kakehashi_fhir::Resource;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A site as the records source reads it.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// Site id.
+    pub id: String,
+    /// Where and how its records are read.
+    pub connector: Connector,
+    /// Who owns its records.
+    pub ownership: Ownership,
+    /// Identifier system of prescription numbers printed on its prescriptions (`None`:
+    /// the owner's `urn:kakehashi:local:<owner>:prescription-number`).
+    pub prescription_system: Option<String>,
+}
+
+impl Site {
+    /// The directory the site's records live in (the SS-MIX2 root, or the directory).
+    pub fn root(&self) -> &Path {
+        match &self.connector {
+            Connector::SsMix2 { root } => root,
+            Connector::Mml { dir } | Connector::JahisRx { dir } => dir,
+        }
+    }
+
+    /// True for an SS-MIX2 storage (patients by directory).
+    pub fn is_ss_mix2(&self) -> bool {
+        matches!(self.connector, Connector::SsMix2 { .. })
+    }
+
+    /// The Patient id of SS-MIX2 patient `local` (derived, no file needed).
+    pub fn patient_id(&self, local: &str) -> Option<String> {
+        match &self.ownership {
+            Ownership::Site(o) => Some(kakehashi_mappings::stable_id(&o.code, "Patient", local)),
+            Ownership::PerRecord { .. } => None,
+        }
+    }
+
+    fn prescription_system(&self, owner: &str) -> String {
+        self.prescription_system
+            .clone()
+            .unwrap_or_else(|| kakehashi_mappings::codes::local_system(owner, "prescription-number"))
+    }
+}
+
+/// Why a site's records could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("site {site}: {message}")]
+pub struct SiteError {
+    /// Site id.
+    pub site: String,
+    /// What failed (may name a path; logged, never sent to clients).
+    pub message: String,
+}
+
+/// A file of a unit and what became of it.
+#[derive(Debug, Clone)]
+pub struct UnitFile {
+    /// Path relative to the site root.
+    pub rel: String,
+    /// Its stamp.
+    pub stamp: Stamp,
+    /// 0 translated, 1 superseded, 2 unusable.
+    pub state: i64,
+}
+
+/// One patient's records at one site, translated.
+#[derive(Debug)]
+pub struct Unit {
+    /// Site id.
+    pub site: String,
+    /// Patient id.
+    pub patient: String,
+    /// The site's own id of the patient (SS-MIX2 directory), else the Patient id.
+    pub local: String,
+    /// Owning institution.
+    pub owner: String,
+    /// Every file considered, with its outcome.
+    pub files: Vec<UnitFile>,
+    /// The records, each once, in path order.
+    pub records: Vec<Arc<Stored>>,
+    /// Approximate memory held (for the cache's budget).
+    pub bytes: usize,
+    /// Modification time of the SS-MIX2 `-/ADT-00` directory when read.
+    pub watch_mtime: i64,
+    /// Files that could not be used, for logs and metrics.
+    pub problems: usize,
+}
+
+/// A file still being written (or replaced) looks broken; one younger than this is
+/// skipped quietly and retried when its stamp changes.
+const SETTLING_NS: i64 = 10_000_000_000;
+
+fn now_ns() -> i64 {
+    crate::audit::now_micros().saturating_mul(1000)
+}
+
+fn rel(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root).unwrap_or(path).to_string_lossy().into_owned()
+}
+
+/// Modification time (ns) of a directory, 0 when it does not exist.
+pub fn dir_mtime(p: &Path) -> i64 {
+    std::fs::metadata(p).map(|m| Stamp::of(&m).mtime_ns).unwrap_or(0)
+}
+
+/// Modification time (ns) of SS-MIX2 patient `local`'s `-/ADT-00` directory, where a
+/// new version of its demographics appears (0 when there is none).
+pub fn watched(site: &Site, local: &str) -> i64 {
+    Storage::new(site.root()).patient_dir(local).map_or(0, |d| dir_mtime(&d.join("-").join("ADT-00")))
+}
+
+/// The stamps of SS-MIX2 patient `local`'s files, without translating anything: what a
+/// reader compares with the index and the cache to know whether anything changed.
+pub fn ss_mix2_listing(site: &Site, local: &str) -> Result<Vec<ss_mix2::ListedFile>, SiteError> {
+    let storage = Storage::new(site.root());
+    if !site.root().is_dir() {
+        return Err(SiteError { site: site.id.clone(), message: format!("storage root {} is not reachable", site.root().display()) });
+    }
+    storage
+        .patient_files(local)
+        .map(|l| l.files)
+        .map_err(|e| SiteError { site: site.id.clone(), message: e.to_string() })
+}
+
+/// Read SS-MIX2 patient `local` from `listing` (see [`ss_mix2_listing`]): translate the
+/// newest valid version of each record.
+pub fn read_ss_mix2(site: &Site, local: &str, listing: &[ss_mix2::ListedFile]) -> Result<Unit, SiteError> {
+    let Ownership::Site(owner) = &site.ownership else {
+        return Err(SiteError { site: site.id.clone(), message: "an SS-MIX2 site names its owner".into() });
+    };
+    let patient = kakehashi_mappings::stable_id(&owner.code, "Patient", local);
+    let live: std::collections::HashSet<&Path> = ss_mix2::live(listing).into_iter().map(|f| f.path.as_path()).collect();
+    let mut unit = Unit {
+        site: site.id.clone(),
+        patient,
+        local: local.to_string(),
+        owner: owner.code.clone(),
+        files: Vec::with_capacity(listing.len()),
+        records: Vec::new(),
+        bytes: 0,
+        watch_mtime: watched(site, local),
+        problems: 0,
+    };
+    let mut seen = std::collections::HashSet::new();
+    for f in listing {
+        let rel = rel(site.root(), &f.path);
+        if !live.contains(f.path.as_path()) {
+            unit.files.push(UnitFile { rel, stamp: f.stamp, state: 1 });
+            continue;
+        }
+        match crate::sites::translate_hl7_file(&f.path, owner, Some(Charset::Iso2022Jp)) {
+            Ok(t) => {
+                unit.files.push(UnitFile { rel, stamp: f.stamp, state: 0 });
+                add(&mut unit, &mut seen, t.resources, owner);
+            }
+            Err(e) => {
+                unit.problems += 1;
+                unit.files.push(UnitFile { rel, stamp: f.stamp, state: 2 });
+                if now_ns() - f.stamp.mtime_ns < SETTLING_NS {
+                    tracing::debug!(site = %site.id, reason = %e.message, "a record still being written was skipped");
+                } else {
+                    // The path names the patient: the reason only.
+                    tracing::warn!(site = %site.id, reason = %e.message, "a record could not be translated; retried when it changes");
+                }
+            }
+        }
+    }
+    Ok(unit)
+}
+
+/// Translate one file of a directory site: its owner (by the site's rule) and
+/// resources, or why not.
+pub fn translate_flat(site: &Site, path: &Path) -> Result<(Owner, Vec<Resource>), String> {
+    let t = match &site.connector {
+        Connector::Mml { .. } => crate::sites::translate_mml_file_owned(path, &site.ownership),
+        Connector::JahisRx { .. } => crate::sites::translate_jahis_file_owned(path, &site.ownership),
+        Connector::SsMix2 { .. } => return Err("not a directory site".into()),
+    };
+    t.map(|(t, owner)| (owner, t.resources)).map_err(|e| e.message)
+}
+
+/// Read a directory site's patient from its files (paths relative to the site).
+pub fn read_flat(site: &Site, patient: &str, files: &[String]) -> Unit {
+    let mut unit = Unit {
+        site: site.id.clone(),
+        patient: patient.to_string(),
+        local: patient.to_string(),
+        owner: String::new(),
+        files: Vec::new(),
+        records: Vec::new(),
+        bytes: 0,
+        watch_mtime: 0,
+        problems: 0,
+    };
+    let mut seen = std::collections::HashSet::new();
+    for rel in files {
+        let path = site.root().join(rel);
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        let stamp = Stamp::of(&meta);
+        match translate_flat(site, &path) {
+            Ok((owner, resources)) => {
+                unit.owner = owner.code.clone();
+                // Only this patient's records: a file is about one patient.
+                let mine: Vec<Resource> = resources
+                    .into_iter()
+                    .filter(|r| super::patient_of(r).is_none_or(|p| p == patient))
+                    .collect();
+                unit.files.push(UnitFile { rel: rel.clone(), stamp, state: 0 });
+                add(&mut unit, &mut seen, mine, &owner);
+            }
+            Err(reason) => {
+                unit.problems += 1;
+                unit.files.push(UnitFile { rel: rel.clone(), stamp, state: 2 });
+                tracing::warn!(site = %site.id, %reason, "a record could not be translated; retried when it changes");
+            }
+        }
+    }
+    unit
+}
+
+fn add(unit: &mut Unit, seen: &mut std::collections::HashSet<(&'static str, String)>, resources: Vec<Resource>, owner: &Owner) {
+    for r in resources {
+        // Ids are derived from what a record is: a later copy is the same record.
+        if !seen.insert((r.type_name(), r.id().unwrap_or("").to_string())) {
+            continue;
+        }
+        if let Some(s) = Stored::new(r, owner) {
+            // Parsed resource and JSON: about three times the JSON.
+            unit.bytes += s.json.get().len() * 3 + 256;
+            unit.records.push(Arc::new(s));
+        }
+    }
+}
+
+/// What the index keeps of a unit.
+pub fn rows(site: &Site, unit: &Unit) -> UnitRows {
+    let mut rows = UnitRows {
+        site: unit.site.clone(),
+        patient: unit.patient.clone(),
+        owner: unit.owner.clone(),
+        local: unit.local.clone(),
+        files: unit
+            .files
+            .iter()
+            .map(|f| FileRow { path: f.rel.clone(), mtime_ns: f.stamp.mtime_ns, size: f.stamp.size, state: f.state })
+            .collect(),
+        watch_mtime: unit.watch_mtime,
+        ..Default::default()
+    };
+    let rx_system = site.prescription_system(&unit.owner);
+    let mut coverages = Vec::new();
+    let mut patient = None;
+    for s in &unit.records {
+        if let Some(id) = s.resource.id() {
+            rows.resources.push(key64(id));
+        }
+        match &s.resource {
+            Resource::Patient(p) if p.id.as_deref() == Some(unit.patient.as_str()) && patient.is_none() => {
+                patient = Some(p);
+            }
+            Resource::Coverage(c) => coverages.push(c),
+            Resource::MedicationRequest(m) => {
+                for i in &m.identifier {
+                    if i.system.as_deref() == Some(rx_system.as_str()) {
+                        if let Some(v) = &i.value {
+                            rows.keys.push(("rx", v.clone(), i.system.clone()));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(p) = patient else { return rows };
+    rows.has_patient = true;
+    rows.gender = p.gender.clone();
+    rows.birth = p.birth_date.as_ref().and_then(|b| {
+        let (s, e) = crate::fhir_api::params::date_range(b)?;
+        Some((b.clone(), s, e))
+    });
+    for n in &p.name {
+        rows.names.extend(n.family.iter().map(|f| ("family", crate::fhir_api::params::fold(f))));
+        rows.names.extend(n.given.iter().map(|g| ("given", crate::fhir_api::params::fold(g))));
+        rows.names.extend(n.text.iter().map(|t| ("text", crate::fhir_api::params::fold(t))));
+    }
+    rows.identifiers = p.identifier.iter().filter_map(|i| Some((i.system.clone(), i.value.clone()?))).collect();
+    let site_key = format!("{}|{}", unit.site, unit.owner);
+    if let Some(f) = crate::linkage::index::facts_of(p, coverages.into_iter(), site_key) {
+        rows.keys.extend(f.identifiers.iter().map(|k| ("id", k.clone(), None)));
+        rows.keys.extend(f.insurance.iter().map(|(k, branch)| ("ins", k.clone(), branch.clone())));
+        rows.keys.extend(crate::linkage::index::demographics_key(&f).map(|k| ("demo", k, None)));
+    }
+    rows
+}
+
+/// The files of a directory site with their stamps, sorted by path.
+pub fn flat_listing(site: &Site) -> Result<Vec<(PathBuf, Stamp)>, SiteError> {
+    let files = crate::sites::files_with(site.root(), site.connector.extension())
+        .map_err(|e| SiteError { site: site.id.clone(), message: e.to_string() })?;
+    Ok(files
+        .into_iter()
+        .filter_map(|p| {
+            let m = std::fs::metadata(&p).ok()?;
+            Some((p, Stamp::of(&m)))
+        })
+        .collect())
+}
+
+/// The path of `abs` relative to the site root.
+pub fn relative(site: &Site, abs: &Path) -> String {
+    rel(site.root(), abs)
+}
