@@ -35,6 +35,8 @@ pub struct Metrics {
     pub refused_global_limit: AtomicU64,
     /// Connections refused for the per-certificate limit.
     pub refused_certificate_limit: AtomicU64,
+    /// Connections closed at once: too many handshakes in progress from their address.
+    pub refused_address_limit: AtomicU64,
     /// Open connections closed because their certificate was revoked (or the CRLs lapsed).
     pub closed_revoked: AtomicU64,
     /// Outbox delivery attempts by kind (`document`, `break-glass`) and result.
@@ -43,6 +45,10 @@ pub struct Metrics {
     pub audit_forward: std::sync::OnceLock<Arc<crate::audit::forward::ForwardStats>>,
     /// The audit writer's group-commit counters, once it runs.
     pub audit_writer: std::sync::OnceLock<Arc<crate::audit::log::WriterStats>>,
+    /// The records indexer's progress, once it runs.
+    pub records: std::sync::OnceLock<Arc<crate::records::indexer::Status>>,
+    /// The records cache's counters, once it runs.
+    pub cache: std::sync::OnceLock<Arc<crate::records::cache::CacheStats>>,
 }
 
 impl Metrics {
@@ -79,7 +85,11 @@ impl Metrics {
             let _ = writeln!(s, "kakehashi_outbox_deliveries_total{{kind=\"{kind}\",result=\"{result}\"}} {n}");
         }
         s.push_str("# HELP kakehashi_connections_refused_total Connections refused at a connection limit.\n# TYPE kakehashi_connections_refused_total counter\n");
-        for (limit, v) in [("global", &self.refused_global_limit), ("certificate", &self.refused_certificate_limit)] {
+        for (limit, v) in [
+            ("global", &self.refused_global_limit),
+            ("certificate", &self.refused_certificate_limit),
+            ("address", &self.refused_address_limit),
+        ] {
             let _ = writeln!(s, "kakehashi_connections_refused_total{{limit=\"{limit}\"}} {}", v.load(Relaxed));
         }
         s.push_str("# HELP kakehashi_http_responses_total FHIR responses by status class.\n# TYPE kakehashi_http_responses_total counter\n");
@@ -149,6 +159,31 @@ impl Metrics {
                 w.commit_nanos.load(Relaxed) as f64 / 1e9
             );
         }
+        if let Some(r) = self.records.get() {
+            for (name, help, kind, v) in [
+                ("kakehashi_index_files_total", "Source files indexed (translated and recorded).", "counter", r.files.load(Relaxed) as f64),
+                ("kakehashi_index_patients_total", "Patients indexed.", "counter", r.patients.load(Relaxed) as f64),
+                ("kakehashi_index_problems_total", "Source files that could not be used (retried when they change).", "counter", r.problems.load(Relaxed) as f64),
+                ("kakehashi_index_reindexed_on_read_total", "Patients found changed by a read and indexed then.", "counter", r.reindexed_on_read.load(Relaxed) as f64),
+                ("kakehashi_index_passes_total", "Indexer passes over the sites.", "counter", r.passes.load(Relaxed) as f64),
+                ("kakehashi_index_backlog", "Directories waiting in the current indexer pass.", "gauge", r.backlog.load(Relaxed) as f64),
+                ("kakehashi_index_files_per_second", "Files per second over the last busy stretch.", "gauge", r.rate_centi.load(Relaxed) as f64 / 100.0),
+                ("kakehashi_index_complete", "1 once every site was indexed completely.", "gauge", f64::from(u8::from(r.complete.load(Relaxed)))),
+                ("kakehashi_index_cpu_seconds_total", "CPU time of the indexer thread.", "counter", r.cpu_ns.load(Relaxed) as f64 / 1e9),
+            ] {
+                let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+            }
+        }
+        if let Some(c) = self.cache.get() {
+            for (name, help, kind, v) in [
+                ("kakehashi_cache_hits_total", "Patients' records found current in the cache.", "counter", &c.hits),
+                ("kakehashi_cache_misses_total", "Patients' records translated (absent or changed).", "counter", &c.misses),
+                ("kakehashi_cache_evictions_total", "Patients' records evicted for room.", "counter", &c.evictions),
+                ("kakehashi_cache_bytes", "Estimated bytes held by the cache.", "gauge", &c.bytes),
+            ] {
+                let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
+            }
+        }
         if let Some(f) = self.audit_forward.get() {
             for (name, help, v) in [
                 ("kakehashi_audit_forward_sent_total", "Audit events sent to the ATNA repository.", &f.sent),
@@ -174,6 +209,14 @@ pub fn router(metrics: Arc<Metrics>, store: Store) -> Router {
                 } else {
                     (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
                 }
+            }),
+        )
+        .route(
+            "/status",
+            get(|State((m, _)): State<(Arc<Metrics>, Store)>| async move {
+                let records = m.records.get().map(|r| r.json()).unwrap_or(serde_json::Value::Null);
+                let body = serde_json::json!({ "records_index": records });
+                ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
             }),
         )
         .route(

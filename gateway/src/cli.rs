@@ -131,6 +131,9 @@ enum AuditCommand {
         /// Pass when the log is empty (a federation that has served nothing yet).
         #[arg(long)]
         allow_empty: bool,
+        /// Also run SQLite's integrity check of the whole file (reads everything: slow on a large log).
+        #[arg(long)]
+        integrity: bool,
     },
     /// Stream events with their hashes.
     Export {
@@ -396,7 +399,11 @@ async fn audit(a: AuditCommand) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", redacted_url(&cfg.database.url)))?;
     let signer = || crate::audit::checkpoint::Signer::load(&cfg.audit.signing_key).map_err(|e| e.to_string());
     match a {
-        AuditCommand::Verify { witness, allow_empty, .. } => {
+        AuditCommand::Verify { witness, allow_empty, integrity, .. } => {
+            if integrity {
+                crate::audit::verify::integrity(&store).await.map_err(|e| e.to_string())?;
+                println!("database integrity check: ok");
+            }
             let keys = crate::audit::checkpoint::TrustedKeys::load(&signer()?, &cfg.audit.retired_public_keys)
                 .map_err(|e| e.to_string())?;
             let files = if witness.is_empty() { cfg.audit.witness.iter().cloned().collect() } else { witness };

@@ -101,6 +101,10 @@ pub struct Server {
     /// Refused TLS handshakes are written to the audit log, aggregated per certificate
     /// and reason over this many seconds.
     pub refused_handshake_audit_secs: u64,
+    /// TLS handshakes in progress at once from one client address; further connections
+    /// from it are closed at once (a host cannot fill the connection limit with
+    /// handshakes it never finishes).
+    pub max_handshakes_per_address: usize,
 }
 
 impl Default for Server {
@@ -122,6 +126,7 @@ impl Default for Server {
             max_connections: 10_000,
             max_connections_per_certificate: 256,
             refused_handshake_audit_secs: 60,
+            max_handshakes_per_address: 64,
         }
     }
 }
@@ -542,7 +547,10 @@ impl Config {
         if !(self.records.index_cpu_percent > 0.0 && self.records.index_cpu_percent <= 100.0) {
             return Err(self.invalid("records.index_cpu_percent", "must be more than 0 and at most 100"));
         }
-        if self.server.max_connections == 0 || self.server.max_connections_per_certificate == 0 {
+        if self.server.max_connections == 0
+            || self.server.max_connections_per_certificate == 0
+            || self.server.max_handshakes_per_address == 0
+        {
             return Err(self.invalid("server.max_connections", "connection limits must be positive"));
         }
         if self.server.max_header_bytes < 8192 {

@@ -164,6 +164,16 @@ pub struct Presented {
     pub reason: &'static str,
 }
 
+impl Presented {
+    /// Whether the certificate chained to the federation CA (it was refused for its
+    /// revocation status or usage, after the chain was built): only then are its
+    /// subject and institution the federation's word rather than whatever anybody wrote
+    /// into a certificate of their own.
+    pub fn chained(&self) -> bool {
+        matches!(self.reason, "revoked" | "not-client-auth" | "crl-expired" | "revocation-unknown")
+    }
+}
+
 tokio::task_local! {
     /// Where the verifier leaves what it refused, for the connection being accepted:
     /// the accept future runs inside this scope, and rustls calls the verifier from it.

@@ -326,3 +326,85 @@ async fn a_forged_witness_line_is_refused() {
     let (ok, out, _) = verify(&config, &[]).await;
     assert!(!ok && out.contains("line 1") && out.contains("forged"), "{out}");
 }
+
+#[tokio::test]
+async fn events_inserted_outside_the_chain_are_caught() {
+    // Found by an outside probe: rows at seq 0 or below (or under a pruning anchor)
+    // were passed by the walk while the auditor API showed them.
+    let (_dir, config, url) = stopped_after(6).await;
+    let db = pool(&url).await;
+    let saved = rows(&db).await;
+    for seq in [-1i64, 0] {
+        let mut forged = saved[1].clone();
+        forged.seq = seq;
+        forged.event = forged.event.replace("\"purpose\":\"TREAT\"", "\"purpose\":\"ETREAT\"");
+        put(&db, &forged).await;
+        let (ok, out, _) = verify(&config, &[]).await;
+        assert!(!ok && out.contains(&format!("sequence {seq}")) && out.contains("outside the chain"), "{out}");
+        sqlx::query("DELETE FROM audit_event WHERE seq = $1").bind(seq).execute(&db).await.unwrap();
+    }
+    let (ok, out, _) = verify(&config, &[]).await;
+    assert!(ok, "{out}");
+    if backend_is_postgres() {
+        return; // Column types are enforced there.
+    }
+    // A column given another type is named by its sequence number, not a decoding error.
+    exec(&db, "UPDATE audit_event SET agent_institution = CAST(agent_institution AS BLOB) WHERE seq = 4").await;
+    let (ok, out, _) = verify(&config, &[]).await;
+    assert!(!ok && out.contains("sequence 4") && out.contains("wrong type"), "{out}");
+}
+
+#[tokio::test]
+async fn an_index_edited_to_hide_an_event_fails_the_integrity_check() {
+    if backend_is_postgres() {
+        return; // PostgreSQL keeps its indexes consistent itself.
+    }
+    // The outside probe's trick: make the agent index disagree with the table, so that
+    // AuditEvent?agent= misses an event while the chain still verifies.
+    let (_dir, config, url) = stopped_after(6).await;
+    let (ok, out, _) = verify(&config, &["--integrity"]).await;
+    assert!(ok && out.contains("integrity check: ok"), "{out}");
+    let one = |sql: &'static str| {
+        let url = url.clone();
+        async move {
+            let p = pool(&url).await;
+            exec(&p, sql).await;
+            p.close().await;
+        }
+    };
+    one("UPDATE audit_event SET agent_institution = '0000000000' WHERE seq = 2").await;
+    let entry: (String, String, String, i64, String) = {
+        let p = pool(&url).await;
+        let row = sqlx::query_as("SELECT type, name, tbl_name, rootpage, sql FROM sqlite_master WHERE name = 'audit_event_agent'")
+            .fetch_one(&p)
+            .await
+            .unwrap();
+        p.close().await;
+        row
+    };
+    one("PRAGMA writable_schema=ON; DELETE FROM sqlite_master WHERE name = 'audit_event_agent'").await;
+    let p = pool(&url).await;
+    let original: String =
+        sqlx::query_scalar("SELECT agent_institution FROM audit_event WHERE seq = 3").fetch_one(&p).await.unwrap();
+    sqlx::query("UPDATE audit_event SET agent_institution = $1 WHERE seq = 2").bind(&original).execute(&p).await.unwrap();
+    p.close().await;
+    let p = pool(&url).await;
+    let mut conn = p.acquire().await.unwrap();
+    sqlx::query("PRAGMA writable_schema=ON").execute(&mut *conn).await.unwrap();
+    sqlx::query("INSERT INTO sqlite_master (type, name, tbl_name, rootpage, sql) VALUES ($1, $2, $3, $4, $5)")
+        .bind(&entry.0)
+        .bind(&entry.1)
+        .bind(&entry.2)
+        .bind(entry.3)
+        .bind(&entry.4)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    p.close().await;
+    // The chain itself still verifies; the integrity check finds the lie.
+    let (ok, out, _) = verify(&config, &[]).await;
+    assert!(ok, "{out}");
+    let (ok, out, _) = verify(&config, &["--integrity"]).await;
+    assert!(!ok && out.contains("damaged"), "{out}");
+}

@@ -230,7 +230,18 @@ async fn refused_handshakes_are_audited_per_certificate_and_reason() {
     assert_eq!(outcome, "4");
     assert!(entry.contains("3 attempt(s)") && entry.contains(&serial), "{entry}");
     assert!(entry.contains("\"subject\"") && entry.contains("\"issuer\"") && entry.contains("127.0.0.1"), "{entry}");
-    assert!(!events_with(&gw, "TLS handshake refused (unknown-ca)").await.is_empty());
+    // A certificate of another CA says what its maker wrote: it is attributed to no
+    // institution (so it lands in no institution's audit view) and marked unverified.
+    let foreign = events_with(&gw, "TLS handshake refused (unknown-ca)").await;
+    assert_eq!(foreign.len(), 1);
+    assert!(foreign[0].1.contains("(unverified)") && !foreign[0].1.contains("\"institution\""), "{}", foreign[0].1);
+    let pool = gw.db().await;
+    let agents: Vec<String> =
+        sqlx::query_scalar("SELECT agent_institution FROM audit_event WHERE event LIKE '%unknown-ca%'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(agents, [""], "not filed under the institution it claims");
     assert!(!events_with(&gw, "TLS handshake refused (no-certificate)").await.is_empty());
     let m = metrics(&gw).await;
     for reason in ["revoked", "unknown-ca", "no-certificate"] {
@@ -319,6 +330,79 @@ async fn a_refused_read_looks_like_an_absent_one_everywhere_the_reader_can_look(
     let at_hub = hub_auditor.get(gw.addr, &format!("/fhir/AuditEvent?patient={p}&agent={CLINIC}")).await.unwrap().json();
     assert_eq!(at_hub["total"], 1, "{at_hub}");
     assert!(at_hub["entry"][0]["resource"].to_string().contains(HUB));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn handshakes_in_progress_are_limited_per_address() {
+    let gw = TestGateway::start_with("max_handshakes_per_address = 2").await;
+    // Two connections that never finish a handshake hold this address's places...
+    let idle: Vec<tokio::net::TcpStream> =
+        futures_join(vec![tokio::net::TcpStream::connect(gw.addr), tokio::net::TcpStream::connect(gw.addr)]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ... so a third is closed at once rather than filling the gateway's limit.
+    let mut third = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(3), tokio::io::AsyncReadExt::read(&mut third, &mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the third connection was not closed: {read:?}");
+    assert!(metrics(&gw).await.contains("kakehashi_connections_refused_total{limit=\"address\"} 1"));
+    drop(idle);
+    let id = gw.issue("after", CLINIC, Role::ClinicTerminal);
+    let ok = eventually(5, || async { gw.client(Some(&id)).get(gw.addr, "/fhir/metadata").await.is_ok_and(|r| r.status == 200) });
+    assert!(ok.await, "places are given back when those connections go");
+    gw.stop().await;
+}
+
+async fn futures_join(c: Vec<impl std::future::Future<Output = std::io::Result<tokio::net::TcpStream>>>) -> Vec<tokio::net::TcpStream> {
+    let mut out = Vec::new();
+    for f in c {
+        out.push(f.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_oversized_body_gets_its_413_over_http2() {
+    let gw = TestGateway::start_with("max_body_bytes = 1048576").await;
+    let _ = gw.issue("hub", HUB, Role::HospitalSystem);
+    let file = gw.dir.path().join("big.json");
+    std::fs::write(&file, vec![b' '; 3 * 1024 * 1024]).unwrap();
+    let pki = gw.dir.path().join("pki");
+    for _ in 0..3 {
+        let Ok(out) = tokio::process::Command::new("curl")
+            .args(["-s", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}", "--http2", "--cacert"])
+            .arg(pki.join("ca.pem"))
+            .args(["--cert"])
+            .arg(pki.join("hub.pem"))
+            .args(["--key"])
+            .arg(pki.join("hub.key"))
+            .args(["-H", "content-type: application/fhir+json", "--data-binary"])
+            .arg(format!("@{}", file.display()))
+            .arg(format!("https://localhost:{}/fhir", gw.addr.port()))
+            .output()
+            .await
+        else {
+            eprintln!("curl not installed; skipped");
+            break;
+        };
+        assert!(out.status.success(), "curl exit {:?}", out.status.code());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "413");
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_break_glass_declarations_are_audited() {
+    let gw = TestGateway::start().await;
+    let p = hub_patient(&gw, "1000001").await;
+    let doctor = gw.client(Some(&gw.issue("oncall", CLINIC_B, Role::Doctor)));
+    for bad in ["bogus", "other"] {
+        let r = doctor.send(gw.addr, with_header(&format!("/fhir/Patient/{p}"), "kakehashi-break-glass", bad)).await.unwrap();
+        assert_eq!(r.status, 400);
+    }
+    let logged = events_with(&gw, "invalid request").await;
+    assert_eq!(logged.len(), 2, "{logged:?}");
+    assert!(logged.iter().all(|(o, e)| o == "invalid" && e.contains(CLINIC_B)));
     gw.stop().await;
 }
 

@@ -19,9 +19,14 @@ const MAX_REFUSING: usize = 64;
 pub struct Limits {
     max: usize,
     max_per_certificate: usize,
+    max_handshakes_per_address: usize,
     open: AtomicUsize,
     refusing: AtomicUsize,
     per_certificate: Mutex<HashMap<String, usize>>,
+    /// Handshakes in progress per client address: before a certificate is presented the
+    /// address is all there is to limit, and connections that never finish a handshake
+    /// (one byte every few seconds) must not fill the global limit from one host.
+    handshaking: Mutex<HashMap<std::net::IpAddr, usize>>,
 }
 
 /// A place among the open connections; given back when dropped.
@@ -36,6 +41,7 @@ enum Counter {
     Open,
     Refusing,
     Certificate(String),
+    Handshake(std::net::IpAddr),
 }
 
 impl Drop for Slot {
@@ -56,6 +62,15 @@ impl Drop for Slot {
                     }
                 }
             }
+            Counter::Handshake(ip) => {
+                let mut m = self.limits.handshaking.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(n) = m.get_mut(ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        m.remove(ip);
+                    }
+                }
+            }
         }
     }
 }
@@ -72,15 +87,29 @@ pub enum Admission {
 }
 
 impl Limits {
-    /// Limits of `max` connections in all and `max_per_certificate` per certificate.
-    pub fn new(max: usize, max_per_certificate: usize) -> Arc<Limits> {
+    /// Limits of `max` connections in all, `max_per_certificate` per certificate and
+    /// `max_handshakes_per_address` handshakes in progress per client address.
+    pub fn new(max: usize, max_per_certificate: usize, max_handshakes_per_address: usize) -> Arc<Limits> {
         Arc::new(Limits {
             max,
             max_per_certificate,
+            max_handshakes_per_address,
             open: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),
             per_certificate: Mutex::default(),
+            handshaking: Mutex::default(),
         })
+    }
+
+    /// A place for one more handshake from `ip`, if it has fewer than the limit going.
+    pub fn admit_handshake(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Slot> {
+        let mut m = self.handshaking.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.max_handshakes_per_address {
+            return None;
+        }
+        *n += 1;
+        Some(Slot { limits: self.clone(), counter: Counter::Handshake(ip) })
     }
 
     fn take(counter: &AtomicUsize, max: usize) -> bool {
@@ -132,8 +161,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn handshakes_are_limited_per_address() {
+        let l = Limits::new(100, 10, 2);
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first = l.admit_handshake(a);
+        let _second = l.admit_handshake(a);
+        assert!(first.is_some() && l.admit_handshake(a).is_none(), "two at once from one address");
+        assert!(l.admit_handshake(b).is_some(), "another address is not affected");
+        drop(first);
+        assert!(l.admit_handshake(a).is_some());
+    }
+
+    #[test]
     fn global_and_per_certificate_limits_hold_and_free_on_drop() {
-        let l = Limits::new(2, 1);
+        let l = Limits::new(2, 1, 64);
         let a = l.admit();
         let b = l.admit();
         assert!(matches!((&a, &b), (Admission::Serve(_), Admission::Serve(_))));

@@ -125,12 +125,39 @@ async fn body_first(State(state): State<AppState>, req: Request, next: Next) -> 
     if matches!(*req.method(), http::Method::GET | http::Method::HEAD | http::Method::OPTIONS) {
         return next.run(req).await;
     }
-    let (parts, body) = req.into_parts();
-    match crate::fhir_api::body::bytes(body, state.config.server.max_body_bytes).await {
-        Ok(bytes) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
-        Err(e) => e.into_response(),
+    let (parts, mut body) = req.into_parts();
+    let limit = state.config.server.max_body_bytes;
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match http_body_util::BodyExt::frame(&mut body).await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > limit {
+                        // Too large: read (and drop) a bounded remainder, within two
+                        // seconds, so that the 413 is delivered rather than reset.
+                        let rest = http_body_util::Limited::new(body, limit.max(DRAIN_BYTES));
+                        let _ = tokio::time::timeout(Duration::from_secs(2), http_body_util::BodyExt::collect(rest)).await;
+                        return ApiError::PayloadTooLarge(limit).into_response();
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Some(Err(_)) => {
+                return ApiError::BadRequest {
+                    code: kakehashi_fhir::IssueType::Incomplete,
+                    diagnostics: "the request body could not be read".into(),
+                    expression: None,
+                }
+                .into_response()
+            }
+        }
     }
+    next.run(Request::from_parts(parts, axum::body::Body::from(buf.freeze()))).await
 }
+
+/// What is read past the body limit (at most, within two seconds) before answering 413.
+const DRAIN_BYTES: usize = 32 << 20;
 
 /// Read and discard what is left of a refused request's body (bounded in size and
 /// time), so that its 4xx is delivered rather than reset (see [`body_first`]).

@@ -121,6 +121,8 @@ impl Gateway {
         let Gateway { config, listener, admin, tls, members, metrics, store, index, checkpoints, forward, .. } = self;
         let limits = &config.server;
         let records = crate::records::Records::open(&config, index);
+        let _ = metrics.records.set(records.status.clone());
+        let _ = metrics.cache.set(records.cache_stats());
         let _indexer = crate::records::indexer::spawn(
             records.clone(),
             crate::records::indexer::Settings { cpu_percent: config.records.index_cpu_percent, batch: 200 },
@@ -199,7 +201,11 @@ impl Gateway {
         let refusals_task = tokio::spawn(
             refusals.clone().run(audit_log.clone(), Duration::from_secs(limits.refused_handshake_audit_secs.max(1))),
         );
-        let admission = Limits::new(limits.max_connections, limits.max_connections_per_certificate);
+        let admission = Limits::new(
+            limits.max_connections,
+            limits.max_connections_per_certificate,
+            limits.max_handshakes_per_address,
+        );
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "gateway listening");
 
         tokio::pin!(shutdown);
@@ -215,6 +221,10 @@ impl Gateway {
                         continue;
                     }
                 },
+            };
+            let Some(handshaking) = admission.admit_handshake(peer.ip()) else {
+                metrics.refused_address_limit.fetch_add(1, Relaxed);
+                continue;
             };
             let slot = match admission.admit() {
                 Admission::Drop => {
@@ -234,7 +244,7 @@ impl Gateway {
                 admission: admission.clone(),
             };
             let watch = graceful.watcher();
-            tokio::spawn(conn.serve(tcp, peer, slot, handshake_timeout, watch));
+            tokio::spawn(conn.serve(tcp, peer, (slot, handshaking), handshake_timeout, watch));
         }
         drop(listener);
         watcher.abort();
@@ -273,12 +283,14 @@ impl Connection {
         self,
         tcp: tokio::net::TcpStream,
         peer: SocketAddr,
-        admission: Admission,
+        (admission, handshaking): (Admission, connections::Slot),
         handshake_timeout: Duration,
         watch: hyper_util::server::graceful::Watcher,
     ) {
         let Connection { tls, members, metrics, app, http, refusals, admission: limits } = self;
-        let (stream, leaf) = match handshake(tls.current(), tcp, handshake_timeout).await {
+        let shaken = handshake(tls.current(), tcp, handshake_timeout).await;
+        drop(handshaking);
+        let (stream, leaf) = match shaken {
             Ok(s) => s,
             Err(e) => {
                 let reason = e.reason();

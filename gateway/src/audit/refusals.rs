@@ -12,9 +12,14 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-/// Distinct (certificate, reason) pairs kept per interval; beyond it, refusals are
-/// counted into one overflow event, so memory and events stay bounded under a flood.
+/// Distinct (certificate, reason) pairs kept per interval for certificates that did
+/// not chain to the federation CA (anybody can make those); beyond it, their refusals
+/// are counted into one overflow event, so memory and events stay bounded under a
+/// flood. Federation certificates (revoked ones, say) are always kept apart, so a
+/// flood of home-made certificates cannot hide a revoked terminal's knock; there are
+/// only as many of those as the CA issued (bounded all the same by `MAX_CHAINED`).
 const MAX_KEYS: usize = 1024;
+const MAX_CHAINED: usize = 16 * MAX_KEYS;
 
 /// One (certificate, reason) pair's refusals in the current interval.
 #[derive(Debug, Clone)]
@@ -37,9 +42,17 @@ impl Refusals {
     /// judged, `reason` always.
     pub fn note(&self, peer: SocketAddr, presented: Option<Presented>, reason: &'static str) {
         let mut t = self.tallies.lock().unwrap_or_else(PoisonError::into_inner);
+        let chained = presented.as_ref().is_some_and(Presented::chained);
         let mut key = (presented.as_ref().map(|p| p.fingerprint.clone()).unwrap_or_default(), reason);
-        if !t.contains_key(&key) && t.len() >= MAX_KEYS {
-            key = ("*".into(), "overflow");
+        if !t.contains_key(&key) {
+            let (kept, max) = if chained {
+                (t.values().filter(|v| v.presented.as_ref().is_some_and(Presented::chained)).count(), MAX_CHAINED)
+            } else {
+                (t.values().filter(|v| !v.presented.as_ref().is_some_and(Presented::chained)).count(), MAX_KEYS)
+            };
+            if kept >= max {
+                key = ("*".into(), "overflow");
+            }
         }
         let now = super::now_micros();
         let tally = t.entry(key.clone()).or_insert_with(|| Tally {
@@ -87,10 +100,17 @@ fn record(t: Tally) -> AuditRecord {
         interaction: Interaction::Connect,
         outcome: Outcome::Denied,
         outcome_desc: Some(desc),
+        // A certificate that did not chain to the federation says whatever its maker
+        // wrote: it is attributed to no institution (so it lands in no institution's
+        // audit view) and its subject is marked as unverified.
         requestor: Requestor::Unidentified {
             fingerprint: t.presented.as_ref().map(|p| p.fingerprint.clone()),
-            institution: t.presented.as_ref().and_then(|p| p.institution.clone()),
-            certificate: t.presented.map(|p| CertSummary { subject: p.subject, issuer: p.issuer, serial: p.serial }),
+            institution: t.presented.as_ref().filter(|p| p.chained()).and_then(|p| p.institution.clone()),
+            certificate: t.presented.map(|p| CertSummary {
+                subject: if p.chained() { p.subject } else { format!("(unverified) {}", p.subject) },
+                issuer: p.issuer,
+                serial: p.serial,
+            }),
         },
         source_address: t.first_peer.to_string(),
         disclosed: vec![],
@@ -137,15 +157,23 @@ mod tests {
     }
 
     #[test]
-    fn a_flood_of_distinct_certificates_stays_bounded() {
+    fn a_flood_of_home_made_certificates_stays_bounded_and_hides_no_revoked_terminal() {
         let r = Refusals::default();
         let peer: SocketAddr = "10.0.0.9:4000".parse().unwrap();
         for i in 0..5000 {
             r.note(peer, Some(presented(&format!("{i:064x}"), "unknown-ca")), "unknown-ca");
         }
+        r.note(peer, Some(presented("revoked-one", "revoked")), "revoked");
         let events = r.drain();
-        assert_eq!(events.len(), MAX_KEYS + 1);
+        assert_eq!(events.len(), MAX_KEYS + 2);
         let overflow = events.iter().find(|e| e.outcome_desc.as_deref().unwrap().contains("further attempts")).unwrap();
         assert!(overflow.outcome_desc.as_deref().unwrap().contains(&format!("{}", 5000 - MAX_KEYS)));
+        let revoked = events.iter().find(|e| e.outcome_desc.as_deref().unwrap().contains("(revoked)")).unwrap();
+        assert_eq!(revoked.entry("gw").agent.institution.as_deref(), Some("4610200021"));
+        // A home-made certificate names no institution in the log, and says it is unverified.
+        let home_made = events.iter().find(|e| e.outcome_desc.as_deref().unwrap().contains("(unknown-ca)")).unwrap();
+        let entry = home_made.entry("gw");
+        assert_eq!(entry.agent.institution, None);
+        assert!(entry.agent.subject.as_deref().unwrap().starts_with("(unverified)"));
     }
 }

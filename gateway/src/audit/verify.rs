@@ -78,6 +78,9 @@ pub enum VerifyError {
     /// The thread reading the SQLite log failed.
     #[error("reading the log: {0}")]
     Thread(String),
+    /// The database file fails SQLite's integrity check.
+    #[error("the database file is damaged (its indexes or pages disagree with its tables): {0}")]
+    Damaged(String),
     /// The log has no events at all.
     #[error("the audit log is empty (no events and no pruning anchor); pass --allow-empty if that is expected")]
     Empty,
@@ -229,6 +232,28 @@ impl WitnessView {
     }
 }
 
+/// SQLite's own integrity check of the whole database file (every index against its
+/// table): slow on a large log (it reads everything), so `audit verify --integrity`
+/// asks for it. An index edited to disagree with its table would hide events from
+/// auditors' filtered queries while the chain itself still verifies. PostgreSQL keeps
+/// its indexes consistent itself.
+pub async fn integrity(store: &Store) -> Result<(), VerifyError> {
+    let Some((file, _)) = store.sqlite_writer_parts() else { return Ok(()) };
+    let problems = tokio::task::spawn_blocking(move || -> Result<Vec<String>, rusqlite::Error> {
+        let c = open_sqlite(&file)?;
+        let mut st = c.prepare("PRAGMA integrity_check(20)")?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect()
+    })
+    .await
+    .map_err(|e| VerifyError::Thread(e.to_string()))??;
+    if problems.len() == 1 && problems[0] == "ok" {
+        Ok(())
+    } else {
+        Err(VerifyError::Damaged(problems.join("; ")))
+    }
+}
+
 /// Verify the whole log with the trusted public keys and interval, up to the head it
 /// has when verification starts: a running gateway goes on appending, and the
 /// checkpoints it signs meanwhile must not look missing.
@@ -312,6 +337,16 @@ pub async fn verify_with(store: &Store, trust: &Trust) -> Result<Report, VerifyE
     let mut newest_rank = anchor.as_ref().and_then(|(_, a)| keys.rank(&a.key_id)).unwrap_or(0);
     let mut newest_signer: Option<(i64, String)> = None;
     let first = expect;
+    // Rows below the chain's start (a seq of 0 or less, or under the pruning anchor)
+    // are on no chain: the walk would pass them by while auditors were shown them.
+    let outside: Option<i64> =
+        sqlx::query_scalar("SELECT MIN(seq) FROM audit_event WHERE seq < $1").bind(first).fetch_one(store.pool()).await?;
+    if let Some(seq) = outside {
+        return Err(broken(
+            seq,
+            format!("an event stored outside the chain (before its start at {first}): inserted, not written by the gateway"),
+        ));
+    }
     let mut events = 0u64;
     let mut checked = 0u64;
     let mut last_anchored = expect - 1;
@@ -459,6 +494,12 @@ macro_rules! stored_row {
     };
 }
 
+/// The first event in a range whose columns are not of the types the writers store.
+const TYPE_SQL: &str = "SELECT MIN(seq) FROM audit_event WHERE seq >= ?1 AND seq <= ?2 AND (typeof(event) != 'text' \
+     OR typeof(prev_hash) != 'blob' OR typeof(hash) != 'blob' OR typeof(recorded) != 'integer' \
+     OR typeof(agent_institution) != 'text' OR typeof(owners) != 'text' OR typeof(patients) != 'text' \
+     OR typeof(outcome) != 'text' OR typeof(subtype) != 'text' OR typeof(cross_site) != 'integer' OR typeof(entities) != 'text')";
+
 const EVENTS_SQL: &str = "SELECT seq, event, prev_hash, hash, recorded, agent_institution, owners, patients, outcome, subtype, cross_site, entities FROM audit_event WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3";
 
 /// The log read a page at a time. On SQLite natively, in a blocking thread, on one
@@ -477,8 +518,23 @@ impl<'s> Pages<'s> {
         }
     }
 
-    /// Up to `limit` events from sequence number `from` to `to`.
+    /// Up to `limit` events from sequence number `from` to `to`; a row whose columns do
+    /// not hold the types the gateway writes is named by its sequence number.
     async fn next(&mut self, from: i64, to: i64, limit: i64) -> Result<Vec<StoredRow>, VerifyError> {
+        match self.page(from, to, limit).await {
+            Err(VerifyError::Sqlite(e)) if matches!(e, rusqlite::Error::InvalidColumnType(..) | rusqlite::Error::FromSqlConversionFailure(..)) => {
+                let Pages::Sqlite { file, .. } = self else { return Err(VerifyError::Sqlite(e)) };
+                let c = open_sqlite(file)?;
+                let seq: Option<i64> = c
+                    .query_row(TYPE_SQL, [from, to], |r| r.get(0))
+                    .map_err(VerifyError::Sqlite)?;
+                Err(broken(seq.unwrap_or(from), format!("a column holds a value of the wrong type ({e}): modified")))
+            }
+            other => other,
+        }
+    }
+
+    async fn page(&mut self, from: i64, to: i64, limit: i64) -> Result<Vec<StoredRow>, VerifyError> {
         match self {
             Pages::Sqlite { file, conn } => {
                 let (file, open) = (file.clone(), conn.take());

@@ -93,14 +93,46 @@ pub(super) fn caller(req: &Request, state: &AppState) -> Result<Caller, ApiError
         .ok_or_else(|| ApiError::Forbidden("no principal on this request".into()))?;
     let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer.to_string()).unwrap_or_default();
     let ctx = ReadContext { now: crate::audit::now_micros() / 1_000_000, break_glass: None };
-    Ok(Caller {
-        who,
-        peer,
-        base: state.base_url.clone(),
-        strict: prefers_strict(req.headers()),
-        ctx,
-        glass: break_glass_reason(req.headers())?,
-    })
+    Ok(Caller { who, peer, base: state.base_url.clone(), strict: prefers_strict(req.headers()), ctx, glass: None })
+}
+
+/// The caller of a read, search or `$everything`, with its break-glass declaration; a
+/// malformed declaration is audited (a probe of the emergency path leaves a trace)
+/// and refused.
+async fn reader(
+    state: &AppState,
+    (mut c, glass): (Caller, Result<Option<(BreakGlassCode, Option<String>)>, ApiError>),
+    interaction: Interaction,
+    query: Option<String>,
+) -> Result<Caller, ApiError> {
+    match glass {
+        Ok(glass) => {
+            c.glass = glass;
+            Ok(c)
+        }
+        Err(e) => Err(invalid_request(state, &c, interaction, e, query).await),
+    }
+}
+
+/// The caller and its break-glass declaration as sent, read before anything awaits
+/// (a request is not shared across threads).
+fn declared(req: &Request, state: &AppState) -> Result<(Caller, Result<Option<(BreakGlassCode, Option<String>)>, ApiError>), ApiError> {
+    Ok((caller(req, state)?, break_glass_reason(req.headers())))
+}
+
+/// A malformed request of a principal: audited as such, then answered 400.
+async fn invalid_request(
+    state: &AppState,
+    c: &Caller,
+    interaction: Interaction,
+    e: ApiError,
+    query: Option<String>,
+) -> ApiError {
+    let rec = record(c, interaction, Outcome::Invalid, Some(format!("invalid request: {e}")), vec![], query);
+    match audit(state, rec).await {
+        Ok(()) => e,
+        Err(a) => a,
+    }
 }
 
 fn prefers_strict(headers: &HeaderMap) -> bool {
@@ -240,8 +272,10 @@ pub async fn read(State(state): State<AppState>, FhirPath((ty, id)): FhirPath<(S
 
 async fn read_inner(state: AppState, ty: String, id: String, req: Request) -> Result<Response, ApiError> {
     check_type(&ty)?;
-    super::check_id(&id)?;
-    let c = caller(&req, &state)?;
+    let c = reader(&state, declared(&req, &state)?, Interaction::Read, None).await?;
+    if let Err(e) = super::check_id(&id) {
+        return Err(invalid_request(&state, &c, Interaction::Read, e, None).await);
+    }
     if let Err(r) = state.policy.may_read_type(&c.who, &ty) {
         return Err(refuse_role(&state, &c, Interaction::Read, r, None).await);
     }
@@ -299,12 +333,15 @@ pub async fn search(State(state): State<AppState>, FhirPath(ty): FhirPath<String
 
 async fn search_inner(state: AppState, ty: String, req: Request) -> Result<Response, ApiError> {
     check_type(&ty)?;
-    let c = caller(&req, &state)?;
     let query = req.uri().query().unwrap_or("").to_string();
+    let c = reader(&state, declared(&req, &state)?, Interaction::Search, Some(query.clone())).await?;
     if let Err(r) = state.policy.may_read_type(&c.who, &ty) {
         return Err(refuse_role(&state, &c, Interaction::Search, r, Some(query)).await);
     }
-    let search = params::parse(&ty, &query, c.strict)?;
+    let search = match params::parse(&ty, &query, c.strict) {
+        Ok(s) => s,
+        Err(e) => return Err(invalid_request(&state, &c, Interaction::Search, e, Some(query)).await),
+    };
     // Break-glass is for one patient at a time, never a search across patients.
     let glass_patient = one_patient(&ty, &search);
     if c.glass.is_some() && glass_patient.is_none() {
@@ -580,16 +617,22 @@ pub async fn everything(State(state): State<AppState>, FhirPath(id): FhirPath<St
 }
 
 async fn everything_inner(state: AppState, id: String, req: Request) -> Result<Response, ApiError> {
-    super::check_id(&id)?;
-    let c = caller(&req, &state)?;
     let query = req.uri().query().unwrap_or("").to_string();
+    let c = reader(&state, declared(&req, &state)?, Interaction::Everything, Some(query.clone())).await?;
+    if let Err(e) = super::check_id(&id) {
+        return Err(invalid_request(&state, &c, Interaction::Everything, e, Some(query)).await);
+    }
     if let Err(r) = state.policy.may_read_type(&c.who, "Patient") {
         return Err(refuse_role(&state, &c, Interaction::Everything, r, None).await);
     }
-    let mut search = params::parse("Patient", &query, c.strict)?;
-    if !search.criteria.is_empty() {
-        return Err(ApiError::invalid("$everything takes only _count and _offset here", "Patient/$everything"));
-    }
+    let mut search = match params::parse("Patient", &query, c.strict) {
+        Ok(s) if s.criteria.is_empty() => s,
+        Ok(_) => {
+            let e = ApiError::invalid("$everything takes only _count and _offset here", "Patient/$everything");
+            return Err(invalid_request(&state, &c, Interaction::Everything, e, Some(query)).await);
+        }
+        Err(e) => return Err(invalid_request(&state, &c, Interaction::Everything, e, Some(query)).await),
+    };
     search.used.clear();
     let read = async {
         let others: Vec<String> = state.linkage.person(&state.records, &id).await?.into_iter().map(|(o, _)| o).collect();
