@@ -39,6 +39,32 @@ enum Command {
     /// Write synthetic records for benchmarks (fictional people only).
     #[command(subcommand)]
     Generate(GenerateCommand),
+    /// Records at hub scale: generate an SS-MIX2 storage, serve it, and measure the first
+    /// index, memory, idle CPU, $everything latency, read-your-writes, new patients, restart.
+    BenchRecords(BenchRecordsArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchRecordsArgs {
+    /// The storage root (generated there when absent; kept for later runs).
+    #[arg(long)]
+    storage: PathBuf,
+    /// Patients of the bulk storage.
+    #[arg(long, default_value_t = 100_000)]
+    patients: u64,
+    /// Visits per bulk patient (each a prescription and a lab result).
+    #[arg(long, default_value_t = 4)]
+    visits: u64,
+    /// Patients of about 50 messages each, for the $everything latency.
+    #[arg(long, default_value_t = 200)]
+    rich: u64,
+    /// Database, e.g. postgres://127.0.0.1/kk_bench (must be empty; default a fresh SQLite file).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Seconds of idle CPU measurement (long enough to hold several of the indexer's
+    /// demographics passes, over which its budget is kept).
+    #[arg(long, default_value_t = 120)]
+    idle_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,8 +212,21 @@ struct TranslateArgs {
     /// Site id recorded in meta.source.
     #[arg(long, default_value = "offline")]
     site: String,
-    /// A file, or for ss-mix2 a file or a storage root.
+    /// bundle (one Bundle, for small inputs) or ndjson (one resource a line, streamed
+    /// in bounded memory: for a whole storage or directory).
+    #[arg(long, value_enum, default_value = "bundle")]
+    format: TranslateFormat,
+    /// A file (HL7 v2: one or several messages), a directory of them, or an SS-MIX2
+    /// storage root.
     path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TranslateFormat {
+    /// One FHIR Bundle (collection, or document when a Composition leads).
+    Bundle,
+    /// Newline-delimited JSON: one resource a line.
+    Ndjson,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -304,7 +343,12 @@ pub fn main() -> ExitCode {
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("KAKEHASHI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    // Colour codes only for a terminal: a journal or a log file gets plain text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if std::env::var("KAKEHASHI_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {
@@ -333,6 +377,14 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Certs(c) => certs(c).map_err(|e| e.to_string()),
         Command::Translate(a) => translate(a),
         Command::Audit(a) => runtime()?.block_on(audit(a)),
+        Command::BenchRecords(b) => runtime()?.block_on(crate::loadgen::hub::run(crate::loadgen::hub::Options {
+            storage: b.storage,
+            patients: b.patients,
+            visits: b.visits,
+            rich: b.rich,
+            database_url: b.database_url,
+            idle_secs: b.idle_secs,
+        })),
         Command::Generate(GenerateCommand::SsMix2 { out, patients, visits, first_id, threads }) => {
             use crate::loadgen::storage;
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -499,32 +551,42 @@ fn translate(a: TranslateArgs) -> Result<(), String> {
         return Err("--to mml and --to cda take a FHIR document Bundle: translate to FHIR first (--from fhir)".into());
     }
     let owner = Owner { code: a.owner, name: a.owner_name, site: a.site };
-    let records = match a.from {
-        SourceKind::SsMix2 if a.path.is_dir() => sites::translate_ss_mix2(&a.path, &owner, None),
-        SourceKind::SsMix2 => {
-            single(sites::translate_hl7_file(&a.path, &owner, Some(kakehashi_adapters::text::Charset::Iso2022Jp)))
-        }
-        SourceKind::Hl7v2 => single(sites::translate_hl7_file(&a.path, &owner, None)),
-        SourceKind::Mml => single(sites::translate_mml_file(&a.path, &owner)),
-        SourceKind::JahisRx => single(sites::translate_jahis_file(&a.path, &owner)),
-        SourceKind::Cda => single(sites::translate_cda_file(&a.path, &owner)),
+    let input = match a.from {
+        SourceKind::SsMix2 => sites::stream::Input::SsMix2,
+        SourceKind::Hl7v2 => sites::stream::Input::Hl7v2,
+        SourceKind::Mml => sites::stream::Input::Mml,
+        SourceKind::JahisRx => sites::stream::Input::JahisRx,
+        SourceKind::Cda => sites::stream::Input::Cda,
         SourceKind::Fhir => unreachable!("handled above"),
     };
-    for w in &records.translation.warnings {
-        eprintln!("warning: {}: {}", w.location, w.message);
-    }
-    let failed = records.errors.len();
-    for e in &records.errors {
-        eprintln!("error: {e}");
-    }
-    if failed > 0 && records.translation.resources.is_empty() {
-        return Err(format!("nothing translated: {failed} source(s) failed"));
-    }
-    let bundle = sites::collection(records.translation.resources);
-    let json = serde_json::to_string_pretty(&bundle).map_err(|e| format!("cannot serialise the bundle: {e}"))?;
-    emit(&json)?;
-    if failed > 0 {
-        return Err(format!("{failed} source(s) could not be translated (see above); the bundle holds the rest"));
+    let mut report = |line: &str| eprintln!("{line}");
+    let summary = match a.format {
+        TranslateFormat::Ndjson => {
+            let stdout = std::io::stdout();
+            let mut sink = sites::stream::Ndjson(std::io::BufWriter::new(stdout.lock()));
+            match sites::stream::translate(input, &a.path, &owner, &mut sink, &mut report) {
+                // The reader stopped early (`| head`): nothing more is wanted, not an error.
+                Err(e) if e.contains("Broken pipe") => return Ok(()),
+                other => other?,
+            }
+        }
+        TranslateFormat::Bundle => {
+            let mut sink = sites::stream::Gather::default();
+            let summary = sites::stream::translate(input, &a.path, &owner, &mut sink, &mut report)?;
+            if summary.failed > 0 && sink.0.is_empty() {
+                return Err(format!("nothing translated: {} source(s) failed", summary.failed));
+            }
+            let bundle = sites::collection(sink.0);
+            let json = serde_json::to_string_pretty(&bundle).map_err(|e| format!("cannot serialise the bundle: {e}"))?;
+            emit(&json)?;
+            summary
+        }
+    };
+    if summary.failed > 0 {
+        return Err(format!(
+            "{} source(s) could not be translated (see above); the output holds the other {} ({} resources)",
+            summary.failed, summary.units, summary.resources
+        ));
     }
     Ok(())
 }
@@ -555,13 +617,6 @@ fn emit(text: &str) -> Result<(), String> {
     match out.write_all(text.as_bytes()).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("stdout: {e}")),
         _ => Ok(()),
-    }
-}
-
-fn single(r: Result<kakehashi_mappings::Translation, kakehashi_adapters::SourceError>) -> crate::sites::SiteRecords {
-    match r {
-        Ok(translation) => crate::sites::SiteRecords { translation, errors: vec![] },
-        Err(e) => crate::sites::SiteRecords { errors: vec![e], ..Default::default() },
     }
 }
 

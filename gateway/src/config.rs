@@ -137,7 +137,8 @@ impl Default for Server {
 pub struct RecordsSettings {
     /// Translated patients kept in memory, in MB (least recently used go first).
     pub cache_mb: u64,
-    /// Percent of one core the background indexer may use while nothing changes.
+    /// Percent of one core the gateway may spend looking for changes while nothing
+    /// changes (the background indexer's budget; default 1.5, under the 2 % promise).
     pub index_cpu_percent: f64,
     /// Where the index lives: default, beside an SQLite store as `<name>-records.db`
     /// (deleting it makes the gateway rebuild it), or in the PostgreSQL store itself.
@@ -154,7 +155,7 @@ impl Default for RecordsSettings {
     fn default() -> Self {
         RecordsSettings {
             cache_mb: 64,
-            index_cpu_percent: 2.0,
+            index_cpu_percent: 1.5,
             index_url: None,
             max_search_patients: 200,
             startup_wait_ms: 2000,

@@ -182,9 +182,9 @@ async fn serve_connection(
                         // A repository sends nothing: anything readable is its close.
                         _ = read.read(&mut scratch) => break,
                         event = rx.recv() => match event {
-                            Some(Outgoing::Message(msgid, body)) => frame(&header, msgid, &body),
+                            Some(Outgoing::Message(msgid, body)) => frame(header, msgid, &body),
                             Some(Outgoing::Event(seq, entry)) => match super::event::render_stored(seq, &entry) {
-                                Ok(e) => frame(&header, "AuditEvent", e.get()),
+                                Ok(e) => frame(header, "AuditEvent", e.get()),
                                 // Cannot happen for an entry this gateway wrote; the
                                 // database keeps it either way.
                                 Err(e) => {

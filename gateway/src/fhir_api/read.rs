@@ -101,7 +101,7 @@ pub(super) fn caller(req: &Request, state: &AppState) -> Result<Caller, ApiError
 /// and refused.
 async fn reader(
     state: &AppState,
-    (mut c, glass): (Caller, Result<Option<(BreakGlassCode, Option<String>)>, ApiError>),
+    (mut c, glass): Declared,
     interaction: Interaction,
     query: Option<String>,
 ) -> Result<Caller, ApiError> {
@@ -114,9 +114,12 @@ async fn reader(
     }
 }
 
+/// A caller and its break-glass declaration (code and reason), or why it is malformed.
+type Declared = (Caller, Result<Option<(BreakGlassCode, Option<String>)>, ApiError>);
+
 /// The caller and its break-glass declaration as sent, read before anything awaits
 /// (a request is not shared across threads).
-fn declared(req: &Request, state: &AppState) -> Result<(Caller, Result<Option<(BreakGlassCode, Option<String>)>, ApiError>), ApiError> {
+fn declared(req: &Request, state: &AppState) -> Result<Declared, ApiError> {
     Ok((caller(req, state)?, break_glass_reason(req.headers())))
 }
 

@@ -49,31 +49,37 @@ impl Linkage {
         let mut facts: HashMap<String, Facts> = HashMap::new();
         let mut expanded: HashSet<String> = HashSet::new();
         let mut frontier = vec![patient.to_string()];
+        self.load(records, &frontier, &mut facts).await?;
         loop {
+            let mut neighbours: Vec<String> = Vec::new();
             for p in std::mem::take(&mut frontier) {
                 if !expanded.insert(p.clone()) || facts.len() > MAX_PERSON {
                     continue;
                 }
-                let Some(f) = self.facts(records, &p, &mut facts).await? else { continue };
-                let mut neighbours: Vec<String> = Vec::new();
+                let Some(f) = facts.get(&p).cloned() else { continue };
                 if let Some(index) = records.index() {
-                    for k in f.identifiers.iter() {
-                        neighbours.extend(index.with_key("id", k).await?.into_iter().map(|(p, _)| p));
-                    }
-                    for (k, _) in &f.insurance {
-                        neighbours.extend(index.with_key("ins", k).await?.into_iter().map(|(p, _)| p));
-                    }
-                    if let Some(k) = index::demographics_key(&f) {
-                        neighbours.extend(index.with_key("demo", &k).await?.into_iter().map(|(p, _)| p));
+                    let mut keys: Vec<(&str, String)> = f.identifiers.iter().map(|k| ("id", k.clone())).collect();
+                    keys.extend(f.insurance.iter().map(|(k, _)| ("ins", k.clone())));
+                    keys.extend(index::demographics_key(&f).map(|k| ("demo", k)));
+                    for (kind, key) in keys {
+                        let bucket = index.with_key(kind, &key).await?;
+                        // Every rule links records of different sites: a bucket at one site
+                        // links nobody, whatever its size.
+                        let first_site = bucket.first().map(|(_, s)| s.clone());
+                        if bucket.iter().all(|(_, s)| Some(s) == first_site.as_ref()) {
+                            continue;
+                        }
+                        neighbours.extend(bucket.into_iter().map(|(p, _)| p));
                     }
                 }
                 neighbours.extend(
                     decisions.iter().filter(|d| d.a == p || d.b == p).map(|d| if d.a == p { d.b.clone() } else { d.a.clone() }),
                 );
-                for n in neighbours {
-                    self.facts(records, &n, &mut facts).await?;
-                }
             }
+            neighbours.retain(|n| !facts.contains_key(n));
+            neighbours.sort();
+            neighbours.dedup();
+            self.load(records, &neighbours, &mut facts).await?;
             let people: Vec<Facts> = facts.values().cloned().collect();
             let local: Vec<Decision> =
                 decisions.iter().filter(|d| facts.contains_key(&d.a) && facts.contains_key(&d.b)).cloned().collect();
@@ -85,48 +91,38 @@ impl Linkage {
         }
     }
 
-    /// The facts of `patient` (loaded once into `cache`), from the index or from the
-    /// records given as resources.
-    async fn facts(
-        &self,
-        records: &Records,
-        patient: &str,
-        cache: &mut HashMap<String, Facts>,
-    ) -> Result<Option<Facts>, RecordsError> {
-        if let Some(f) = cache.get(patient) {
-            return Ok(Some(f.clone()));
+    /// Load the facts of `patients` from the index into `facts` (two queries for all).
+    async fn load(&self, records: &Records, patients: &[String], facts: &mut HashMap<String, Facts>) -> Result<(), RecordsError> {
+        let Some(index) = records.index() else { return Ok(()) };
+        let ids: Vec<&str> = patients.iter().map(String::as_str).filter(|p| !facts.contains_key(*p)).collect();
+        if ids.is_empty() {
+            return Ok(());
         }
-        let mut found = None;
-        {
-            if let Some(index) = records.index() {
-                // The first site listed holds the Patient as the rules see it; keys come
-                // from every site holding records of it (its insurance at another).
-                let mut at = index.demographics(patient).await?;
-                at.sort_by_key(|(site, ..)| records.sites().iter().position(|s| &s.id == site));
-                if let Some((site, owner, birth, gender)) = at.into_iter().next() {
-                    let mut f = Facts {
-                        id: patient.to_string(),
-                        site: format!("{site}|{owner}"),
-                        birth_date: birth.filter(|b| b.len() == 10),
-                        gender: gender.filter(|g| matches!(g.as_str(), "male" | "female" | "other")),
-                        ..Default::default()
-                    };
-                    for (kind, key, extra) in index.keys_of(patient).await? {
-                        match kind.as_str() {
-                            "id" => f.identifiers.push(key),
-                            "ins" => f.insurance.push((key, extra)),
-                            "demo" => f.kana = key.split('|').next().map(str::to_string),
-                            _ => {}
-                        }
-                    }
-                    found = Some(f);
-                }
+        // The first site listed holds the Patient as the rules see it; keys come from
+        // every site holding records of it (its insurance at another).
+        let mut rows = index.demographics(&ids).await?;
+        rows.sort_by_key(|(_, site, ..)| records.sites().iter().position(|s| &s.id == site));
+        let mut found: HashMap<String, Facts> = HashMap::new();
+        for (id, site, owner, birth, gender) in rows {
+            found.entry(id.clone()).or_insert_with(|| Facts {
+                id,
+                site: format!("{site}|{owner}"),
+                birth_date: birth.filter(|b| b.len() == 10),
+                gender: gender.filter(|g| matches!(g.as_str(), "male" | "female" | "other")),
+                ..Default::default()
+            });
+        }
+        for (patient, kind, key, extra) in index.keys_of(&ids).await? {
+            let Some(f) = found.get_mut(&patient) else { continue };
+            match kind.as_str() {
+                "id" => f.identifiers.push(key),
+                "ins" => f.insurance.push((key, extra)),
+                "demo" => f.kana = key.split('|').next().map(str::to_string),
+                _ => {}
             }
         }
-        if let Some(f) = &found {
-            cache.insert(patient.to_string(), f.clone());
-        }
-        Ok(found)
+        facts.extend(found);
+        Ok(())
     }
 
     /// Reload the decisions from the database (other instances decide too).

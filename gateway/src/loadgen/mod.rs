@@ -5,6 +5,7 @@
 //! only, bounded in time, stops by itself.
 
 pub mod baseline;
+pub mod hub;
 pub mod scenario;
 pub mod storage;
 
@@ -58,6 +59,18 @@ pub struct Unique {
 }
 
 impl RequestSpec {
+    /// A GET of `path` expecting 200.
+    pub fn get(path: &str) -> RequestSpec {
+        RequestSpec {
+            method: http::Method::GET,
+            path: path.to_string(),
+            headers: vec![],
+            body: Bytes::new(),
+            expect: 200,
+            unique: None,
+        }
+    }
+
     /// Make every request's body differ: the first `token` in the body becomes `token-N`.
     pub fn unique(mut self, token: &str) -> Result<RequestSpec, String> {
         let at = self
@@ -232,6 +245,39 @@ async fn send(conn: &mut Conn, spec: &RequestSpec, close: bool) -> Result<(), St
     }
 }
 
+/// One keep-alive connection for requests one at a time (latency, not load).
+pub struct Session {
+    conn: Conn,
+}
+
+impl Session {
+    /// Connect to `addr` with `tls` (HTTP/1.1 keep-alive).
+    pub async fn open(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> Result<Session, String> {
+        let spec = LoadSpec {
+            addr,
+            also: vec![],
+            tls,
+            mode: Mode::H1,
+            request: RequestSpec::get("/"),
+            connections: 1,
+            duration: Duration::ZERO,
+            rate_per_client: 0.0,
+        };
+        Ok(Session { conn: connect(&spec, false).await? })
+    }
+
+    /// GET `path`: status and body.
+    pub async fn get(&mut self, path: &str) -> Result<(u16, Bytes), String> {
+        let Conn::H1(s) = &mut self.conn else { return Err("not HTTP/1.1".into()) };
+        s.ready().await.map_err(|_| "closed".to_string())?;
+        let req = build(&RequestSpec::get(path), false, false);
+        let resp = s.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map_err(|_| "body".to_string())?.to_bytes();
+        Ok((status, body))
+    }
+}
+
 /// Connections opened, each used for one request, then held open and idle.
 pub struct IdleConnections {
     _held: Vec<Conn>,
@@ -335,7 +381,7 @@ fn process_cpu() -> Option<Duration> {
 /// utime + stime (fields 14 and 15) of a `/proc/[pid]/stat` line. They count USER_HZ
 /// ticks, which Linux fixes at 100 per second for this interface whatever the kernel's
 /// own tick rate.
-fn cpu_from_stat(stat: &str) -> Option<Duration> {
+pub(crate) fn cpu_from_stat(stat: &str) -> Option<Duration> {
     // The command name (field 2) is in parentheses and may hold spaces; count from after it.
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace().skip(11);

@@ -65,12 +65,12 @@ pub fn patient_id(spec: &Spec, n: u64) -> String {
     format!("{:010}", spec.first_id + n)
 }
 
-/// Write one patient's messages; returns (files, bytes).
-fn write_patient(root: &Path, id: &str, n: u64, visits: u64) -> Result<(u64, u64), String> {
+/// The fictional person behind patient number `n`, as the messages name them.
+fn with_person<R>(id: &str, n: u64, f: impl FnOnce(&HubPatient<'_>) -> R) -> R {
     let (fam, given) = (FAMILY[(n % 12) as usize], GIVEN[((n / 12) % 10) as usize]);
     let birth = format!("{}{:02}{:02}", 1930 + n % 70, 1 + n % 12, 1 + n % 28);
     let (phone, bango) = (format!("09969-1-{:04}", n % 10_000), format!("{}", 1000 + n % 9000));
-    let p = HubPatient {
+    f(&HubPatient {
         id,
         kanji: (fam.0, given.0),
         kana: (fam.1, given.1),
@@ -82,33 +82,69 @@ fn write_patient(root: &Path, id: &str, n: u64, visits: u64) -> Result<(u64, u64
         insurer: "67461001",
         kigo: "黒島",
         bango: &bango,
-    };
-    let (mut files, mut bytes) = (0u64, 0u64);
-    let mut put = |fields: [&str; 6], valid: bool, text: &str| -> Result<(), String> {
-        let body = iso2022jp(text)?;
-        bytes += body.len() as u64;
+    })
+}
+
+/// Write one message version; returns its bytes.
+fn put(root: &Path, fields: [&str; 6], valid: bool, text: &str) -> Result<u64, String> {
+    let body = iso2022jp(text)?;
+    write_bytes(&ss_mix2_version(root, fields, valid), &body)?;
+    Ok(body.len() as u64)
+}
+
+/// Write visit `v` of patient `id` (number `n`): a prescription (with a second version
+/// every 10th visit and a cancellation every 25th) and a lab result. Returns (files, bytes).
+fn visit(root: &Path, p: &HubPatient<'_>, n: u64, v: u64) -> Result<(u64, u64), String> {
+    let id = p.id;
+    // A visit every five weeks or so, across the last years.
+    let day = v * 37 + n % 30;
+    let date = format!("{}{:02}{:02}", 2020 + (day / 336) % 7, 1 + (day / 28) % 12, 1 + day % 28);
+    let rx = format!("{:015}", (n * 1000 + v * 2) % 1_000_000_000_000_000);
+    let lab = format!("{:015}", (n * 1000 + v * 2 + 1) % 1_000_000_000_000_000);
+    let text = omp01_on(p, &rx, &date);
+    let mut bytes = put(root, [id, &date, "OMP-01", &rx, &format!("{date}103100000"), "01"], true, &text)?;
+    let mut files = 1;
+    if v % 10 == 3 {
+        bytes += put(root, [id, &date, "OMP-01", &rx, &format!("{date}113100000"), "01"], true, &text)?;
         files += 1;
-        write_bytes(&ss_mix2_version(root, fields, valid), &body)
-    };
-    put([id, "-", "ADT-00", "999999999999999", "20250401090000000", "-"], true, &adt00(&p))?;
-    for v in 0..visits {
-        // A visit every five weeks or so, across the last years.
-        let day = v * 37 + n % 30;
-        let date = format!("{}{:02}{:02}", 2020 + (day / 336) % 7, 1 + (day / 28) % 12, 1 + day % 28);
-        let rx = format!("{:015}", n * 1000 + v * 2);
-        let lab = format!("{:015}", n * 1000 + v * 2 + 1);
-        let ts = format!("{date}103100000");
-        let text = omp01_on(&p, &rx, &date);
-        put([id, &date, "OMP-01", &rx, &ts, "01"], true, &text)?;
-        if v % 10 == 3 {
-            put([id, &date, "OMP-01", &rx, &format!("{date}113100000"), "01"], true, &text)?;
-        }
-        if v % 25 == 7 {
-            put([id, &date, "OMP-01", &rx, &format!("{date}123100000"), "01"], false, &text)?;
-        }
-        put([id, &date, "OML-11", &lab, &format!("{date}150000000"), "01"], true, &oml11_on(&p, &lab, &date))?;
     }
-    Ok((files, bytes))
+    if v % 25 == 7 {
+        bytes += put(root, [id, &date, "OMP-01", &rx, &format!("{date}123100000"), "01"], false, &text)?;
+        files += 1;
+    }
+    bytes += put(root, [id, &date, "OML-11", &lab, &format!("{date}150000000"), "01"], true, &oml11_on(p, &lab, &date))?;
+    Ok((files + 1, bytes))
+}
+
+/// Write one patient's messages; returns (files, bytes).
+fn write_patient(root: &Path, id: &str, n: u64, visits: u64) -> Result<(u64, u64), String> {
+    with_person(id, n, |p| {
+        let mut bytes = put(root, [id, "-", "ADT-00", "999999999999999", "20250401090000000", "-"], true, &adt00(p))?;
+        let mut files = 1;
+        for v in 0..visits {
+            let (f, b) = visit(root, p, n, v)?;
+            files += f;
+            bytes += b;
+        }
+        Ok((files, bytes))
+    })
+}
+
+/// The number of a generated patient id (its digits), which picks its fictional person.
+fn number(local: &str) -> u64 {
+    local.parse().unwrap_or(0)
+}
+
+/// Add visit `v` (a new prescription and lab result, numbered after the patient's
+/// generated ones when `v` is larger) to existing patient `local`.
+pub fn write_visit(root: &Path, local: &str, v: u64) -> Result<(), String> {
+    let n = number(local);
+    with_person(local, n, |p| visit(root, p, n, v)).map(|_| ())
+}
+
+/// Write a new patient with demographics only (an ADT-00).
+pub fn write_patient_only(root: &Path, local: &str) -> Result<(), String> {
+    write_patient(root, local, number(local), 0).map(|_| ())
 }
 
 /// Write the storage of `spec`, reporting progress to `progress` (patients done).

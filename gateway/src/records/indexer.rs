@@ -10,8 +10,8 @@
 //! JAHIS) is listed again only when its directory's time changed.
 //!
 //! The first index of a storage runs as fast as it can while the gateway already
-//! serves what is indexed; afterwards a pass that finds nothing sleeps long enough to
-//! keep the indexer's CPU time within `records.index_cpu_percent` of one core. With
+//! serves what is indexed; afterwards passes that find nothing keep the process's CPU
+//! time within `records.index_cpu_percent` of one core (see [`Budget`]). With
 //! several instances on PostgreSQL, one holds an advisory lock and walks; the others
 //! serve from the shared index (and index what their reads find changed).
 
@@ -98,6 +98,22 @@ fn thread_cpu_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// The whole process's CPU time in ns (Linux; 10 ms resolution). The budget counts
+/// this, not only the indexer's thread: the database work a pass causes runs on the
+/// store's threads, and while the gateway is idle nothing else uses the CPU.
+fn process_cpu_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are
+    // the 12th and 13th, in clock ticks of 10 ms.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum();
+    ticks * 10_000_000
+}
+
+/// How often new patients are looked for when nothing changes (a stat per
+/// `pid[3..6]` directory), unless the budget asks for longer.
+const NEW_PATIENTS_EVERY: Duration = Duration::from_secs(5);
+
 /// Start the indexer on a thread of its own.
 pub fn spawn(records: Arc<Records>, settings: Settings) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
@@ -117,7 +133,12 @@ pub fn spawn(records: Arc<Records>, settings: Settings) -> std::thread::JoinHand
 
 async fn run(records: Arc<Records>, settings: Settings) {
     let Some(index) = records.index().cloned() else { return };
+    let share = (settings.cpu_percent / 100.0).clamp(0.001, 1.0);
     let mut lock = None;
+    // Each patient's demographics directory costs a stat, so that pass runs only when
+    // the budget has room; new patients (a stat per `pid[3..6]` directory) are looked
+    // for every few seconds, and charged to the same budget.
+    let mut budget = Budget::new(share);
     loop {
         if index.backend() == crate::store::Backend::Postgres && lock.is_none() {
             lock = try_lock(&index).await;
@@ -130,10 +151,11 @@ async fn run(records: Arc<Records>, settings: Settings) {
             records.status.walking.store(true, Relaxed);
         }
         let (cpu0, wall0) = (thread_cpu_ns(), Instant::now());
+        let demographics = budget.has_room();
         let mut work = 0u64;
         for site in records.sites().to_vec() {
             let done = if site.is_ss_mix2() {
-                ss_mix2_pass(&records, &index, &site, settings).await
+                ss_mix2_pass(&records, &index, &site, settings, demographics).await
             } else {
                 sync_flat(&records, &site).await.map(|n| n as u64)
             };
@@ -160,12 +182,55 @@ async fn run(records: Arc<Records>, settings: Settings) {
         records.status.cpu_ns.fetch_add(cpu, Relaxed);
         let wall = wall0.elapsed();
         if work > 0 {
+            // Changes are indexed at once, outside the budget (which is for looking).
+            budget.forgive();
             continue;
         }
-        // Nothing changed: rest so that this pass's CPU is the budget's share.
-        let share = (settings.cpu_percent / 100.0).clamp(0.001, 1.0);
-        let rest = Duration::from_nanos((cpu as f64 / share) as u64).saturating_sub(wall);
-        tokio::time::sleep(rest.max(Duration::from_millis(500)).min(Duration::from_secs(300))).await;
+        budget.settle();
+        let rest = Duration::from_nanos(cpu).div_f64(share).saturating_sub(wall).max(NEW_PATIENTS_EVERY);
+        tracing::debug!(
+            demographics,
+            cpu_ms = cpu / 1_000_000,
+            wall_ms = wall.as_millis() as u64,
+            "indexing pass found nothing new"
+        );
+        tokio::time::sleep(rest).await;
+    }
+}
+
+/// The indexer's CPU budget when nothing changes: the process's CPU time is charged
+/// against `share` of the time that passes, and a debt must be repaid before the next
+/// costly pass. Unused allowance is not saved up, so no burst exceeds one pass.
+struct Budget {
+    share: f64,
+    debt_ns: f64,
+    cpu: u64,
+    at: Instant,
+}
+
+impl Budget {
+    fn new(share: f64) -> Budget {
+        Budget { share, debt_ns: 0.0, cpu: process_cpu_ns(), at: Instant::now() }
+    }
+
+    /// Charge what the process used since the last settlement, less the allowance.
+    fn settle(&mut self) {
+        let (cpu, at) = (process_cpu_ns(), Instant::now());
+        let used = cpu.saturating_sub(self.cpu) as f64;
+        let allowed = self.share * at.duration_since(self.at).as_nanos() as f64;
+        self.debt_ns = (self.debt_ns + used - allowed).max(0.0);
+        (self.cpu, self.at) = (cpu, at);
+    }
+
+    /// Whether a costly pass may run now.
+    fn has_room(&mut self) -> bool {
+        self.settle();
+        self.debt_ns <= 0.0
+    }
+
+    /// Start afresh after indexing changes (which the budget does not limit).
+    fn forgive(&mut self) {
+        (self.debt_ns, self.cpu, self.at) = (0.0, process_cpu_ns(), Instant::now());
     }
 }
 
@@ -218,19 +283,78 @@ impl Pending<'_> {
 }
 
 /// Read and index SS-MIX2 patient `local`; returns its rows and file count.
-fn read_patient(site: &Site, local: &str) -> Result<Option<(UnitRows, usize, usize)>, unit::SiteError> {
+fn read_patient(site: &Site, local: &str) -> Result<Option<Read>, unit::SiteError> {
     let listing = unit::ss_mix2_listing(site, local)?;
     if listing.is_empty() {
         return Ok(None);
     }
-    let u = unit::read_ss_mix2(site, local, &listing)?;
-    Ok(Some((unit::rows(site, &u), u.files.len(), u.problems)))
+    let t = unit::translate_ss_mix2(site, local, &listing)?;
+    Ok(Some((unit::rows(site, &t), t.files.len(), t.problems)))
+}
+
+/// One patient read: its index rows, files read and files that failed.
+type Read = (UnitRows, usize, usize);
+
+/// Translate SS-MIX2 patients `locals` on every core: (rows, files, problems) each,
+/// in the order given.
+fn translate_many(site: &Site, locals: &[String]) -> Result<Vec<Read>, unit::SiteError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(locals.len()).max(1);
+    let results: Vec<Result<Vec<(usize, Read)>, unit::SiteError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    for (i, local) in locals.iter().enumerate().skip(t).step_by(threads) {
+                        if let Some(r) = read_patient(site, local)? {
+                            out.push((i, r));
+                        }
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(unit::SiteError { site: site.id.clone(), message: "a translator thread panicked".into() })))
+            .collect()
+    });
+    let mut all = Vec::new();
+    for r in results {
+        all.extend(r?);
+    }
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, r)| r).collect())
+}
+
+/// Write one directory's translated patients, then record the directory as done.
+/// Returns the patients written.
+async fn write_group(
+    pending: &mut Pending<'_>,
+    index: &IndexDb,
+    site: &str,
+    rows: Vec<(UnitRows, usize, usize)>,
+    dir: (String, i64),
+) -> Result<u64, super::RecordsError> {
+    let n = rows.len() as u64;
+    for (r, files, problems) in rows {
+        pending.records.status.problems.fetch_add(problems as u64, Relaxed);
+        pending.push(r, files).await?;
+    }
+    pending.flush().await?;
+    index.set_dirs(site, &[dir]).await?;
+    Ok(n)
 }
 
 /// One pass over an SS-MIX2 storage: new patients by changed `pid[3..6]` directories,
 /// changed demographics by each indexed patient's `-/ADT-00` directory. Returns the
 /// patients indexed.
-async fn ss_mix2_pass(records: &Records, index: &IndexDb, site: &Site, settings: Settings) -> Result<u64, super::RecordsError> {
+async fn ss_mix2_pass(
+    records: &Records,
+    index: &IndexDb,
+    site: &Site,
+    settings: Settings,
+    demographics: bool,
+) -> Result<u64, super::RecordsError> {
     let root = site.root().to_path_buf();
     if !root.is_dir() {
         return Err(unit::SiteError { site: site.id.clone(), message: format!("storage root {} is not reachable", root.display()) }.into());
@@ -239,7 +363,6 @@ async fn ss_mix2_pass(records: &Records, index: &IndexDb, site: &Site, settings:
     let first = known_dirs.is_empty() && index.counts(&site.id).await?.0 == 0;
     let mut pending =
         Pending { index, records, rows: Vec::new(), fresh: first, batch: settings.batch, files: 0, started: Instant::now() };
-    let mut changed_dirs: Vec<(String, i64)> = Vec::new();
     let mut done = 0u64;
     let site_err = |e: kakehashi_adapters::SourceError| unit::SiteError { site: site.id.clone(), message: e.to_string() };
     // New patients: every pid[3..6] directory whose time changed.
@@ -253,30 +376,41 @@ async fn ss_mix2_pass(records: &Records, index: &IndexDb, site: &Site, settings:
             }
         }
     }
-    records.status.backlog.store(groups.len() as u64 * 100, Relaxed);
+    // Each directory's patients are translated on every core while the previous
+    // directory's are written: translation is most of the work of a first index.
+    let total = groups.len() as u64;
+    let mut written: Option<(Vec<Read>, (String, i64))> = None;
     for (i, (rel, path, mtime)) in groups.into_iter().enumerate() {
-        for (local, _) in kakehashi_adapters::ss_mix2::subdirs(&path).map_err(site_err)? {
-            if !first && index.has_local(&site.id, &local).await? {
-                continue;
+        let mut locals: Vec<String> =
+            kakehashi_adapters::ss_mix2::subdirs(&path).map_err(site_err)?.into_iter().map(|(l, _)| l).collect();
+        if !first {
+            let mut new = Vec::new();
+            for l in locals {
+                if !index.has_local(&site.id, &l).await? {
+                    new.push(l);
+                }
             }
-            if let Some((rows, files, problems)) = read_patient(site, &local)? {
-                records.status.problems.fetch_add(problems as u64, Relaxed);
-                pending.push(rows, files).await?;
-                done += 1;
+            locals = new;
+        }
+        let site2 = site.clone();
+        let translate = tokio::task::spawn_blocking(move || translate_many(&site2, &locals));
+        let write = async {
+            match written.take() {
+                Some((rows, dir)) => write_group(&mut pending, index, &site.id, rows, dir).await,
+                None => Ok(0),
             }
-        }
-        changed_dirs.push((rel, mtime));
-        records.status.backlog.store(((i + 1) as u64).saturating_sub(0), Relaxed);
-        if changed_dirs.len() >= 64 {
-            pending.flush().await?;
-            index.set_dirs(&site.id, &changed_dirs).await?;
-            changed_dirs.clear();
-        }
+        };
+        let (translated, wrote) = tokio::join!(translate, write);
+        done += wrote?;
+        let rows = translated.map_err(|e| super::RecordsError::Task(e.to_string()))??;
+        written = Some((rows, (rel, mtime)));
+        records.status.backlog.store(total - i as u64 - 1, Relaxed);
     }
-    pending.flush().await?;
-    index.set_dirs(&site.id, &changed_dirs).await?;
+    if let Some((rows, dir)) = written.take() {
+        done += write_group(&mut pending, index, &site.id, rows, dir).await?;
+    }
     records.status.backlog.store(0, Relaxed);
-    if first {
+    if first || !demographics {
         // Everything just indexed is current: no need to look at each patient again.
         return Ok(done);
     }
@@ -388,8 +522,8 @@ fn flat_changes(
         .map(|patient| {
             let mut fs = files.remove(&patient).unwrap_or_default();
             fs.sort();
-            let u = unit::read_flat(site, &patient, &fs);
-            (unit::rows(site, &u), u.files.len(), u.problems)
+            let t = unit::translate_flat_unit(site, &patient, &fs);
+            (unit::rows(site, &t), t.files.len(), t.problems)
         })
         .collect())
 }

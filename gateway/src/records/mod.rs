@@ -124,7 +124,7 @@ pub struct Records {
 
 /// `records.cache_mb` as bytes.
 fn budget(cfg: &Config) -> usize {
-    usize::try_from(cfg.records.cache_mb).unwrap_or(usize::MAX / 2 >> 20).saturating_mul(1 << 20)
+    usize::try_from(cfg.records.cache_mb).unwrap_or((usize::MAX / 2) >> 20).saturating_mul(1 << 20)
 }
 
 /// The sites of a configuration, as the records source reads them.
@@ -398,9 +398,9 @@ impl Records {
                 if let Some(c) = cached.filter(|c| same_files(c, listing.iter().map(|f| (unit::relative(&site, &f.path), f.stamp)))) {
                     return Ok((c, None));
                 }
-                let u = unit::read_ss_mix2(&site, &row.local, &listing)?;
-                let rows = unit::rows(&site, &u);
-                Ok((Arc::new(u), Some(rows)))
+                let t = unit::translate_ss_mix2(&site, &row.local, &listing)?;
+                let rows = unit::rows(&site, &t);
+                Ok((Arc::new(t.into_unit()), Some(rows)))
             } else {
                 let stamps: Vec<(String, kakehashi_adapters::ss_mix2::Stamp)> = files
                     .iter()
@@ -415,9 +415,9 @@ impl Records {
                 if let Some(c) = cached.filter(|c| same_files(c, stamps.iter().cloned())) {
                     return Ok((c, None));
                 }
-                let u = unit::read_flat(&site, &row.id, &files);
-                let rows = unit::rows(&site, &u);
-                Ok((Arc::new(u), Some(rows)))
+                let t = unit::translate_flat_unit(&site, &row.id, &files);
+                let rows = unit::rows(&site, &t);
+                Ok((Arc::new(t.into_unit()), Some(rows)))
             }
         })
         .await

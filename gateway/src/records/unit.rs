@@ -137,22 +137,76 @@ pub fn ss_mix2_listing(site: &Site, local: &str) -> Result<Vec<ss_mix2::ListedFi
         .map_err(|e| SiteError { site: site.id.clone(), message: e.to_string() })
 }
 
+/// One patient's records at a site as translated, before they are serialised for
+/// serving (the indexer needs only what they are, not their JSON).
+#[derive(Debug)]
+pub struct Translated {
+    /// Site id.
+    pub site: String,
+    /// Patient id.
+    pub patient: String,
+    /// The site's own id of the patient.
+    pub local: String,
+    /// Owning institution.
+    pub owner: Owner,
+    /// Every file considered, with its outcome.
+    pub files: Vec<UnitFile>,
+    /// The resources, each once (ids are derived from what a record is: a later copy
+    /// is the same record), in path order.
+    pub resources: Vec<Resource>,
+    /// Modification time of the SS-MIX2 `-/ADT-00` directory when read.
+    pub watch_mtime: i64,
+    /// Files that could not be used.
+    pub problems: usize,
+}
+
+impl Translated {
+    fn add(&mut self, seen: &mut std::collections::HashSet<(&'static str, String)>, resources: Vec<Resource>) {
+        for r in resources {
+            if seen.insert((r.type_name(), r.id().unwrap_or("").to_string())) {
+                self.resources.push(r);
+            }
+        }
+    }
+
+    /// The unit served: each resource with its JSON, owner and patient.
+    pub fn into_unit(self) -> Unit {
+        let mut unit = Unit {
+            site: self.site,
+            patient: self.patient,
+            local: self.local,
+            owner: self.owner.code.clone(),
+            files: self.files,
+            records: Vec::with_capacity(self.resources.len()),
+            bytes: 0,
+            watch_mtime: self.watch_mtime,
+            problems: self.problems,
+        };
+        for r in self.resources {
+            if let Some(s) = Stored::new(r, &self.owner) {
+                // Parsed resource and JSON: about three times the JSON.
+                unit.bytes += s.json.get().len() * 3 + 256;
+                unit.records.push(Arc::new(s));
+            }
+        }
+        unit
+    }
+}
+
 /// Read SS-MIX2 patient `local` from `listing` (see [`ss_mix2_listing`]): translate the
 /// newest valid version of each record.
-pub fn read_ss_mix2(site: &Site, local: &str, listing: &[ss_mix2::ListedFile]) -> Result<Unit, SiteError> {
+pub fn translate_ss_mix2(site: &Site, local: &str, listing: &[ss_mix2::ListedFile]) -> Result<Translated, SiteError> {
     let Ownership::Site(owner) = &site.ownership else {
         return Err(SiteError { site: site.id.clone(), message: "an SS-MIX2 site names its owner".into() });
     };
-    let patient = kakehashi_mappings::stable_id(&owner.code, "Patient", local);
     let live: std::collections::HashSet<&Path> = ss_mix2::live(listing).into_iter().map(|f| f.path.as_path()).collect();
-    let mut unit = Unit {
+    let mut t = Translated {
         site: site.id.clone(),
-        patient,
+        patient: kakehashi_mappings::stable_id(&owner.code, "Patient", local),
         local: local.to_string(),
-        owner: owner.code.clone(),
+        owner: owner.clone(),
         files: Vec::with_capacity(listing.len()),
-        records: Vec::new(),
-        bytes: 0,
+        resources: Vec::new(),
         watch_mtime: watched(site, local),
         problems: 0,
     };
@@ -160,17 +214,17 @@ pub fn read_ss_mix2(site: &Site, local: &str, listing: &[ss_mix2::ListedFile]) -
     for f in listing {
         let rel = rel(site.root(), &f.path);
         if !live.contains(f.path.as_path()) {
-            unit.files.push(UnitFile { rel, stamp: f.stamp, state: 1 });
+            t.files.push(UnitFile { rel, stamp: f.stamp, state: 1 });
             continue;
         }
         match crate::sites::translate_hl7_file(&f.path, owner, Some(Charset::Iso2022Jp)) {
-            Ok(t) => {
-                unit.files.push(UnitFile { rel, stamp: f.stamp, state: 0 });
-                add(&mut unit, &mut seen, t.resources, owner);
+            Ok(tr) => {
+                t.files.push(UnitFile { rel, stamp: f.stamp, state: 0 });
+                t.add(&mut seen, tr.resources);
             }
             Err(e) => {
-                unit.problems += 1;
-                unit.files.push(UnitFile { rel, stamp: f.stamp, state: 2 });
+                t.problems += 1;
+                t.files.push(UnitFile { rel, stamp: f.stamp, state: 2 });
                 if now_ns() - f.stamp.mtime_ns < SETTLING_NS {
                     tracing::debug!(site = %site.id, reason = %e.message, "a record still being written was skipped");
                 } else {
@@ -180,7 +234,7 @@ pub fn read_ss_mix2(site: &Site, local: &str, listing: &[ss_mix2::ListedFile]) -
             }
         }
     }
-    Ok(unit)
+    Ok(t)
 }
 
 /// Translate one file of a directory site: its owner (by the site's rule) and
@@ -195,15 +249,14 @@ pub fn translate_flat(site: &Site, path: &Path) -> Result<(Owner, Vec<Resource>)
 }
 
 /// Read a directory site's patient from its files (paths relative to the site).
-pub fn read_flat(site: &Site, patient: &str, files: &[String]) -> Unit {
-    let mut unit = Unit {
+pub fn translate_flat_unit(site: &Site, patient: &str, files: &[String]) -> Translated {
+    let mut t = Translated {
         site: site.id.clone(),
         patient: patient.to_string(),
         local: patient.to_string(),
-        owner: String::new(),
+        owner: Owner { code: String::new(), name: String::new(), site: site.id.clone() },
         files: Vec::new(),
-        records: Vec::new(),
-        bytes: 0,
+        resources: Vec::new(),
         watch_mtime: 0,
         problems: 0,
     };
@@ -214,45 +267,29 @@ pub fn read_flat(site: &Site, patient: &str, files: &[String]) -> Unit {
         let stamp = Stamp::of(&meta);
         match translate_flat(site, &path) {
             Ok((owner, resources)) => {
-                unit.owner = owner.code.clone();
+                t.owner = owner;
                 // Only this patient's records: a file is about one patient.
-                let mine: Vec<Resource> = resources
-                    .into_iter()
-                    .filter(|r| super::patient_of(r).is_none_or(|p| p == patient))
-                    .collect();
-                unit.files.push(UnitFile { rel: rel.clone(), stamp, state: 0 });
-                add(&mut unit, &mut seen, mine, &owner);
+                let mine: Vec<Resource> =
+                    resources.into_iter().filter(|r| super::patient_of(r).is_none_or(|p| p == patient)).collect();
+                t.files.push(UnitFile { rel: rel.clone(), stamp, state: 0 });
+                t.add(&mut seen, mine);
             }
             Err(reason) => {
-                unit.problems += 1;
-                unit.files.push(UnitFile { rel: rel.clone(), stamp, state: 2 });
+                t.problems += 1;
+                t.files.push(UnitFile { rel: rel.clone(), stamp, state: 2 });
                 tracing::warn!(site = %site.id, %reason, "a record could not be translated; retried when it changes");
             }
         }
     }
-    unit
+    t
 }
 
-fn add(unit: &mut Unit, seen: &mut std::collections::HashSet<(&'static str, String)>, resources: Vec<Resource>, owner: &Owner) {
-    for r in resources {
-        // Ids are derived from what a record is: a later copy is the same record.
-        if !seen.insert((r.type_name(), r.id().unwrap_or("").to_string())) {
-            continue;
-        }
-        if let Some(s) = Stored::new(r, owner) {
-            // Parsed resource and JSON: about three times the JSON.
-            unit.bytes += s.json.get().len() * 3 + 256;
-            unit.records.push(Arc::new(s));
-        }
-    }
-}
-
-/// What the index keeps of a unit.
-pub fn rows(site: &Site, unit: &Unit) -> UnitRows {
+/// What the index keeps of a translated unit.
+pub fn rows(site: &Site, unit: &Translated) -> UnitRows {
     let mut rows = UnitRows {
         site: unit.site.clone(),
         patient: unit.patient.clone(),
-        owner: unit.owner.clone(),
+        owner: unit.owner.code.clone(),
         local: unit.local.clone(),
         files: unit
             .files
@@ -262,14 +299,14 @@ pub fn rows(site: &Site, unit: &Unit) -> UnitRows {
         watch_mtime: unit.watch_mtime,
         ..Default::default()
     };
-    let rx_system = site.prescription_system(&unit.owner);
+    let rx_system = site.prescription_system(&unit.owner.code);
     let mut coverages = Vec::new();
     let mut patient = None;
-    for s in &unit.records {
-        if let Some(id) = s.resource.id() {
+    for r in &unit.resources {
+        if let Some(id) = r.id() {
             rows.resources.push(key64(id));
         }
-        match &s.resource {
+        match r {
             Resource::Patient(p) if p.id.as_deref() == Some(unit.patient.as_str()) && patient.is_none() => {
                 patient = Some(p);
             }
@@ -299,7 +336,7 @@ pub fn rows(site: &Site, unit: &Unit) -> UnitRows {
         rows.names.extend(n.text.iter().map(|t| ("text", crate::fhir_api::params::fold(t))));
     }
     rows.identifiers = p.identifier.iter().filter_map(|i| Some((i.system.clone(), i.value.clone()?))).collect();
-    let site_key = format!("{}|{}", unit.site, unit.owner);
+    let site_key = format!("{}|{}", unit.site, unit.owner.code);
     if let Some(f) = crate::linkage::index::facts_of(p, coverages.into_iter(), site_key) {
         rows.keys.extend(f.identifiers.iter().map(|k| ("id", k.clone(), None)));
         rows.keys.extend(f.insurance.iter().map(|(k, branch)| ("ins", k.clone(), branch.clone())));

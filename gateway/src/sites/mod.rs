@@ -1,21 +1,13 @@
 //! Sites: reading a site's records through its connector and translating them, with
 //! the site's owner stamped on every resource. Used by the server and the CLI.
 
-use kakehashi_adapters::ss_mix2::Storage;
+pub mod stream;
+
 use kakehashi_adapters::text::Charset;
 use kakehashi_adapters::{ParseOptions, SourceError};
 use kakehashi_fhir::{Bundle, BundleEntry, Resource};
 use kakehashi_mappings::{Context, Translation};
 use std::path::Path;
-
-/// The records read from a site, and the sources that could not be used.
-#[derive(Debug, Default)]
-pub struct SiteRecords {
-    /// Translated resources and warnings.
-    pub translation: Translation,
-    /// Files that failed, each with a location.
-    pub errors: Vec<SourceError>,
-}
 
 /// The boundary owner and site a read is for.
 #[derive(Debug, Clone)]
@@ -29,7 +21,7 @@ pub struct Owner {
 }
 
 impl Owner {
-    fn context(&self, key: String) -> Context {
+    pub(crate) fn context(&self, key: String) -> Context {
         Context { owner: self.code.clone(), owner_name: self.name.clone(), site: self.site.clone(), source_key: key }
     }
 }
@@ -151,35 +143,9 @@ pub fn files_with(dir: &Path, ext: &str) -> Result<Vec<std::path::PathBuf>, Sour
     Ok(files)
 }
 
-/// Translate an SS-MIX2 storage: the whole root, or one patient.
-pub fn translate_ss_mix2(root: &Path, owner: &Owner, patient: Option<&str>) -> SiteRecords {
-    let storage = Storage::new(root);
-    let mut out = SiteRecords::default();
-    let scan = match patient {
-        Some(pid) => storage.scan_patient(pid),
-        None => storage.scan_all(),
-    };
-    let scan = match scan {
-        Ok(s) => s,
-        Err(e) => {
-            out.errors.push(e);
-            return out;
-        }
-    };
-    out.errors.extend(scan.problems);
-    for f in scan.files {
-        match translate_hl7_file(&f.path, owner, Some(Charset::Iso2022Jp)) {
-            Ok(t) => out.translation.extend(t),
-            Err(e) => out.errors.push(e),
-        }
-    }
-    dedupe(&mut out.translation.resources);
-    out
-}
-
 /// The same resource (same id) translated from two sources keeps its first copy: ids
 /// are derived from what the record is, so a later duplicate is the same record.
-fn dedupe(resources: &mut Vec<Resource>) {
+pub(crate) fn dedupe(resources: &mut Vec<Resource>) {
     let mut seen = std::collections::HashSet::new();
     resources.retain(|r| seen.insert((r.type_name(), r.id().map(str::to_string))));
 }
