@@ -2,6 +2,7 @@
 //! configuration in a temporary directory), an in-process gateway on ephemeral ports,
 //! and a real rustls + hyper client that presents a certificate.
 
+pub mod storage;
 pub mod tamper;
 
 use bytes::Bytes;
@@ -211,16 +212,43 @@ impl TestGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = Pki::init(&dir.path().join("pki"), &InitOptions::default()).expect("pki");
         kakehashi::demo::write_sites(dir.path()).expect("sample sites");
-        let cfg = Config::load(&write_config(dir.path(), &opts)).expect("config");
+        write_config(dir.path(), &opts);
+        let db_url =
+            opts.db_url.clone().unwrap_or_else(|| format!("sqlite://{}", dir.path().join("kakehashi.db").display()));
+        Self::launch(dir, pki, db_url).await
+    }
+
+    /// Run a gateway on the federation in `dir` (its `kakehashi.toml`).
+    async fn launch(dir: tempfile::TempDir, pki: Pki, db_url: String) -> TestGateway {
+        let cfg = Config::load(&dir.path().join("kakehashi.toml")).expect("config");
         let gw = Gateway::bind(cfg).await.expect("bind");
         let (addr, admin) = (gw.local_addr(), gw.admin_addr());
         let (stop, rx) = oneshot::channel();
         let task = tokio::spawn(gw.run(async {
             let _ = rx.await;
         }));
-        let db_url =
-            opts.db_url.clone().unwrap_or_else(|| format!("sqlite://{}", dir.path().join("kakehashi.db").display()));
         TestGateway { dir, pki, addr, admin, stop: Some(stop), task: Some(task), db_url }
+    }
+
+    /// Stop the gateway and start it again on the same federation, database and sites
+    /// (new ports).
+    pub async fn restart(self) -> TestGateway {
+        self.restart_after(|| ()).await
+    }
+
+    /// Stop the gateway, run `between` (on a stopped gateway's files), and start it again.
+    pub async fn restart_after(mut self, between: impl FnOnce()) -> TestGateway {
+        let (pki, db_url) = (Pki::open(&self.dir.path().join("pki")).expect("pki"), self.db_url.clone());
+        self.halt().await;
+        between();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        Self::launch(dir, pki, db_url).await
+    }
+
+    /// The records index's progress (`/status` of the admin listener).
+    pub async fn records_status(&self) -> serde_json::Value {
+        let body = admin_get(self.admin, "/status").await;
+        serde_json::from_str::<serde_json::Value>(&body).expect("status JSON")["records_index"].clone()
     }
 
     /// Issue a client certificate from the federation CA.
@@ -260,17 +288,16 @@ impl TestGateway {
 
     /// Stop the gateway and keep its directory (PKI, configuration, sites, database).
     pub async fn stop_keeping_dir(mut self) -> tempfile::TempDir {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
+        self.halt().await;
         self.dir
     }
 
     /// Stop the gateway and wait for it to drain.
     pub async fn stop(mut self) {
+        self.halt().await;
+    }
+
+    async fn halt(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -487,6 +514,22 @@ pub fn patient_consent(patient: &str, institution: &str) -> serde_json::Value {
         "provision": {"period": {"end": "2099-12-31"}, "actor": [{"role": {"text": "recipient"}, "reference": {"identifier": {
             "system": "http://jpfhir.jp/fhir/core/IdSystem/insurance-medical-institution-no", "value": institution}}}]}
     })
+}
+
+/// A GET on an admin listener (plain HTTP on loopback): the response body.
+pub async fn admin_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("admin listener");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.expect("admin request");
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.expect("admin response");
+    buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
+}
+
+/// `n` loopback ports free at the time of the call.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    held.iter().map(|l| l.local_addr().expect("port").port()).collect()
 }
 
 /// A `kakehashi serve` process, killed (SIGKILL) when dropped so that a failing test

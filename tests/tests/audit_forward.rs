@@ -4,7 +4,7 @@
 //! started again, and every event still arrives, in order.
 
 use kakehashi_certs::Role;
-use kakehashi_e2e::{Options, TestGateway, HUB};
+use kakehashi_e2e::{admin_get, Options, TestGateway, HUB};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -156,7 +156,7 @@ async fn events_reach_the_repository_and_reads_never_wait_for_it() {
     }
     // The witness goes to the repository too: at least the writer's start.
     assert!(witnessed >= 1, "no witness line was forwarded");
-    let metrics = admin_metrics(gw.admin).await;
+    let metrics = admin_get(gw.admin, "/metrics").await;
     let sent: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("kakehashi_audit_forward_sent_total "))
@@ -166,16 +166,6 @@ async fn events_reach_the_repository_and_reads_never_wait_for_it() {
     assert!(metrics.contains("kakehashi_audit_forward_connects_total 2"), "reconnected once: {metrics}");
     repo.abort();
     gw.stop().await;
-}
-
-/// `/metrics` of the admin listener (plain HTTP on loopback).
-async fn admin_metrics(admin: SocketAddr) -> String {
-    use tokio::io::AsyncWriteExt;
-    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 /// A repository that completes every TLS handshake and closes at once: the forwarder

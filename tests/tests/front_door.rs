@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use http_body_util::Full;
 use kakehashi_certs::{ClientCertRequest, Role};
-use kakehashi_e2e::{Client, Identity, TestGateway, CLINIC, HUB, OUTSIDER};
+use kakehashi_e2e::{admin_get, Client, Identity, TestGateway, CLINIC, HUB, OUTSIDER};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -249,10 +249,3 @@ async fn admin_listener_serves_health_and_metrics() {
     gw.stop().await;
 }
 
-async fn admin_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
-}

@@ -5,17 +5,12 @@
 //! with 503 and service resumes by itself.
 
 use kakehashi_certs::Role;
-use kakehashi_e2e::{fresh_postgres_database, kakehashi_bin, Client, Options, ServeProcess, TestGateway, HUB};
+use kakehashi_e2e::{free_ports, fresh_postgres_database, kakehashi_bin, Client, Options, ServeProcess, TestGateway, HUB};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 const SUMMARY: &str = include_str!("../../mappings/tests/fixtures/discharge-summary.json");
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
 
 fn spawn(config: &std::path::Path) -> ServeProcess {
     ServeProcess::spawn(config)
@@ -217,4 +212,101 @@ async fn two_instances_share_one_trustworthy_store() {
     assert!(back, "service resumes when the database is back");
     a.kill();
     b.kill();
+}
+
+/// `/status` of an instance's admin listener: the records index part.
+async fn records_status(admin: SocketAddr) -> Value {
+    let body = kakehashi_e2e::admin_get(admin, "/status").await;
+    serde_json::from_str::<Value>(&body).map(|v| v["records_index"].clone()).unwrap_or(Value::Null)
+}
+
+/// Issue 20 on PostgreSQL: two instances share one records index; one walks the
+/// storage, the other serves from the shared index, and takes over when the walker
+/// stops. What the hospital writes is found through either.
+#[tokio::test]
+async fn two_instances_share_one_records_index_and_one_walks() {
+    use kakehashi_e2e::storage::{admission, path, prescription, write};
+    let db_url = fresh_postgres_database().await;
+    let gw = TestGateway::start_opts(Options { db_url: Some(db_url.clone()), ..Default::default() }).await;
+    let hub = gw.issue("hub", HUB, Role::HospitalSystem);
+    let ca = gw.pki.ca_cert_path();
+    let kept = gw.stop_keeping_dir().await;
+    let dir = kept.path().to_path_buf();
+    let root = dir.join("sites/hub/ss-mix2");
+    let base = std::fs::read_to_string(dir.join("kakehashi.toml")).unwrap();
+    let ports = free_ports(4);
+    let mut configs = Vec::new();
+    for i in 0..2 {
+        let text = base
+            .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"127.0.0.1:{}\"", ports[2 * i + 1]))
+            .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{}\"", ports[2 * i]));
+        let path = dir.join(format!("instance-{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        configs.push(path);
+    }
+    let addrs: Vec<SocketAddr> = (0..2).map(|i| format!("127.0.0.1:{}", ports[2 * i]).parse().unwrap()).collect();
+    let admins: Vec<SocketAddr> = (0..2).map(|i| format!("127.0.0.1:{}", ports[2 * i + 1]).parse().unwrap()).collect();
+    let client = Client::new(&ca, Some(&hub), &[b"http/1.1"], None);
+    let mut instances = [spawn(&configs[0]), spawn(&configs[1])];
+    ready(&client, addrs[0]).await;
+    ready(&client, addrs[1]).await;
+
+    // Exactly one walks (PostgreSQL advisory lock).
+    let mut walking = Vec::new();
+    for _ in 0..100 {
+        walking.clear();
+        for (i, admin) in admins.iter().enumerate() {
+            if records_status(*admin).await["walking"] == true {
+                walking.push(i);
+            }
+        }
+        if walking.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(walking.len(), 1, "one walker: {walking:?}");
+    let (walker, other) = (walking[0], 1 - walking[0]);
+
+    // A new patient is indexed by the walker and found through the other instance.
+    write(
+        &path(&root, "2000007", "-", "ADT-00", "999999999999999", "20260501090000000", true),
+        &admission("2000007", ("新島", "太郎"), ("ニイジマ", "タロウ"), "19700101", "M"),
+    );
+    let mut found = false;
+    for _ in 0..600 {
+        let v = client.get(addrs[other], "/fhir/Patient?name=ニイジマ").await.unwrap().json();
+        if v["total"] == 1 {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(found, "the new patient is not found through the instance that does not walk");
+
+    // Read-your-writes through the instance that does not walk.
+    let pt = client.first_id(addrs[other], "/fhir/Patient?identifier=1000001").await;
+    let order = "000000000009101";
+    write(
+        &path(&root, "1000001", "20260420", "OMP-01", order, "20260420103100000", true),
+        &prescription("1000001", order, ("620000001", "共有錠")),
+    );
+    let v = client.get(addrs[other], &format!("/fhir/MedicationRequest?patient={pt}")).await.unwrap();
+    assert!(String::from_utf8_lossy(&v.body).contains("共有錠"), "in the very next read");
+    // ... and the walker's searches find it from the shared index.
+    let v = client.get(addrs[walker], "/fhir/MedicationRequest?_count=500").await.unwrap();
+    assert!(String::from_utf8_lossy(&v.body).contains("共有錠"));
+
+    // The walker stops: the other takes the lock over.
+    instances[walker].kill();
+    let mut took_over = false;
+    for _ in 0..300 {
+        if records_status(admins[other]).await["walking"] == true {
+            took_over = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(took_over, "the remaining instance did not start walking within 30 s");
+    instances[other].kill();
 }

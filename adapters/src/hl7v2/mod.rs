@@ -256,7 +256,18 @@ impl Message {
             }
             segments.push(Segment { id: id.to_string(), line: seg_line, fields, position });
         }
-        Ok(Message { delimiters: d, segments, charset: Charset::Utf8 })
+        let m = Message { delimiters: d, segments, charset: Charset::Utf8 };
+        // Every HL7 v2 message names its type; a file cut short (still being written)
+        // often ends inside MSH, and must not pass for an empty message.
+        if m.message_type().0.trim().is_empty() {
+            return Err(err(
+                Some((1, "MSH")),
+                Some(9),
+                None,
+                "MSH-9 (message type) is empty: the message is incomplete or not HL7 v2",
+            ));
+        }
+        Ok(m)
     }
 
     /// The first segment with this id.
@@ -435,7 +446,7 @@ mod tests {
 
     #[test]
     fn custom_delimiters_and_escapes() {
-        let m = Message::parse("MSH#!@%*#A#B\rOBX#1#a!b*c!x%F%y%S%z%T%%R%%E%%X41%%.br%end@second").unwrap();
+        let m = Message::parse("MSH#!@%*#A#B#C#D#2026##ADT!A08#1#P#2.5\rOBX#1#a!b*c!x%F%y%S%z%T%%R%%E%%X41%%.br%end@second").unwrap();
         assert_eq!(m.delimiters.field, '#');
         let obx = m.segment("OBX").unwrap();
         let reps: Vec<_> = m.repetitions(obx.field(2)).collect();
@@ -462,6 +473,9 @@ mod tests {
             ("MSH|^^\\&|", "not usable"),
             ("MSH|^~\\&|\rPI D|1", "not a segment id"),
             ("MSH|^~\\&|\rPID|1\rMSH|^~\\&|", "second MSH"),
+            // A file still being written, cut inside its MSH.
+            ("MSH|^~\\&|KKHUB|461010001", "MSH-9 (message type) is empty"),
+            ("MSH|^~\\&|A|B|C|D|2026||\rPID|1||1", "MSH-9 (message type) is empty"),
         ];
         for (input, want) in cases {
             let e = Message::parse(input).unwrap_err();

@@ -123,7 +123,7 @@ impl Gateway {
         let records = crate::records::Records::open(&config, index);
         let _ = metrics.records.set(records.status.clone());
         let _ = metrics.cache.set(records.cache_stats());
-        let _indexer = crate::records::indexer::spawn(
+        let indexer = crate::records::indexer::spawn(
             records.clone(),
             crate::records::indexer::Settings { cpu_percent: config.records.index_cpu_percent, batch: 200 },
         );
@@ -156,7 +156,7 @@ impl Gateway {
         let audit_log = audit.clone();
         let listening = listener.local_addr().unwrap_or(config.server.listen);
         let state =
-            AppState::new(config.clone(), metrics.clone(), store.clone(), records, audit, listening, Some(tls.clone()));
+            AppState::new(config.clone(), metrics.clone(), store.clone(), records.clone(), audit, listening, Some(tls.clone()));
         if let Err(e) = state.policy.grants.reload(&store).await {
             tracing::error!(error = %e, "grants could not be loaded; cross-site reads are refused until they are");
         }
@@ -259,6 +259,9 @@ impl Gateway {
                 "in-flight requests did not finish within the shutdown grace period"
             );
         }
+        // The indexer finishes the directory it is on and lets go of its lock.
+        records.shutdown();
+        let _ = tokio::task::spawn_blocking(move || indexer.join()).await;
         // Every request has ended: sign the chain head and witness the clean stop.
         audit_log.close(Duration::from_secs(10)).await;
         tracing::info!("gateway stopped");

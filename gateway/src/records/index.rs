@@ -84,7 +84,7 @@ pub fn key64(s: &str) -> i64 {
 }
 
 /// One source file as indexed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FileRow {
     /// Path relative to the site root.
     pub path: String,
@@ -92,7 +92,7 @@ pub struct FileRow {
     pub mtime_ns: i64,
     /// Size in bytes.
     pub size: i64,
-    /// 0 translated, 1 superseded (older version, cancelled order), 2 unusable.
+    /// [`super::unit::TRANSLATED`], [`super::unit::SUPERSEDED`] or [`super::unit::UNUSABLE`].
     pub state: i64,
 }
 

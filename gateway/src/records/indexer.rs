@@ -134,17 +134,30 @@ pub fn spawn(records: Arc<Records>, settings: Settings) -> std::thread::JoinHand
 async fn run(records: Arc<Records>, settings: Settings) {
     let Some(index) = records.index().cloned() else { return };
     let share = (settings.cpu_percent / 100.0).clamp(0.001, 1.0);
-    let mut lock = None;
+    let mut lock: Option<sqlx::pool::PoolConnection<sqlx::Any>> = None;
     // Each patient's demographics directory costs a stat, so that pass runs only when
     // the budget has room; new patients (a stat per `pid[3..6]` directory) are looked
     // for every few seconds, and charged to the same budget.
     let mut budget = Budget::new(share);
-    loop {
+    let mut stop = records.stop.subscribe();
+    while !records.stopping() {
+        if let Some(conn) = lock.as_mut() {
+            // The lock lives as long as its session: one that was cut (the database
+            // restarted, say) no longer keeps other instances from walking.
+            if sqlx::query("SELECT 1").execute(&mut **conn).await.is_err() {
+                tracing::warn!("the records index lock's database session ended; taking the lock again");
+                lock = None;
+            }
+        }
         if index.backend() == crate::store::Backend::Postgres && lock.is_none() {
             lock = try_lock(&index).await;
             records.status.walking.store(lock.is_some(), Relaxed);
             if lock.is_none() {
-                tokio::time::sleep(Duration::from_secs(10)).await;
+                // Another instance walks; the shared index says how far it got.
+                if index.meta("complete").await.ok().flatten().as_deref() == Some("1") {
+                    records.status.complete.store(true, Relaxed);
+                }
+                rest(&mut stop, Duration::from_secs(10)).await;
                 continue;
             }
         } else {
@@ -168,6 +181,9 @@ async fn run(records: Arc<Records>, settings: Settings) {
                 Err(e) => tracing::warn!(site = %site.id, error = %e, "indexing pass failed; retrying"),
             }
         }
+        if records.stopping() {
+            break;
+        }
         records.status.passes.fetch_add(1, Relaxed);
         if !records.status.complete.load(Relaxed) {
             records.status.complete.store(true, Relaxed);
@@ -187,14 +203,28 @@ async fn run(records: Arc<Records>, settings: Settings) {
             continue;
         }
         budget.settle();
-        let rest = Duration::from_nanos(cpu).div_f64(share).saturating_sub(wall).max(NEW_PATIENTS_EVERY);
+        let pause = Duration::from_nanos(cpu).div_f64(share).saturating_sub(wall).max(NEW_PATIENTS_EVERY);
         tracing::debug!(
             demographics,
             cpu_ms = cpu / 1_000_000,
             wall_ms = wall.as_millis() as u64,
             "indexing pass found nothing new"
         );
-        tokio::time::sleep(rest).await;
+        rest(&mut stop, pause).await;
+    }
+    // The advisory lock belongs to the session: close it, or another instance would
+    // wait for a connection that the pool keeps open.
+    if let Some(conn) = lock {
+        let _ = conn.close().await;
+    }
+    records.status.walking.store(false, Relaxed);
+}
+
+/// Sleep for `d`, or until the gateway stops.
+async fn rest(stop: &mut tokio::sync::watch::Receiver<bool>, d: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = stop.wait_for(|s| *s) => {}
     }
 }
 
@@ -381,6 +411,10 @@ async fn ss_mix2_pass(
     let total = groups.len() as u64;
     let mut written: Option<(Vec<Read>, (String, i64))> = None;
     for (i, (rel, path, mtime)) in groups.into_iter().enumerate() {
+        if records.stopping() {
+            // What is written stays; the next start resumes from the directories left.
+            break;
+        }
         let mut locals: Vec<String> =
             kakehashi_adapters::ss_mix2::subdirs(&path).map_err(site_err)?.into_iter().map(|(l, _)| l).collect();
         if !first {
@@ -421,6 +455,9 @@ async fn ss_mix2_pass(
         let page = index.patients_page(&site.id, &after, 1000).await?;
         let Some(last) = page.last() else { break };
         after = last.0.clone();
+        if records.stopping() {
+            break;
+        }
         for (local, patient, watched) in page {
             let now = unit::watched(site, &local);
             if now == watched {

@@ -120,6 +120,8 @@ pub struct Records {
     /// Per directory site, the directory time last synced, under a lock so that one
     /// sync runs at a time ([`indexer::sync_flat`]).
     flat: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<i64>>>>,
+    /// Set when the gateway stops: the indexer ends its pass and lets go of its lock.
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// `records.cache_mb` as bytes.
@@ -160,6 +162,7 @@ impl Records {
             pushed: RwLock::default(),
             status: Arc::default(),
             flat: Default::default(),
+            stop: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -187,7 +190,18 @@ impl Records {
             pushed: RwLock::default(),
             status: Arc::default(),
             flat: Default::default(),
+            stop: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Ask the background indexer to stop (the gateway is stopping).
+    pub fn shutdown(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Whether the gateway is stopping.
+    pub fn stopping(&self) -> bool {
+        *self.stop.borrow()
     }
 
     /// The index, when there are sites.
@@ -433,6 +447,11 @@ impl Records {
                     // follows now, so that searches find what this read found.
                     index.write_units(std::slice::from_ref(&rows), false).await?;
                     self.status.reindexed_on_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // Files that became unusable since (a new one half written, say).
+                    let was_broken: std::collections::HashSet<&index::FileRow> =
+                        indexed.iter().filter(|f| f.state == unit::UNUSABLE).collect();
+                    let broken = now.iter().filter(|f| f.state == unit::UNUSABLE && !was_broken.contains(f)).count();
+                    self.status.problems.fetch_add(broken as u64, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             self.cache.put(&cache_key(&unit.site, &unit.patient), unit.clone());

@@ -101,12 +101,24 @@ pub struct Unit {
     pub problems: usize,
 }
 
+/// A file's state in the index: translated.
+pub const TRANSLATED: i64 = 0;
+/// A file's state in the index: an older version, or a cancelled order's.
+pub const SUPERSEDED: i64 = 1;
+/// A file's state in the index: could not be used (retried when it changes).
+pub const UNUSABLE: i64 = 2;
+
 /// A file still being written (or replaced) looks broken; one younger than this is
 /// skipped quietly and retried when its stamp changes.
 const SETTLING_NS: i64 = 10_000_000_000;
 
 fn now_ns() -> i64 {
     crate::audit::now_micros().saturating_mul(1000)
+}
+
+/// The file name of an SS-MIX2 message (it names patient, date, type, order and version).
+fn unit_file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 fn rel(root: &Path, path: &Path) -> String {
@@ -214,22 +226,24 @@ pub fn translate_ss_mix2(site: &Site, local: &str, listing: &[ss_mix2::ListedFil
     for f in listing {
         let rel = rel(site.root(), &f.path);
         if !live.contains(f.path.as_path()) {
-            t.files.push(UnitFile { rel, stamp: f.stamp, state: 1 });
+            t.files.push(UnitFile { rel, stamp: f.stamp, state: SUPERSEDED });
             continue;
         }
         match crate::sites::translate_hl7_file(&f.path, owner, Some(Charset::Iso2022Jp)) {
             Ok(tr) => {
-                t.files.push(UnitFile { rel, stamp: f.stamp, state: 0 });
+                t.files.push(UnitFile { rel, stamp: f.stamp, state: TRANSLATED });
                 t.add(&mut seen, tr.resources);
             }
             Err(e) => {
                 t.problems += 1;
-                t.files.push(UnitFile { rel, stamp: f.stamp, state: 2 });
+                t.files.push(UnitFile { rel, stamp: f.stamp, state: UNUSABLE });
+                // Named so that it can be repaired (the path holds the site's patient
+                // ID, never demographics or content).
+                let file = unit_file_name(&f.path);
                 if now_ns() - f.stamp.mtime_ns < SETTLING_NS {
-                    tracing::debug!(site = %site.id, reason = %e.message, "a record still being written was skipped");
+                    tracing::info!(site = %site.id, %file, reason = %e.message, "a record still being written was skipped; read again when it changes");
                 } else {
-                    // The path names the patient: the reason only.
-                    tracing::warn!(site = %site.id, reason = %e.message, "a record could not be translated; retried when it changes");
+                    tracing::warn!(site = %site.id, %file, reason = %e.message, "a record could not be translated; retried when it changes");
                 }
             }
         }
@@ -271,13 +285,13 @@ pub fn translate_flat_unit(site: &Site, patient: &str, files: &[String]) -> Tran
                 // Only this patient's records: a file is about one patient.
                 let mine: Vec<Resource> =
                     resources.into_iter().filter(|r| super::patient_of(r).is_none_or(|p| p == patient)).collect();
-                t.files.push(UnitFile { rel: rel.clone(), stamp, state: 0 });
+                t.files.push(UnitFile { rel: rel.clone(), stamp, state: TRANSLATED });
                 t.add(&mut seen, mine);
             }
             Err(reason) => {
                 t.problems += 1;
-                t.files.push(UnitFile { rel: rel.clone(), stamp, state: 2 });
-                tracing::warn!(site = %site.id, %reason, "a record could not be translated; retried when it changes");
+                t.files.push(UnitFile { rel: rel.clone(), stamp, state: UNUSABLE });
+                tracing::warn!(site = %site.id, file = %rel, %reason, "a record could not be translated; retried when it changes");
             }
         }
     }
@@ -361,4 +375,77 @@ pub fn flat_listing(site: &Site) -> Result<Vec<(PathBuf, Stamp)>, SiteError> {
 /// The path of `abs` relative to the site root.
 pub fn relative(site: &Site, abs: &Path) -> String {
     rel(site.root(), abs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+
+
+    const CONFIG: &str = r#"
+[federation]
+name = "t"
+[tls]
+client_ca = "pki/ca.pem"
+cert = "pki/server.pem"
+key = "pki/server.key"
+crls = ["pki/ca.crl"]
+[database]
+url = "sqlite://t.db"
+[audit]
+signing_key = "pki/audit-signing.pk8"
+[[institution]]
+code = "4610200021"
+name = "Clinic A"
+kind = "clinic"
+[[institution]]
+code = "4610200032"
+name = "Clinic B"
+kind = "clinic"
+facility_ids = ["JPN-CLINIC-B"]
+[[site]]
+id = "shared-ehr"
+owner = "from-record"
+connector = { kind = "mml", dir = "sites/shared/mml" }
+[[site]]
+id = "shared-rx"
+owner = "from-record"
+connector = { kind = "jahis-rx", dir = "sites/clinic-b/rx" }
+"#;
+
+    #[test]
+    fn a_shared_ehr_site_takes_each_records_owner_from_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::demo::write_sites(dir.path()).unwrap();
+        let shared = dir.path().join("sites/shared/mml");
+        std::fs::create_dir_all(&shared).unwrap();
+        let a = std::fs::read_to_string(dir.path().join("sites/clinic-a/mml/A-0101-patient.xml")).unwrap();
+        let b = std::fs::read_to_string(dir.path().join("sites/clinic-b/mml/B-0201-patient.xml")).unwrap();
+        std::fs::write(shared.join("a.xml"), &a).unwrap();
+        // Clinic B's record names its facility by an alias listed in facility_ids.
+        std::fs::write(shared.join("b.xml"), b.replace(">4610200032<", ">JPN-CLINIC-B<")).unwrap();
+        // A record naming a non-member has no owner and is not served.
+        std::fs::write(shared.join("x.xml"), a.replace(">4610200021<", ">4699999999<")).unwrap();
+        let cfg = Config::parse(CONFIG, &dir.path().join("kakehashi.toml")).unwrap();
+        let sites = super::super::sites(&cfg);
+        let (ehr, rx) = (&sites[0], &sites[1]);
+
+        let owner = |site: &Site, file: &str| translate_flat(site, &site.root().join(file)).map(|(o, _)| o.code);
+        assert_eq!(owner(ehr, "a.xml").unwrap(), "4610200021");
+        assert_eq!(owner(ehr, "b.xml").unwrap(), "4610200032");
+        assert!(owner(ehr, "x.xml").is_err(), "a non-member's record is refused");
+        // The prescription's owner comes from its record 1 (prefecture, table, code).
+        assert_eq!(owner(rx, "RX-YAMABE-0001.csv").unwrap(), "4610200032");
+
+        // As served: every record carries its owner, on the index entry and the resource.
+        let (_, resources) = translate_flat(ehr, &shared.join("b.xml")).unwrap();
+        let patient = resources.iter().find_map(|r| r.id().filter(|_| r.type_name() == "Patient")).unwrap().to_string();
+        let unit = translate_flat_unit(ehr, &patient, &["b.xml".to_string()]).into_unit();
+        assert!(!unit.records.is_empty());
+        for s in &unit.records {
+            assert_eq!(s.owner, "4610200032");
+            assert!(s.json.get().contains("\"code\":\"4610200032\""), "{}", s.json.get());
+        }
+    }
 }

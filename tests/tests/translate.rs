@@ -1,0 +1,95 @@
+//! Issue 20, `kakehashi translate` on large inputs: a whole generated SS-MIX2 storage
+//! streamed as NDJSON (one resource a line) in one process, the same resources as the
+//! Bundle form; HL7 v2 batch files and directories of messages in one run; bad input
+//! named, the rest kept, a non-zero exit.
+
+use kakehashi_e2e::kakehashi_bin;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Output;
+
+fn run(args: &[&str], path: &Path) -> Output {
+    std::process::Command::new(kakehashi_bin()).args(args).arg(path).output().expect("run kakehashi")
+}
+
+/// Resources per type of NDJSON output; every line must be one FHIR resource.
+fn ndjson_types(out: &[u8]) -> BTreeMap<String, usize> {
+    let mut types = BTreeMap::new();
+    for line in String::from_utf8_lossy(out).lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        *types.entry(v["resourceType"].as_str().expect("resourceType").to_string()).or_insert(0) += 1;
+    }
+    types
+}
+
+#[test]
+fn a_generated_storage_streams_as_ndjson_with_the_same_resources_as_the_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("storage");
+    let gen = std::process::Command::new(kakehashi_bin())
+        .args(["generate", "ss-mix2", "--patients", "40", "--visits", "3", "--out"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
+
+    let nd = run(&["translate", "--from", "ss-mix2", "--format", "ndjson"], &root);
+    assert!(nd.status.success(), "{}", String::from_utf8_lossy(&nd.stderr));
+    let types = ndjson_types(&nd.stdout);
+    assert_eq!(types.get("Patient"), Some(&40), "{types:?}");
+    assert!(types.get("MedicationRequest").is_some_and(|&n| n >= 40 * 3), "{types:?}");
+    assert!(types.contains_key("Observation"), "{types:?}");
+    // stderr is not a terminal here: no progress bar in it.
+    assert!(!String::from_utf8_lossy(&nd.stderr).contains('\r'));
+
+    let bundle = run(&["translate", "--from", "ss-mix2"], &root);
+    assert!(bundle.status.success());
+    let v: Value = serde_json::from_slice(&bundle.stdout).unwrap();
+    let mut from_bundle = BTreeMap::new();
+    for e in v["entry"].as_array().unwrap() {
+        *from_bundle.entry(e["resource"]["resourceType"].as_str().unwrap().to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(from_bundle, types, "both forms hold the same resources");
+
+    // The stream goes to the independent FHIR validator too (scripts/test).
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/conformance-out/stream");
+    std::fs::create_dir_all(&out).unwrap();
+    let head: Vec<&str> = std::str::from_utf8(&nd.stdout).unwrap().lines().take(300).collect();
+    std::fs::write(out.join("generated-storage.ndjson"), head.join("\n") + "\n").unwrap();
+}
+
+const ADT: &str = "MSH|^~\\&|HIS|4610100011|GW|RCV|20260501090000||ADT^A08^ADT_A01|{n}|P|2.5||||||UNICODE UTF-8\rEVN||202605010900\rPID|0001||{id}^^^^PI||港^健太^^^^^L^I||19800530|M\r";
+
+fn adt(n: usize, id: &str) -> String {
+    ADT.replace("{n}", &n.to_string()).replace("{id}", id)
+}
+
+#[test]
+fn a_batch_file_and_a_directory_of_messages_translate_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    // An HL7 v2 batch (FHS/BHS ... BTS/FTS) of three messages, LF line ends as files have.
+    let batch = format!(
+        "FHS|^~\\&|HIS\rBHS|^~\\&|HIS\r{}{}{}BTS|3\rFTS|1\r",
+        adt(1, "3000001"),
+        adt(2, "3000002"),
+        adt(3, "3000003")
+    );
+    let file = dir.path().join("batch.hl7");
+    std::fs::write(&file, batch.replace('\r', "\n")).unwrap();
+    let out = run(&["translate", "--from", "hl7v2", "--format", "ndjson"], &file);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(ndjson_types(&out.stdout).get("Patient"), Some(&3));
+
+    // A directory: each file translated, one broken one named, the others kept.
+    let msgs = dir.path().join("inbox");
+    std::fs::create_dir_all(&msgs).unwrap();
+    std::fs::write(msgs.join("a.hl7"), adt(4, "3000004")).unwrap();
+    std::fs::write(msgs.join("b.hl7"), adt(5, "3000005")).unwrap();
+    std::fs::write(msgs.join("c.hl7"), "MSH|^~\\&|HIS|46101").unwrap();
+    let out = run(&["translate", "--from", "hl7v2", "--format", "ndjson"], &msgs);
+    assert_eq!(ndjson_types(&out.stdout).get("Patient"), Some(&2), "the good ones are kept");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a failed source is an error exit");
+    assert!(err.contains("c.hl7") && err.contains("MSH-9"), "the bad file is named with its fault: {err}");
+}
