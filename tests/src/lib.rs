@@ -100,6 +100,8 @@ pub struct Options {
     pub audit_extra: String,
     /// Lines of a `[policy]` table.
     pub policy_extra: String,
+    /// Lines of a `[records]` table.
+    pub records_extra: String,
 }
 
 impl Default for Options {
@@ -111,6 +113,7 @@ impl Default for Options {
             checkpoint_secs: 2,
             audit_extra: String::new(),
             policy_extra: String::new(),
+            records_extra: String::new(),
         }
     }
 }
@@ -120,6 +123,7 @@ pub fn write_config(dir: &Path, opts: &Options) -> PathBuf {
     let server_extra = &opts.server_extra;
     let audit_extra = &opts.audit_extra;
     let policy_extra = &opts.policy_extra;
+    let records_extra = &opts.records_extra;
     let every = opts.checkpoint_every;
     let secs = opts.checkpoint_secs;
     let db = opts.db_url.clone().unwrap_or_else(|| "sqlite://kakehashi.db".into());
@@ -147,6 +151,8 @@ witness = "witness/audit.log"
 {audit_extra}
 [policy]
 {policy_extra}
+[records]
+{records_extra}
 [[institution]]
 code = "{HUB}"
 name = "Hub"

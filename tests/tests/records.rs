@@ -6,7 +6,7 @@
 
 use kakehashi_certs::Role;
 use kakehashi_e2e::storage::{self, admission, prescription, write};
-use kakehashi_e2e::{backend_is_postgres, patient_consent, Client, TestGateway, CLINIC, HUB};
+use kakehashi_e2e::{backend_is_postgres, patient_consent, Client, Options, TestGateway, CLINIC, HUB};
 use serde_json::Value;
 use sqlx::Row;
 use std::net::SocketAddr;
@@ -249,5 +249,22 @@ async fn a_deleted_index_is_rebuilt_not_served_empty() {
     assert_eq!(v["total"], 3, "rebuilt before serving (a small storage): {v}");
     let status = gw.records_status().await;
     assert!(status["files_indexed"].as_u64().unwrap() >= 12, "translated again: {status}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_search_that_would_read_too_many_patients_asks_for_one() {
+    let gw = TestGateway::start_opts(Options { records_extra: "max_search_patients = 2".into(), ..Default::default() }).await;
+    let hub = gw.client(Some(&gw.issue("hub", HUB, Role::HospitalSystem)));
+    // The hub's three patients are more than the two a search may read.
+    let r = hub.get(gw.addr, "/fhir/MedicationRequest").await.unwrap();
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(v["issue"][0]["code"], "too-costly");
+    assert!(v["issue"][0]["diagnostics"].as_str().unwrap().contains("patient"), "{v}");
+    // Named patients are answered; so are Patient searches (from the index).
+    let pt = hub.first_id(gw.addr, "/fhir/Patient?identifier=1000001").await;
+    assert_eq!(hub.get(gw.addr, &format!("/fhir/MedicationRequest?patient={pt}")).await.unwrap().status, 200);
+    assert_eq!(hub.get(gw.addr, "/fhir/Patient").await.unwrap().json()["total"], 3);
     gw.stop().await;
 }

@@ -136,6 +136,15 @@ pub struct PatientFiles {
     pub files: Vec<ListedFile>,
     /// Files that could not be used, each a located error.
     pub problems: Vec<SourceError>,
+    /// The patient's directories (its own, dates, types), each with its modification
+    /// time taken before it was listed: a file added, renamed or removed changes its
+    /// directory's time, so comparing these tells whether a listing is still current.
+    pub dirs: Vec<(PathBuf, i64)>,
+}
+
+/// Modification time (Unix ns) of a file or directory, `None` when it is gone.
+pub fn mtime_ns(path: &Path) -> Option<i64> {
+    std::fs::metadata(path).ok().map(|m| Stamp::of(&m).mtime_ns)
 }
 
 /// Of one patient's listed messages, the newest valid version of every record, ordered
@@ -236,8 +245,14 @@ impl Storage {
         if !dir.is_dir() {
             return Ok(out);
         }
+        // Each directory's time is taken before it is read: a change while listing
+        // shows as a different time at the next comparison.
+        let watch = |p: &Path, out: &mut PatientFiles| out.dirs.push((p.to_path_buf(), mtime_ns(p).unwrap_or(0)));
+        watch(&dir, &mut out);
         for (date_dir, date_path) in subdirs(&dir)? {
+            watch(&date_path, &mut out);
             for (type_dir, type_path) in subdirs(&date_path)? {
+                watch(&type_path, &mut out);
                 for entry in std::fs::read_dir(&type_path).map_err(|e| io_problem(&type_path, e))? {
                     let entry = entry.map_err(|e| io_problem(&type_path, e))?;
                     let path = entry.path();

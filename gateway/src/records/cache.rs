@@ -25,6 +25,24 @@ struct Inner {
     order: BTreeMap<u64, String>,
     tick: u64,
     bytes: usize,
+    /// Which cached unit holds a record, by [`super::index::key64`] of its id: a read
+    /// by id of a cached patient needs no index query.
+    located: HashMap<i64, String>,
+}
+
+impl Inner {
+    fn drop_unit(&mut self, key: &str) -> Option<Arc<Unit>> {
+        let (old, used) = self.units.remove(key)?;
+        self.order.remove(&used);
+        self.bytes -= old.bytes;
+        for s in &old.records {
+            let h = super::index::key64(s.resource.id().unwrap_or(""));
+            if self.located.get(&h).is_some_and(|k| k == key) {
+                self.located.remove(&h);
+            }
+        }
+        Some(old)
+    }
 }
 
 /// The cache.
@@ -54,23 +72,28 @@ impl Cache {
         Some(unit.clone())
     }
 
+    /// The cached unit holding the record with this id, marked as just used.
+    pub fn locate(&self, id: &str) -> Option<Arc<Unit>> {
+        let key = {
+            let g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            g.located.get(&super::index::key64(id))?.clone()
+        };
+        self.get(&key)
+    }
+
     /// Cache `unit` under `key`, evicting the least recently used beyond the budget. A
     /// unit larger than the whole budget is not kept.
     pub fn put(&self, key: &str, unit: Arc<Unit>) {
         let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let inner = &mut *g;
-        if let Some((old, used)) = inner.units.remove(key) {
-            inner.order.remove(&used);
-            inner.bytes -= old.bytes;
-        }
+        inner.drop_unit(key);
         if unit.bytes > self.budget {
             self.stats.bytes.store(inner.bytes as u64, Relaxed);
             return;
         }
         while inner.bytes + unit.bytes > self.budget {
             let Some((_, victim)) = inner.order.pop_first() else { break };
-            if let Some((old, _)) = inner.units.remove(&victim) {
-                inner.bytes -= old.bytes;
+            if inner.drop_unit(&victim).is_some() {
                 self.stats.evictions.fetch_add(1, Relaxed);
             }
         }
@@ -78,6 +101,9 @@ impl Cache {
         let tick = inner.tick;
         inner.bytes += unit.bytes;
         inner.order.insert(tick, key.to_string());
+        for s in &unit.records {
+            inner.located.insert(super::index::key64(s.resource.id().unwrap_or("")), key.to_string());
+        }
         inner.units.insert(key.to_string(), (unit, tick));
         self.stats.bytes.store(inner.bytes as u64, Relaxed);
     }
@@ -85,9 +111,7 @@ impl Cache {
     /// Drop `key`.
     pub fn remove(&self, key: &str) {
         let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((old, used)) = g.units.remove(key) {
-            g.order.remove(&used);
-            g.bytes -= old.bytes;
+        if g.drop_unit(key).is_some() {
             self.stats.bytes.store(g.bytes as u64, Relaxed);
         }
     }
@@ -108,7 +132,37 @@ mod tests {
             bytes,
             watch_mtime: 0,
             problems: 0,
+            watch: Default::default(),
+            checked: Default::default(),
+            checking: Default::default(),
         })
+    }
+
+    /// A unit holding one Patient with this id.
+    fn holding(id: &str, bytes: usize) -> Arc<Unit> {
+        let owner = crate::sites::Owner { code: "o".into(), name: "O".into(), site: "s".into() };
+        let patient = kakehashi_fhir::Resource::Patient(kakehashi_fhir::Patient { id: Some(id.into()), ..Default::default() });
+        let mut u = Arc::into_inner(unit(bytes)).unwrap();
+        u.records.push(Arc::new(super::super::Stored::new(patient, &owner).unwrap()));
+        Arc::new(u)
+    }
+
+    #[test]
+    fn a_cached_record_is_located_by_id_until_its_unit_goes() {
+        let c = Cache::new(100);
+        c.put("a", holding("patient-a", 60));
+        assert_eq!(c.locate("patient-a").map(|u| u.records.len()), Some(1));
+        assert!(c.locate("patient-b").is_none());
+        // Evicted for room: no longer located.
+        c.put("b", holding("patient-b", 60));
+        assert!(c.locate("patient-a").is_none());
+        assert!(c.locate("patient-b").is_some());
+        // Replaced by a unit without it, or removed: gone.
+        c.put("b", unit(10));
+        assert!(c.locate("patient-b").is_none());
+        c.put("b", holding("patient-b", 10));
+        c.remove("b");
+        assert!(c.locate("patient-b").is_none());
     }
 
     #[test]

@@ -315,7 +315,7 @@ impl Pending<'_> {
 /// Read and index SS-MIX2 patient `local`; returns its rows and file count.
 fn read_patient(site: &Site, local: &str) -> Result<Option<Read>, unit::SiteError> {
     let listing = unit::ss_mix2_listing(site, local)?;
-    if listing.is_empty() {
+    if listing.files.is_empty() {
         return Ok(None);
     }
     let t = unit::translate_ss_mix2(site, local, &listing)?;
@@ -391,6 +391,10 @@ async fn ss_mix2_pass(
     }
     let known_dirs = index.dirs(&site.id).await?;
     let first = known_dirs.is_empty() && index.counts(&site.id).await?.0 == 0;
+    if first {
+        // A new index, or one deleted to be rebuilt: say so, it takes a while at a hub.
+        tracing::info!(site = %site.id, root = %root.display(), "indexing the storage from the start");
+    }
     let mut pending =
         Pending { index, records, rows: Vec::new(), fresh: first, batch: settings.batch, files: 0, started: Instant::now() };
     let mut done = 0u64;

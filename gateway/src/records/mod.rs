@@ -232,6 +232,20 @@ impl Records {
         if let Some(&i) = self.fixed.by_key.get(&(ty.to_string(), id.to_string())) {
             return Ok(Some(self.fixed.all[i].clone()));
         }
+        // A record of a cached patient: that patient's unit, made current, without
+        // asking the index (the hint is checked against the current unit).
+        if let Some(cached) = self.cache.locate(id) {
+            let row = PatientRow {
+                id: cached.patient.clone(),
+                site: cached.site.clone(),
+                owner: cached.owner.clone(),
+                local: cached.local.clone(),
+            };
+            let unit = self.unit(&row).await?;
+            if let Some(s) = unit.records.iter().find(|s| s.resource.type_name() == ty && s.resource.id() == Some(id)) {
+                return Ok(Some(s.clone()));
+            }
+        }
         if let Some(index) = &self.index {
             // Ids are `type-<hash>`: a malformed one names nothing of a site.
             if id.starts_with(&format!("{}-", ty.to_ascii_lowercase())) {
@@ -404,17 +418,41 @@ impl Records {
             (Some(ix), false) => ix.files_of(&site.id, &row.id).await?.into_iter().map(|f| f.path).collect(),
             _ => Vec::new(),
         };
+        let arrived = unit::Checked::now();
         let cached = self.cache.get(&cache_key(&row.site, &row.id));
+        if let Some(c) = cached.as_ref().filter(|_| site.is_ss_mix2()) {
+            // One check at a time per patient: readers that arrived before a check
+            // began take its answer (everything written before they asked is in it).
+            let _turn = c.checking.lock().await;
+            if c.checked.since(arrived) {
+                self.cache.stats.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(c.clone());
+            }
+            let (began, c2) = (unit::Checked::now(), c.clone());
+            // Current by its directories' times: a stat each, no listing (on the
+            // blocking pool: a storage on a network file system may be slow to answer).
+            if tokio::task::spawn_blocking(move || c2.unchanged()).await.unwrap_or(false) {
+                c.checked.mark(began);
+                self.cache.stats.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(c.clone());
+            }
+        }
         let row = row.clone();
+        let began = unit::Checked::now();
         let (unit, changed) = tokio::task::spawn_blocking(move || -> Result<(Arc<Unit>, Option<index::UnitRows>), RecordsError> {
             if site.is_ss_mix2() {
                 let listing = unit::ss_mix2_listing(&site, &row.local)?;
-                if let Some(c) = cached.filter(|c| same_files(c, listing.iter().map(|f| (unit::relative(&site, &f.path), f.stamp)))) {
+                if let Some(c) = cached.filter(|c| same_files(c, listing.files.iter().map(|f| (unit::relative(&site, &f.path), f.stamp)))) {
+                    let unusable = c.files.iter().filter(|f| f.state == unit::UNUSABLE).map(|f| site.root().join(&f.rel)).collect::<Vec<_>>();
+                    c.rewatch(unit::Watch::of(&listing, &unusable.iter().map(|p| p.as_path()).collect()));
+                    c.checked.mark(began);
                     return Ok((c, None));
                 }
                 let t = unit::translate_ss_mix2(&site, &row.local, &listing)?;
                 let rows = unit::rows(&site, &t);
-                Ok((Arc::new(t.into_unit()), Some(rows)))
+                let fresh = Arc::new(t.into_unit());
+                fresh.checked.mark(began);
+                Ok((fresh, Some(rows)))
             } else {
                 let stamps: Vec<(String, kakehashi_adapters::ss_mix2::Stamp)> = files
                     .iter()
@@ -516,6 +554,9 @@ fn empty_unit(row: &PatientRow) -> Unit {
         bytes: 0,
         watch_mtime: 0,
         problems: 0,
+        watch: Default::default(),
+        checked: Default::default(),
+        checking: Default::default(),
     }
 }
 

@@ -99,6 +99,51 @@ pub struct Unit {
     pub watch_mtime: i64,
     /// Files that could not be used, for logs and metrics.
     pub problems: usize,
+    /// For an SS-MIX2 patient, what tells the unit is still current without listing
+    /// its files; renewed when a listing finds nothing changed.
+    pub watch: std::sync::Mutex<Option<Arc<Watch>>>,
+    /// When the last check that found the unit current began.
+    pub checked: Checked,
+    /// Held while the unit is checked: concurrent readers of one patient wait for one
+    /// check rather than each making their own.
+    pub checking: tokio::sync::Mutex<()>,
+}
+
+/// A moment a check began, in nanoseconds since the process's first.
+#[derive(Debug, Default)]
+pub struct Checked(std::sync::atomic::AtomicU64);
+
+impl Checked {
+    /// Now, as a moment to compare.
+    pub fn now() -> u64 {
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        // +1: moment 0 is "never checked".
+        EPOCH.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64 + 1
+    }
+
+    /// Whether a check began at or after `moment`.
+    pub fn since(&self, moment: u64) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire) >= moment
+    }
+
+    /// A check that began at `moment` found the unit current.
+    pub fn mark(&self, moment: u64) {
+        self.0.fetch_max(moment, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl Unit {
+    /// Whether the unit is current by its watch alone (blocking: a few stat calls,
+    /// made outside the lock so that readers of one patient do not queue).
+    pub fn unchanged(&self) -> bool {
+        let watch = self.watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        watch.is_some_and(|w| w.unchanged())
+    }
+
+    /// A listing found the unit current: watch from it from now on.
+    pub fn rewatch(&self, watch: Watch) {
+        *self.watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(watch));
+    }
 }
 
 /// A file's state in the index: translated.
@@ -138,15 +183,63 @@ pub fn watched(site: &Site, local: &str) -> i64 {
 
 /// The stamps of SS-MIX2 patient `local`'s files, without translating anything: what a
 /// reader compares with the index and the cache to know whether anything changed.
-pub fn ss_mix2_listing(site: &Site, local: &str) -> Result<Vec<ss_mix2::ListedFile>, SiteError> {
+pub fn ss_mix2_listing(site: &Site, local: &str) -> Result<ss_mix2::PatientFiles, SiteError> {
     let storage = Storage::new(site.root());
     if !site.root().is_dir() {
         return Err(SiteError { site: site.id.clone(), message: format!("storage root {} is not reachable", site.root().display()) });
     }
-    storage
-        .patient_files(local)
-        .map(|l| l.files)
-        .map_err(|e| SiteError { site: site.id.clone(), message: e.to_string() })
+    storage.patient_files(local).map_err(|e| SiteError { site: site.id.clone(), message: e.to_string() })
+}
+
+/// How long a listing is trusted on the directories' times alone: after this a read
+/// lists the patient's files again, so that a file rewritten in place (which SS-MIX2
+/// writers do not do: a new version is a new file) is seen within it too.
+const RELIST_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What tells a cached SS-MIX2 patient is current without listing its files: its
+/// directories' times (a new, renamed or removed file changes them) and the stamps of
+/// the files that may still be changing in place (written in the last seconds, or
+/// unusable, such as one half written).
+#[derive(Debug, Clone)]
+pub struct Watch {
+    dirs: Vec<(PathBuf, i64)>,
+    unsettled: Vec<(PathBuf, Stamp)>,
+    listed: std::time::Instant,
+    /// Whether every directory's time was old enough to tell: file systems stamp
+    /// times from a coarse clock (a few ms), so a file added just after the listing
+    /// can leave a directory that was changed just before it with the same time.
+    trusted: bool,
+}
+
+/// How old a directory's time must be for the watch to rely on it (many times the
+/// coarse clock's tick).
+const COARSE_NS: i64 = 1_000_000_000;
+
+impl Watch {
+    /// The watch of a listing, given which files could not be used.
+    pub fn of(listing: &ss_mix2::PatientFiles, unusable: &std::collections::HashSet<&Path>) -> Watch {
+        let now = now_ns();
+        Watch {
+            dirs: listing.dirs.clone(),
+            unsettled: listing
+                .files
+                .iter()
+                .filter(|f| unusable.contains(f.path.as_path()) || now - f.stamp.mtime_ns < SETTLING_NS)
+                .map(|f| (f.path.clone(), f.stamp))
+                .collect(),
+            listed: std::time::Instant::now(),
+            trusted: !listing.dirs.is_empty() && listing.dirs.iter().all(|(_, m)| now - m > COARSE_NS),
+        }
+    }
+
+    /// Whether nothing changed since the listing, by a stat per directory and per
+    /// unsettled file (blocking).
+    pub fn unchanged(&self) -> bool {
+        self.trusted
+            && self.listed.elapsed() < RELIST_AFTER
+            && self.dirs.iter().all(|(d, m)| ss_mix2::mtime_ns(d) == Some(*m))
+            && self.unsettled.iter().all(|(f, st)| std::fs::metadata(f).is_ok_and(|m| Stamp::of(&m) == *st))
+    }
 }
 
 /// One patient's records at a site as translated, before they are serialised for
@@ -170,6 +263,8 @@ pub struct Translated {
     pub watch_mtime: i64,
     /// Files that could not be used.
     pub problems: usize,
+    /// How to tell later that nothing changed (SS-MIX2).
+    pub watch: Option<Watch>,
 }
 
 impl Translated {
@@ -193,6 +288,9 @@ impl Translated {
             bytes: 0,
             watch_mtime: self.watch_mtime,
             problems: self.problems,
+            watch: std::sync::Mutex::new(self.watch.map(Arc::new)),
+            checked: Checked::default(),
+            checking: Default::default(),
         };
         for r in self.resources {
             if let Some(s) = Stored::new(r, &self.owner) {
@@ -207,23 +305,25 @@ impl Translated {
 
 /// Read SS-MIX2 patient `local` from `listing` (see [`ss_mix2_listing`]): translate the
 /// newest valid version of each record.
-pub fn translate_ss_mix2(site: &Site, local: &str, listing: &[ss_mix2::ListedFile]) -> Result<Translated, SiteError> {
+pub fn translate_ss_mix2(site: &Site, local: &str, listing: &ss_mix2::PatientFiles) -> Result<Translated, SiteError> {
     let Ownership::Site(owner) = &site.ownership else {
         return Err(SiteError { site: site.id.clone(), message: "an SS-MIX2 site names its owner".into() });
     };
-    let live: std::collections::HashSet<&Path> = ss_mix2::live(listing).into_iter().map(|f| f.path.as_path()).collect();
+    let live: std::collections::HashSet<&Path> = ss_mix2::live(&listing.files).into_iter().map(|f| f.path.as_path()).collect();
     let mut t = Translated {
         site: site.id.clone(),
         patient: kakehashi_mappings::stable_id(&owner.code, "Patient", local),
         local: local.to_string(),
         owner: owner.clone(),
-        files: Vec::with_capacity(listing.len()),
+        files: Vec::with_capacity(listing.files.len()),
         resources: Vec::new(),
         watch_mtime: watched(site, local),
         problems: 0,
+        watch: None,
     };
     let mut seen = std::collections::HashSet::new();
-    for f in listing {
+    let mut unusable = std::collections::HashSet::new();
+    for f in &listing.files {
         let rel = rel(site.root(), &f.path);
         if !live.contains(f.path.as_path()) {
             t.files.push(UnitFile { rel, stamp: f.stamp, state: SUPERSEDED });
@@ -237,6 +337,7 @@ pub fn translate_ss_mix2(site: &Site, local: &str, listing: &[ss_mix2::ListedFil
             Err(e) => {
                 t.problems += 1;
                 t.files.push(UnitFile { rel, stamp: f.stamp, state: UNUSABLE });
+                unusable.insert(f.path.as_path());
                 // Named so that it can be repaired (the path holds the site's patient
                 // ID, never demographics or content).
                 let file = unit_file_name(&f.path);
@@ -248,6 +349,7 @@ pub fn translate_ss_mix2(site: &Site, local: &str, listing: &[ss_mix2::ListedFil
             }
         }
     }
+    t.watch = Some(Watch::of(listing, &unusable));
     Ok(t)
 }
 
@@ -273,6 +375,7 @@ pub fn translate_flat_unit(site: &Site, patient: &str, files: &[String]) -> Tran
         resources: Vec::new(),
         watch_mtime: 0,
         problems: 0,
+        watch: None,
     };
     let mut seen = std::collections::HashSet::new();
     for rel in files {
@@ -413,6 +516,58 @@ id = "shared-rx"
 owner = "from-record"
 connector = { kind = "jahis-rx", dir = "sites/clinic-b/rx" }
 "#;
+
+    /// Set a file's or directory's modification time an hour back.
+    fn age(path: &Path) {
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::open(path).unwrap().set_modified(hour_ago).unwrap();
+    }
+
+    #[test]
+    fn a_watch_tells_a_current_listing_by_directory_times_and_unsettled_files() {
+        let root = tempfile::tempdir().unwrap();
+        let types = root.path().join("100/000/1000001/20260410");
+        let (omp, oml) = (types.join("OMP-01"), types.join("OML-11"));
+        std::fs::create_dir_all(&omp).unwrap();
+        std::fs::create_dir_all(&oml).unwrap();
+        let settled = omp.join("1000001_20260410_OMP-01_000000000001000_20260410103100000_01_1");
+        let half = oml.join("1000001_20260410_OML-11_000000000001000_20260410150000000_01_1");
+        std::fs::write(&settled, "MSH|^~\\&|A").unwrap();
+        std::fs::write(&half, "MSH|^~\\&|").unwrap();
+        let storage = Storage::new(root.path());
+        let age_all = || {
+            for p in [&settled, &half, &omp, &oml, &types, &root.path().join("100/000/1000001")] {
+                age(p);
+            }
+        };
+
+        // Just written: directory times too recent to rely on; a read lists again.
+        let listing = storage.patient_files("1000001").unwrap();
+        assert_eq!(listing.dirs.len(), 4, "patient, date and two type directories");
+        assert!(!Watch::of(&listing, &Default::default()).unchanged());
+
+        age_all();
+        let listing = storage.patient_files("1000001").unwrap();
+        let unusable: std::collections::HashSet<&Path> = [half.as_path()].into();
+        let watch = Watch::of(&listing, &unusable);
+        assert!(watch.unchanged(), "settled: a stat per directory says current");
+
+        // The unusable file completed in place (its directory's time does not change).
+        std::fs::write(&half, "MSH|^~\\&|A|B|C|D|2026||OML^O33|1|P|2.5").unwrap();
+        assert!(!watch.unchanged());
+
+        // A new version beside a settled file changes its directory.
+        age_all();
+        let listing = storage.patient_files("1000001").unwrap();
+        let watch = Watch::of(&listing, &Default::default());
+        assert!(watch.unchanged());
+        std::fs::write(omp.join("1000001_20260410_OMP-01_000000000001000_20260410113100000_01_1"), "x").unwrap();
+        assert!(!watch.unchanged());
+
+        // A patient whose directory is gone is never current by its watch.
+        let gone = Watch::of(&storage.patient_files("1000009").unwrap(), &Default::default());
+        assert!(!gone.unchanged());
+    }
 
     #[test]
     fn a_shared_ehr_site_takes_each_records_owner_from_the_record() {
