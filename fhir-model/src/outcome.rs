@@ -69,6 +69,8 @@ pub struct OperationOutcomeIssue {
 pub struct OperationOutcome {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<crate::Meta>,
     pub issue: Vec<OperationOutcomeIssue>,
 }
 
@@ -87,6 +89,7 @@ impl OperationOutcome {
     ) -> Self {
         OperationOutcome {
             id: None,
+            meta: None,
             issue: vec![OperationOutcomeIssue {
                 severity,
                 code,

@@ -1,7 +1,7 @@
 //! FHIR R4 data types and resources Kakehashi emits and accepts. Elements not modelled
 //! here are not read; every modelled element round-trips.
 
-use crate::{CodeableConcept, Coding};
+use crate::{CodeableConcept, Coding, OperationOutcome};
 use serde::{Deserialize, Serialize};
 
 /// An identifier for something (JP Core systems carry institution codes).
@@ -643,6 +643,8 @@ pub struct Patient {
     pub marital_status: Option<CodeableConcept>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub communication: Vec<PatientCommunication>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contact: Vec<PatientContact>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub managing_organization: Option<Reference>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -836,6 +838,8 @@ pub struct Observation {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value_string: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_date_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data_absent_reason: Option<CodeableConcept>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interpretation: Vec<CodeableConcept>,
@@ -843,6 +847,8 @@ pub struct Observation {
     pub note: Vec<Annotation>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body_site: Option<CodeableConcept>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<CodeableConcept>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub specimen: Option<Reference>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -1089,9 +1095,19 @@ pub struct Encounter {
     #[serde(rename = "class")]
     pub class_: Coding,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_type: Option<CodeableConcept>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<Reference>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub participant: Vec<EncounterParticipant>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub period: Option<Period>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reason_code: Vec<CodeableConcept>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hospitalization: Option<EncounterHospitalization>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub location: Vec<EncounterLocation>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service_provider: Option<Reference>,
 }
@@ -1111,6 +1127,8 @@ pub struct DocumentReference {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub identifier: Vec<Identifier>,
     pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub doc_status: Option<String>,
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub type_: Option<CodeableConcept>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1119,6 +1137,10 @@ pub struct DocumentReference {
     pub date: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub author: Vec<Reference>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authenticator: Option<Reference>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub custodian: Option<Reference>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -1252,196 +1274,391 @@ pub struct Bundle {
     pub entry: Vec<BundleEntry>,
 }
 
-/// Any resource Kakehashi handles; each variant's struct carries its own `resourceType`.
-#[derive(Debug, Clone, PartialEq)]
-#[allow(clippy::large_enum_variant)]
-pub enum Resource {
-    /// A Patient.
-    Patient(Patient),
-    /// A Organization.
-    Organization(Organization),
-    /// A Practitioner.
-    Practitioner(Practitioner),
-    /// A PractitionerRole.
-    PractitionerRole(PractitionerRole),
-    /// A AllergyIntolerance.
-    AllergyIntolerance(AllergyIntolerance),
-    /// A Coverage.
-    Coverage(Coverage),
-    /// A Observation.
-    Observation(Observation),
-    /// A DiagnosticReport.
-    DiagnosticReport(DiagnosticReport),
-    /// A MedicationRequest.
-    MedicationRequest(MedicationRequest),
-    /// A MedicationAdministration.
-    MedicationAdministration(MedicationAdministration),
-    /// A Condition.
-    Condition(Condition),
-    /// A Composition.
-    Composition(Composition),
-    /// A Encounter.
-    Encounter(Encounter),
-    /// A DocumentReference.
-    DocumentReference(DocumentReference),
-    /// A Consent.
-    Consent(Consent),
-    /// A AuditEvent.
-    AuditEvent(AuditEvent),
-    /// A Bundle.
-    Bundle(Bundle),
+/// A contact party of a patient (next of kin, emergency contact: HL7 v2 NK1).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PatientContact {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relationship: Vec<CodeableConcept>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<HumanName>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub telecom: Vec<ContactPoint>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<Address>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gender: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub organization: Option<Reference>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period: Option<Period>,
 }
 
-impl Resource {
-    /// The resource type name.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Resource::Patient(_) => "Patient",
-            Resource::Organization(_) => "Organization",
-            Resource::Practitioner(_) => "Practitioner",
-            Resource::PractitionerRole(_) => "PractitionerRole",
-            Resource::AllergyIntolerance(_) => "AllergyIntolerance",
-            Resource::Coverage(_) => "Coverage",
-            Resource::Observation(_) => "Observation",
-            Resource::DiagnosticReport(_) => "DiagnosticReport",
-            Resource::MedicationRequest(_) => "MedicationRequest",
-            Resource::MedicationAdministration(_) => "MedicationAdministration",
-            Resource::Condition(_) => "Condition",
-            Resource::Composition(_) => "Composition",
-            Resource::Encounter(_) => "Encounter",
-            Resource::DocumentReference(_) => "DocumentReference",
-            Resource::Consent(_) => "Consent",
-            Resource::AuditEvent(_) => "AuditEvent",
-            Resource::Bundle(_) => "Bundle",
-        }
-    }
-
-    /// The logical id.
-    pub fn id(&self) -> Option<&str> {
-        match self {
-            Resource::Patient(x) => x.id.as_deref(),
-            Resource::Organization(x) => x.id.as_deref(),
-            Resource::Practitioner(x) => x.id.as_deref(),
-            Resource::PractitionerRole(x) => x.id.as_deref(),
-            Resource::AllergyIntolerance(x) => x.id.as_deref(),
-            Resource::Coverage(x) => x.id.as_deref(),
-            Resource::Observation(x) => x.id.as_deref(),
-            Resource::DiagnosticReport(x) => x.id.as_deref(),
-            Resource::MedicationRequest(x) => x.id.as_deref(),
-            Resource::MedicationAdministration(x) => x.id.as_deref(),
-            Resource::Condition(x) => x.id.as_deref(),
-            Resource::Composition(x) => x.id.as_deref(),
-            Resource::Encounter(x) => x.id.as_deref(),
-            Resource::DocumentReference(x) => x.id.as_deref(),
-            Resource::Consent(x) => x.id.as_deref(),
-            Resource::AuditEvent(x) => x.id.as_deref(),
-            Resource::Bundle(x) => x.id.as_deref(),
-        }
-    }
-
-    /// The resource's meta, created if absent.
-    pub fn meta_mut(&mut self) -> &mut Meta {
-        match self {
-            Resource::Patient(x) => x.meta.get_or_insert_with(Meta::default),
-            Resource::Organization(x) => x.meta.get_or_insert_with(Meta::default),
-            Resource::Practitioner(x) => x.meta.get_or_insert_with(Meta::default),
-            Resource::PractitionerRole(x) => x.meta.get_or_insert_with(Meta::default),
-            Resource::AllergyIntolerance(x) => x.meta.get_or_insert_with(Meta::default),
-            Resource::Coverage(x) => x.meta.get_or_insert_with(Meta::default),
-            Resource::Observation(x) => x.meta.get_or_insert_with(Meta::default),
-            Resource::DiagnosticReport(x) => x.meta.get_or_insert_with(Meta::default),
-            Resource::MedicationRequest(x) => x.meta.get_or_insert_with(Meta::default),
-            Resource::MedicationAdministration(x) => x.meta.get_or_insert_with(Meta::default),
-            Resource::Condition(x) => x.meta.get_or_insert_with(Meta::default),
-            Resource::Composition(x) => x.meta.get_or_insert_with(Meta::default),
-            Resource::Encounter(x) => x.meta.get_or_insert_with(Meta::default),
-            Resource::DocumentReference(x) => x.meta.get_or_insert_with(Meta::default),
-            Resource::Consent(x) => x.meta.get_or_insert_with(Meta::default),
-            Resource::AuditEvent(x) => x.meta.get_or_insert_with(Meta::default),
-            Resource::Bundle(x) => x.meta.get_or_insert_with(Meta::default),
-        }
-    }
-
-    /// The resource's meta.
-    pub fn meta(&self) -> Option<&Meta> {
-        match self {
-            Resource::Patient(x) => x.meta.as_ref(),
-            Resource::Organization(x) => x.meta.as_ref(),
-            Resource::Practitioner(x) => x.meta.as_ref(),
-            Resource::PractitionerRole(x) => x.meta.as_ref(),
-            Resource::AllergyIntolerance(x) => x.meta.as_ref(),
-            Resource::Coverage(x) => x.meta.as_ref(),
-            Resource::Observation(x) => x.meta.as_ref(),
-            Resource::DiagnosticReport(x) => x.meta.as_ref(),
-            Resource::MedicationRequest(x) => x.meta.as_ref(),
-            Resource::MedicationAdministration(x) => x.meta.as_ref(),
-            Resource::Condition(x) => x.meta.as_ref(),
-            Resource::Composition(x) => x.meta.as_ref(),
-            Resource::Encounter(x) => x.meta.as_ref(),
-            Resource::DocumentReference(x) => x.meta.as_ref(),
-            Resource::Consent(x) => x.meta.as_ref(),
-            Resource::AuditEvent(x) => x.meta.as_ref(),
-            Resource::Bundle(x) => x.meta.as_ref(),
-        }
-    }
+/// Who took part in an encounter, and how.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EncounterParticipant {
+    #[serde(rename = "type", default, skip_serializing_if = "Vec::is_empty")]
+    pub type_: Vec<CodeableConcept>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub individual: Option<Reference>,
 }
 
-impl Serialize for Resource {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Resource::Patient(x) => x.serialize(s),
-            Resource::Organization(x) => x.serialize(s),
-            Resource::Practitioner(x) => x.serialize(s),
-            Resource::PractitionerRole(x) => x.serialize(s),
-            Resource::AllergyIntolerance(x) => x.serialize(s),
-            Resource::Coverage(x) => x.serialize(s),
-            Resource::Observation(x) => x.serialize(s),
-            Resource::DiagnosticReport(x) => x.serialize(s),
-            Resource::MedicationRequest(x) => x.serialize(s),
-            Resource::MedicationAdministration(x) => x.serialize(s),
-            Resource::Condition(x) => x.serialize(s),
-            Resource::Composition(x) => x.serialize(s),
-            Resource::Encounter(x) => x.serialize(s),
-            Resource::DocumentReference(x) => x.serialize(s),
-            Resource::Consent(x) => x.serialize(s),
-            Resource::AuditEvent(x) => x.serialize(s),
-            Resource::Bundle(x) => x.serialize(s),
-        }
-    }
+/// Where an encounter took place.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EncounterLocation {
+    pub location: Reference,
 }
 
-impl<'de> Deserialize<'de> for Resource {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let v = serde_json::Value::deserialize(d)?;
-        let ty = v
-            .get("resourceType")
-            .and_then(|t| t.as_str())
-            .ok_or_else(|| D::Error::missing_field("resourceType"))?
-            .to_string();
-        match ty.as_str() {
-            "Patient" => serde_json::from_value(v).map(Resource::Patient).map_err(D::Error::custom),
-            "Organization" => serde_json::from_value(v).map(Resource::Organization).map_err(D::Error::custom),
-            "Practitioner" => serde_json::from_value(v).map(Resource::Practitioner).map_err(D::Error::custom),
-            "PractitionerRole" => serde_json::from_value(v).map(Resource::PractitionerRole).map_err(D::Error::custom),
-            "AllergyIntolerance" => {
-                serde_json::from_value(v).map(Resource::AllergyIntolerance).map_err(D::Error::custom)
+/// Admission and discharge details of an inpatient encounter.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EncounterHospitalization {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admit_source: Option<CodeableConcept>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discharge_disposition: Option<CodeableConcept>,
+}
+
+/// A vaccination given or recorded (HL7 v2 VXU RXA).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "resourceType", rename = "Immunization", rename_all = "camelCase")]
+pub struct Immunization {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Meta>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identifier: Vec<Identifier>,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<CodeableConcept>,
+    pub vaccine_code: CodeableConcept,
+    pub patient: Reference,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encounter: Option<Reference>,
+    pub occurrence_date_time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary_source: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manufacturer: Option<Reference>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lot_number: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiration_date: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<CodeableConcept>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<CodeableConcept>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dose_quantity: Option<Quantity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub performer: Vec<Performer>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub note: Vec<Annotation>,
+}
+
+/// Who performed an event, in what function (Immunization, Procedure, MedicationDispense).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Performer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function: Option<CodeableConcept>,
+    pub actor: Reference,
+}
+
+/// An order or proposal for a service: a test, an examination, a referral.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "resourceType", rename = "ServiceRequest", rename_all = "camelCase")]
+pub struct ServiceRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Meta>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identifier: Vec<Identifier>,
+    pub status: String,
+    pub intent: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub category: Vec<CodeableConcept>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<CodeableConcept>,
+    pub subject: Reference,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encounter: Option<Reference>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub occurrence_date_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub occurrence_period: Option<Period>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authored_on: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requester: Option<Reference>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub performer: Vec<Reference>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reason_code: Vec<CodeableConcept>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reason_reference: Vec<Reference>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub specimen: Vec<Reference>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub note: Vec<Annotation>,
+}
+
+/// A booking of a healthcare event (HL7 v2 SIU).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "resourceType", rename = "Appointment", rename_all = "camelCase")]
+pub struct Appointment {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Meta>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identifier: Vec<Identifier>,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancelation_reason: Option<CodeableConcept>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_type: Vec<CodeableConcept>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub appointment_type: Option<CodeableConcept>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reason_code: Vec<CodeableConcept>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minutes_duration: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    pub participant: Vec<AppointmentParticipant>,
+}
+
+/// A participant of an appointment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppointmentParticipant {
+    #[serde(rename = "type", default, skip_serializing_if = "Vec::is_empty")]
+    pub type_: Vec<CodeableConcept>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Reference>,
+    pub status: String,
+}
+
+/// A medication supplied to a patient (HL7 v2 RDS RXD).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "resourceType", rename = "MedicationDispense", rename_all = "camelCase")]
+pub struct MedicationDispense {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Meta>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identifier: Vec<Identifier>,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub medication_codeable_concept: Option<CodeableConcept>,
+    pub subject: Reference,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub performer: Vec<Performer>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorizing_prescription: Vec<Reference>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<Quantity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub days_supply: Option<Quantity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when_prepared: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when_handed_over: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub note: Vec<Annotation>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dosage_instruction: Vec<Dosage>,
+}
+
+/// A procedure performed on a patient (HL7 v2 PR1).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "resourceType", rename = "Procedure", rename_all = "camelCase")]
+pub struct Procedure {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Meta>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identifier: Vec<Identifier>,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<CodeableConcept>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<CodeableConcept>,
+    pub subject: Reference,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encounter: Option<Reference>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub performed_date_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub performer: Vec<Performer>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reason_code: Vec<CodeableConcept>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub note: Vec<Annotation>,
+}
+
+/// A sample taken for analysis (HL7 v2 SPM).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "resourceType", rename = "Specimen", rename_all = "camelCase")]
+pub struct Specimen {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Meta>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identifier: Vec<Identifier>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accession_identifier: Option<Identifier>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<CodeableConcept>,
+    pub subject: Reference,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collection: Option<SpecimenCollection>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub condition: Vec<CodeableConcept>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub note: Vec<Annotation>,
+}
+
+/// How and when a specimen was collected.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpecimenCollection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collected_date_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collected_period: Option<Period>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<CodeableConcept>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_site: Option<CodeableConcept>,
+}
+
+/// Raw content (the text of a note carried by HL7 v2 MDM), readable under the
+/// security context it names.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "resourceType", rename = "Binary", rename_all = "camelCase")]
+pub struct Binary {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Meta>,
+    pub content_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<Reference>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+}
+
+/// The resource enum and its per-variant plumbing, from one list of type names.
+macro_rules! resources {
+    ($($name:ident),* $(,)?) => {
+        /// Any resource Kakehashi handles; each variant's struct carries its own `resourceType`.
+        #[derive(Debug, Clone, PartialEq)]
+        #[allow(clippy::large_enum_variant)]
+        pub enum Resource {
+            $(
+                #[doc = concat!("A ", stringify!($name), ".")]
+                $name($name),
+            )*
+        }
+
+        impl Resource {
+            /// Every resource type name Kakehashi models.
+            pub const TYPES: &'static [&'static str] = &[$(stringify!($name)),*];
+
+            /// The resource type name.
+            pub fn type_name(&self) -> &'static str {
+                match self { $(Resource::$name(_) => stringify!($name),)* }
             }
-            "Coverage" => serde_json::from_value(v).map(Resource::Coverage).map_err(D::Error::custom),
-            "Observation" => serde_json::from_value(v).map(Resource::Observation).map_err(D::Error::custom),
-            "DiagnosticReport" => serde_json::from_value(v).map(Resource::DiagnosticReport).map_err(D::Error::custom),
-            "MedicationRequest" => serde_json::from_value(v).map(Resource::MedicationRequest).map_err(D::Error::custom),
-            "MedicationAdministration" => {
-                serde_json::from_value(v).map(Resource::MedicationAdministration).map_err(D::Error::custom)
+
+            /// The logical id.
+            pub fn id(&self) -> Option<&str> {
+                match self { $(Resource::$name(x) => x.id.as_deref(),)* }
             }
-            "Condition" => serde_json::from_value(v).map(Resource::Condition).map_err(D::Error::custom),
-            "Composition" => serde_json::from_value(v).map(Resource::Composition).map_err(D::Error::custom),
-            "Encounter" => serde_json::from_value(v).map(Resource::Encounter).map_err(D::Error::custom),
-            "DocumentReference" => serde_json::from_value(v).map(Resource::DocumentReference).map_err(D::Error::custom),
-            "Consent" => serde_json::from_value(v).map(Resource::Consent).map_err(D::Error::custom),
-            "AuditEvent" => serde_json::from_value(v).map(Resource::AuditEvent).map_err(D::Error::custom),
-            "Bundle" => serde_json::from_value(v).map(Resource::Bundle).map_err(D::Error::custom),
-            other => Err(D::Error::custom(format!("resourceType `{other}` is not supported"))),
+
+            /// The resource's meta, created if absent.
+            pub fn meta_mut(&mut self) -> &mut Meta {
+                match self { $(Resource::$name(x) => x.meta.get_or_insert_with(Meta::default),)* }
+            }
+
+            /// The resource's meta.
+            pub fn meta(&self) -> Option<&Meta> {
+                match self { $(Resource::$name(x) => x.meta.as_ref(),)* }
+            }
         }
-    }
+
+        impl Serialize for Resource {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match self { $(Resource::$name(x) => x.serialize(s),)* }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for Resource {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                use serde::de::Error;
+                let v = serde_json::Value::deserialize(d)?;
+                let ty = v
+                    .get("resourceType")
+                    .and_then(|t| t.as_str())
+                    .ok_or_else(|| D::Error::missing_field("resourceType"))?
+                    .to_string();
+                match ty.as_str() {
+                    $(stringify!($name) => serde_json::from_value(v).map(Resource::$name).map_err(D::Error::custom),)*
+                    other => Err(D::Error::custom(format!("resourceType `{other}` is not supported"))),
+                }
+            }
+        }
+    };
 }
+
+resources!(
+    Patient,
+    Organization,
+    Practitioner,
+    PractitionerRole,
+    AllergyIntolerance,
+    Coverage,
+    Observation,
+    DiagnosticReport,
+    MedicationRequest,
+    MedicationAdministration,
+    MedicationDispense,
+    Immunization,
+    ServiceRequest,
+    Appointment,
+    Procedure,
+    Specimen,
+    Binary,
+    Condition,
+    Composition,
+    Encounter,
+    DocumentReference,
+    Consent,
+    AuditEvent,
+    OperationOutcome,
+    Bundle,
+);

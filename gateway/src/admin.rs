@@ -63,14 +63,23 @@ impl Metrics {
     /// Count one refused or failed handshake.
     pub fn handshake_refused(&self, reason: &'static str) {
         self.handshakes_failed.fetch_add(1, Relaxed);
-        *self.handshake_refusals.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(reason).or_default() += 1;
+        *self
+            .handshake_refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(reason)
+            .or_default() += 1;
     }
 
     /// Count one outbox delivery attempt of `kind`.
     pub fn outbox(&self, kind: &'static str, ok: bool) {
         let result = if ok { "delivered" } else { "failed" };
-        *self.outbox_attempts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry((kind, result)).or_default() +=
-            1;
+        *self
+            .outbox_attempts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((kind, result))
+            .or_default() += 1;
     }
 
     /// Prometheus text exposition.
@@ -81,7 +90,8 @@ impl Metrics {
             let _ = writeln!(s, "kakehashi_tls_handshakes_refused_total{{reason=\"{reason}\"}} {n}");
         }
         s.push_str("# HELP kakehashi_outbox_deliveries_total Outbox delivery attempts by kind and result (failed ones are retried with backoff).\n# TYPE kakehashi_outbox_deliveries_total counter\n");
-        for ((kind, result), n) in self.outbox_attempts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+        for ((kind, result), n) in self.outbox_attempts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter()
+        {
             let _ = writeln!(s, "kakehashi_outbox_deliveries_total{{kind=\"{kind}\",result=\"{result}\"}} {n}");
         }
         s.push_str("# HELP kakehashi_connections_refused_total Connections refused at a connection limit.\n# TYPE kakehashi_connections_refused_total counter\n");
@@ -161,15 +171,55 @@ impl Metrics {
         }
         if let Some(r) = self.records.get() {
             for (name, help, kind, v) in [
-                ("kakehashi_index_files_total", "Source files indexed (translated and recorded).", "counter", r.files.load(Relaxed) as f64),
+                (
+                    "kakehashi_index_files_total",
+                    "Source files indexed (translated and recorded).",
+                    "counter",
+                    r.files.load(Relaxed) as f64,
+                ),
                 ("kakehashi_index_patients_total", "Patients indexed.", "counter", r.patients.load(Relaxed) as f64),
-                ("kakehashi_index_problems_total", "Source files that could not be used (retried when they change).", "counter", r.problems.load(Relaxed) as f64),
-                ("kakehashi_index_reindexed_on_read_total", "Patients found changed by a read and indexed then.", "counter", r.reindexed_on_read.load(Relaxed) as f64),
-                ("kakehashi_index_passes_total", "Indexer passes over the sites.", "counter", r.passes.load(Relaxed) as f64),
-                ("kakehashi_index_backlog", "Directories waiting in the current indexer pass.", "gauge", r.backlog.load(Relaxed) as f64),
-                ("kakehashi_index_files_per_second", "Files per second over the last busy stretch.", "gauge", r.rate_centi.load(Relaxed) as f64 / 100.0),
-                ("kakehashi_index_complete", "1 once every site was indexed completely.", "gauge", f64::from(u8::from(r.complete.load(Relaxed)))),
-                ("kakehashi_index_cpu_seconds_total", "CPU time of the indexer thread.", "counter", r.cpu_ns.load(Relaxed) as f64 / 1e9),
+                (
+                    "kakehashi_index_problems_total",
+                    "Source files that could not be used (retried when they change).",
+                    "counter",
+                    r.problems.load(Relaxed) as f64,
+                ),
+                (
+                    "kakehashi_index_reindexed_on_read_total",
+                    "Patients found changed by a read and indexed then.",
+                    "counter",
+                    r.reindexed_on_read.load(Relaxed) as f64,
+                ),
+                (
+                    "kakehashi_index_passes_total",
+                    "Indexer passes over the sites.",
+                    "counter",
+                    r.passes.load(Relaxed) as f64,
+                ),
+                (
+                    "kakehashi_index_backlog",
+                    "Directories waiting in the current indexer pass.",
+                    "gauge",
+                    r.backlog.load(Relaxed) as f64,
+                ),
+                (
+                    "kakehashi_index_files_per_second",
+                    "Files per second over the last busy stretch.",
+                    "gauge",
+                    r.rate_centi.load(Relaxed) as f64 / 100.0,
+                ),
+                (
+                    "kakehashi_index_complete",
+                    "1 once every site was indexed completely.",
+                    "gauge",
+                    f64::from(u8::from(r.complete.load(Relaxed))),
+                ),
+                (
+                    "kakehashi_index_cpu_seconds_total",
+                    "CPU time of the indexer thread.",
+                    "counter",
+                    r.cpu_ns.load(Relaxed) as f64 / 1e9,
+                ),
             ] {
                 let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
             }
@@ -177,7 +227,12 @@ impl Metrics {
         if let Some(c) = self.cache.get() {
             for (name, help, kind, v) in [
                 ("kakehashi_cache_hits_total", "Patients' records found current in the cache.", "counter", &c.hits),
-                ("kakehashi_cache_misses_total", "Patients' records translated (absent or changed).", "counter", &c.misses),
+                (
+                    "kakehashi_cache_misses_total",
+                    "Patients' records translated (absent or changed).",
+                    "counter",
+                    &c.misses,
+                ),
                 ("kakehashi_cache_evictions_total", "Patients' records evicted for room.", "counter", &c.evictions),
                 ("kakehashi_cache_bytes", "Estimated bytes held by the cache.", "gauge", &c.bytes),
             ] {

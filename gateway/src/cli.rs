@@ -216,6 +216,10 @@ struct TranslateArgs {
     /// in bounded memory: for a whole storage or directory).
     #[arg(long, value_enum, default_value = "bundle")]
     format: TranslateFormat,
+    /// Exit 0 when some sources could not be translated but others were (each
+    /// failure is still reported on stderr and as an OperationOutcome in the output).
+    #[arg(long)]
+    allow_partial: bool,
     /// A file (HL7 v2: one or several messages), a directory of them, or an SS-MIX2
     /// storage root.
     path: PathBuf,
@@ -440,9 +444,9 @@ fn date_arg(v: &str, end: bool) -> Result<i64, String> {
 
 async fn audit(a: AuditCommand) -> Result<(), String> {
     let config = match &a {
-        AuditCommand::Verify { config, .. } | AuditCommand::Export { config, .. } | AuditCommand::Prune { config, .. } => {
-            config.clone()
-        }
+        AuditCommand::Verify { config, .. }
+        | AuditCommand::Export { config, .. }
+        | AuditCommand::Prune { config, .. } => config.clone(),
     };
     let cfg = Config::load(&config).map_err(|e| e.to_string())?;
     // Never create or migrate: these commands inspect a store, they must not mend it.
@@ -471,7 +475,9 @@ async fn audit(a: AuditCommand) -> Result<(), String> {
                 r.first, r.last, r.events, r.checkpoints
             );
             match files.len() {
-                0 => println!("no witness given: a removed tail with its checkpoints cannot be detected (use --witness)"),
+                0 => {
+                    println!("no witness given: a removed tail with its checkpoints cannot be detected (use --witness)")
+                }
                 n => println!(
                     "witness: {} records in {n} file(s) agree with the log; witnessed up to event {}",
                     r.witness_records, r.witnessed_up_to
@@ -573,16 +579,24 @@ fn translate(a: TranslateArgs) -> Result<(), String> {
         TranslateFormat::Bundle => {
             let mut sink = sites::stream::Gather::default();
             let summary = sites::stream::translate(input, &a.path, &owner, &mut sink, &mut report)?;
-            if summary.failed > 0 && sink.0.is_empty() {
+            if summary.failed > 0 && summary.units == 0 {
                 return Err(format!("nothing translated: {} source(s) failed", summary.failed));
             }
-            let bundle = sites::collection(sink.0);
-            let json = serde_json::to_string_pretty(&bundle).map_err(|e| format!("cannot serialise the bundle: {e}"))?;
+            let mut bundle = sites::collection(sink.resources);
+            if bundle.type_ == "collection" {
+                // Each source's warnings or failure, beside what it became.
+                bundle.entry.extend(sink.outcomes.into_iter().map(|o| kakehashi_fhir::BundleEntry {
+                    resource: Some(Box::new(kakehashi_fhir::Resource::OperationOutcome(o))),
+                    ..Default::default()
+                }));
+            }
+            let json =
+                serde_json::to_string_pretty(&bundle).map_err(|e| format!("cannot serialise the bundle: {e}"))?;
             emit(&json)?;
             summary
         }
     };
-    if summary.failed > 0 {
+    if summary.failed > 0 && !(a.allow_partial && summary.units > 0) {
         return Err(format!(
             "{} source(s) could not be translated (see above); the output holds the other {} ({} resources)",
             summary.failed, summary.units, summary.resources

@@ -535,13 +535,15 @@ impl Config {
             return Err(self.invalid("audit.checkpoint_every", "checkpoint_every and checkpoint_secs must be positive"));
         }
         if let Some(base) = &self.server.public_base_url {
-            let ok = base.strip_prefix("https://").is_some_and(|rest| {
-                !rest.is_empty() && !rest.starts_with('/') && !rest.contains(['?', '#', ' '])
-            });
+            let ok = base
+                .strip_prefix("https://")
+                .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/') && !rest.contains(['?', '#', ' ']));
             if !ok {
                 return Err(self.invalid(
                     "server.public_base_url",
-                    format!("`{base}` is not an https:// URL without query or fragment (e.g. https://gw.example.jp/fhir)"),
+                    format!(
+                        "`{base}` is not an https:// URL without query or fragment (e.g. https://gw.example.jp/fhir)"
+                    ),
                 ));
             }
         }

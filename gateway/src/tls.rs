@@ -9,7 +9,9 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use std::collections::HashSet;
@@ -281,7 +283,10 @@ fn describe(der: &[u8], reason: &'static str) -> Presented {
     Presented {
         subject: text(parsed.as_ref().map(|c| c.subject().to_string())),
         issuer: text(parsed.as_ref().map(|c| c.issuer().to_string())),
-        serial: parsed.as_ref().map(|c| c.raw_serial().iter().map(|b| format!("{b:02x}")).collect()).unwrap_or_default(),
+        serial: parsed
+            .as_ref()
+            .map(|c| c.raw_serial().iter().map(|b| format!("{b:02x}")).collect())
+            .unwrap_or_default(),
         fingerprint: crate::identity::fingerprint(der),
         institution: crate::identity::claimed_institution(der),
         reason,

@@ -20,9 +20,39 @@ pub fn system_for(hl7_table: &str) -> Option<&'static str> {
     table().get(hl7_table.trim()).copied()
 }
 
-/// System for codes local to a site (`99xxx` tables and unknown ids).
+/// System for codes local to a site (`99xxx` tables and unknown ids): a valid URI
+/// whatever the table id holds (blanks and other characters a URN may not carry are
+/// percent-encoded: `Payor ID` becomes `Payor%20ID`).
 pub fn local_system(owner: &str, table: &str) -> String {
-    format!("urn:kakehashi:local:{owner}:{table}")
+    format!("urn:kakehashi:local:{}:{}", uri_part(owner), uri_part(table))
+}
+
+/// Percent-encode what RFC 8141 does not allow in a URN's specific string.
+fn uri_part(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.trim().bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The URI of an HL7 v2 coding system: the table file, `HL7nnnn` tables as FHIR's
+/// v2 code systems, `I10` as the Japanese ICD-10 only in Japanese messages.
+pub fn system_for_message(table: &str, japanese: bool) -> Option<String> {
+    let t = table.trim();
+    if matches!(t, "I10" | "ICD10") && !japanese {
+        return Some("http://hl7.org/fhir/sid/icd-10".into());
+    }
+    if let Some(s) = system_for(t) {
+        return Some(s.to_string());
+    }
+    let digits = t.strip_prefix("HL7").or_else(|| t.strip_prefix("hl7"))?;
+    (digits.len() == 4 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| format!("http://terminology.hl7.org/CodeSystem/v2-{digits}"))
 }
 
 /// JP Core patient id system of an institution.
@@ -60,5 +90,22 @@ mod tests {
         assert_eq!(super::system_for("JC10"), Some("urn:oid:1.2.392.200119.4.504"));
         assert_eq!(super::system_for("HOT9"), Some("urn:oid:1.2.392.200119.4.403.1"));
         assert_eq!(super::system_for("99XYZ"), None);
+        assert_eq!(
+            super::system_for_message("HL70162", true).as_deref(),
+            Some("http://terminology.hl7.org/CodeSystem/v2-0162")
+        );
+        assert_eq!(
+            super::system_for_message("HL70443", false).as_deref(),
+            Some("http://terminology.hl7.org/CodeSystem/v2-0443")
+        );
+        assert_eq!(super::system_for_message("I10", false).as_deref(), Some("http://hl7.org/fhir/sid/icd-10"));
+        assert_eq!(super::system_for_message("I10", true), super::system_for("I10").map(String::from));
+    }
+
+    #[test]
+    fn local_systems_are_valid_uris() {
+        assert_eq!(super::local_system("4610100011", "Payor ID"), "urn:kakehashi:local:4610100011:Payor%20ID");
+        assert_eq!(super::local_system("4610100011", "99XY1"), "urn:kakehashi:local:4610100011:99XY1");
+        assert_eq!(super::local_system("4610100011", "a/b#c"), "urn:kakehashi:local:4610100011:a%2Fb%23c");
     }
 }

@@ -111,6 +111,7 @@ impl Translation {
     pub fn outcome(&self) -> Option<OperationOutcome> {
         (!self.warnings.is_empty()).then(|| OperationOutcome {
             id: None,
+            meta: None,
             issue: self
                 .warnings
                 .iter()
@@ -130,6 +131,40 @@ impl Translation {
         self.resources.extend(other.resources);
         self.warnings.extend(other.warnings);
     }
+}
+
+/// Mark what a deleted source became (an SS-MIX2 file whose deletion flag is 0: the
+/// order or record was withdrawn) with the status FHIR gives a withdrawn record of its
+/// type, and say so in a warning. The patient and insurance are not withdrawn.
+pub fn mark_deleted(t: &mut Translation) {
+    use kakehashi_fhir::CodeableConcept;
+    let error = |system: &str| Some(CodeableConcept::coding(Coding::new(system, "entered-in-error")));
+    for r in &mut t.resources {
+        match r {
+            Resource::MedicationRequest(x) => x.status = "cancelled".into(),
+            Resource::MedicationAdministration(x) => x.status = "entered-in-error".into(),
+            Resource::MedicationDispense(x) => x.status = "cancelled".into(),
+            Resource::ServiceRequest(x) => x.status = "revoked".into(),
+            Resource::Observation(x) => x.status = "cancelled".into(),
+            Resource::DiagnosticReport(x) => x.status = "cancelled".into(),
+            Resource::Immunization(x) => x.status = "entered-in-error".into(),
+            Resource::Procedure(x) => x.status = "entered-in-error".into(),
+            Resource::Appointment(x) => x.status = "cancelled".into(),
+            Resource::Encounter(x) => x.status = "cancelled".into(),
+            Resource::DocumentReference(x) => x.status = "entered-in-error".into(),
+            Resource::Specimen(x) => x.status = Some("entered-in-error".into()),
+            Resource::Condition(x) => {
+                x.clinical_status = None;
+                x.verification_status = error("http://terminology.hl7.org/CodeSystem/condition-ver-status");
+            }
+            Resource::AllergyIntolerance(x) => {
+                x.clinical_status = None;
+                x.verification_status = error("http://terminology.hl7.org/CodeSystem/allergyintolerance-verification");
+            }
+            _ => {}
+        }
+    }
+    t.warn("file name", "the deletion flag is 0 (取消): the record was withdrawn, and its resources say so");
 }
 
 #[cfg(test)]

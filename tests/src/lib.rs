@@ -411,7 +411,8 @@ impl Client {
             tokio::spawn(conn);
             Ok(KeepAlive::H2(send))
         } else {
-            let (send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("handshake: {e}"))?;
+            let (send, conn) =
+                hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("handshake: {e}"))?;
             tokio::spawn(conn);
             Ok(KeepAlive::H1(send))
         }
@@ -526,7 +527,9 @@ pub fn patient_consent(patient: &str, institution: &str) -> serde_json::Value {
 pub async fn admin_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = TcpStream::connect(addr).await.expect("admin listener");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.expect("admin request");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("admin request");
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.expect("admin response");
     buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string()

@@ -192,8 +192,10 @@ async fn a_repository_that_closes_at_once_is_retried_with_backoff() {
     };
     let ca_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(ca_file.path(), &ca_pem).unwrap();
-    let audit_extra =
-        format!("[audit.forward]\naddress = \"{addr}\"\nserver_name = \"localhost\"\nca = \"{}\"\n", ca_file.path().display());
+    let audit_extra = format!(
+        "[audit.forward]\naddress = \"{addr}\"\nserver_name = \"localhost\"\nca = \"{}\"\n",
+        ca_file.path().display()
+    );
     let gw = TestGateway::start_opts(Options { audit_extra, ..Default::default() }).await;
     let hub = gw.client(Some(&gw.issue("hub", HUB, Role::HospitalSystem)));
     let started = Instant::now();

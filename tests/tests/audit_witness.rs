@@ -266,14 +266,16 @@ async fn pruning_is_witnessed_and_a_pretended_prune_is_caught() {
     .await
     .unwrap();
     exec(&db, "DELETE FROM audit_event WHERE seq <= 10").await;
-    sqlx::query("INSERT INTO audit_anchor (id, seq, hash, signed_at, key_id, signature) VALUES (1, 10, $1, $2, $3, $4)")
-        .bind(&cp.0)
-        .bind(cp.1)
-        .bind(&cp.2)
-        .bind(&cp.3)
-        .execute(&db)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO audit_anchor (id, seq, hash, signed_at, key_id, signature) VALUES (1, 10, $1, $2, $3, $4)",
+    )
+    .bind(&cp.0)
+    .bind(cp.1)
+    .bind(&cp.2)
+    .bind(&cp.3)
+    .execute(&db)
+    .await
+    .unwrap();
     let (ok, out, _) = verify(&config, &[]).await;
     assert!(!ok && out.contains("no witness records as pruned"), "{out}");
     // A real prune records its anchor in the witness, and the log verifies after it.
@@ -375,10 +377,12 @@ async fn an_index_edited_to_hide_an_event_fails_the_integrity_check() {
     one("UPDATE audit_event SET agent_institution = '0000000000' WHERE seq = 2").await;
     let entry: (String, String, String, i64, String) = {
         let p = pool(&url).await;
-        let row = sqlx::query_as("SELECT type, name, tbl_name, rootpage, sql FROM sqlite_master WHERE name = 'audit_event_agent'")
-            .fetch_one(&p)
-            .await
-            .unwrap();
+        let row = sqlx::query_as(
+            "SELECT type, name, tbl_name, rootpage, sql FROM sqlite_master WHERE name = 'audit_event_agent'",
+        )
+        .fetch_one(&p)
+        .await
+        .unwrap();
         p.close().await;
         row
     };
@@ -386,7 +390,11 @@ async fn an_index_edited_to_hide_an_event_fails_the_integrity_check() {
     let p = pool(&url).await;
     let original: String =
         sqlx::query_scalar("SELECT agent_institution FROM audit_event WHERE seq = 3").fetch_one(&p).await.unwrap();
-    sqlx::query("UPDATE audit_event SET agent_institution = $1 WHERE seq = 2").bind(&original).execute(&p).await.unwrap();
+    sqlx::query("UPDATE audit_event SET agent_institution = $1 WHERE seq = 2")
+        .bind(&original)
+        .execute(&p)
+        .await
+        .unwrap();
     p.close().await;
     let p = pool(&url).await;
     let mut conn = p.acquire().await.unwrap();

@@ -248,4 +248,3 @@ async fn admin_listener_serves_health_and_metrics() {
     assert!(counter("kakehashi_audit_commit_seconds_total") > 0.0, "{metrics}");
     gw.stop().await;
 }
-

@@ -5,7 +5,9 @@
 //! with 503 and service resumes by itself.
 
 use kakehashi_certs::Role;
-use kakehashi_e2e::{free_ports, fresh_postgres_database, kakehashi_bin, Client, Options, ServeProcess, TestGateway, HUB};
+use kakehashi_e2e::{
+    free_ports, fresh_postgres_database, kakehashi_bin, Client, Options, ServeProcess, TestGateway, HUB,
+};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;

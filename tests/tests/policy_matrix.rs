@@ -269,7 +269,7 @@ async fn bad_grants_are_refused_precisely_and_nothing_is_half_applied() {
             "Consent.provision.actor[0].reference",
         ),
         (
-            consent("consent", Some(&p1), (INST, CLINIC_B), -60, 86_400, &["Encounter"]),
+            consent("consent", Some(&p1), (INST, CLINIC_B), -60, 86_400, &["CarePlan"]),
             400,
             "invalid",
             "Consent.provision.class[0]",

@@ -110,8 +110,9 @@ async fn hub_system_searches_and_reads_its_own_records_and_each_read_is_audited(
 
     // $everything.
     let every = get(q(format!("/fhir/Patient/{patient_id}/$everything"))).await.json();
-    // Patient, allergy, coverage, 3 body measurements, condition, 3 lab results, report, 2 prescriptions.
-    assert_eq!(every["total"], 13, "{every}");
+    // Patient, allergy, coverage, 3 body measurements, condition, 3 lab results, report,
+    // the lab order and its specimen, 2 prescriptions.
+    assert_eq!(every["total"], 15, "{every}");
 
     // Every request above wrote exactly one audit event listing exactly what it returned.
     let rows = audit_rows(&gw).await;
@@ -187,7 +188,7 @@ async fn bad_search_parameters_get_located_outcomes() {
     assert_eq!(hub.send(gw.addr, strict).await.unwrap().status, 400);
     let huge = hub.get(gw.addr, "/fhir/Patient?_count=100000").await.unwrap().json();
     assert_eq!(huge["total"], 3);
-    assert_eq!(hub.get(gw.addr, "/fhir/Encounter").await.unwrap().status, 404);
+    assert_eq!(hub.get(gw.addr, "/fhir/CarePlan").await.unwrap().status, 404);
     gw.stop().await;
 }
 

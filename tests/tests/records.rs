@@ -28,7 +28,12 @@ async fn drugs(c: &Client, addr: SocketAddr, patient: &str) -> Vec<String> {
         .map(|a| {
             a.iter()
                 .filter(|e| e["search"]["mode"] == "match")
-                .map(|e| e["resource"]["medicationCodeableConcept"]["coding"][0]["display"].as_str().unwrap_or("").to_string())
+                .map(|e| {
+                    e["resource"]["medicationCodeableConcept"]["coding"][0]["display"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string()
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -254,7 +259,8 @@ async fn a_deleted_index_is_rebuilt_not_served_empty() {
 
 #[tokio::test]
 async fn a_search_that_would_read_too_many_patients_asks_for_one() {
-    let gw = TestGateway::start_opts(Options { records_extra: "max_search_patients = 2".into(), ..Default::default() }).await;
+    let gw = TestGateway::start_opts(Options { records_extra: "max_search_patients = 2".into(), ..Default::default() })
+        .await;
     let hub = gw.client(Some(&gw.issue("hub", HUB, Role::HospitalSystem)));
     // The hub's three patients are more than the two a search may read.
     let r = hub.get(gw.addr, "/fhir/MedicationRequest").await.unwrap();

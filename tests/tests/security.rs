@@ -327,7 +327,8 @@ async fn a_refused_read_looks_like_an_absent_one_everywhere_the_reader_can_look(
     assert_eq!(by_patient["total"], 0, "the refused record's patient is not searchable by the reader's auditor");
     // The owner's auditor sees the refusal at its boundary, with owner and patient.
     let hub_auditor = gw.client(Some(&gw.issue("hub-auditor", HUB, Role::Auditor)));
-    let at_hub = hub_auditor.get(gw.addr, &format!("/fhir/AuditEvent?patient={p}&agent={CLINIC}")).await.unwrap().json();
+    let at_hub =
+        hub_auditor.get(gw.addr, &format!("/fhir/AuditEvent?patient={p}&agent={CLINIC}")).await.unwrap().json();
     assert_eq!(at_hub["total"], 1, "{at_hub}");
     assert!(at_hub["entry"][0]["resource"].to_string().contains(HUB));
     gw.stop().await;
@@ -348,12 +349,16 @@ async fn handshakes_in_progress_are_limited_per_address() {
     assert!(metrics(&gw).await.contains("kakehashi_connections_refused_total{limit=\"address\"} 1"));
     drop(idle);
     let id = gw.issue("after", CLINIC, Role::ClinicTerminal);
-    let ok = eventually(5, || async { gw.client(Some(&id)).get(gw.addr, "/fhir/metadata").await.is_ok_and(|r| r.status == 200) });
+    let ok = eventually(5, || async {
+        gw.client(Some(&id)).get(gw.addr, "/fhir/metadata").await.is_ok_and(|r| r.status == 200)
+    });
     assert!(ok.await, "places are given back when those connections go");
     gw.stop().await;
 }
 
-async fn futures_join(c: Vec<impl std::future::Future<Output = std::io::Result<tokio::net::TcpStream>>>) -> Vec<tokio::net::TcpStream> {
+async fn futures_join(
+    c: Vec<impl std::future::Future<Output = std::io::Result<tokio::net::TcpStream>>>,
+) -> Vec<tokio::net::TcpStream> {
     let mut out = Vec::new();
     for f in c {
         out.push(f.await.unwrap());
@@ -397,7 +402,10 @@ async fn malformed_break_glass_declarations_are_audited() {
     let p = hub_patient(&gw, "1000001").await;
     let doctor = gw.client(Some(&gw.issue("oncall", CLINIC_B, Role::Doctor)));
     for bad in ["bogus", "other"] {
-        let r = doctor.send(gw.addr, with_header(&format!("/fhir/Patient/{p}"), "kakehashi-break-glass", bad)).await.unwrap();
+        let r = doctor
+            .send(gw.addr, with_header(&format!("/fhir/Patient/{p}"), "kakehashi-break-glass", bad))
+            .await
+            .unwrap();
         assert_eq!(r.status, 400);
     }
     let logged = events_with(&gw, "invalid request").await;
@@ -410,8 +418,9 @@ const GLASS: &str = "emergency-treatment; 意識障害で搬送";
 
 #[tokio::test]
 async fn break_glass_reaches_one_patient_at_a_time_and_is_time_boxed() {
-    let gw = TestGateway::start_opts(Options { policy_extra: "break_glass_max_patients = 1".into(), ..Default::default() })
-        .await;
+    let gw =
+        TestGateway::start_opts(Options { policy_extra: "break_glass_max_patients = 1".into(), ..Default::default() })
+            .await;
     let (p1, p2) = (hub_patient(&gw, "1000001").await, hub_patient(&gw, "1000002").await);
     let doctor = gw.client(Some(&gw.issue("oncall", CLINIC_B, Role::Doctor)));
     let bg = |path: &str, reason: &str| with_header(path, "kakehashi-break-glass", reason);

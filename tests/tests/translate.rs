@@ -93,3 +93,72 @@ fn a_batch_file_and_a_directory_of_messages_translate_in_one_run() {
     assert!(!out.status.success(), "a failed source is an error exit");
     assert!(err.contains("c.hl7") && err.contains("MSH-9"), "the bad file is named with its fault: {err}");
 }
+
+/// Issue 21: a message that cannot be translated (a billing type that is out of scope,
+/// a type Kakehashi does not map) fails the run and says so in the output, beside
+/// what the other messages became; `--allow-partial` keeps the exit at 0 for them.
+#[test]
+fn an_untranslatable_message_fails_the_run_and_its_outcome_is_in_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let msgs = dir.path().join("feed");
+    std::fs::create_dir_all(&msgs).unwrap();
+    std::fs::write(msgs.join("1-adt.hl7"), adt(1, "3100001")).unwrap();
+    let bar = adt(2, "3100002").replace("ADT^A08^ADT_A01", "BAR^P01^BAR_P01");
+    std::fs::write(msgs.join("2-bar.hl7"), bar).unwrap();
+    let qry = adt(3, "3100003").replace("ADT^A08^ADT_A01", "ZZZ^Z01");
+    std::fs::write(msgs.join("3-zzz.hl7"), qry).unwrap();
+
+    let out = run(&["translate", "--from", "hl7v2"], &msgs);
+    assert!(!out.status.success(), "a message that could not be translated is an error exit");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("2-bar.hl7") && err.contains("out of scope"), "{err}");
+    assert!(err.contains("3-zzz.hl7") && err.contains("not mapped"), "{err}");
+    let bundle: Value = serde_json::from_slice(&out.stdout).expect("the bundle is still written");
+    let entries = bundle["entry"].as_array().unwrap();
+    let outcomes: Vec<&Value> =
+        entries.iter().map(|e| &e["resource"]).filter(|r| r["resourceType"] == "OperationOutcome").collect();
+    let errors: Vec<&str> = outcomes
+        .iter()
+        .flat_map(|o| o["issue"].as_array().unwrap())
+        .filter(|i| i["severity"] == "error")
+        .map(|i| i["diagnostics"].as_str().unwrap())
+        .collect();
+    assert_eq!(errors.len(), 2, "one error outcome per message not translated: {errors:?}");
+    assert!(errors.iter().any(|d| d.contains("2-bar.hl7") && d.contains("BAR^P01")), "{errors:?}");
+    assert!(entries.iter().any(|e| e["resource"]["resourceType"] == "Patient"), "the good message is kept");
+
+    let partial = run(&["translate", "--from", "hl7v2", "--allow-partial", "--format", "ndjson"], &msgs);
+    assert!(partial.status.success(), "{}", String::from_utf8_lossy(&partial.stderr));
+    let types = ndjson_types(&partial.stdout);
+    assert_eq!(types.get("Patient"), Some(&1));
+    assert_eq!(types.get("OperationOutcome"), Some(&2), "{types:?}");
+
+    // Nothing translatable at all fails even with --allow-partial.
+    let only_bad = dir.path().join("bad");
+    std::fs::create_dir_all(&only_bad).unwrap();
+    std::fs::write(only_bad.join("bar.hl7"), adt(4, "3100004").replace("ADT^A08^ADT_A01", "DFT^P03")).unwrap();
+    assert!(!run(&["translate", "--from", "hl7v2", "--allow-partial"], &only_bad).status.success());
+}
+
+/// Issue 21: an SS-MIX2 file translated on its own honours its name's deletion flag
+/// (`…_0`: the order was withdrawn).
+#[test]
+fn a_deleted_ss_mix2_file_translates_as_withdrawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let omp = "MSH|^~\\&|HIS|4610100011|GW|RCV|20260501090000||RDE^O11^RDE_O11|9|P|2.5||||||UNICODE UTF-8\rPID|0001||3200001^^^^PI||港^健太^^^^^L^I||19800530|M\rORC|NW|000000000004000|||||||20260501090000\rRXE||103835401^アムロジピン錠５ｍｇ^HOT9|1||TAB^錠^MR9P\r";
+    let live = dir.path().join("3200001_20260501_OMP-01_000000000004000_20260501090000000_01_1");
+    let gone = dir.path().join("3200001_20260501_OMP-01_000000000004000_20260501093000000_01_0");
+    std::fs::write(&live, omp).unwrap();
+    std::fs::write(&gone, omp).unwrap();
+    let status = |path: &Path| {
+        let out = run(&["translate", "--from", "ss-mix2", "--format", "ndjson"], path);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|r| r["resourceType"] == "MedicationRequest")
+            .map(|r| r["status"].as_str().unwrap().to_string())
+    };
+    assert_eq!(status(&live).as_deref(), Some("active"));
+    assert_eq!(status(&gone).as_deref(), Some("cancelled"));
+}

@@ -3,6 +3,8 @@
 //! sequences, and the character set named in MSH-18. Z-segments are kept; mappings
 //! ignore them. MLLP framing bytes (0x0B, 0x1C) around a stored message are dropped.
 
+pub mod datatypes;
+
 use crate::text::{self, Charset};
 use crate::{Location, ParseOptions, SourceError, SourceFormat};
 use std::borrow::Cow;
@@ -288,9 +290,12 @@ impl Message {
         (c(1), c(2), c(3))
     }
 
-    /// Component `n` (1-based) of a raw field or repetition, unescaped.
+    /// Component `n` (1-based) of a raw field or repetition as a plain value: its
+    /// first sub-component, unescaped (the others are parts of a composite component,
+    /// read with [`Message::subcomponent`] or the types of [`datatypes`]).
     pub fn component<'a>(&self, raw: &'a str, n: usize) -> Cow<'a, str> {
-        self.unescape(raw.split(self.delimiters.component).nth(n.saturating_sub(1)).unwrap_or(""))
+        let comp = raw.split(self.delimiters.component).nth(n.saturating_sub(1)).unwrap_or("");
+        self.unescape(comp.split(self.delimiters.subcomponent).next().unwrap_or(""))
     }
 
     /// Sub-component `s` of component `c` of a raw field or repetition, unescaped.
@@ -446,7 +451,10 @@ mod tests {
 
     #[test]
     fn custom_delimiters_and_escapes() {
-        let m = Message::parse("MSH#!@%*#A#B#C#D#2026##ADT!A08#1#P#2.5\rOBX#1#a!b*c!x%F%y%S%z%T%%R%%E%%X41%%.br%end@second").unwrap();
+        let m = Message::parse(
+            "MSH#!@%*#A#B#C#D#2026##ADT!A08#1#P#2.5\rOBX#1#a!b*c!x%F%y%S%z%T%%R%%E%%X41%%.br%end@second",
+        )
+        .unwrap();
         assert_eq!(m.delimiters.field, '#');
         let obx = m.segment("OBX").unwrap();
         let reps: Vec<_> = m.repetitions(obx.field(2)).collect();

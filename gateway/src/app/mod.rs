@@ -82,8 +82,7 @@ impl AppState {
             serde_json::to_vec(&crate::fhir_api::capability::statement(&started)).map(Bytes::from).unwrap_or_default();
         let request_timeout = Duration::from_secs(config.server.request_timeout_secs);
         let policy = crate::policy::Policy::for_config(&config);
-        let prescription_lookups =
-            crate::policy::rate::RateLimiter::new(config.policy.prescription_lookups_per_minute);
+        let prescription_lookups = crate::policy::rate::RateLimiter::new(config.policy.prescription_lookups_per_minute);
         let linkage = Arc::default();
         let base_url = match &config.server.public_base_url {
             Some(b) => b.trim_end_matches('/').to_string(),
@@ -137,7 +136,8 @@ async fn body_first(State(state): State<AppState>, req: Request, next: Next) -> 
                         // Too large: read (and drop) a bounded remainder, within two
                         // seconds, so that the 413 is delivered rather than reset.
                         let rest = http_body_util::Limited::new(body, limit.max(DRAIN_BYTES));
-                        let _ = tokio::time::timeout(Duration::from_secs(2), http_body_util::BodyExt::collect(rest)).await;
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(2), http_body_util::BodyExt::collect(rest)).await;
                         return ApiError::PayloadTooLarge(limit).into_response();
                     }
                     buf.extend_from_slice(&data);
@@ -198,7 +198,8 @@ async fn identity(State(state): State<AppState>, req: Request, next: Next) -> Re
             recorded_micros: crate::audit::now_micros(),
         };
         if let Err(e) = state.audit.record(rec).await {
-            return ApiError::unavailable("the audit log is unavailable; the request was not served", e).into_response();
+            return ApiError::unavailable("the audit log is unavailable; the request was not served", e)
+                .into_response();
         }
         if let Some(why) = revoked {
             let mut resp = ApiError::Forbidden(why.into()).into_response();

@@ -155,8 +155,15 @@ impl Gateway {
         let _ = metrics.audit_writer.set(audit.stats());
         let audit_log = audit.clone();
         let listening = listener.local_addr().unwrap_or(config.server.listen);
-        let state =
-            AppState::new(config.clone(), metrics.clone(), store.clone(), records.clone(), audit, listening, Some(tls.clone()));
+        let state = AppState::new(
+            config.clone(),
+            metrics.clone(),
+            store.clone(),
+            records.clone(),
+            audit,
+            listening,
+            Some(tls.clone()),
+        );
         if let Err(e) = state.policy.grants.reload(&store).await {
             tracing::error!(error = %e, "grants could not be loaded; cross-site reads are refused until they are");
         }
@@ -323,8 +330,7 @@ impl Connection {
         let _per_certificate = match fingerprint.as_deref().map(|fp| limits.admit_certificate(fp)) {
             Some(None) => {
                 metrics.refused_certificate_limit.fetch_add(1, Relaxed);
-                return connections::refuse(stream, "too many connections are open with this client certificate")
-                    .await;
+                return connections::refuse(stream, "too many connections are open with this client certificate").await;
             }
             Some(Some(slot)) => Some(slot),
             None => None,
@@ -344,7 +350,8 @@ impl Connection {
             req.map(axum::body::Body::new)
         });
         let mut revocations = tls.subscribe();
-        let served = watch.watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc)).into_owned());
+        let served =
+            watch.watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc)).into_owned());
         tokio::pin!(served);
         loop {
             tokio::select! {

@@ -430,11 +430,8 @@ impl<'a> Entry<'a> {
         for d in &self.disclosed {
             let boundary = if Some(&*d.owner) == reader { BOUNDARY_SAME_SITE } else { BOUNDARY_CROSS_SITE };
             // An absent record (or one shown as such) has no owner and no boundary.
-            let mut detail = if d.owner.is_empty() {
-                vec![]
-            } else {
-                vec![detail("owner", &d.owner), detail("boundary", boundary)]
-            };
+            let mut detail =
+                if d.owner.is_empty() { vec![] } else { vec![detail("owner", &d.owner), detail("boundary", boundary)] };
             if !d.basis.is_empty() {
                 detail.push(self::detail("basis", &d.basis));
             }
@@ -544,20 +541,8 @@ fn detail(ty: &str, v: &str) -> AuditEventDetail {
     AuditEventDetail { type_: ty.into(), value_string: Some(v.into()), value_base64_binary: None }
 }
 
-/// Standard base64 (RFC 4648) with padding.
-pub fn base64(bytes: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        out.push(T[(n >> 18) as usize & 63] as char);
-        out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if chunk.len() > 2 { T[n as usize & 63] as char } else { '=' });
-    }
-    out
-}
+/// Standard base64 (RFC 4648) with padding: FHIR's base64Binary.
+pub use kakehashi_fhir::base64;
 
 #[cfg(test)]
 mod tests {

@@ -413,7 +413,8 @@ fn list(items: Vec<&str>) -> String {
 
 /// The chain head: its sequence number and hash; after everything was pruned, the
 /// pruning anchor (the chain goes on from it, not from the genesis).
-pub(super) const HEAD_SQL: &str = "SELECT seq, hash FROM (SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1) e \
+pub(super) const HEAD_SQL: &str =
+    "SELECT seq, hash FROM (SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1) e \
      UNION ALL SELECT seq, hash FROM audit_anchor WHERE id = 1 ORDER BY seq DESC LIMIT 1";
 /// The newest signed checkpoint's sequence number.
 pub(super) const LAST_CHECKPOINT_SQL: &str = "SELECT MAX(seq) FROM audit_checkpoint";

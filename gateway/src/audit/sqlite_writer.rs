@@ -155,7 +155,10 @@ impl Writer {
                     self.stats.committed(jobs.len(), began);
                     if let Some((seq, hash)) = &appended.foreign {
                         // Events this writer did not write sit under its new ones.
-                        tracing::error!(head = seq, "audit events were appended to the chain behind the gateway's writer");
+                        tracing::error!(
+                            head = seq,
+                            "audit events were appended to the chain behind the gateway's writer"
+                        );
                         self.cp.witness(WitnessKind::Foreign, *seq, hash);
                     }
                     self.cp.witness_signed(&appended.signed);
@@ -173,7 +176,11 @@ impl Writer {
     }
 
     /// Run `f` in a transaction holding the store's write gate.
-    fn in_turn<T>(&self, conn: &Connection, f: impl FnOnce() -> Result<T, rusqlite::Error>) -> Result<T, rusqlite::Error> {
+    fn in_turn<T>(
+        &self,
+        conn: &Connection,
+        f: impl FnOnce() -> Result<T, rusqlite::Error>,
+    ) -> Result<T, rusqlite::Error> {
         let _gate = self.gate.blocking_lock();
         in_tx(conn, f)
     }

@@ -171,7 +171,10 @@ impl WitnessView {
                 }
                 let rank = trust.keys.rank(&r.key_id).unwrap_or(0);
                 if rank < newest_rank {
-                    return Err(forged(i + 1, format!("signed by retired key {} after a newer key had signed", r.key_id)));
+                    return Err(forged(
+                        i + 1,
+                        format!("signed by retired key {} after a newer key had signed", r.key_id),
+                    ));
                 }
                 newest_rank = rank;
                 let hash = r.hash_bytes().unwrap_or_default();
@@ -339,12 +342,16 @@ pub async fn verify_with(store: &Store, trust: &Trust) -> Result<Report, VerifyE
     let first = expect;
     // Rows below the chain's start (a seq of 0 or less, or under the pruning anchor)
     // are on no chain: the walk would pass them by while auditors were shown them.
-    let outside: Option<i64> =
-        sqlx::query_scalar("SELECT MIN(seq) FROM audit_event WHERE seq < $1").bind(first).fetch_one(store.pool()).await?;
+    let outside: Option<i64> = sqlx::query_scalar("SELECT MIN(seq) FROM audit_event WHERE seq < $1")
+        .bind(first)
+        .fetch_one(store.pool())
+        .await?;
     if let Some(seq) = outside {
         return Err(broken(
             seq,
-            format!("an event stored outside the chain (before its start at {first}): inserted, not written by the gateway"),
+            format!(
+                "an event stored outside the chain (before its start at {first}): inserted, not written by the gateway"
+            ),
         ));
     }
     let mut events = 0u64;
@@ -385,7 +392,10 @@ pub async fn verify_with(store: &Store, trust: &Trust) -> Result<Report, VerifyE
                         let (at, by) = newest_signer.clone().unwrap_or_default();
                         return Err(broken(
                             seq,
-                            format!("checkpoint signed by retired key {} after its successor {by} had signed at {at}", cp.key_id),
+                            format!(
+                                "checkpoint signed by retired key {} after its successor {by} had signed at {at}",
+                                cp.key_id
+                            ),
                         ));
                     }
                     if rank > newest_rank || newest_signer.is_none() {
@@ -522,12 +532,15 @@ impl<'s> Pages<'s> {
     /// not hold the types the gateway writes is named by its sequence number.
     async fn next(&mut self, from: i64, to: i64, limit: i64) -> Result<Vec<StoredRow>, VerifyError> {
         match self.page(from, to, limit).await {
-            Err(VerifyError::Sqlite(e)) if matches!(e, rusqlite::Error::InvalidColumnType(..) | rusqlite::Error::FromSqlConversionFailure(..)) => {
+            Err(VerifyError::Sqlite(e))
+                if matches!(
+                    e,
+                    rusqlite::Error::InvalidColumnType(..) | rusqlite::Error::FromSqlConversionFailure(..)
+                ) =>
+            {
                 let Pages::Sqlite { file, .. } = self else { return Err(VerifyError::Sqlite(e)) };
                 let c = open_sqlite(file)?;
-                let seq: Option<i64> = c
-                    .query_row(TYPE_SQL, [from, to], |r| r.get(0))
-                    .map_err(VerifyError::Sqlite)?;
+                let seq: Option<i64> = c.query_row(TYPE_SQL, [from, to], |r| r.get(0)).map_err(VerifyError::Sqlite)?;
                 Err(broken(seq.unwrap_or(from), format!("a column holds a value of the wrong type ({e}): modified")))
             }
             other => other,

@@ -212,8 +212,11 @@ pub fn read(path: &Path) -> Result<Vec<Record>, WitnessError> {
         if line.is_empty() || (i + 1 == lines.len() && !complete) {
             continue;
         }
-        let r: Record = serde_json::from_slice(line)
-            .map_err(|e| WitnessError::Line { path: p.clone(), line: i + 1, why: e.to_string() })?;
+        let r: Record = serde_json::from_slice(line).map_err(|e| WitnessError::Line {
+            path: p.clone(),
+            line: i + 1,
+            why: e.to_string(),
+        })?;
         out.push(r);
     }
     Ok(out)

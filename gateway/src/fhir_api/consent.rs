@@ -4,11 +4,11 @@
 //! See SECURITY.md for the grant kinds and their defaults.
 
 use super::read::{audit, caller, record, Caller, SERVED_TYPES};
+use super::FhirPath;
 use crate::app::{fhir_bytes, fhir_json, ApiError, AppState};
 use crate::audit::{Disclosed, Interaction, Outcome};
 use crate::config::InstitutionKind;
 use crate::policy::grants::{Grant, GrantKind, GrantStoreError, ALL_MEMBERS, GRANT_KIND_SYSTEM, NETWORK_SYSTEM};
-use super::FhirPath;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};

@@ -66,8 +66,9 @@ async fn search_inner(state: AppState, req: Request) -> Result<Response, ApiErro
     let shown = rows.iter().map(|(id, p, _)| disclosure(&c, *id, p)).collect();
     audit(&state, record(&c, Interaction::Search, Outcome::Success, None, shown, Some(query))).await?;
     Ok(super::searchset(
-        rows.iter()
-            .map(|(id, p, st)| (format!("{}/Communication/break-glass-{id}", c.base), crate::outbox::notice(*id, p, st))),
+        rows.iter().map(|(id, p, st)| {
+            (format!("{}/Communication/break-glass-{id}", c.base), crate::outbox::notice(*id, p, st))
+        }),
     ))
 }
 
@@ -88,6 +89,7 @@ async fn read_inner(state: AppState, id: String, req: Request) -> Result<Respons
         .await
         .map_err(|e| ApiError::unavailable("the notices cannot be read now", e))?;
     let Some((id, payload, st)) = rows.into_iter().next() else { return Err(not_found()) };
-    audit(&state, record(&c, Interaction::Read, Outcome::Success, None, vec![disclosure(&c, id, &payload)], None)).await?;
+    audit(&state, record(&c, Interaction::Read, Outcome::Success, None, vec![disclosure(&c, id, &payload)], None))
+        .await?;
     Ok(fhir_json(StatusCode::OK, &crate::outbox::notice(id, &payload, &st)))
 }

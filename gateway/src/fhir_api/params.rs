@@ -113,6 +113,25 @@ pub fn supported(resource_type: &str) -> &'static [(&'static str, &'static str)]
             ("date", "date"),
             ("category", "token"),
         ],
+        "Encounter" => &[("patient", "reference"), ("subject", "reference"), ("date", "date"), ("status", "token")],
+        "Procedure" => &[("patient", "reference"), ("subject", "reference"), ("code", "token"), ("date", "date")],
+        "Immunization" => &[("patient", "reference"), ("vaccine-code", "token"), ("date", "date"), ("status", "token")],
+        "ServiceRequest" => &[
+            ("patient", "reference"),
+            ("subject", "reference"),
+            ("code", "token"),
+            ("category", "token"),
+            ("status", "token"),
+            ("authored", "date"),
+        ],
+        "MedicationDispense" => {
+            &[("patient", "reference"), ("subject", "reference"), ("code", "token"), ("status", "token")]
+        }
+        "Specimen" => &[("patient", "reference"), ("subject", "reference"), ("type", "token")],
+        "Appointment" => &[("patient", "reference"), ("date", "date"), ("status", "token")],
+        "DocumentReference" => {
+            &[("patient", "reference"), ("subject", "reference"), ("type", "token"), ("date", "date")]
+        }
         _ => &[],
     }
 }
@@ -342,6 +361,12 @@ pub fn matches(r: &Resource, patient: Option<&str>, patient_birth: Option<&str>,
                 (Resource::MedicationRequest(m), "authoredon") => m.authored_on.as_deref(),
                 (Resource::Condition(c), "onset-date") => c.onset_date_time.as_deref(),
                 (Resource::Composition(c), "date") => Some(c.date.as_str()),
+                (Resource::Encounter(e), "date") => e.period.as_ref().and_then(|p| p.start.as_deref()),
+                (Resource::Procedure(p), "date") => p.performed_date_time.as_deref(),
+                (Resource::Immunization(i), "date") => Some(i.occurrence_date_time.as_str()),
+                (Resource::ServiceRequest(r), "authored") => r.authored_on.as_deref(),
+                (Resource::Appointment(a), "date") => a.start.as_deref(),
+                (Resource::DocumentReference(d), "date") => d.date.as_deref(),
                 _ => None,
             };
             date_matches(*prefix, *start, *end, value)
@@ -375,6 +400,24 @@ pub fn matches(r: &Resource, patient: Option<&str>, patient_birth: Option<&str>,
             (Resource::DiagnosticReport(d), "code") => token_matches_codings(values, &[&d.code]),
             (Resource::DiagnosticReport(d), "category") => {
                 token_matches_codings(values, &d.category.iter().collect::<Vec<_>>())
+            }
+            (Resource::Encounter(e), "status") => token_matches_plain(values, Some(&e.status)),
+            (Resource::Procedure(p), "code") => token_matches_codings(values, &p.code.iter().collect::<Vec<_>>()),
+            (Resource::Immunization(i), "vaccine-code") => token_matches_codings(values, &[&i.vaccine_code]),
+            (Resource::Immunization(i), "status") => token_matches_plain(values, Some(&i.status)),
+            (Resource::ServiceRequest(r), "code") => token_matches_codings(values, &r.code.iter().collect::<Vec<_>>()),
+            (Resource::ServiceRequest(r), "category") => {
+                token_matches_codings(values, &r.category.iter().collect::<Vec<_>>())
+            }
+            (Resource::ServiceRequest(r), "status") => token_matches_plain(values, Some(&r.status)),
+            (Resource::MedicationDispense(d), "code") => {
+                token_matches_codings(values, &d.medication_codeable_concept.iter().collect::<Vec<_>>())
+            }
+            (Resource::MedicationDispense(d), "status") => token_matches_plain(values, Some(&d.status)),
+            (Resource::Specimen(x), "type") => token_matches_codings(values, &x.type_.iter().collect::<Vec<_>>()),
+            (Resource::Appointment(a), "status") => token_matches_plain(values, Some(&a.status)),
+            (Resource::DocumentReference(d), "type") => {
+                token_matches_codings(values, &d.type_.iter().collect::<Vec<_>>())
             }
             _ => false,
         },

@@ -6,11 +6,11 @@
 //! `201`. The outbox worker delivers it to the recipient's inbox in its native format.
 
 use super::read::{audit, caller, record, Caller};
+use super::FhirPath;
 use crate::app::{fhir_json, ApiError, AppState};
 use crate::audit::{Disclosed, Interaction, Outcome};
 use crate::policy::grants::{Grant, GrantKind};
 use crate::records::pushed;
-use super::FhirPath;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};

@@ -3,12 +3,12 @@
 //! passing through `Policy` (as [`Permitted`]) and a committed audit record.
 
 use super::params::{self, Criterion, Search};
+use super::FhirPath;
 use crate::app::{fhir_bytes, ApiError, AppState};
 use crate::audit::{now_micros, AuditRecord, Disclosed, Interaction, Outcome, Requestor};
 use crate::identity::{ConnInfo, Principal};
 use crate::policy::{break_glass, Basis, BreakGlass, BreakGlassCode, Permitted, Presentation, ReadContext, Refusal};
 use crate::records::Stored;
-use super::FhirPath;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
@@ -28,6 +28,15 @@ pub const SERVED_TYPES: &[&str] = &[
     "Coverage",
     "DiagnosticReport",
     "Composition",
+    "Encounter",
+    "Procedure",
+    "Immunization",
+    "ServiceRequest",
+    "MedicationDispense",
+    "Specimen",
+    "Appointment",
+    "DocumentReference",
+    "Binary",
 ];
 
 pub(super) struct Caller {
@@ -77,7 +86,10 @@ fn break_glass_reason(headers: &HeaderMap) -> Result<Option<(BreakGlassCode, Opt
         )
     })?;
     if code == BreakGlassCode::Other && text.is_none() {
-        return Err(ApiError::invalid("break-glass for `other` needs free text: `other; <reason>`", BREAK_GLASS_HEADER));
+        return Err(ApiError::invalid(
+            "break-glass for `other` needs free text: `other; <reason>`",
+            BREAK_GLASS_HEADER,
+        ));
     }
     if text.as_ref().is_some_and(|t| t.chars().count() > 500) {
         return Err(ApiError::invalid("the break-glass text is at most 500 characters", BREAK_GLASS_HEADER));
@@ -164,7 +176,8 @@ async fn unreadable(
     e: crate::records::RecordsError,
     query: Option<String>,
 ) -> ApiError {
-    let public = "the records cannot be read now (a site's storage or the records index is unavailable); nothing was disclosed";
+    let public =
+        "the records cannot be read now (a site's storage or the records index is unavailable); nothing was disclosed";
     let rec = record(c, interaction, Outcome::Failed, Some(public.into()), vec![], query);
     match audit(state, rec).await {
         Ok(()) => ApiError::unavailable(public, e),
@@ -241,7 +254,10 @@ async fn declare_break_glass(
                 return Err(ApiError::TooManyRequests { message: why, retry_after: 3600 });
             }
             Err(e) => {
-                return Err(ApiError::unavailable("the break-glass declaration could not be stored; nothing was disclosed", e))
+                return Err(ApiError::unavailable(
+                    "the break-glass declaration could not be stored; nothing was disclosed",
+                    e,
+                ))
             }
         }
     }
@@ -250,7 +266,12 @@ async fn declare_break_glass(
 
 /// Write the audit record or refuse: nothing is disclosed unaudited.
 pub(super) async fn audit(state: &AppState, rec: AuditRecord) -> Result<(), ApiError> {
-    state.audit.record(rec).await.map(|_| ()).map_err(|e| ApiError::unavailable("the audit log is unavailable; nothing was disclosed", e))
+    state
+        .audit
+        .record(rec)
+        .await
+        .map(|_| ())
+        .map_err(|e| ApiError::unavailable("the audit log is unavailable; nothing was disclosed", e))
 }
 
 /// A role-level refusal: audited, then 403 (reveals nothing about existence).
@@ -269,7 +290,11 @@ async fn refuse_role(
 }
 
 /// `GET /fhir/{type}/{id}`.
-pub async fn read(State(state): State<AppState>, FhirPath((ty, id)): FhirPath<(String, String)>, req: Request) -> Response {
+pub async fn read(
+    State(state): State<AppState>,
+    FhirPath((ty, id)): FhirPath<(String, String)>,
+    req: Request,
+) -> Response {
     read_inner(state, ty, id, req).await.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -348,7 +373,8 @@ async fn search_inner(state: AppState, ty: String, req: Request) -> Result<Respo
     // Break-glass is for one patient at a time, never a search across patients.
     let glass_patient = one_patient(&ty, &search);
     if c.glass.is_some() && glass_patient.is_none() {
-        let why = "break-glass reads one patient at a time: search with exactly one patient (patient=, or _id= for Patient)";
+        let why =
+            "break-glass reads one patient at a time: search with exactly one patient (patient=, or _id= for Patient)";
         audit(&state, record(&c, Interaction::Search, Outcome::Denied, Some(why.into()), vec![], Some(query))).await?;
         return Err(ApiError::Forbidden(why.into()));
     }
@@ -384,11 +410,18 @@ async fn search_inner(state: AppState, ty: String, req: Request) -> Result<Respo
         }
         Err(Found::Unreadable(e)) => return Err(unreadable(&state, &c, Interaction::Search, e, Some(query)).await),
     };
-    let asked = |query| Asked { interaction: Interaction::Search, path: &ty, search: &search, query, person: ctx.break_glass.as_ref().and_then(|g| g.patients.first()).map(String::as_str) };
+    let asked = |query| Asked {
+        interaction: Interaction::Search,
+        path: &ty,
+        search: &search,
+        query,
+        person: ctx.break_glass.as_ref().and_then(|g| g.patients.first()).map(String::as_str),
+    };
     if presented.is_some() && found.total == 0 {
         // A failed lookup is audited as such: a sweep shows as a run of these.
         let why = "presented prescription: no prescription matches this number and birth date";
-        audit(&state, record(&c, Interaction::Search, Outcome::NotFound, Some(why.into()), vec![], Some(query))).await?;
+        audit(&state, record(&c, Interaction::Search, Outcome::NotFound, Some(why.into()), vec![], Some(query)))
+            .await?;
         return respond(&state, &c, asked(None), found, false).await;
     }
     respond(&state, &c, asked(Some(query)), found, true).await
@@ -418,7 +451,11 @@ impl From<crate::records::RecordsError> for Found {
 }
 
 fn too_costly(msg: String) -> Found {
-    Found::Refused(ApiError::BadRequest { code: kakehashi_fhir::IssueType::TooCostly, diagnostics: msg, expression: None })
+    Found::Refused(ApiError::BadRequest {
+        code: kakehashi_fhir::IssueType::TooCostly,
+        diagnostics: msg,
+        expression: None,
+    })
 }
 
 /// Matches to the page `search` asks for.
@@ -470,8 +507,15 @@ async fn find_patients(state: &AppState, c: &Caller, search: &Search, ctx: &Read
         )));
     }
     // Patients given as resources (tests, benchmarks) are matched on the resource.
-    rows.extend(records.fixed_patients().filter(|s| params::matches(&s.resource, s.patient.as_deref(), None, &search.criteria)).map(row_of));
-    let visible = |r: &crate::records::index::PatientRow| state.policy.basis(&c.who, "Patient", &r.owner, Some(&r.id), ctx).is_ok();
+    rows.extend(
+        records
+            .fixed_patients()
+            .filter(|s| params::matches(&s.resource, s.patient.as_deref(), None, &search.criteria))
+            .map(row_of),
+    );
+    let visible = |r: &crate::records::index::PatientRow| {
+        state.policy.basis(&c.who, "Patient", &r.owner, Some(&r.id), ctx).is_ok()
+    };
     rows.retain(|r| visible(r));
     rows.sort_by(|a, b| a.id.cmp(&b.id));
     rows.dedup_by(|a, b| a.id == b.id);
@@ -480,7 +524,8 @@ async fn find_patients(state: &AppState, c: &Caller, search: &Search, ctx: &Read
         // see, each still decided by its own owner's policy; after the direct matches.
         let mut linked_rows = Vec::new();
         for direct in &rows {
-            let linked: Vec<String> = state.linkage.person(records, &direct.id).await?.into_iter().map(|(o, _)| o).collect();
+            let linked: Vec<String> =
+                state.linkage.person(records, &direct.id).await?.into_iter().map(|(o, _)| o).collect();
             let linked: Vec<&str> = linked.iter().map(String::as_str).collect();
             linked_rows.extend(records.patient_rows(&linked).await?.into_iter().filter(|r| visible(r)));
         }
@@ -600,7 +645,9 @@ async fn find_records(
                 .or_else(|_| state.policy.presented_prescription(&c.who, s, presented, birth));
             let Ok(permit) = permit else { continue };
             out.push(Permitted { permit, record: s.clone() });
-            let Some(p) = all.iter().find(|p| p.resource.type_name() == "Patient" && p.patient == s.patient) else { continue };
+            let Some(p) = all.iter().find(|p| p.resource.type_name() == "Patient" && p.patient == s.patient) else {
+                continue;
+            };
             if !includes.iter().any(|i| Arc::ptr_eq(&i.record, p)) {
                 if let Ok(permit) = state.policy.presented_prescription(&c.who, p, presented, birth) {
                     includes.push(Permitted { permit, record: p.clone() });
@@ -638,7 +685,8 @@ async fn everything_inner(state: AppState, id: String, req: Request) -> Result<R
     };
     search.used.clear();
     let read = async {
-        let others: Vec<String> = state.linkage.person(&state.records, &id).await?.into_iter().map(|(o, _)| o).collect();
+        let others: Vec<String> =
+            state.linkage.person(&state.records, &id).await?.into_iter().map(|(o, _)| o).collect();
         let all_ids: Vec<&str> = std::iter::once(id.as_str()).chain(others.iter().map(String::as_str)).collect();
         let records = state.records.of_patients(&state.store, &all_ids, None, |_| true).await?;
         Ok::<_, crate::records::RecordsError>((others, records))
@@ -657,7 +705,8 @@ async fn everything_inner(state: AppState, id: String, req: Request) -> Result<R
         permitted.extend(state.policy.filter(&c.who, theirs, &ctx));
     }
     if permitted.is_empty() {
-        let asked = records.iter().find(|s| s.resource.type_name() == "Patient" && s.patient.as_deref() == Some(id.as_str()));
+        let asked =
+            records.iter().find(|s| s.resource.type_name() == "Patient" && s.patient.as_deref() == Some(id.as_str()));
         let (outcome, why, asked) = match asked {
             Some(s) => (Outcome::Denied, Refusal::NoGrant.to_string(), disclosure(s, String::new())),
             None => (Outcome::NotFound, NOT_VISIBLE.to_string(), absent(format!("Patient/{id}"))),
@@ -727,7 +776,13 @@ struct Asked<'a> {
 
 /// Audit the page (its matches and includes), then answer it; `audited` false when the
 /// caller has audited this answer already.
-async fn respond(state: &AppState, c: &Caller, asked: Asked<'_>, page: Page, audited: bool) -> Result<Response, ApiError> {
+async fn respond(
+    state: &AppState,
+    c: &Caller,
+    asked: Asked<'_>,
+    page: Page,
+    audited: bool,
+) -> Result<Response, ApiError> {
     let Asked { interaction, path, search, query, person } = asked;
     let Page { total, matches, includes } = page;
     let start = search.offset.min(total);

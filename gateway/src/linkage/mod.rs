@@ -72,9 +72,13 @@ impl Linkage {
                         neighbours.extend(bucket.into_iter().map(|(p, _)| p));
                     }
                 }
-                neighbours.extend(
-                    decisions.iter().filter(|d| d.a == p || d.b == p).map(|d| if d.a == p { d.b.clone() } else { d.a.clone() }),
-                );
+                neighbours.extend(decisions.iter().filter(|d| d.a == p || d.b == p).map(|d| {
+                    if d.a == p {
+                        d.b.clone()
+                    } else {
+                        d.a.clone()
+                    }
+                }));
             }
             neighbours.retain(|n| !facts.contains_key(n));
             neighbours.sort();
@@ -92,7 +96,12 @@ impl Linkage {
     }
 
     /// Load the facts of `patients` from the index into `facts` (two queries for all).
-    async fn load(&self, records: &Records, patients: &[String], facts: &mut HashMap<String, Facts>) -> Result<(), RecordsError> {
+    async fn load(
+        &self,
+        records: &Records,
+        patients: &[String],
+        facts: &mut HashMap<String, Facts>,
+    ) -> Result<(), RecordsError> {
         let Some(index) = records.index() else { return Ok(()) };
         let ids: Vec<&str> = patients.iter().map(String::as_str).filter(|p| !facts.contains_key(*p)).collect();
         if ids.is_empty() {

@@ -86,7 +86,9 @@ impl Serve {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .ok()
             .and_then(|s| {
-                s.lines().find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()))
+                s.lines().find_map(|l| {
+                    l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                })
             })
             .map_or(0.0, |kb| kb / 1024.0)
     }
@@ -124,7 +126,12 @@ async fn status(admin: std::net::SocketAddr) -> Option<serde_json::Value> {
 }
 
 /// The first time `path` answers 200, polled every 20 ms for up to `limit`.
-async fn first_answer(tls: &Arc<rustls::ClientConfig>, addr: std::net::SocketAddr, path: &str, limit: Duration) -> Option<Duration> {
+async fn first_answer(
+    tls: &Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+    path: &str,
+    limit: Duration,
+) -> Option<Duration> {
     let started = Instant::now();
     while started.elapsed() < limit {
         if let Ok(mut s) = Session::open(addr, tls.clone()).await {
@@ -153,7 +160,8 @@ pub async fn run(o: Options) -> Result<(), String> {
     if !o.storage.join("done").exists() {
         let started = Instant::now();
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let bulk = Spec { root: o.storage.clone(), patients: o.patients, visits: o.visits, first_id: 1_000_000_000, threads };
+        let bulk =
+            Spec { root: o.storage.clone(), patients: o.patients, visits: o.visits, first_id: 1_000_000_000, threads };
         let rich = Spec { root: o.storage.clone(), patients: o.rich, visits: 24, first_id: FIRST_RICH, threads };
         let (a, b) = tokio::task::spawn_blocking(move || {
             let p = std::sync::atomic::AtomicU64::new(0);
@@ -174,7 +182,8 @@ pub async fn run(o: Options) -> Result<(), String> {
     let db = o.database_url.clone().unwrap_or_else(|| format!("sqlite://{}/kakehashi.db", work.path().display()));
     let config = federation(work.path(), &o.storage, &db)?;
     let pki = work.path().join("pki");
-    let tls = super::client_config(&pki.join("ca.pem"), &pki.join("hub.pem"), &pki.join("hub.key"), &[b"http/1.1"], false)?;
+    let tls =
+        super::client_config(&pki.join("ca.pem"), &pki.join("hub.pem"), &pki.join("hub.key"), &[b"http/1.1"], false)?;
     let backend = if db.starts_with("postgres") { "PostgreSQL" } else { "SQLite" };
     println!("database: {backend}");
 
@@ -223,11 +232,17 @@ pub async fn run(o: Options) -> Result<(), String> {
             let t = Instant::now();
             let (status, body) = s.get(&path).await?;
             let ms = t.elapsed().as_secs_f64() * 1000.0;
-            if read == 0 { first.push(ms) } else { cached.push(ms) }
+            if read == 0 {
+                first.push(ms)
+            } else {
+                cached.push(ms)
+            }
             if status != 200 {
                 return Err(format!("$everything answered {status}: {}", String::from_utf8_lossy(&body)));
             }
-            resources = serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| v["total"].as_u64()).unwrap_or(0) as usize;
+            resources =
+                serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| v["total"].as_u64()).unwrap_or(0)
+                    as usize;
         }
     }
     first.sort_by(f64::total_cmp);
@@ -246,7 +261,9 @@ pub async fn run(o: Options) -> Result<(), String> {
     let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let local = format!("{:010}", FIRST_RICH);
     let before = s.get(&format!("/fhir/MedicationRequest?patient={}&_count=200", patient_id(&local))).await?;
-    let count = |b: &bytes::Bytes| serde_json::from_slice::<serde_json::Value>(b).ok().and_then(|v| v["total"].as_u64()).unwrap_or(0);
+    let count = |b: &bytes::Bytes| {
+        serde_json::from_slice::<serde_json::Value>(b).ok().and_then(|v| v["total"].as_u64()).unwrap_or(0)
+    };
     storage::write_visit(&o.storage, &local, 100 + run % 399)?;
     let t = Instant::now();
     let after = s.get(&format!("/fhir/MedicationRequest?patient={}&_count=200", patient_id(&local))).await?;

@@ -112,7 +112,8 @@ fn visit(root: &Path, p: &HubPatient<'_>, n: u64, v: u64) -> Result<(u64, u64), 
         bytes += put(root, [id, &date, "OMP-01", &rx, &format!("{date}123100000"), "01"], false, &text)?;
         files += 1;
     }
-    bytes += put(root, [id, &date, "OML-11", &lab, &format!("{date}150000000"), "01"], true, &oml11_on(p, &lab, &date))?;
+    bytes +=
+        put(root, [id, &date, "OML-11", &lab, &format!("{date}150000000"), "01"], true, &oml11_on(p, &lab, &date))?;
     Ok((files + 1, bytes))
 }
 
@@ -194,8 +195,9 @@ mod tests {
         assert_eq!(scan.files.len(), 1 + 7 + 8);
         let owner = crate::sites::Owner { code: "4610100011".into(), name: "Hub".into(), site: "hub".into() };
         for f in &scan.files {
-            let t = crate::sites::translate_hl7_file(&f.path, &owner, Some(kakehashi_adapters::text::Charset::Iso2022Jp))
-                .unwrap_or_else(|e| panic!("{}: {e}", f.path.display()));
+            let t =
+                crate::sites::translate_hl7_file(&f.path, &owner, Some(kakehashi_adapters::text::Charset::Iso2022Jp))
+                    .unwrap_or_else(|e| panic!("{}: {e}", f.path.display()));
             assert!(!t.resources.is_empty());
         }
     }

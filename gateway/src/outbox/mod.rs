@@ -154,7 +154,9 @@ async fn claim(store: &Store, limit: i64, seconds: i64) -> Result<Vec<Claimed>, 
     let rows = sqlx::query(sql).bind(t).bind(t + seconds).bind(limit).fetch_all(&mut *tx).await?;
     let claimed = rows
         .iter()
-        .map(|r| Ok(Claimed { id: r.try_get(0)?, kind: r.try_get(1)?, destination: r.try_get(2)?, payload: r.try_get(3)? }))
+        .map(|r| {
+            Ok(Claimed { id: r.try_get(0)?, kind: r.try_get(1)?, destination: r.try_get(2)?, payload: r.try_get(3)? })
+        })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
     tx.commit().await?;
     Ok(claimed)
@@ -214,7 +216,11 @@ async fn finish(
 pub(crate) fn write_durably(dir: &std::path::Path, name: &str, bytes: &[u8]) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut f = std::fs::OpenOptions::new()
         .write(true)

@@ -218,11 +218,8 @@ impl Policy {
 
     /// A policy for `config`'s sites, no grants loaded yet.
     pub fn for_config(config: &crate::config::Config) -> Arc<Policy> {
-        let prescription_systems = config
-            .sites
-            .iter()
-            .filter_map(|s| Some((s.id.clone(), s.prescription_number_system.clone()?)))
-            .collect();
+        let prescription_systems =
+            config.sites.iter().filter_map(|s| Some((s.id.clone(), s.prescription_number_system.clone()?))).collect();
         Arc::new(Policy { grants: Grants::default(), prescription_systems })
     }
 
@@ -268,7 +265,8 @@ impl Policy {
             return Ok(Basis::SameSite);
         }
         let patient = patient.unwrap_or("");
-        let applies = |g: &Grant| g.active_at(ctx.now) && g.names(&who.institution) && g.covers(ty) && kind_fits(g, who, ty);
+        let applies =
+            |g: &Grant| g.active_at(ctx.now) && g.names(&who.institution) && g.covers(ty) && kind_fits(g, who, ty);
         if let Some((kind, id)) = self.grants.first_of(owner, patient, applies) {
             return Ok(Basis::Grant(kind, id));
         }
@@ -335,7 +333,8 @@ impl Policy {
                 let system = self.prescription_system(record);
                 presented.system.as_deref().is_none_or(|s| s == system)
                     && m.identifier.iter().any(|i| {
-                        i.system.as_deref() == Some(system.as_str()) && i.value.as_deref() == Some(presented.number.as_str())
+                        i.system.as_deref() == Some(system.as_str())
+                            && i.value.as_deref() == Some(presented.number.as_str())
                     })
             }
             kakehashi_fhir::Resource::Patient(_) => true,

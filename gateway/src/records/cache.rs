@@ -141,7 +141,8 @@ mod tests {
     /// A unit holding one Patient with this id.
     fn holding(id: &str, bytes: usize) -> Arc<Unit> {
         let owner = crate::sites::Owner { code: "o".into(), name: "O".into(), site: "s".into() };
-        let patient = kakehashi_fhir::Resource::Patient(kakehashi_fhir::Patient { id: Some(id.into()), ..Default::default() });
+        let patient =
+            kakehashi_fhir::Resource::Patient(kakehashi_fhir::Patient { id: Some(id.into()), ..Default::default() });
         let mut u = Arc::into_inner(unit(bytes)).unwrap();
         u.records.push(Arc::new(super::super::Stored::new(patient, &owner).unwrap()));
         Arc::new(u)

@@ -384,7 +384,10 @@ impl IndexDb {
                 .await?;
             if v.as_deref() != Some(SCHEMA_VERSION) {
                 if v.is_some() {
-                    tracing::warn!(from = v.as_deref().unwrap_or(""), "the records index has another layout; rebuilding it");
+                    tracing::warn!(
+                        from = v.as_deref().unwrap_or(""),
+                        "the records index has another layout; rebuilding it"
+                    );
                 }
                 for d in DROP {
                     conn.execute(*d).await?;
@@ -395,8 +398,7 @@ impl IndexDb {
                     Backend::Sqlite => ("WITHOUT ROWID", ""),
                     Backend::Postgres => ("", "COLLATE \"C\""),
                 };
-                conn.execute(sqlx::AssertSqlSafe(t.replace("{WITHOUT_ROWID}", rowid).replace("{PART}", part)))
-                    .await?;
+                conn.execute(sqlx::AssertSqlSafe(t.replace("{WITHOUT_ROWID}", rowid).replace("{PART}", part))).await?;
             }
             sqlx::query(
                 "INSERT INTO rec_meta (key, value) VALUES ('schema', $1) ON CONFLICT (key) DO UPDATE SET value = $1",
@@ -434,7 +436,9 @@ impl IndexDb {
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|r| Ok(FileRow { path: r.try_get(0)?, mtime_ns: r.try_get(1)?, size: r.try_get(2)?, state: r.try_get(3)? }))
+            .map(|r| {
+                Ok(FileRow { path: r.try_get(0)?, mtime_ns: r.try_get(1)?, size: r.try_get(2)?, state: r.try_get(3)? })
+            })
             .collect()
     }
 
@@ -457,7 +461,8 @@ impl IndexDb {
             }
         }
         // Files.
-        let files: Vec<(&UnitRows, &FileRow)> = units.iter().flat_map(|u| u.files.iter().map(move |f| (u, f))).collect();
+        let files: Vec<(&UnitRows, &FileRow)> =
+            units.iter().flat_map(|u| u.files.iter().map(move |f| (u, f))).collect();
         for chunk in files.chunks(ROWS_PER_INSERT) {
             let sql = format!(
                 "INSERT INTO rec_file (site, path, patient, mtime, size, state) VALUES {} \
@@ -472,8 +477,13 @@ impl IndexDb {
             q.execute(&mut *tx).await?;
         }
         // Resource ids → patient.
-        let mut resources: Vec<(i64, i64)> =
-            units.iter().flat_map(|u| { let p = key64(&u.patient); u.resources.iter().map(move |h| (*h, p)) }).collect();
+        let mut resources: Vec<(i64, i64)> = units
+            .iter()
+            .flat_map(|u| {
+                let p = key64(&u.patient);
+                u.resources.iter().map(move |h| (*h, p))
+            })
+            .collect();
         // In key order, each insert lands beside the one before: far fewer B-tree pages
         // touched than random keys one after another.
         resources.sort_unstable();
@@ -522,7 +532,10 @@ impl IndexDb {
         let names: Vec<(&UnitRows, &str, &str)> =
             patients.iter().flat_map(|u| u.names.iter().map(move |(k, v)| (*u, *k, v.as_str()))).collect();
         for chunk in names.chunks(ROWS_PER_INSERT) {
-            let sql = format!("INSERT INTO rec_name (patient, site, kind, part) VALUES {}", values(self.backend, chunk.len(), 4));
+            let sql = format!(
+                "INSERT INTO rec_name (patient, site, kind, part) VALUES {}",
+                values(self.backend, chunk.len(), 4)
+            );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (u, k, v) in chunk {
                 q = q.bind(&u.patient).bind(&u.site).bind(*k).bind(*v);
@@ -534,19 +547,23 @@ impl IndexDb {
             .flat_map(|u| u.identifiers.iter().map(move |(s, v)| (*u, s.as_deref(), v.as_str())))
             .collect();
         for chunk in idents.chunks(ROWS_PER_INSERT) {
-            let sql = format!("INSERT INTO rec_ident (patient, site, system, value) VALUES {}", values(self.backend, chunk.len(), 4));
+            let sql = format!(
+                "INSERT INTO rec_ident (patient, site, system, value) VALUES {}",
+                values(self.backend, chunk.len(), 4)
+            );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (u, s, v) in chunk {
                 q = q.bind(&u.patient).bind(&u.site).bind(s.map(str::to_string)).bind(*v);
             }
             q.execute(&mut *tx).await?;
         }
-        let keys: Vec<(&UnitRows, &str, &str, Option<&str>)> = units
-            .iter()
-            .flat_map(|u| u.keys.iter().map(move |(k, v, e)| (u, *k, v.as_str(), e.as_deref())))
-            .collect();
+        let keys: Vec<(&UnitRows, &str, &str, Option<&str>)> =
+            units.iter().flat_map(|u| u.keys.iter().map(move |(k, v, e)| (u, *k, v.as_str(), e.as_deref()))).collect();
         for chunk in keys.chunks(ROWS_PER_INSERT) {
-            let sql = format!("INSERT INTO rec_key (patient, site, kind, key, extra) VALUES {}", values(self.backend, chunk.len(), 5));
+            let sql = format!(
+                "INSERT INTO rec_key (patient, site, kind, key, extra) VALUES {}",
+                values(self.backend, chunk.len(), 5)
+            );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (u, k, v, e) in chunk {
                 q = q.bind(&u.patient).bind(&u.site).bind(*k).bind(*v).bind(e.map(str::to_string));
@@ -615,7 +632,10 @@ impl IndexDb {
     }
 
     /// Every key of `patients` at every site: (patient, kind, key, extra).
-    pub async fn keys_of(&self, patients: &[&str]) -> Result<Vec<(String, String, String, Option<String>)>, sqlx::Error> {
+    pub async fn keys_of(
+        &self,
+        patients: &[&str],
+    ) -> Result<Vec<(String, String, String, Option<String>)>, sqlx::Error> {
         let mut out = Vec::new();
         for chunk in patients.chunks(500) {
             let sql = format!(
@@ -659,7 +679,12 @@ impl IndexDb {
 
     /// Patients of `site` after local id `after`, `limit` of them: (local, patient,
     /// watched mtime), for the walker's passes.
-    pub async fn patients_page(&self, site: &str, after: &str, limit: i64) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    pub async fn patients_page(
+        &self,
+        site: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT local, id, watch_mtime FROM rec_patient WHERE site = $1 AND local > $2 ORDER BY local LIMIT $3",
         )
@@ -693,7 +718,8 @@ impl IndexDb {
 
     /// Directory modification times of `site` recorded by the walker.
     pub async fn dirs(&self, site: &str) -> Result<std::collections::HashMap<String, i64>, sqlx::Error> {
-        let rows = sqlx::query("SELECT path, mtime FROM rec_dir WHERE site = $1").bind(site).fetch_all(&self.pool).await?;
+        let rows =
+            sqlx::query("SELECT path, mtime FROM rec_dir WHERE site = $1").bind(site).fetch_all(&self.pool).await?;
         rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
     }
 
@@ -720,8 +746,10 @@ impl IndexDb {
             .bind(site)
             .fetch_one(&self.pool)
             .await?;
-        let f: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM rec_file WHERE site = $1").bind(site).fetch_one(&self.pool).await?;
+        let f: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rec_file WHERE site = $1")
+            .bind(site)
+            .fetch_one(&self.pool)
+            .await?;
         Ok((p, f))
     }
 

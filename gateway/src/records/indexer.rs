@@ -267,11 +267,8 @@ impl Budget {
 /// The advisory lock that makes this instance the one that walks (PostgreSQL).
 async fn try_lock(index: &IndexDb) -> Option<sqlx::pool::PoolConnection<sqlx::Any>> {
     let mut conn = index.pool().acquire().await.ok()?;
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(7263011i64)
-        .fetch_one(&mut *conn)
-        .await
-        .ok()?;
+    let got: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(7263011i64).fetch_one(&mut *conn).await.ok()?;
     got.then_some(conn)
 }
 
@@ -345,7 +342,11 @@ fn translate_many(site: &Site, locals: &[String]) -> Result<Vec<Read>, unit::Sit
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(unit::SiteError { site: site.id.clone(), message: "a translator thread panicked".into() })))
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(unit::SiteError { site: site.id.clone(), message: "a translator thread panicked".into() })
+                })
+            })
             .collect()
     });
     let mut all = Vec::new();
@@ -387,7 +388,11 @@ async fn ss_mix2_pass(
 ) -> Result<u64, super::RecordsError> {
     let root = site.root().to_path_buf();
     if !root.is_dir() {
-        return Err(unit::SiteError { site: site.id.clone(), message: format!("storage root {} is not reachable", root.display()) }.into());
+        return Err(unit::SiteError {
+            site: site.id.clone(),
+            message: format!("storage root {} is not reachable", root.display()),
+        }
+        .into());
     }
     let known_dirs = index.dirs(&site.id).await?;
     let first = known_dirs.is_empty() && index.counts(&site.id).await?.0 == 0;
@@ -395,10 +400,18 @@ async fn ss_mix2_pass(
         // A new index, or one deleted to be rebuilt: say so, it takes a while at a hub.
         tracing::info!(site = %site.id, root = %root.display(), "indexing the storage from the start");
     }
-    let mut pending =
-        Pending { index, records, rows: Vec::new(), fresh: first, batch: settings.batch, files: 0, started: Instant::now() };
+    let mut pending = Pending {
+        index,
+        records,
+        rows: Vec::new(),
+        fresh: first,
+        batch: settings.batch,
+        files: 0,
+        started: Instant::now(),
+    };
     let mut done = 0u64;
-    let site_err = |e: kakehashi_adapters::SourceError| unit::SiteError { site: site.id.clone(), message: e.to_string() };
+    let site_err =
+        |e: kakehashi_adapters::SourceError| unit::SiteError { site: site.id.clone(), message: e.to_string() };
     // New patients: every pid[3..6] directory whose time changed.
     let mut groups = Vec::new();
     for (a, a_path) in kakehashi_adapters::ss_mix2::subdirs(&root).map_err(site_err)? {
@@ -496,7 +509,11 @@ pub async fn sync_flat(records: &Records, site: &Site) -> Result<usize, super::R
     let mut last = gate.lock().await;
     let mtime = unit::dir_mtime(site.root());
     if !site.root().is_dir() {
-        return Err(unit::SiteError { site: site.id.clone(), message: format!("directory {} is not reachable", site.root().display()) }.into());
+        return Err(unit::SiteError {
+            site: site.id.clone(),
+            message: format!("directory {} is not reachable", site.root().display()),
+        }
+        .into());
     }
     if *last == mtime {
         return Ok(0);
@@ -544,13 +561,17 @@ fn flat_changes(
                 files.entry(patient.to_string()).or_default().push(rel);
             }
             // Which patient a new document is about is in the document.
-            None => match unit::translate_flat(site, abs).ok().and_then(|(_, rs)| rs.iter().find_map(super::patient_of)) {
-                Some(patient) => {
-                    touched.insert(patient.clone());
-                    files.entry(patient).or_default().push(rel);
+            None => {
+                match unit::translate_flat(site, abs).ok().and_then(|(_, rs)| rs.iter().find_map(super::patient_of)) {
+                    Some(patient) => {
+                        touched.insert(patient.clone());
+                        files.entry(patient).or_default().push(rel);
+                    }
+                    None => {
+                        tracing::warn!(site = %site.id, "a document names no patient or cannot be read; retried when it changes")
+                    }
                 }
-                None => tracing::warn!(site = %site.id, "a document names no patient or cannot be read; retried when it changes"),
-            },
+            }
         }
     }
     for (rel, (patient, _, _)) in &known {

@@ -68,6 +68,20 @@ fn patient_of(r: &Resource) -> Option<String> {
         Resource::DiagnosticReport(x) => x.subject.as_ref(),
         Resource::Composition(x) => x.subject.as_ref(),
         Resource::Consent(x) => x.patient.as_ref(),
+        Resource::Encounter(x) => x.subject.as_ref(),
+        Resource::DocumentReference(x) => x.subject.as_ref(),
+        Resource::Immunization(x) => Some(&x.patient),
+        Resource::ServiceRequest(x) => Some(&x.subject),
+        Resource::MedicationDispense(x) => Some(&x.subject),
+        Resource::Procedure(x) => Some(&x.subject),
+        Resource::Specimen(x) => Some(&x.subject),
+        // A note's content is read under the patient it was written about.
+        Resource::Binary(x) => x.security_context.as_ref(),
+        Resource::Appointment(x) => x
+            .participant
+            .iter()
+            .filter_map(|p| p.actor.as_ref())
+            .find(|a| a.reference.as_deref().is_some_and(|r| r.starts_with("Patient/"))),
         _ => None,
     }?;
     reference.reference.as_deref()?.strip_prefix("Patient/").map(str::to_string)
@@ -228,7 +242,12 @@ impl Records {
     }
 
     /// A record by type and id: a site's (found through the index) or a pushed one.
-    pub async fn get(&self, store: &crate::store::Store, ty: &str, id: &str) -> Result<Option<Arc<Stored>>, RecordsError> {
+    pub async fn get(
+        &self,
+        store: &crate::store::Store,
+        ty: &str,
+        id: &str,
+    ) -> Result<Option<Arc<Stored>>, RecordsError> {
         if let Some(&i) = self.fixed.by_key.get(&(ty.to_string(), id.to_string())) {
             return Ok(Some(self.fixed.all[i].clone()));
         }
@@ -324,12 +343,13 @@ impl Records {
             .iter()
             .filter_map(|s| match &s.resource {
                 Resource::Patient(p) => {
-                    let coverages = self.fixed.by_patient.get(p.id.as_deref().unwrap_or("")).into_iter().flatten().filter_map(
-                        |&i| match &self.fixed.all[i].resource {
-                            Resource::Coverage(c) => Some(c),
-                            _ => None,
-                        },
-                    );
+                    let coverages =
+                        self.fixed.by_patient.get(p.id.as_deref().unwrap_or("")).into_iter().flatten().filter_map(
+                            |&i| match &self.fixed.all[i].resource {
+                                Resource::Coverage(c) => Some(c),
+                                _ => None,
+                            },
+                        );
                     crate::linkage::index::facts_of(p, coverages, format!("{}|{}", s.site, s.owner))
                 }
                 _ => None,
@@ -439,41 +459,53 @@ impl Records {
         }
         let row = row.clone();
         let began = unit::Checked::now();
-        let (unit, changed) = tokio::task::spawn_blocking(move || -> Result<(Arc<Unit>, Option<index::UnitRows>), RecordsError> {
-            if site.is_ss_mix2() {
-                let listing = unit::ss_mix2_listing(&site, &row.local)?;
-                if let Some(c) = cached.filter(|c| same_files(c, listing.files.iter().map(|f| (unit::relative(&site, &f.path), f.stamp)))) {
-                    let unusable = c.files.iter().filter(|f| f.state == unit::UNUSABLE).map(|f| site.root().join(&f.rel)).collect::<Vec<_>>();
-                    c.rewatch(unit::Watch::of(&listing, &unusable.iter().map(|p| p.as_path()).collect()));
-                    c.checked.mark(began);
-                    return Ok((c, None));
+        let (unit, changed) =
+            tokio::task::spawn_blocking(move || -> Result<(Arc<Unit>, Option<index::UnitRows>), RecordsError> {
+                if site.is_ss_mix2() {
+                    let listing = unit::ss_mix2_listing(&site, &row.local)?;
+                    if let Some(c) = cached.filter(|c| {
+                        same_files(c, listing.files.iter().map(|f| (unit::relative(&site, &f.path), f.stamp)))
+                    }) {
+                        let unusable = c
+                            .files
+                            .iter()
+                            .filter(|f| f.state == unit::UNUSABLE)
+                            .map(|f| site.root().join(&f.rel))
+                            .collect::<Vec<_>>();
+                        c.rewatch(unit::Watch::of(&listing, &unusable.iter().map(|p| p.as_path()).collect()));
+                        c.checked.mark(began);
+                        return Ok((c, None));
+                    }
+                    let t = unit::translate_ss_mix2(&site, &row.local, &listing)?;
+                    let rows = unit::rows(&site, &t);
+                    let fresh = Arc::new(t.into_unit());
+                    fresh.checked.mark(began);
+                    Ok((fresh, Some(rows)))
+                } else {
+                    let stamps: Vec<(String, kakehashi_adapters::ss_mix2::Stamp)> = files
+                        .iter()
+                        .filter_map(|rel| {
+                            let m = std::fs::metadata(site.root().join(rel)).ok()?;
+                            Some((rel.clone(), kakehashi_adapters::ss_mix2::Stamp::of(&m)))
+                        })
+                        .collect();
+                    if !site.root().is_dir() {
+                        return Err(unit::SiteError {
+                            site: site.id.clone(),
+                            message: format!("directory {} is not reachable", site.root().display()),
+                        }
+                        .into());
+                    }
+                    if let Some(c) = cached.filter(|c| same_files(c, stamps.iter().cloned())) {
+                        return Ok((c, None));
+                    }
+                    let t = unit::translate_flat_unit(&site, &row.id, &files);
+                    let rows = unit::rows(&site, &t);
+                    Ok((Arc::new(t.into_unit()), Some(rows)))
                 }
-                let t = unit::translate_ss_mix2(&site, &row.local, &listing)?;
-                let rows = unit::rows(&site, &t);
-                let fresh = Arc::new(t.into_unit());
-                fresh.checked.mark(began);
-                Ok((fresh, Some(rows)))
-            } else {
-                let stamps: Vec<(String, kakehashi_adapters::ss_mix2::Stamp)> = files
-                    .iter()
-                    .filter_map(|rel| {
-                        let m = std::fs::metadata(site.root().join(rel)).ok()?;
-                        Some((rel.clone(), kakehashi_adapters::ss_mix2::Stamp::of(&m)))
-                    })
-                    .collect();
-                if !site.root().is_dir() {
-                    return Err(unit::SiteError { site: site.id.clone(), message: format!("directory {} is not reachable", site.root().display()) }.into());
-                }
-                if let Some(c) = cached.filter(|c| same_files(c, stamps.iter().cloned())) {
-                    return Ok((c, None));
-                }
-                let t = unit::translate_flat_unit(&site, &row.id, &files);
-                let rows = unit::rows(&site, &t);
-                Ok((Arc::new(t.into_unit()), Some(rows)))
-            }
-        })
-        .await
-        .map_err(|e| RecordsError::Task(e.to_string()))??;
+            })
+            .await
+            .map_err(|e| RecordsError::Task(e.to_string()))??;
         self.cache.stats.hits.fetch_add(u64::from(changed.is_none()), std::sync::atomic::Ordering::Relaxed);
         if let Some(rows) = changed {
             self.cache.stats.misses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

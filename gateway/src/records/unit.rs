@@ -186,7 +186,10 @@ pub fn watched(site: &Site, local: &str) -> i64 {
 pub fn ss_mix2_listing(site: &Site, local: &str) -> Result<ss_mix2::PatientFiles, SiteError> {
     let storage = Storage::new(site.root());
     if !site.root().is_dir() {
-        return Err(SiteError { site: site.id.clone(), message: format!("storage root {} is not reachable", site.root().display()) });
+        return Err(SiteError {
+            site: site.id.clone(),
+            message: format!("storage root {} is not reachable", site.root().display()),
+        });
     }
     storage.patient_files(local).map_err(|e| SiteError { site: site.id.clone(), message: e.to_string() })
 }
@@ -309,7 +312,8 @@ pub fn translate_ss_mix2(site: &Site, local: &str, listing: &ss_mix2::PatientFil
     let Ownership::Site(owner) = &site.ownership else {
         return Err(SiteError { site: site.id.clone(), message: "an SS-MIX2 site names its owner".into() });
     };
-    let live: std::collections::HashSet<&Path> = ss_mix2::live(&listing.files).into_iter().map(|f| f.path.as_path()).collect();
+    let live: std::collections::HashSet<&Path> =
+        ss_mix2::live(&listing.files).into_iter().map(|f| f.path.as_path()).collect();
     let mut t = Translated {
         site: site.id.clone(),
         patient: kakehashi_mappings::stable_id(&owner.code, "Patient", local),
@@ -484,7 +488,6 @@ pub fn relative(site: &Site, abs: &Path) -> String {
 mod tests {
     use super::*;
     use crate::Config;
-
 
     const CONFIG: &str = r#"
 [federation]

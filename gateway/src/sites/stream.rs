@@ -7,7 +7,7 @@ use super::{Owner, Ownership};
 use kakehashi_adapters::ss_mix2::Storage;
 use kakehashi_adapters::text::Charset;
 use kakehashi_adapters::{ParseOptions, SourceError};
-use kakehashi_fhir::Resource;
+use kakehashi_fhir::{IssueSeverity, IssueType, OperationOutcome, OperationOutcomeIssue, Resource};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -44,6 +44,11 @@ pub struct Summary {
 pub trait Sink {
     /// Take one unit's resources.
     fn take(&mut self, resources: Vec<Resource>) -> std::io::Result<()>;
+
+    /// Take the outcome of a source that had warnings or could not be translated.
+    fn outcome(&mut self, outcome: OperationOutcome) -> std::io::Result<()> {
+        self.take(vec![Resource::OperationOutcome(outcome)])
+    }
 }
 
 /// One resource per line.
@@ -61,11 +66,21 @@ impl<W: Write> Sink for Ndjson<W> {
 
 /// Everything gathered for one Bundle at the end (small inputs).
 #[derive(Default)]
-pub struct Gather(pub Vec<Resource>);
+pub struct Gather {
+    /// The resources, in order.
+    pub resources: Vec<Resource>,
+    /// The sources' outcomes (warnings, errors), in order.
+    pub outcomes: Vec<OperationOutcome>,
+}
 
 impl Sink for Gather {
     fn take(&mut self, resources: Vec<Resource>) -> std::io::Result<()> {
-        self.0.extend(resources);
+        self.resources.extend(resources);
+        Ok(())
+    }
+
+    fn outcome(&mut self, outcome: OperationOutcome) -> std::io::Result<()> {
+        self.outcomes.push(outcome);
         Ok(())
     }
 }
@@ -158,9 +173,23 @@ fn files_under(path: &Path) -> Result<Vec<PathBuf>, SourceError> {
     Ok(out)
 }
 
-/// Count one unit's outcome, report its warnings or error, and hand its resources on.
+/// One issue of a source's outcome, its diagnostics naming the source.
+fn issue(severity: IssueSeverity, code: IssueType, source: &str, text: String) -> OperationOutcomeIssue {
+    OperationOutcomeIssue {
+        severity,
+        code,
+        details: None,
+        diagnostics: Some(format!("{source}: {text}")),
+        expression: vec![],
+    }
+}
+
+/// Count one unit's outcome, report its warnings or error, and hand its resources on,
+/// followed by its outcome (an OperationOutcome naming `source`) when it has warnings
+/// or could not be translated.
 fn done(
     s: &mut Summary,
+    source: &str,
     t: Result<kakehashi_mappings::Translation, SourceError>,
     sink: &mut dyn Sink,
     report: &mut dyn FnMut(&str),
@@ -168,17 +197,45 @@ fn done(
     match t {
         Ok(t) => {
             for w in &t.warnings {
-                report(&format!("warning: {}: {}", w.location, w.message));
+                report(&format!("warning: {source}: {}: {}", w.location, w.message));
             }
             s.warnings += t.warnings.len() as u64;
             s.units += 1;
             s.resources += t.resources.len() as u64;
-            sink.take(t.resources)
+            let issues: Vec<OperationOutcomeIssue> = t
+                .warnings
+                .iter()
+                .map(|w| {
+                    issue(
+                        IssueSeverity::Warning,
+                        IssueType::Processing,
+                        source,
+                        format!("{}: {}", w.location, w.message),
+                    )
+                })
+                .collect();
+            sink.take(t.resources)?;
+            if issues.is_empty() {
+                return Ok(());
+            }
+            sink.outcome(OperationOutcome { id: None, meta: None, issue: issues })
         }
         Err(e) => {
             report(&format!("error: {e}"));
             s.failed += 1;
-            Ok(())
+            let text = e.to_string();
+            // The error names its file already; say which source it was when it does not.
+            let text = text.strip_prefix(source).map(|t| t.trim_start_matches([':', ' ']).to_string()).unwrap_or(text);
+            sink.outcome(OperationOutcome {
+                id: None,
+                meta: None,
+                issue: vec![issue(
+                    IssueSeverity::Error,
+                    IssueType::Processing,
+                    source,
+                    format!("not translated: {text}"),
+                )],
+            })
         }
     }
 }
@@ -225,7 +282,7 @@ pub fn translate(
                         }
                     }
                     super::dedupe(&mut unit.resources);
-                    done(&mut s, Ok(unit), sink, report).map_err(io)?;
+                    done(&mut s, &format!("patient {pid}"), Ok(unit), sink, report).map_err(io)?;
                     progress.tick(&s, false);
                 }
             }
@@ -249,22 +306,41 @@ pub fn translate(
                 let charset = (input == Input::SsMix2).then_some(Charset::Iso2022Jp);
                 let options = ParseOptions { default_charset: charset, force_charset: None };
                 let key = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                for (n, m) in split_messages(&bytes).into_iter().enumerate() {
+                // An SS-MIX2 file's name says whether its record was deleted (取消, flag 0).
+                let deleted = input == Input::SsMix2
+                    && kakehashi_adapters::ss_mix2::FileName::parse(&key).is_ok_and(|n| !n.valid);
+                let messages = split_messages(&bytes);
+                let several = messages.len() > 1;
+                for (n, m) in messages.into_iter().enumerate() {
                     let ctx = owner.context(if n == 0 { key.clone() } else { format!("{key}#{}", n + 1) });
+                    let source = if several {
+                        format!("{} (message {})", file.display(), n + 1)
+                    } else {
+                        file.display().to_string()
+                    };
                     let t = kakehashi_mappings::hl7v2::translate_bytes(m, &options, &ctx)
-                        .map_err(|e| e.in_file(format!("{} (message {})", file.display(), n + 1)));
-                    done(&mut s, t, sink, report).map_err(io)?;
+                        .map(|mut t| {
+                            if deleted {
+                                kakehashi_mappings::mark_deleted(&mut t);
+                            }
+                            t
+                        })
+                        .map_err(|e| e.in_file(source.clone()));
+                    done(&mut s, &source, t, sink, report).map_err(io)?;
                 }
             }
             Input::Mml => {
                 let t = super::translate_mml_file_owned(&file, &Ownership::Site(owner.clone())).map(|(t, _)| t);
-                done(&mut s, t, sink, report).map_err(io)?;
+                done(&mut s, &file.display().to_string(), t, sink, report).map_err(io)?;
             }
             Input::JahisRx => {
                 let t = super::translate_jahis_file_owned(&file, &Ownership::Site(owner.clone())).map(|(t, _)| t);
-                done(&mut s, t, sink, report).map_err(io)?;
+                done(&mut s, &file.display().to_string(), t, sink, report).map_err(io)?;
             }
-            Input::Cda => done(&mut s, super::translate_cda_file(&file, owner), sink, report).map_err(io)?,
+            Input::Cda => {
+                let t = super::translate_cda_file(&file, owner);
+                done(&mut s, &file.display().to_string(), t, sink, report).map_err(io)?
+            }
         }
         progress.tick(&s, false);
     }

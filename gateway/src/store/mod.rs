@@ -353,8 +353,10 @@ impl Store {
                     Ok::<(), StoreError>(())
                 }
                 .await;
-                let unlocked =
-                    sqlx::query("SELECT pg_advisory_unlock($1)").bind(Lock::Migrations as i64).execute(&mut *conn).await;
+                let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(Lock::Migrations as i64)
+                    .execute(&mut *conn)
+                    .await;
                 if unlocked.is_err() {
                     // A session still holding the lock must not go back to the pool.
                     conn.detach();
@@ -371,8 +373,10 @@ const SCHEMA_TABLE: &str =
 
 /// Apply migration `m` (its SQL for this backend) in `conn`'s transaction unless done.
 async fn apply(conn: &mut sqlx::AnyConnection, m: &Migration, sql: &'static str) -> Result<(), StoreError> {
-    let done =
-        sqlx::query("SELECT version FROM kk_schema WHERE version = $1").bind(m.version).fetch_optional(&mut *conn).await?;
+    let done = sqlx::query("SELECT version FROM kk_schema WHERE version = $1")
+        .bind(m.version)
+        .fetch_optional(&mut *conn)
+        .await?;
     if done.is_none() {
         conn.execute(sql).await.map_err(|source| StoreError::Migration { version: m.version, source })?;
         sqlx::query("INSERT INTO kk_schema (version, applied_at) VALUES ($1, $2)")

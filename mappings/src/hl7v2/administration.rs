@@ -24,7 +24,7 @@ pub(super) fn translate(h: &Helper<'_>, t: &mut Translation) {
             }
             "RXR" => {
                 if let Some(a) = current.as_mut() {
-                    let route = h.concept(m.repetitions(seg.field(1)).next().unwrap_or(""), &at(seg, 1), t);
+                    let route = h.coded_in(seg, 1, "HL70162", t);
                     a.dosage.get_or_insert_with(Default::default).route = route;
                 }
             }
@@ -48,8 +48,8 @@ fn administration(
     let m = h.msg;
     let order = orc.map(|o| h.comp(o, 2, 1)).unwrap_or_default();
     let mut dose = None;
-    if let Some(v) = h.number(&m.component(rxa.field(6), 1), &at(rxa, 6), t) {
-        let raw = rxa.field(7);
+    if let Some(v) = h.number(&m.component(h.field(rxa, 6), 1), &at(rxa, 6), t) {
+        let raw = h.field(rxa, 7);
         let code = m.component(raw, 1).trim().to_string();
         let text = m.component(raw, 2).trim().to_string();
         let system = (!code.is_empty()).then(|| h.system(&m.component(raw, 3), &at(rxa, 7), t));
@@ -62,7 +62,7 @@ fn administration(
         });
     }
     // RXA-20 completion status (HL7 table 0322): CP complete, RE refused, NA not given, PA partial.
-    let status = match rxa.field(20).trim() {
+    let status = match h.field(rxa, 20).trim() {
         "CP" | "" => "completed",
         "PA" => "in-progress",
         "RE" | "NA" => "not-done",
@@ -72,7 +72,9 @@ fn administration(
         }
     };
     MedicationAdministration {
-        id: Some(h.ctx.id_for("MedicationAdministration", &format!("{}:{order}:{}:{seq}", h.pid, rxa.field(3).trim()))),
+        id: Some(
+            h.ctx.id_for("MedicationAdministration", &format!("{}:{order}:{}:{seq}", h.pid, h.field(rxa, 3).trim())),
+        ),
         identifier: (!order.is_empty())
             .then(|| Identifier {
                 system: Some(codes::ORDER_NUMBER.into()),
@@ -83,12 +85,12 @@ fn administration(
             .collect(),
         status: status.into(),
         medication_codeable_concept: Some(
-            h.concept(rxa.field(5), &at(rxa, 5), t).unwrap_or_else(|| CodeableConcept::text("(薬剤コードなし)")),
+            h.concept(h.field(rxa, 5), &at(rxa, 5), t).unwrap_or_else(|| CodeableConcept::text("(薬剤コードなし)")),
         ),
         subject: h.patient_ref(),
-        effective_date_time: h.date_time(rxa.field(3), &at(rxa, 3), t),
+        effective_date_time: h.when(rxa, 3, t),
         performer: h
-            .person(m.repetitions(rxa.field(10)).next().unwrap_or(""))
+            .person(rxa, 10)
             .map(|actor| MedicationAdministrationPerformer { function: None, actor })
             .into_iter()
             .collect(),

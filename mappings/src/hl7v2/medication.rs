@@ -19,15 +19,18 @@ pub(super) fn translate(h: &Helper<'_>, t: &mut Translation) {
     let mut seq_in_rp = 0usize;
     let mut last_rp = String::new();
     let mut found = false;
+    // RXE (the encoded order) when present; a pharmacy order sent as RXO alone (ORM)
+    // is read from its own fields.
+    let give = if h.msg.segment("RXE").is_some() { "RXE" } else { "RXO" };
     for seg in &h.msg.segments {
         match seg.id.as_str() {
             "ORC" => orc = Some(seg),
-            "RXE" => {
+            id if id == give => {
                 found = true;
                 if let Some(mr) = current.take() {
                     t.resources.push(Resource::MedicationRequest(mr));
                 }
-                let rp = orc.map(|o| o.field(4).trim().to_string()).unwrap_or_default();
+                let rp = orc.map(|o| h.field(o, 4).trim().to_string()).unwrap_or_default();
                 if rp != last_rp {
                     seq_in_rp = 0;
                     last_rp = rp.clone();
@@ -54,12 +57,12 @@ pub(super) fn translate(h: &Helper<'_>, t: &mut Translation) {
         t.resources.push(Resource::MedicationRequest(mr));
     }
     if !found {
-        t.warn("RXE", "prescription message has no RXE segment");
+        t.warn("RXE", "prescription message has no RXE or RXO segment: nothing prescribed");
     }
 }
 
 fn current_dosage_route(h: &Helper<'_>, rxr: &Segment, t: &mut Translation) -> Option<CodeableConcept> {
-    h.concept(h.msg.repetitions(rxr.field(1)).next().unwrap_or(""), &at(rxr, 1), t)
+    h.coded_in(rxr, 1, "HL70162", t)
 }
 
 fn status(h: &Helper<'_>, orc: Option<&Segment>, t: &mut Translation) -> &'static str {
@@ -71,7 +74,7 @@ fn status(h: &Helper<'_>, orc: Option<&Segment>, t: &mut Translation) -> &'stati
         "HD" => return "on-hold",
         _ => {}
     }
-    match orc.field(1).trim() {
+    match h.field(orc, 1).trim() {
         "NW" | "RO" | "XO" | "OK" | "SC" | "SN" | "" => "active",
         "CA" | "OC" | "CR" => "cancelled",
         "DC" | "OD" | "DR" => "stopped",
@@ -117,23 +120,28 @@ fn request(
             ..Default::default()
         });
     }
-    let medication = h.concept(rxe.field(2), &at(rxe, 2), t);
+    // Where RXE and RXO keep the same things: give code, amount, units, dispense
+    // amount and units, and (RXE only) the MERIT-9 category.
+    let (give_f, amount_f, units_f, disp_f, disp_units_f) =
+        if rxe.id == "RXO" { (1, 2, 4, 11, 12) } else { (2, 3, 5, 10, 11) };
+    let medication = h.coded(rxe, give_f, t);
     if medication.is_none() {
-        t.warn(at(rxe, 2), "give code is empty");
+        t.warn(at(rxe, give_f), "give code is empty");
     }
     let mut dose = Quantity::default();
-    if let Some(v) = h.number(&m.component(rxe.field(3), 1), &at(rxe, 3), t) {
-        dose = unit(h, rxe.field(5), &at(rxe, 5), t);
+    if let Some(v) = h.number(&h.comp(rxe, amount_f, 1), &at(rxe, amount_f), t) {
+        dose = unit(h, h.field(rxe, units_f), &at(rxe, units_f), t);
         dose.value = Some(v);
     }
     let mut dispense = None;
-    if let Some(v) = h.number(&m.component(rxe.field(10), 1), &at(rxe, 10), t) {
-        let mut q = unit(h, rxe.field(11), &at(rxe, 11), t);
+    if let Some(v) = h.number(&h.comp(rxe, disp_f, 1), &at(rxe, disp_f), t) {
+        let mut q = unit(h, h.field(rxe, disp_units_f), &at(rxe, disp_units_f), t);
         q.value = Some(v);
         dispense = Some(q);
     }
+    let merit9 = if rxe.id == "RXE" { h.field(rxe, 21) } else { "" };
     let category = m
-        .repetitions(rxe.field(21))
+        .repetitions(merit9)
         .filter_map(|r| {
             let code = m.component(r, 1).trim().to_string();
             (!code.is_empty()).then(|| {
@@ -163,9 +171,9 @@ fn request(
         category,
         medication_codeable_concept: Some(medication.unwrap_or_else(|| CodeableConcept::text("(薬剤コードなし)"))),
         subject: h.patient_ref(),
-        authored_on: orc.and_then(|o| h.date_time(o.field(9), &at(o, 9), t)),
-        requester: orc.and_then(|o| h.person(m.repetitions(o.field(12)).next().unwrap_or(""))),
-        recorder: orc.and_then(|o| h.person(m.repetitions(o.field(10)).next().unwrap_or(""))),
+        authored_on: orc.and_then(|o| h.when(o, 9, t)),
+        requester: orc.and_then(|o| h.person(o, 12)).or_else(|| orc.and_then(|o| h.organization(o, 21))),
+        recorder: orc.and_then(|o| h.person(o, 10)),
         dosage_instruction: vec![Dosage {
             dose_and_rate: (dose.value.is_some())
                 .then(|| DoseAndRate { dose_quantity: Some(dose), ..Default::default() })
@@ -198,7 +206,7 @@ fn unit(h: &Helper<'_>, raw: &str, where_: &str, t: &mut Translation) -> Quantit
 /// TQ1: usage (JAMI 16-digit code in TQ1-3), duration (TQ1-6) and start (TQ1-7).
 fn timing(h: &Helper<'_>, tq1: &Segment, mr: &mut MedicationRequest, t: &mut Translation) {
     let m = h.msg;
-    let raw = m.repetitions(tq1.field(3)).next().unwrap_or("");
+    let raw = m.repetitions(h.field(tq1, 3)).next().unwrap_or("");
     let code = m.subcomponent(raw, 1, 1).trim().to_string();
     let text = m.subcomponent(raw, 1, 2).trim().to_string();
     let table = m.subcomponent(raw, 1, 3).trim().to_string();
@@ -215,29 +223,42 @@ fn timing(h: &Helper<'_>, tq1: &Segment, mr: &mut MedicationRequest, t: &mut Tra
     } else if !text.is_empty() {
         timing.code = Some(CodeableConcept::text(text.clone()));
     }
-    let duration = m.component(tq1.field(6), 1).trim().to_string();
+    // TQ1-6 service duration (CQ): a number and its unit, a coded element whose
+    // code (`d`, `h`, `wk` …, or the v2 ANSI+/ISO+ spellings) is honoured.
+    let cq = kakehashi_adapters::hl7v2::datatypes::Cq::parse(&h.first(tq1, 6));
     let mut supply = None;
-    if let Some(n) = h.number(&duration, &at(tq1, 6), t) {
-        let (ucum, label) = match m.component(tq1.field(6), 2).trim() {
-            "d" | "D" | "" => ("d", "日"),
-            "wk" | "W" => ("wk", "週"),
-            "mo" | "M" => ("mo", "月"),
-            other => {
-                t.warn(at(tq1, 6), format!("duration unit `{other}` is unknown; days assumed"));
+    if let Some(n) = cq.quantity.as_deref().and_then(|v| h.number(v, &at(tq1, 6), t)) {
+        let unit = cq.units.code().or(cq.units.text()).unwrap_or("");
+        let (ucum, label) = match duration_unit(unit) {
+            Some(u) => u,
+            None => {
+                t.warn(at(tq1, 6), format!("duration unit `{unit}` is unknown; days assumed"));
                 ("d", "日")
             }
         };
         let q = Quantity {
             value: Some(n),
-            unit: Some(label.into()),
+            // Japanese labels in Japanese messages; the UCUM code elsewhere.
+            unit: Some(if h.japanese { label } else { ucum }.into()),
             system: Some("http://unitsofmeasure.org".into()),
             code: Some(ucum.into()),
             ..Default::default()
         };
         timing.repeat = Some(TimingRepeat { bounds_duration: Some(q.clone()), ..Default::default() });
-        supply = Some(q);
+        // A supply is counted in days or longer; a duration in hours is not one.
+        if matches!(ucum, "d" | "wk" | "mo" | "a") {
+            supply = Some(q);
+        }
     }
-    let start = h.date_time(tq1.field(7), &at(tq1, 7), t);
+    let start = h.when(tq1, 7, t);
+    let end = h.when(tq1, 8, t);
+    // TQ1-9 priority (table 0485).
+    mr.priority = match h.value(tq1, 9).as_str() {
+        "S" => Some("stat".into()),
+        "A" | "P" => Some("asap".into()),
+        "R" => Some("routine".into()),
+        _ => mr.priority.take(),
+    };
     if let Some(d) = mr.dosage_instruction.first_mut() {
         if !text.is_empty() {
             d.text = Some(text);
@@ -245,15 +266,41 @@ fn timing(h: &Helper<'_>, tq1: &Segment, mr: &mut MedicationRequest, t: &mut Tra
         if timing != Timing::default() {
             d.timing = Some(timing);
         }
-        if let Some(start) = start {
+        if start.is_some() || end.is_some() {
             d.extension.push(Extension {
                 url: PERIOD_OF_USE_EXT.into(),
-                value_period: Some(Period { start: Some(start), end: None }),
+                value_period: Some(Period { start, end }),
                 ..Default::default()
             });
         }
     }
     if let Some(q) = supply {
         mr.dispense_request.get_or_insert_with(DispenseRequest::default).expected_supply_duration = Some(q);
+    }
+}
+
+/// A duration unit as UCUM code and label: UCUM itself, the v2 `ISO+`/`ANSI+` units
+/// and the one-letter codes SS-MIX2 writes. No unit means days (JAHIS).
+fn duration_unit(unit: &str) -> Option<(&'static str, &'static str)> {
+    Some(match unit.trim() {
+        "" | "d" | "D" | "day" | "days" | "Day" | "DAY" => ("d", "日"),
+        "wk" | "W" | "w" | "week" | "weeks" | "WK" => ("wk", "週"),
+        "mo" | "M" | "month" | "months" | "MO" => ("mo", "月"),
+        "a" | "Y" | "y" | "year" | "years" | "ANN" | "ann" => ("a", "年"),
+        "h" | "H" | "hr" | "Hr" | "HR" | "hour" | "hours" | "HOUR" => ("h", "時間"),
+        "min" | "MIN" | "minute" | "minutes" => ("min", "分"),
+        "s" | "S" | "sec" | "second" | "seconds" => ("s", "秒"),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn duration_units_are_honoured() {
+        assert_eq!(super::duration_unit("Hr"), Some(("h", "時間")));
+        assert_eq!(super::duration_unit("wk"), Some(("wk", "週")));
+        assert_eq!(super::duration_unit(""), Some(("d", "日")));
+        assert_eq!(super::duration_unit("fortnight"), None);
     }
 }

@@ -12,8 +12,8 @@ pub(super) fn translate(h: &Helper<'_>, t: &mut Translation) {
     let mut any = false;
     for prb in m.segments("PRB") {
         any = true;
-        let action = prb.field(1).trim();
-        let Some(mut code) = h.concept(prb.field(3), &at(prb, 3), t) else {
+        let action = h.field(prb, 1).trim();
+        let Some(mut code) = h.concept(h.field(prb, 3), &at(prb, 3), t) else {
             t.warn(at(prb, 3), "problem without a code; not mapped");
             continue;
         };
@@ -24,17 +24,17 @@ pub(super) fn translate(h: &Helper<'_>, t: &mut Translation) {
             }
         }
         if let Some(z) = zpr {
-            let ex = m.component(z.field(5), 1).trim().to_string();
+            let ex = m.component(h.field(z, 5), 1).trim().to_string();
             if ex.len() == 4 && !code.coding.iter().any(|c| c.code.as_deref() == Some(ex.as_str())) {
                 let mut c = Coding::new(codes::MEDIS_EXCHANGE, ex);
-                let d = m.component(z.field(5), 2).trim().to_string();
+                let d = m.component(h.field(z, 5), 2).trim().to_string();
                 if !d.is_empty() {
                     c.display = Some(d);
                 }
                 code.coding.push(c);
             }
         }
-        if let Some(icd) = h.concept(prb.field(10), &at(prb, 10), t) {
+        if let Some(icd) = h.concept(h.field(prb, 10), &at(prb, 10), t) {
             code.coding.extend(icd.coding.into_iter().filter(|c| c.system.as_deref() == codes::system_for("I10")));
         }
         let instance = h.comp(prb, 4, 1);
@@ -47,7 +47,7 @@ pub(super) fn translate(h: &Helper<'_>, t: &mut Translation) {
                 instance
             }
         );
-        let abatement = h.date_time(prb.field(9), &at(prb, 9), t);
+        let abatement = h.when(prb, 9, t);
         let outcome = h.comp(prb, 14, 1);
         let clinical = match (action, abatement.is_some(), outcome.as_str()) {
             ("DE", _, _) => None,
@@ -77,11 +77,11 @@ pub(super) fn translate(h: &Helper<'_>, t: &mut Translation) {
             ))],
             code: Some(code),
             subject: h.patient_ref(),
-            onset_date_time: h.date_time(prb.field(16), &at(prb, 16), t),
+            onset_date_time: h.when(prb, 16, t),
             abatement_date_time: abatement,
-            recorded_date: h.date_time(prb.field(2), &at(prb, 2), t),
+            recorded_date: h.when(prb, 2, t),
             note: {
-                let text = m.unescape(prb.field(17)).trim().to_string();
+                let text = m.unescape(h.field(prb, 17)).trim().to_string();
                 (!text.is_empty()).then(|| Annotation { text, ..Default::default() }).into_iter().collect()
             },
             ..Default::default()
