@@ -66,6 +66,14 @@ pub const INSURER_NUMBER: &str = "urn:oid:1.2.392.100495.20.3.61";
 pub const INSURANCE_MEMBER_ID: &str = "http://jpfhir.jp/fhir/clins/Idsystem/JP_Insurance_memberID";
 /// 医療機関コード (10 digits).
 pub const INSTITUTION_NUMBER: &str = "http://jpfhir.jp/fhir/core/IdSystem/insurance-medical-institution-no";
+
+/// Whether `system` names the 10-digit 医療機関コード: JP Core's system (what Kakehashi
+/// writes), the JP-CLINS common one, and the MHLW OIDs (`urn:oid:1.2.392.100495.20.3.2x`).
+pub fn is_institution_system(system: &str) -> bool {
+    system == INSTITUTION_NUMBER
+        || system == "http://jpfhir.jp/fhir/Common/IdSystem/insurance-medical-institution-no"
+        || system.starts_with("urn:oid:1.2.392.100495.20.3.2")
+}
 /// Order number of a prescription (処方箋番号/オーダ番号), value `institution-order`.
 pub const ORDER_NUMBER: &str = "urn:oid:1.2.392.100495.20.3.11";
 /// RP group number.

@@ -177,7 +177,7 @@ pub fn institution_code(o: &Organization) -> Option<String> {
     o.identifier.iter().find_map(|i| {
         let v = i.value.as_deref()?;
         let sys = i.system.as_deref().unwrap_or("");
-        (sys == crate::codes::INSTITUTION_NUMBER || sys.starts_with("urn:oid:1.2.392.100495.20.3.2"))
+        crate::codes::is_institution_system(sys)
             .then(|| v.to_string())
             .filter(|v| v.len() == 10 && v.bytes().all(|b| b.is_ascii_digit()))
     })
@@ -203,6 +203,34 @@ fn collect_refs(v: &serde_json::Value, out: &mut Vec<String>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_institution_is_named_by_every_published_system() {
+        for system in [
+            "http://jpfhir.jp/fhir/core/IdSystem/insurance-medical-institution-no",
+            "http://jpfhir.jp/fhir/Common/IdSystem/insurance-medical-institution-no",
+            "urn:oid:1.2.392.100495.20.3.23",
+        ] {
+            let o = kakehashi_fhir::Organization {
+                identifier: vec![kakehashi_fhir::Identifier {
+                    system: Some(system.into()),
+                    value: Some("4610100011".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            assert_eq!(super::institution_code(&o).as_deref(), Some("4610100011"), "{system}");
+        }
+        let other = kakehashi_fhir::Organization {
+            identifier: vec![kakehashi_fhir::Identifier {
+                system: Some("urn:example:clinic".into()),
+                value: Some("4610100011".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(super::institution_code(&other), None);
+    }
+
     #[test]
     fn narrative_to_text() {
         assert_eq!(

@@ -846,12 +846,17 @@ impl Mapper<'_> {
                     }
                 }
                 _ => {
-                    let known = crate::export::SECTIONS.iter().find(|(_, element, _)| element == name);
+                    // Elements without text (the Summary's serviceHistory, an empty
+                    // chiefComplaints the Referral schema requires) hold no section.
+                    if text.trim().is_empty() {
+                        continue;
+                    }
+                    let known = crate::export::section_of_element(name);
                     section.push(CompositionSection {
-                        title: Some(known.map(|(_, _, title)| (*title).to_string()).unwrap_or_else(|| name.clone())),
-                        code: known.map(|(code, _, title)| {
+                        title: Some(known.map(|s| s.title.to_string()).unwrap_or_else(|| name.clone())),
+                        code: known.map(|s| {
                             CodeableConcept::coding(
-                                Coding::new(crate::document::SECTION_SYSTEM, *code).with_display(*title),
+                                Coding::new(crate::document::SECTION_SYSTEM, s.code).with_display(s.title),
                             )
                         }),
                         text: Some(text_div(text)),

@@ -93,6 +93,29 @@ fn as_document(t: kakehashi_mappings::Translation) -> Bundle {
     }
 }
 
+/// Validate a document the gateway writes against the real schema with xmllint
+/// (libxml2-utils; `scripts/test` installs it when missing).
+fn schema_valid(name: &str, xml: &str, schema: &str) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("schema-check");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(name);
+    std::fs::write(&file, xml).unwrap();
+    let xsd = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus").join(schema);
+    let out = std::process::Command::new("xmllint")
+        .arg("--noout")
+        .arg("--nonet")
+        .arg("--schema")
+        .arg(&xsd)
+        .arg(&file)
+        .output()
+        .expect("xmllint (Debian's libxml2-utils) must be installed: scripts/test installs it");
+    let err = String::from_utf8_lossy(&out.stderr);
+    // The MML schemas import XHTML from the network; without it only the import is skipped.
+    let errors: Vec<&str> =
+        err.lines().filter(|l| l.contains("validity error") || l.contains("parser error")).collect();
+    assert!(out.status.success() && errors.is_empty(), "{name} fails {schema}:\n{}\n{xml}", errors.join("\n"));
+}
+
 fn round_trip(original: &Bundle) {
     let view = DocumentView::new(original).expect("original is a document");
     let before = project(&resources(original), &sections(original));
@@ -100,6 +123,8 @@ fn round_trip(original: &Bundle) {
         Context { owner: "4610100011".into(), owner_name: "hub".into(), site: "rt".into(), source_key: "rt".into() };
 
     let mml = export::mml::to_mml(&view);
+    let label = view.composition.id.clone().unwrap_or_default();
+    schema_valid(&format!("{label}.mml.xml"), &mml, "mml/schema/mml.xsd");
     let back = kakehashi_mappings::mml::translate_bytes(mml.as_bytes(), &ParseOptions::default(), &ctx)
         .expect("MML reads back");
     // Modules come back in document order; the Referral/Summary Composition is inside.
@@ -112,6 +137,7 @@ fn round_trip(original: &Bundle) {
     assert_eq!(after_mml, before, "MML round trip\n{mml}");
 
     let cda = export::cda::to_cda(&view);
+    schema_valid(&format!("{label}.cda.xml"), &cda, "cda/schema/infrastructure/cda/CDA_SDTC.xsd");
     let back = kakehashi_mappings::cda::translate_bytes(cda.as_bytes(), &ParseOptions::default(), &ctx)
         .expect("CDA reads back");
     let cda_doc = as_document(back);

@@ -151,7 +151,7 @@ async fn validate(state: &AppState, c: &Caller, mut consent: Consent) -> Result<
                 grantees.push(ALL_MEMBERS.to_string())
             }
             (Some(NETWORK_SYSTEM), _) => return Err(bad(&expr, "only patient consent may name every network member")),
-            (Some(INSTITUTION_NUMBER), Some(code)) => {
+            (Some(system), Some(code)) if kakehashi_mappings::codes::is_institution_system(system) => {
                 let inst = state
                     .config
                     .institution(code)

@@ -264,7 +264,10 @@ pub async fn run(o: Options) -> Result<(), String> {
     let count = |b: &bytes::Bytes| {
         serde_json::from_slice::<serde_json::Value>(b).ok().and_then(|v| v["total"].as_u64()).unwrap_or(0)
     };
-    storage::write_visit(&o.storage, &local, 100 + run % 399)?;
+    // Visits numbered 7 modulo 25 end with their order cancelled (a `_0` version):
+    // this one must add prescriptions.
+    let v = 100 + run % 399;
+    storage::write_visit(&o.storage, &local, if v % 25 == 7 { v + 1 } else { v })?;
     let t = Instant::now();
     let after = s.get(&format!("/fhir/MedicationRequest?patient={}&_count=200", patient_id(&local))).await?;
     println!(

@@ -176,7 +176,7 @@ pub fn to_cda(doc: &DocumentView<'_>) -> String {
                 }
                 Resource::AllergyIntolerance(x) => {
                     let substance = x.code.as_ref().map(|c| code_element("code", c, "")).unwrap_or_default();
-                    let _ = write!(out, "<entry><act classCode=\"ACT\" moodCode=\"EVN\"><code code=\"CONC\" codeSystem=\"2.16.840.1.113883.5.6\"/><entryRelationship typeCode=\"SUBJ\"><observation classCode=\"OBS\" moodCode=\"EVN\"><participant typeCode=\"CSM\"><participantRole classCode=\"MANU\"><playingEntity classCode=\"MMAT\">{substance}</playingEntity></participantRole></participant></observation></entryRelationship></act></entry>");
+                    let _ = write!(out, "<entry><act classCode=\"ACT\" moodCode=\"EVN\"><code code=\"CONC\" codeSystem=\"2.16.840.1.113883.5.6\"/><entryRelationship typeCode=\"SUBJ\"><observation classCode=\"OBS\" moodCode=\"EVN\"><code code=\"ASSERTION\" codeSystem=\"2.16.840.1.113883.5.4\"/><participant typeCode=\"CSM\"><participantRole classCode=\"MANU\"><playingEntity classCode=\"MMAT\">{substance}</playingEntity></participantRole></participant></observation></entryRelationship></act></entry>");
                 }
                 Resource::MedicationRequest(x) => {
                     let drug =

@@ -24,19 +24,38 @@ pub fn concept_text(c: &CodeableConcept) -> String {
         .unwrap_or_default()
 }
 
-/// JP-CLINS section codes and their MML Referral/Summary elements and titles.
-pub const SECTIONS: &[(&str, &str, &str)] = &[
-    ("950", "referPurpose", "紹介目的"),
-    ("340", "clinicalDiagnosis", "傷病名・主訴"),
-    ("360", "presentIllness", "現病歴"),
-    ("370", "pastHistory", "既往歴"),
-    ("550", "familyHistory", "家族歴"),
-    ("330", "clinicalCourse", "臨床経過"),
-    ("610", "physicalExam", "身体所見"),
-    ("620", "testResults", "検査結果"),
-    ("440", "medication", "投薬指示"),
-    ("510", "allergy", "アレルギー・不耐性反応"),
+/// A JP-CLINS section code, the element that holds it in an MML ReferralModule and in
+/// a SummaryModule (empty: none, the section travels in `remarks` as a `【title】`
+/// block), and its title.
+pub struct Section {
+    /// JP-CLINS section code.
+    pub code: &'static str,
+    /// ReferralModule element.
+    pub referral: &'static str,
+    /// SummaryModule element.
+    pub summary: &'static str,
+    /// Section title.
+    pub title: &'static str,
+}
+
+/// The JP-CLINS sections MML has elements for.
+pub const SECTIONS: &[Section] = &[
+    Section { code: "950", referral: "referPurpose", summary: "", title: "紹介目的" },
+    Section { code: "340", referral: "clinicalDiagnosis", summary: "chiefComplaints", title: "傷病名・主訴" },
+    Section { code: "360", referral: "presentIllness", summary: "history", title: "現病歴" },
+    Section { code: "370", referral: "pastHistory", summary: "", title: "既往歴" },
+    Section { code: "550", referral: "familyHistory", summary: "", title: "家族歴" },
+    Section { code: "330", referral: "clinicalCourse", summary: "clinicalCourse", title: "臨床経過" },
+    Section { code: "610", referral: "", summary: "physicalExam", title: "身体所見" },
+    Section { code: "620", referral: "testResults", summary: "testResults", title: "検査結果" },
+    Section { code: "440", referral: "medication", summary: "medication", title: "投薬指示" },
+    Section { code: "510", referral: "", summary: "", title: "アレルギー・不耐性反応" },
 ];
+
+/// The section an MML element of a Referral or Summary module holds.
+pub fn section_of_element(element: &str) -> Option<&'static Section> {
+    SECTIONS.iter().find(|s| !element.is_empty() && (s.referral == element || s.summary == element))
+}
 
 /// Structured entries of the document's sections, deduplicated, in order.
 pub fn entries<'a>(sections: &[FlatSection<'a>]) -> Vec<&'a Resource> {

@@ -1,7 +1,7 @@
 //! Administration records (OMP-11/OMP-12 実施通知, RAS^O17): a MedicationAdministration
 //! per RXA with the drug, dose, time given, who gave it, route, and the order it fulfils.
 
-use super::{at, Helper};
+use super::{at, At, Helper};
 use crate::codes;
 use crate::Translation;
 use kakehashi_adapters::hl7v2::Segment;
@@ -45,22 +45,8 @@ fn administration(
     seq: usize,
     t: &mut Translation,
 ) -> MedicationAdministration {
-    let m = h.msg;
     let order = orc.map(|o| h.comp(o, 2, 1)).unwrap_or_default();
-    let mut dose = None;
-    if let Some(v) = h.number(&m.component(h.field(rxa, 6), 1), &at(rxa, 6), t) {
-        let raw = h.field(rxa, 7);
-        let code = m.component(raw, 1).trim().to_string();
-        let text = m.component(raw, 2).trim().to_string();
-        let system = (!code.is_empty()).then(|| h.system(&m.component(raw, 3), &at(rxa, 7), t));
-        dose = Some(Quantity {
-            value: Some(v),
-            unit: Some(if text.is_empty() { code.clone() } else { text }).filter(|u| !u.is_empty()),
-            system,
-            code: (!code.is_empty()).then_some(code),
-            ..Default::default()
-        });
-    }
+    let dose = h.amount(rxa, 6, 7, t);
     // RXA-20 completion status (HL7 table 0322): CP complete, RE refused, NA not given, PA partial.
     let status = match h.field(rxa, 20).trim() {
         "CP" | "" => "completed",
@@ -85,7 +71,7 @@ fn administration(
             .collect(),
         status: status.into(),
         medication_codeable_concept: Some(
-            h.concept(h.field(rxa, 5), &at(rxa, 5), t).unwrap_or_else(|| CodeableConcept::text("(薬剤コードなし)")),
+            h.concept(h.field(rxa, 5), &At(rxa, 5), t).unwrap_or_else(|| CodeableConcept::text("(薬剤コードなし)")),
         ),
         subject: h.patient_ref(),
         effective_date_time: h.when(rxa, 3, t),

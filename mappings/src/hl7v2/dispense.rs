@@ -1,7 +1,7 @@
 //! Dispensing (RDS^O13): the prescription (RXE, RXO) as a MedicationRequest, and
 //! each dispense (RXD) as a MedicationDispense authorised by it.
 
-use super::{at, medication, Helper};
+use super::{at, medication, At, Helper};
 use crate::Translation;
 use kakehashi_fhir::*;
 
@@ -27,20 +27,9 @@ pub(super) fn translate(h: &Helper<'_>, t: &mut Translation) {
             t.warn(at(rxd, 2), "dispense without a drug code; not mapped");
             continue;
         };
-        let amount = h.value(rxd, 4);
-        let quantity = h.number(&amount, &at(rxd, 4), t).map(|v| {
-            let unit = h.first(rxd, 5);
-            let (code, text, table) = (unit.get(1), unit.get(2), unit.get(3));
-            Quantity {
-                value: Some(v),
-                unit: Some(if text.is_empty() { code.clone() } else { text }).filter(|u| !u.is_empty()),
-                system: (!code.is_empty() && !table.is_empty()).then(|| h.system(&table, &at(rxd, 5), t)),
-                code: (!code.is_empty() && !table.is_empty()).then_some(code),
-                ..Default::default()
-            }
-        });
+        let quantity = h.amount(rxd, 4, 5, t);
         let days = h.value(rxd, 12);
-        let days_supply = h.number(&days, &at(rxd, 12), t).map(|v| Quantity {
+        let days_supply = h.number(&days, &At(rxd, 12), t).map(|v| Quantity {
             value: Some(v),
             unit: Some("日".into()),
             system: Some("http://unitsofmeasure.org".into()),

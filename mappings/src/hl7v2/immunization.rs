@@ -85,19 +85,8 @@ fn immunization(
             "completed"
         }
     };
-    let amount = h.value(rxa, 6);
     // 999 means "amount unknown" in the CDC implementation guide.
-    let dose = h.number(&amount, &at(rxa, 6), t).filter(|v| *v != 999.0).map(|v| {
-        let unit = h.first(rxa, 7);
-        let (code, text, table) = (unit.get(1), unit.get(2), unit.get(3));
-        Quantity {
-            value: Some(v),
-            unit: Some(if text.is_empty() { code.clone() } else { text }).filter(|u| !u.is_empty()),
-            system: (!code.is_empty() && !table.is_empty()).then(|| h.system(&table, &at(rxa, 7), t)),
-            code: (!code.is_empty() && !table.is_empty()).then_some(code),
-            ..Default::default()
-        }
-    });
+    let dose = h.amount(rxa, 6, 7, t).filter(|q| q.value != Some(999.0));
     // RXA-9 (NIP001): 00 new record (first-hand), 01 historical.
     let source = h.comp(rxa, 9, 1);
     let order = orc

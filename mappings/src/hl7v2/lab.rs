@@ -3,7 +3,7 @@
 //! DiagnosticReport per OBR grouping them, based on the order (ServiceRequest, with
 //! the ordering provider and facility); a Specimen per SPM.
 
-use super::{at, order, Helper};
+use super::{at, order, At, Helper};
 use crate::Translation;
 use kakehashi_adapters::hl7v2::datatypes::*;
 use kakehashi_adapters::hl7v2::Segment;
@@ -164,8 +164,8 @@ fn specimens(h: &Helper<'_>, spms: &[&Segment], group_key: &str, t: &mut Transla
         }
         let collected = h.first(spm, 17);
         let (start, end) = (collected.get(1), collected.get(2));
-        let start = h.date_time(&start, &at(spm, 17), t);
-        let end = h.date_time(&end, &at(spm, 17), t);
+        let start = h.date_time(&start, &At(spm, 17), t);
+        let end = h.date_time(&end, &At(spm, 17), t);
         let description = h.value(spm, 14);
         out.push(Specimen {
             id: Some(h.ctx.id_for(
@@ -245,7 +245,7 @@ pub(super) fn observation(h: &Helper<'_>, obx: &Segment, key: &str, t: &mut Tran
             let text = if value_type == "SN" { format!("{}{}", value.get(1), value.get(2)) } else { value.get(1) };
             // Analysers report "<0.1" for values under the detection limit.
             let (comparator, number) = split_comparator(text.trim());
-            if let Some(v) = h.number(number, &at(obx, 5), t) {
+            if let Some(v) = h.number(number, &At(obx, 5), t) {
                 let mut q = unit(h, obx, t);
                 q.value = Some(v);
                 q.comparator = comparator.map(String::from);
@@ -254,7 +254,7 @@ pub(super) fn observation(h: &Helper<'_>, obx: &Segment, key: &str, t: &mut Tran
                 o.value_string = Some(text.trim().to_string());
             }
         }
-        "CWE" | "CE" | "CNE" => o.value_codeable_concept = h.concept(raw_value, &at(obx, 5), t),
+        "CWE" | "CE" | "CNE" => o.value_codeable_concept = h.concept(raw_value, &At(obx, 5), t),
         "ST" | "TX" | "FT" | "" => {
             // Every repetition is a line of the text.
             let lines: Vec<String> = m.repetitions(obx.field(5)).map(|r| m.unescape(r).trim().to_string()).collect();
@@ -263,7 +263,7 @@ pub(super) fn observation(h: &Helper<'_>, obx: &Segment, key: &str, t: &mut Tran
                 o.value_string = Some(v);
             }
         }
-        "DT" | "DTM" | "TS" => o.value_date_time = h.date_time(&value.get(1), &at(obx, 5), t),
+        "DT" | "DTM" | "TS" => o.value_date_time = h.date_time(&value.get(1), &At(obx, 5), t),
         "RP" => {
             // A reference pointer: the address of the data, kept as text.
             let v = value.get(1);
@@ -325,7 +325,7 @@ fn unit(h: &Helper<'_>, obx: &Segment, t: &mut Translation) -> Quantity {
         // A unit with no coding system is text only: no system is better than a guess.
         return Quantity { unit: text.clone().or(code.clone()), ..Default::default() };
     };
-    let system = h.system(table, &at(obx, 6), t);
+    let system = h.system(table, &At(obx, 6), t);
     Quantity {
         unit: Some(text.clone().unwrap_or_else(|| code.clone())),
         system: Some(system),

@@ -2,7 +2,7 @@
 //! RXE with HOT9 drug code, dose in MERIT-9 units, JAMI usage code, duration (TQ1),
 //! route (RXR), prescriber, requesting institution, order number and status.
 
-use super::{ascii_fold, at, Helper};
+use super::{ascii_fold, at, At, Helper};
 use crate::codes;
 use crate::Translation;
 use kakehashi_adapters::hl7v2::Segment;
@@ -129,13 +129,13 @@ fn request(
         t.warn(at(rxe, give_f), "give code is empty");
     }
     let mut dose = Quantity::default();
-    if let Some(v) = h.number(&h.comp(rxe, amount_f, 1), &at(rxe, amount_f), t) {
-        dose = unit(h, h.field(rxe, units_f), &at(rxe, units_f), t);
+    if let Some(v) = h.number(&h.comp(rxe, amount_f, 1), &At(rxe, amount_f), t) {
+        dose = unit(h, rxe, units_f, t);
         dose.value = Some(v);
     }
     let mut dispense = None;
-    if let Some(v) = h.number(&h.comp(rxe, disp_f, 1), &at(rxe, disp_f), t) {
-        let mut q = unit(h, h.field(rxe, disp_units_f), &at(rxe, disp_units_f), t);
+    if let Some(v) = h.number(&h.comp(rxe, disp_f, 1), &At(rxe, disp_f), t) {
+        let mut q = unit(h, rxe, disp_units_f, t);
         q.value = Some(v);
         dispense = Some(q);
     }
@@ -187,8 +187,10 @@ fn request(
 }
 
 /// A MERIT-9 (or other) unit as a Quantity without value.
-fn unit(h: &Helper<'_>, raw: &str, where_: &str, t: &mut Translation) -> Quantity {
+fn unit(h: &Helper<'_>, seg: &Segment, f: usize, t: &mut Translation) -> Quantity {
     let m = h.msg;
+    let raw = h.field(seg, f);
+    let where_ = &super::At(seg, f);
     let code = m.component(raw, 1).trim().to_string();
     let text = m.component(raw, 2).trim().to_string();
     if code.is_empty() {
@@ -215,7 +217,7 @@ fn timing(h: &Helper<'_>, tq1: &Segment, mr: &mut MedicationRequest, t: &mut Tra
         if table == "JAMISDP01" && (code.len() != 16 || !code.bytes().all(|b| b.is_ascii_alphanumeric())) {
             t.warn(at(tq1, 3), format!("usage code `{code}` is not a 16-character JAMI usage code"));
         }
-        let mut c = Coding::new(h.system(&table, &at(tq1, 3), t), code);
+        let mut c = Coding::new(h.system(&table, &At(tq1, 3), t), code);
         if !text.is_empty() {
             c.display = Some(text.clone());
         }
@@ -227,7 +229,7 @@ fn timing(h: &Helper<'_>, tq1: &Segment, mr: &mut MedicationRequest, t: &mut Tra
     // code (`d`, `h`, `wk` …, or the v2 ANSI+/ISO+ spellings) is honoured.
     let cq = kakehashi_adapters::hl7v2::datatypes::Cq::parse(&h.first(tq1, 6));
     let mut supply = None;
-    if let Some(n) = cq.quantity.as_deref().and_then(|v| h.number(v, &at(tq1, 6), t)) {
+    if let Some(n) = cq.quantity.as_deref().and_then(|v| h.number(v, &At(tq1, 6), t)) {
         let unit = cq.units.code().or(cq.units.text()).unwrap_or("");
         let (ucum, label) = match duration_unit(unit) {
             Some(u) => u,

@@ -165,8 +165,21 @@ pub fn patient_id(msg: &Message) -> Option<String> {
 
 /// Where a warning points: `OBX-5 (segment 9)`.
 pub(crate) fn at(seg: &Segment, field: usize) -> String {
-    format!("{}-{field} (segment {})", seg.id, seg.position)
+    At(seg, field).to_string()
 }
+
+/// A field's location, written out only when a warning needs it (most values map
+/// without one, and formatting every location cost a third of the translation).
+pub(crate) struct At<'s>(pub &'s Segment, pub usize);
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{} (segment {})", self.0.id, self.1, self.0.position)
+    }
+}
+
+/// Where a warning points, however the caller names it.
+type Where<'w> = &'w dyn std::fmt::Display;
 
 /// Whether the message follows Japanese conventions (SS-MIX2, JAHIS): Japanese
 /// character sets, country JPN, or an SS-MIX2 profile. Japanese-only semantics (IN1
@@ -248,7 +261,7 @@ impl<'a> Helper<'a> {
 
     /// A coded element (CE/CWE) in field `f` (first repetition) as a CodeableConcept.
     pub fn coded(&self, seg: &'a Segment, f: usize, t: &mut Translation) -> Option<CodeableConcept> {
-        self.concept_of(&Cwe::parse(&self.first(seg, f)), &at(seg, f), t)
+        self.concept_of(&Cwe::parse(&self.first(seg, f)), &At(seg, f), t)
     }
 
     /// A coded field whose values come from HL7 table `table` (`HL70052` …) when the
@@ -260,18 +273,18 @@ impl<'a> Helper<'a> {
                 c.2 = Some(table.to_string());
             }
         }
-        self.concept_of(&cwe, &at(seg, f), t)
+        self.concept_of(&cwe, &At(seg, f), t)
     }
 
     /// Every repetition of a coded field.
     pub fn coded_all(&self, seg: &'a Segment, f: usize, t: &mut Translation) -> Vec<CodeableConcept> {
         let reps: Vec<Cwe> = self.reps(seg, f).map(|p| Cwe::parse(&p)).collect();
-        reps.iter().filter_map(|c| self.concept_of(c, &at(seg, f), t)).collect()
+        reps.iter().filter_map(|c| self.concept_of(c, &At(seg, f), t)).collect()
     }
 
     /// A coded element as a CodeableConcept: primary and alternate codings, text from
     /// the primary text or the original text. `where_` locates warnings.
-    pub fn concept_of(&self, cwe: &Cwe, where_: &str, t: &mut Translation) -> Option<CodeableConcept> {
+    pub fn concept_of(&self, cwe: &Cwe, where_: Where<'_>, t: &mut Translation) -> Option<CodeableConcept> {
         let mut cc = CodeableConcept::default();
         for (code, text, table) in &cwe.codings {
             let Some(code) = code else { continue };
@@ -287,13 +300,13 @@ impl<'a> Helper<'a> {
     }
 
     /// A raw coded value (CE/CWE repetition) as a CodeableConcept.
-    pub fn concept(&self, raw: &str, where_: &str, t: &mut Translation) -> Option<CodeableConcept> {
+    pub fn concept(&self, raw: &str, where_: Where<'_>, t: &mut Translation) -> Option<CodeableConcept> {
         self.concept_of(&Cwe::parse(&self.msg.parts(raw)), where_, t)
     }
 
     /// Map a coding-system id to a URI: known tables by the data file, `99xxx` tables as
     /// site-local, anything else site-local with a warning.
-    pub fn system(&self, table: &str, where_: &str, t: &mut Translation) -> String {
+    pub fn system(&self, table: &str, where_: Where<'_>, t: &mut Translation) -> String {
         if let Some(s) = codes::system_for_message(table, self.japanese) {
             return s;
         }
@@ -301,7 +314,7 @@ impl<'a> Helper<'a> {
         if table != "L" && !table.starts_with("99") {
             let shown = if table.is_empty() { "(none)" } else { table };
             t.warn(
-                where_,
+                where_.to_string(),
                 format!("coding system {shown} is unknown; the code is kept as local to {}", self.ctx.owner),
             );
         }
@@ -309,7 +322,7 @@ impl<'a> Helper<'a> {
     }
 
     /// A date/time converted, or None with a warning.
-    pub fn date_time(&self, v: &str, where_: &str, t: &mut Translation) -> Option<String> {
+    pub fn date_time(&self, v: &str, where_: Where<'_>, t: &mut Translation) -> Option<String> {
         let v = v.trim();
         if v.is_empty() {
             return None;
@@ -317,7 +330,7 @@ impl<'a> Helper<'a> {
         match crate::datetime::date_time(v) {
             Ok(d) => Some(d),
             Err(e) => {
-                t.warn(where_, e.to_string());
+                t.warn(where_.to_string(), e.to_string());
                 None
             }
         }
@@ -326,11 +339,11 @@ impl<'a> Helper<'a> {
     /// Field `f`'s date/time (its first component: TS and DTM alike), converted.
     pub fn when(&self, seg: &'a Segment, f: usize, t: &mut Translation) -> Option<String> {
         let v = self.comp(seg, f, 1);
-        self.date_time(&v, &at(seg, f), t)
+        self.date_time(&v, &At(seg, f), t)
     }
 
     /// A decimal, or None with a warning.
-    pub fn number(&self, v: &str, where_: &str, t: &mut Translation) -> Option<f64> {
+    pub fn number(&self, v: &str, where_: Where<'_>, t: &mut Translation) -> Option<f64> {
         let v = v.trim();
         if v.is_empty() {
             return None;
@@ -338,10 +351,33 @@ impl<'a> Helper<'a> {
         match v.parse::<f64>() {
             Ok(n) if n.is_finite() => Some(n),
             _ => {
-                t.warn(where_, format!("`{v}` is not a number"));
+                t.warn(where_.to_string(), format!("`{v}` is not a number"));
                 None
             }
         }
+    }
+
+    /// An amount (first component of field `value_f`) with its unit (a coded element in
+    /// field `unit_f`) as a Quantity: the unit's coding system only when the sender names
+    /// one, else the unit as text. `None` without a number (a warning when not one).
+    pub fn amount(
+        &self,
+        seg: &'a Segment,
+        value_f: usize,
+        unit_f: usize,
+        t: &mut Translation,
+    ) -> Option<kakehashi_fhir::Quantity> {
+        let v = self.number(&self.comp(seg, value_f, 1), &At(seg, value_f), t)?;
+        let unit = self.first(seg, unit_f);
+        let (code, text, table) = (unit.get(1), unit.get(2), unit.get(3));
+        let coded = !code.is_empty() && !table.is_empty();
+        Some(kakehashi_fhir::Quantity {
+            value: Some(v),
+            unit: Some(if text.is_empty() { code.clone() } else { text }).filter(|u| !u.is_empty()),
+            system: coded.then(|| self.system(&table, &At(seg, unit_f), t)),
+            code: coded.then_some(code),
+            ..Default::default()
+        })
     }
 
     /// An XCN (person) as a Reference by identifier, with the name as display; the

@@ -1,7 +1,7 @@
 //! The patient (PID, with NK1 contacts and MRG merges), allergies (AL1), insurance
 //! (IN1) and, in ADT, the height, weight and blood-type Observations carried in OBX.
 
-use super::{ascii_fold, at, Helper};
+use super::{ascii_fold, at, At, Helper};
 use crate::codes;
 use crate::Translation;
 use kakehashi_adapters::hl7v2::datatypes::*;
@@ -19,7 +19,7 @@ pub(super) fn translate(h: &Helper<'_>, t: &mut Translation) {
 }
 
 /// A name (XPN) as a HumanName.
-pub(super) fn human_name(x: &Xpn, where_: &str, t: &mut Translation) -> Option<HumanName> {
+pub(super) fn human_name(x: &Xpn, where_: &dyn std::fmt::Display, t: &mut Translation) -> Option<HumanName> {
     if x.is_empty() {
         return None;
     }
@@ -29,7 +29,7 @@ pub(super) fn human_name(x: &Xpn, where_: &str, t: &mut Translation) -> Option<H
         Some("A") => Some("ABC"),
         None => None,
         Some(other) => {
-            t.warn(where_, format!("name representation `{other}` is unknown"));
+            t.warn(where_.to_string(), format!("name representation `{other}` is unknown"));
             None
         }
     };
@@ -43,7 +43,7 @@ pub(super) fn human_name(x: &Xpn, where_: &str, t: &mut Translation) -> Option<H
         Some("T") | Some("C") => "temp",
         Some("U") => "usual",
         Some(other) => {
-            t.warn(where_, format!("name type `{other}` is unknown; kept as official"));
+            t.warn(where_.to_string(), format!("name type `{other}` is unknown; kept as official"));
             "official"
         }
     };
@@ -124,7 +124,7 @@ pub(super) fn contact_point(x: &Xtn, default_use: &str) -> Option<ContactPoint> 
 pub(super) fn patient(h: &Helper<'_>, pid: &Segment, t: &mut Translation) -> Vec<Patient> {
     let mut p = Patient { id: Some(h.patient_id()), identifier: identifiers(h, pid, t), ..Default::default() };
     for rep in h.reps(pid, 5).collect::<Vec<_>>() {
-        if let Some(n) = human_name(&Xpn::parse(&rep), &at(pid, 5), t) {
+        if let Some(n) = human_name(&Xpn::parse(&rep), &At(pid, 5), t) {
             p.name.push(n);
         }
     }
@@ -255,7 +255,7 @@ fn id_type(code: &str) -> CodeableConcept {
 fn contact(h: &Helper<'_>, nk1: &Segment, t: &mut Translation) -> Option<PatientContact> {
     let names: Vec<_> = h.reps(nk1, 2).collect();
     let mut c = PatientContact {
-        name: names.iter().find_map(|r| human_name(&Xpn::parse(r), &at(nk1, 2), t)),
+        name: names.iter().find_map(|r| human_name(&Xpn::parse(r), &At(nk1, 2), t)),
         ..Default::default()
     };
     if let Some(rel) = h.coded_in(nk1, 3, "HL70063", t) {

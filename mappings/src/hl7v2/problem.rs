@@ -1,7 +1,7 @@
 //! Problems (PPR-01, PPR^ZD1): a Condition per PRB with the MEDIS disease code
 //! (病名管理番号 / 病名交換用コード) and ICD-10, onset, abatement and clinical status.
 
-use super::{at, Helper};
+use super::{at, At, Helper};
 use crate::codes;
 use crate::Translation;
 use kakehashi_fhir::*;
@@ -13,7 +13,7 @@ pub(super) fn translate(h: &Helper<'_>, t: &mut Translation) {
     for prb in m.segments("PRB") {
         any = true;
         let action = h.field(prb, 1).trim();
-        let Some(mut code) = h.concept(h.field(prb, 3), &at(prb, 3), t) else {
+        let Some(mut code) = h.concept(h.field(prb, 3), &At(prb, 3), t) else {
             t.warn(at(prb, 3), "problem without a code; not mapped");
             continue;
         };
@@ -34,7 +34,7 @@ pub(super) fn translate(h: &Helper<'_>, t: &mut Translation) {
                 code.coding.push(c);
             }
         }
-        if let Some(icd) = h.concept(h.field(prb, 10), &at(prb, 10), t) {
+        if let Some(icd) = h.concept(h.field(prb, 10), &At(prb, 10), t) {
             code.coding.extend(icd.coding.into_iter().filter(|c| c.system.as_deref() == codes::system_for("I10")));
         }
         let instance = h.comp(prb, 4, 1);

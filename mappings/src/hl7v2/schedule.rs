@@ -1,7 +1,7 @@
 //! Scheduling (SIU^S12…S26): the booking (SCH, TQ1) as an Appointment with its
 //! resources (AIS service, AIG group, AIL location, AIP personnel) as participants.
 
-use super::{at, Helper};
+use super::{at, At, Helper};
 use crate::Translation;
 use kakehashi_adapters::hl7v2::datatypes::Pl;
 use kakehashi_fhir::*;
@@ -46,11 +46,11 @@ pub(super) fn translate(h: &Helper<'_>, t: &mut Translation) {
     let tq1 = m.segment("TQ1");
     let start = tq1.and_then(|q| h.when(q, 7, t)).or_else(|| {
         let v = h.comp(sch, 11, 4);
-        h.date_time(&v, &at(sch, 11), t)
+        h.date_time(&v, &At(sch, 11), t)
     });
     let end = tq1.and_then(|q| h.when(q, 8, t)).or_else(|| {
         let v = h.comp(sch, 11, 5);
-        h.date_time(&v, &at(sch, 11), t)
+        h.date_time(&v, &At(sch, 11), t)
     });
     let duration = h.value(sch, 9);
     let minutes = duration.parse::<f64>().ok().filter(|d| d.is_finite() && *d >= 0.0).map(|d| {
