@@ -616,7 +616,12 @@ fn from_fhir(path: &std::path::Path, to: TargetKind) -> Result<(), String> {
     let view =
         kakehashi_mappings::document::DocumentView::new(&bundle).map_err(|e| format!("{}: {e}", path.display()))?;
     let out = match to {
-        TargetKind::Mml => kakehashi_mappings::export::mml::to_mml(&view),
+        TargetKind::Mml => {
+            if let Some(what) = kakehashi_mappings::export::mml::missing(&view) {
+                return Err(format!("{}: MML requires {what}, which the document lacks", path.display()));
+            }
+            kakehashi_mappings::export::mml::to_mml(&view)
+        }
         TargetKind::Cda => kakehashi_mappings::export::cda::to_cda(&view),
         TargetKind::Fhir => serde_json::to_string_pretty(&kakehashi_fhir::Resource::Bundle(bundle.clone()))
             .map_err(|e| e.to_string())?,

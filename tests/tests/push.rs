@@ -75,6 +75,16 @@ async fn push_is_durable_idempotent_delivered_and_grants_the_recipient() {
     let files = wait_for_file(&gw.dir.path().join("sites/clinic-a/inbox"), 10).await;
     assert_eq!(files.len(), 1, "{files:?}");
     let mml = std::fs::read(&files[0]).unwrap();
+    // What the gateway delivered is valid against the real MML 4 schema (xmllint, from
+    // Debian's libxml2-utils, which scripts/test installs).
+    let xsd = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/mml/schema/mml.xsd");
+    let check = std::process::Command::new("xmllint")
+        .args(["--noout", "--nonet", "--schema"])
+        .arg(&xsd)
+        .arg(&files[0])
+        .output()
+        .expect("xmllint must be installed");
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
     let parsed = kakehashi_adapters_mml_patient(&mml);
     assert_eq!(parsed.as_deref(), Some("1000001"));
     let status_path = format!("{}/$delivery-status", &location[location.find("/fhir").unwrap()..]);
@@ -171,6 +181,14 @@ async fn bad_pushes_are_refused_precisely_and_nothing_is_stored_or_delivered() {
             "Composition.section",
         ),
         (with(&|d| d["entry"][3]["resource"]["identifier"][0]["value"] = json!(CLINIC)), 403, ""),
+        // The recipients' MML needs the patient's birth date and sex (JP-CLINS requires both).
+        (
+            with(&|d| {
+                d["entry"][1]["resource"].as_object_mut().unwrap().remove("birthDate");
+            }),
+            400,
+            "Patient.birthDate",
+        ),
         (
             with(&|d| d.as_object_mut().unwrap().remove("identifier").map(|_| ()).unwrap_or(())),
             400,

@@ -55,6 +55,10 @@ fn check(state: &AppState, c: &Caller, bundle: &kakehashi_fhir::Bundle) -> Resul
     if comp.author.is_empty() {
         return Err(invalid("Composition.author", "the document needs an author"));
     }
+    // JP-CLINS requires them, and the recipients' MML (birthday, sex) cannot do without.
+    if let Some(what) = kakehashi_mappings::export::mml::missing(&view) {
+        return Err(invalid(what, format!("the document's patient needs {what} (JP-CLINS requires it)")));
+    }
     let custodian = comp.custodian.as_ref().and_then(|r| view.resolve(r));
     match custodian {
         Some(Resource::Organization(o)) if institution_code(o).as_deref() == Some(c.who.institution.as_str()) => {}

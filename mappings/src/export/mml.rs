@@ -143,18 +143,31 @@ fn patient_module(p: &kakehashi_fhir::Patient, master: &str) -> String {
         );
     }
     pi.push_str("</mmlPi:personName>");
-    // birthday and sex are required by the schema; a FHIR Patient may lack them.
-    let _ = write!(
-        pi,
-        "<mmlPi:birthday>{}</mmlPi:birthday>",
-        esc(p.birth_date.as_deref().map(|b| &b[..b.len().min(10)]).unwrap_or("0001-01-01"))
-    );
-    let _ = write!(pi, "<mmlPi:sex>{}</mmlPi:sex>", esc(p.gender.as_deref().unwrap_or("unknown")));
+    // The schema requires both; documents without them are refused before export
+    // (the push API, `translate --to mml`), so nothing is made up here.
+    if let Some(b) = &p.birth_date {
+        let _ = write!(pi, "<mmlPi:birthday>{}</mmlPi:birthday>", esc(&b[..b.len().min(10)]));
+    }
+    if let Some(g) = &p.gender {
+        let _ = write!(pi, "<mmlPi:sex>{}</mmlPi:sex>", esc(g));
+    }
     pi.push_str("</mmlPi:PatientModule>");
     pi
 }
 
-/// Write the document as one MML 4 instance, valid against the MML 4 schemas.
+/// What MML requires of a document that FHIR does not: the patient's birth date and
+/// sex. `None` when the document has them.
+pub fn missing(doc: &DocumentView<'_>) -> Option<&'static str> {
+    match doc.patient() {
+        None => Some("Composition.subject (the patient)"),
+        Some(p) if p.birth_date.is_none() => Some("Patient.birthDate"),
+        Some(p) if p.gender.is_none() => Some("Patient.gender"),
+        Some(_) => None,
+    }
+}
+
+/// Write the document as one MML 4 instance, valid against the MML 4 schemas when
+/// [`missing`] finds nothing missing.
 pub fn to_mml(doc: &DocumentView<'_>) -> String {
     let c = doc.composition;
     let patient = doc.patient();
