@@ -48,8 +48,14 @@ impl Context {
         }
     }
 
-    /// Stamp ownership and provenance on a resource.
+    /// Stamp ownership and provenance on a resource, and drop the empty dosage
+    /// instructions a source without dose or timing would leave (`[{}]` is not FHIR).
     pub fn own(&self, mut r: Resource) -> Resource {
+        match &mut r {
+            Resource::MedicationRequest(m) => m.dosage_instruction.retain(|d| *d != kakehashi_fhir::Dosage::default()),
+            Resource::MedicationDispense(m) => m.dosage_instruction.retain(|d| *d != kakehashi_fhir::Dosage::default()),
+            _ => {}
+        }
         let meta: &mut Meta = r.meta_mut();
         meta.source = Some(format!("urn:kakehashi:site:{}", self.site));
         meta.security.retain(|c| c.system.as_deref() != Some(codes::OWNER_SYSTEM));
@@ -170,6 +176,20 @@ pub fn mark_deleted(t: &mut Translation) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_dosage_instruction_is_not_written() {
+        let ctx =
+            Context { owner: "4610100011".into(), owner_name: "x".into(), site: "s".into(), source_key: "k".into() };
+        let m = kakehashi_fhir::MedicationRequest {
+            dosage_instruction: vec![kakehashi_fhir::Dosage::default()],
+            ..Default::default()
+        };
+        let Resource::MedicationRequest(m) = ctx.own(Resource::MedicationRequest(m)) else { unreachable!() };
+        assert!(m.dosage_instruction.is_empty());
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(!json.contains("dosageInstruction"), "{json}");
+    }
 
     #[test]
     fn ids_are_stable_valid_and_distinct() {
