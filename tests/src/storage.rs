@@ -5,14 +5,8 @@ use std::path::{Path, PathBuf};
 
 /// The path of an SS-MIX2 message under storage `root` (dept 01; flag 1 valid, 0 deleted).
 pub fn path(root: &Path, pid: &str, date: &str, kind: &str, order: &str, ts: &str, valid: bool) -> PathBuf {
-    let flag = if valid { 1 } else { 0 };
     let dept = if date == "-" { "-" } else { "01" };
-    root.join(&pid[0..3])
-        .join(&pid[3..6])
-        .join(pid)
-        .join(date)
-        .join(kind)
-        .join(format!("{pid}_{date}_{kind}_{order}_{ts}_{dept}_{flag}"))
+    kakehashi_adapters::ss_mix2::Storage::new(root).version_path([pid, date, kind, order, ts, dept], valid)
 }
 
 /// Write `msg` (segments joined by CR) as ISO-2022-JP, as SS-MIX2 stores it.

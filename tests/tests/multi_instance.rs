@@ -44,18 +44,7 @@ async fn two_instances_share_one_trustworthy_store() {
     let ca = gw.pki.ca_cert_path();
     let kept = gw.stop_keeping_dir().await;
     let dir = kept.path().to_path_buf();
-    let base = std::fs::read_to_string(dir.join("kakehashi.toml")).unwrap();
-    let ports = free_ports(4);
-    let mut configs = Vec::new();
-    for i in 0..2 {
-        let text = base
-            .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"127.0.0.1:{}\"", ports[2 * i + 1]))
-            .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{}\"", ports[2 * i]));
-        let path = dir.join(format!("instance-{i}.toml"));
-        std::fs::write(&path, text).unwrap();
-        configs.push(path);
-    }
-    let addrs: Vec<SocketAddr> = (0..2).map(|i| format!("127.0.0.1:{}", ports[2 * i]).parse().unwrap()).collect();
+    let (configs, addrs, _) = two_instances(&dir);
     let client = Client::new(&ca, Some(&hub), &[b"http/1.1"], None);
     let mut a = spawn(&configs[0]);
     let mut b = spawn(&configs[1]);
@@ -235,19 +224,7 @@ async fn two_instances_share_one_records_index_and_one_walks() {
     let kept = gw.stop_keeping_dir().await;
     let dir = kept.path().to_path_buf();
     let root = dir.join("sites/hub/ss-mix2");
-    let base = std::fs::read_to_string(dir.join("kakehashi.toml")).unwrap();
-    let ports = free_ports(4);
-    let mut configs = Vec::new();
-    for i in 0..2 {
-        let text = base
-            .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"127.0.0.1:{}\"", ports[2 * i + 1]))
-            .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{}\"", ports[2 * i]));
-        let path = dir.join(format!("instance-{i}.toml"));
-        std::fs::write(&path, text).unwrap();
-        configs.push(path);
-    }
-    let addrs: Vec<SocketAddr> = (0..2).map(|i| format!("127.0.0.1:{}", ports[2 * i]).parse().unwrap()).collect();
-    let admins: Vec<SocketAddr> = (0..2).map(|i| format!("127.0.0.1:{}", ports[2 * i + 1]).parse().unwrap()).collect();
+    let (configs, addrs, admins) = two_instances(&dir);
     let client = Client::new(&ca, Some(&hub), &[b"http/1.1"], None);
     let mut instances = [spawn(&configs[0]), spawn(&configs[1])];
     ready(&client, addrs[0]).await;
@@ -311,4 +288,24 @@ async fn two_instances_share_one_records_index_and_one_walks() {
     }
     assert!(took_over, "the remaining instance did not start walking within 30 s");
     instances[other].kill();
+}
+
+/// Two configurations of the kept gateway directory `dir`, each on its own free ports:
+/// (config files, FHIR addresses, admin addresses).
+fn two_instances(dir: &std::path::Path) -> (Vec<std::path::PathBuf>, Vec<SocketAddr>, Vec<SocketAddr>) {
+    let base = std::fs::read_to_string(dir.join("kakehashi.toml")).unwrap();
+    let ports = free_ports(4);
+    let mut configs = Vec::new();
+    for i in 0..2 {
+        let text = base
+            .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"127.0.0.1:{}\"", ports[2 * i + 1]))
+            .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{}\"", ports[2 * i]));
+        let path = dir.join(format!("instance-{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        configs.push(path);
+    }
+    let at = |offset: usize| -> Vec<SocketAddr> {
+        (0..2).map(|i| format!("127.0.0.1:{}", ports[2 * i + offset]).parse().unwrap()).collect()
+    };
+    (configs, at(0), at(1))
 }

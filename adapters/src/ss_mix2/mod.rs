@@ -218,6 +218,17 @@ impl Storage {
         Some(self.root.join(&pid[0..3]).join(&pid[3..6]).join(pid))
     }
 
+    /// Where one version of a message is stored: `fields` are patient id, date (`-`
+    /// for none), data type, order number, timestamp and department (`-` for none);
+    /// `valid` is the deletion flag (false: `_0`, withdrawn). The inverse of
+    /// [`FileName::parse`] over the standard layout.
+    pub fn version_path(&self, fields: [&str; 6], valid: bool) -> PathBuf {
+        let [pid, date, kind, order, ts, dept] = fields;
+        let flag = if valid { 1 } else { 0 };
+        let dir = self.patient_dir(pid).unwrap_or_else(|| self.root.join(pid));
+        dir.join(date).join(kind).join(format!("{pid}_{date}_{kind}_{order}_{ts}_{dept}_{flag}"))
+    }
+
     /// Every patient id in the storage.
     pub fn patient_ids(&self) -> Result<Vec<String>, SourceError> {
         let mut ids = Vec::new();

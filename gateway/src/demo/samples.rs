@@ -153,20 +153,7 @@ pub(crate) fn ss_mix2_path(
     ts: &str,
     dept: &str,
 ) -> std::path::PathBuf {
-    ss_mix2_version(root, [pid, date, kind, order, ts, dept], true)
-}
-
-/// The path of one version of a message, `valid` or flagged deleted (`_0`); `fields`
-/// are patient id, date, data type, order number, timestamp and department.
-pub(crate) fn ss_mix2_version(root: &Path, fields: [&str; 6], valid: bool) -> std::path::PathBuf {
-    let [pid, date, kind, order, ts, dept] = fields;
-    let flag = if valid { 1 } else { 0 };
-    root.join(&pid[0..3])
-        .join(&pid[3..6])
-        .join(pid)
-        .join(date)
-        .join(kind)
-        .join(format!("{pid}_{date}_{kind}_{order}_{ts}_{dept}_{flag}"))
+    kakehashi_adapters::ss_mix2::Storage::new(root).version_path([pid, date, kind, order, ts, dept], true)
 }
 
 pub(crate) fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), String> {

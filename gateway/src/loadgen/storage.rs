@@ -5,7 +5,7 @@
 //! newer version; every 25th is cancelled by a newer version flagged `0`. All people
 //! are fictional; patient ids are consecutive 10-digit numbers.
 
-use crate::demo::samples::{adt00, iso2022jp, oml11_on, omp01_on, ss_mix2_version, write_bytes, HubPatient};
+use crate::demo::samples::{adt00, iso2022jp, oml11_on, omp01_on, write_bytes, HubPatient};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -88,7 +88,7 @@ fn with_person<R>(id: &str, n: u64, f: impl FnOnce(&HubPatient<'_>) -> R) -> R {
 /// Write one message version; returns its bytes.
 fn put(root: &Path, fields: [&str; 6], valid: bool, text: &str) -> Result<u64, String> {
     let body = iso2022jp(text)?;
-    write_bytes(&ss_mix2_version(root, fields, valid), &body)?;
+    write_bytes(&kakehashi_adapters::ss_mix2::Storage::new(root).version_path(fields, valid), &body)?;
     Ok(body.len() as u64)
 }
 
