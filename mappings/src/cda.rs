@@ -6,7 +6,7 @@
 
 use crate::codes;
 use crate::{Context, Translation};
-use kakehashi_adapters::cda::{CdaDocument, Code, Entry, Value};
+use kakehashi_adapters::cda::{CdaDocument, CdaOrganization, Code, Entry, Value};
 use kakehashi_fhir::*;
 
 /// CDA code system OID → FHIR system URI.
@@ -36,6 +36,43 @@ fn concept(c: &Code) -> CodeableConcept {
         cc.text = Some(cc.text.unwrap_or_else(|| code.clone()));
     }
     cc
+}
+
+/// A CDA id as a FHIR Identifier: a 10-digit institution code under the MHLW OID
+/// arc on JP Core's system, any other root as its `urn:oid:`.
+fn identifier((root, ext): &(String, String)) -> Identifier {
+    let institution = format!("urn:oid:{root}");
+    let system = if codes::is_institution_system(&institution) && ext.len() == 10 {
+        codes::INSTITUTION_NUMBER.to_string()
+    } else {
+        institution
+    };
+    Identifier { system: Some(system), value: Some(ext.clone()), ..Default::default() }
+}
+
+fn organization(o: &CdaOrganization, id: Option<String>) -> Organization {
+    Organization { id, identifier: o.ids.iter().map(identifier).collect(), name: o.name.clone(), ..Default::default() }
+}
+
+/// A problem's clinical status from its C-CDA status value (SNOMED CT) or the FHIR
+/// code Kakehashi writes.
+fn clinical_status(status: Option<&Code>) -> &'static str {
+    match status.and_then(|c| c.code.as_deref()) {
+        Some("73425007" | "inactive") => "inactive",
+        Some("413322009" | "resolved") => "resolved",
+        Some("recurrence") => "recurrence",
+        Some("relapse") => "relapse",
+        Some("remission") => "remission",
+        _ => "active",
+    }
+}
+
+/// C-CDA problem observation codes (SNOMED CT Problem, Condition, Diagnosis...).
+fn is_problem_code(c: &Code) -> bool {
+    matches!(
+        c.code.as_deref(),
+        Some("55607006" | "64572001" | "282291009" | "404684003" | "409586006" | "418799008" | "248536006")
+    ) && c.system.as_deref() == Some("2.16.840.1.113883.6.96")
 }
 
 fn when(v: Option<&str>, at: &str, t: &mut Translation) -> Option<String> {
@@ -120,6 +157,13 @@ pub fn translate(doc: &CdaDocument, ctx: &Context) -> Translation {
                     .addresses
                     .iter()
                     .map(|a| kakehashi_fhir::Address {
+                        use_: match a.use_.as_deref() {
+                            Some("H" | "HP" | "HV") => Some("home".into()),
+                            Some("WP" | "DIR" | "PUB") => Some("work".into()),
+                            Some("TMP") => Some("temp".into()),
+                            _ => None,
+                        },
+                        text: a.text.clone(),
                         line: a.lines.clone(),
                         city: a.city.clone(),
                         state: a.state.clone(),
@@ -131,7 +175,7 @@ pub fn translate(doc: &CdaDocument, ctx: &Context) -> Translation {
                 telecom: p
                     .telecoms
                     .iter()
-                    .map(|v| {
+                    .map(|(v, use_)| {
                         let (system, value) = match v.split_once(':') {
                             Some(("tel", n)) => ("phone", n.trim()),
                             Some(("mailto", m)) => ("email", m.trim()),
@@ -141,7 +185,13 @@ pub fn translate(doc: &CdaDocument, ctx: &Context) -> Translation {
                         ContactPoint {
                             system: Some(system.into()),
                             value: Some(value.to_string()),
-                            use_: None,
+                            use_: match use_.as_deref() {
+                                Some("H" | "HP" | "HV") => Some("home".into()),
+                                Some("WP" | "DIR" | "PUB") => Some("work".into()),
+                                Some("MC") => Some("mobile".into()),
+                                Some("TMP") => Some("temp".into()),
+                                _ => None,
+                            },
                             rank: None,
                         }
                     })
@@ -156,21 +206,27 @@ pub fn translate(doc: &CdaDocument, ctx: &Context) -> Translation {
         }
     };
 
+    // Authors: the person (Practitioner) and the organisation they write for.
     let mut authors = Vec::new();
     for (i, a) in doc.authors.iter().enumerate() {
         if let Some(name) = &a.name {
             let pr = Practitioner {
                 id: id("Practitioner", &format!("author{i}")),
+                identifier: a.ids.iter().map(identifier).collect(),
                 name: vec![HumanName { text: Some(name.clone()), ..Default::default() }],
                 ..Default::default()
             };
             authors.push(push(Resource::Practitioner(pr), &mut t));
         }
+        if let Some(o) = &a.organization {
+            let org = organization(o, id("Organization", &format!("author{i}")));
+            authors.push(push(Resource::Organization(org), &mut t));
+        }
     }
-    let custodian = doc.custodian.as_ref().map(|name| {
-        let org = Organization { id: id("Organization", "custodian"), name: Some(name.clone()), ..Default::default() };
-        push(Resource::Organization(org), &mut t)
-    });
+    let custodian = doc
+        .custodian
+        .as_ref()
+        .map(|o| push(Resource::Organization(organization(o, id("Organization", "custodian"))), &mut t));
     if authors.is_empty() {
         authors.push(
             custodian
@@ -178,6 +234,10 @@ pub fn translate(doc: &CdaDocument, ctx: &Context) -> Translation {
                 .unwrap_or_else(|| Reference { display: Some(ctx.owner_name.clone()), ..Default::default() }),
         );
     }
+    // The recipient (informationRecipient) is JP-CLINS section 910's Organization.
+    let recipient = doc.recipient.as_ref().map(|o| {
+        (push(Resource::Organization(organization(o, id("Organization", "recipient"))), &mut t), o.name.clone())
+    });
 
     let mut section = Vec::new();
     for (si, s) in doc.sections.iter().enumerate() {
@@ -189,48 +249,108 @@ pub fn translate(doc: &CdaDocument, ctx: &Context) -> Translation {
             let r = match e {
                 Entry::Allergy { substance, reaction, time } => Resource::AllergyIntolerance(AllergyIntolerance {
                     id: id("AllergyIntolerance", &part),
-                    clinical_status: Some(CodeableConcept::coding(Coding::new("http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "active"))),
+                    clinical_status: Some(CodeableConcept::coding(Coding::new(
+                        "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+                        "active",
+                    ))),
                     code: Some(concept(substance)),
                     patient: patient_ref.clone(),
                     onset_date_time: when(time.as_deref(), &at, &mut t),
-                    reaction: reaction.iter().map(|r| AllergyReaction { manifestation: vec![concept(r)], ..Default::default() }).collect(),
+                    reaction: (!reaction.is_empty())
+                        .then(|| AllergyReaction {
+                            manifestation: reaction.iter().map(concept).collect(),
+                            ..Default::default()
+                        })
+                        .into_iter()
+                        .collect(),
                     ..Default::default()
                 }),
-                Entry::Medication { drug, dose, route, start, text } => Resource::MedicationRequest(MedicationRequest {
-                    id: id("MedicationRequest", &part),
-                    status: "active".into(),
-                    intent: "plan".into(),
-                    medication_codeable_concept: Some(concept(drug)),
-                    subject: patient_ref.clone(),
-                    dosage_instruction: vec![Dosage {
-                        text: text.clone(),
-                        route: route.as_ref().map(concept),
-                        dose_and_rate: dose
-                            .iter()
-                            .map(|(v, u)| DoseAndRate { dose_quantity: Some(Quantity { value: Some(*v), unit: u.clone(), ..Default::default() }), ..Default::default() })
-                            .collect(),
-                        extension: when(start.as_deref(), &at, &mut t)
-                            .map(|s| Extension {
-                                url: "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_MedicationDosage_PeriodOfUse".into(),
-                                value_period: Some(Period { start: Some(s), end: None }),
-                                ..Default::default()
-                            })
-                            .into_iter()
-                            .collect(),
+                Entry::Medication { ids, drug, translations, period, width, dose, route, start, text } => {
+                    let mut code = concept(drug);
+                    for tr in translations {
+                        code.coding.extend(concept(tr).coding);
+                    }
+                    let days = width.as_ref().filter(|(_, u)| u == "d").map(|(v, _)| Quantity {
+                        value: Some(*v),
+                        unit: Some("日".into()),
+                        system: Some("http://unitsofmeasure.org".into()),
+                        code: Some("d".into()),
                         ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-                Entry::Observation { code, value, time, interpretation } => {
-                    if matches!(sec_code.as_str(), "11450-4" | "11535-2" | "46241-6" | "29548-5" | "11348-0" | "10164-2" | "340" | "370") {
+                    });
+                    let mut repeat = TimingRepeat { bounds_duration: days.clone(), ..Default::default() };
+                    if let Some((value, unit, institution)) = period {
+                        // "n times a day" is written as every 24/n hours, set by the institution.
+                        let per_day = (24.0 / value).round();
+                        if *institution && unit == "h" && per_day >= 1.0 && (per_day * value - 24.0).abs() < 1e-6 {
+                            repeat.frequency = Some(per_day as u32);
+                            repeat.period = Some(1.0);
+                            repeat.period_unit = Some("d".into());
+                        } else {
+                            repeat.frequency = Some(1);
+                            repeat.period = Some(*value);
+                            repeat.period_unit = Some(unit.clone());
+                        }
+                    }
+                    Resource::MedicationRequest(MedicationRequest {
+                        id: id("MedicationRequest", &part),
+                        identifier: ids.iter().map(|(root, ext)| {
+                            if *root == crate::export::cda::uuid_oid(codes::RP_NUMBER) {
+                                Identifier { system: Some(codes::RP_NUMBER.into()), value: Some(ext.clone()), ..Default::default() }
+                            } else {
+                                identifier(&(root.clone(), ext.clone()))
+                            }
+                        }).collect(),
+                        status: "active".into(),
+                        intent: "order".into(),
+                        medication_codeable_concept: Some(code),
+                        subject: patient_ref.clone(),
+                        dosage_instruction: vec![Dosage {
+                            text: text.clone(),
+                            route: route.as_ref().map(concept),
+                            timing: (repeat != TimingRepeat::default()).then(|| Timing { repeat: Some(repeat), ..Default::default() }),
+                            dose_and_rate: dose
+                                .iter()
+                                .map(|(v, u)| DoseAndRate { dose_quantity: Some(Quantity { value: Some(*v), unit: u.clone(), ..Default::default() }), ..Default::default() })
+                                .collect(),
+                            extension: when(start.as_deref(), &at, &mut t)
+                                .map(|s| Extension {
+                                    url: "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_MedicationDosage_PeriodOfUse".into(),
+                                    value_period: Some(Period { start: Some(s), end: None }),
+                                    ..Default::default()
+                                })
+                                .into_iter()
+                                .collect(),
+                            ..Default::default()
+                        }],
+                        dispense_request: days.map(|d| DispenseRequest { expected_supply_duration: Some(d), ..Default::default() }),
+                        ..Default::default()
+                    })
+                }
+                Entry::Observation { code, value, time, interpretation, status } => {
+                    if is_problem_code(code)
+                        || matches!(
+                            sec_code.as_str(),
+                            "11450-4" | "11535-2" | "46241-6" | "29548-5" | "11348-0" | "10164-2" | "340" | "370"
+                        )
+                    {
                         let problem = match value {
                             Value::Coded(c) => concept(c),
                             _ => concept(code),
                         };
                         Resource::Condition(Condition {
                             id: id("Condition", &part),
-                            clinical_status: Some(CodeableConcept::coding(Coding::new("http://terminology.hl7.org/CodeSystem/condition-clinical", "active"))),
-                            category: vec![CodeableConcept::coding(Coding::new("http://terminology.hl7.org/CodeSystem/condition-category", if sec_code == "11450-4" || sec_code == "11348-0" { "problem-list-item" } else { "encounter-diagnosis" }))],
+                            clinical_status: Some(CodeableConcept::coding(Coding::new(
+                                "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                clinical_status(status.as_ref()),
+                            ))),
+                            category: vec![CodeableConcept::coding(Coding::new(
+                                "http://terminology.hl7.org/CodeSystem/condition-category",
+                                if sec_code == "11450-4" || sec_code == "11348-0" {
+                                    "problem-list-item"
+                                } else {
+                                    "encounter-diagnosis"
+                                },
+                            ))],
                             code: Some(problem),
                             subject: patient_ref.clone(),
                             onset_date_time: when(time.as_deref(), &at, &mut t),
@@ -240,17 +360,32 @@ pub fn translate(doc: &CdaDocument, ctx: &Context) -> Translation {
                         let category = match sec_code.as_str() {
                             "8716-3" => "vital-signs",
                             "29762-2" => "social-history",
-                            "30954-2" => "laboratory",
+                            "30954-2" | "620" => "laboratory",
                             _ => "exam",
                         };
                         let mut o = Observation {
                             id: id("Observation", &part),
                             status: "final".into(),
-                            category: vec![CodeableConcept::coding(Coding::new("http://terminology.hl7.org/CodeSystem/observation-category", category))],
-                            code: if code.is_empty() { CodeableConcept::text("(uncoded observation)") } else { concept(code) },
+                            category: vec![CodeableConcept::coding(Coding::new(
+                                "http://terminology.hl7.org/CodeSystem/observation-category",
+                                category,
+                            ))],
+                            code: if code.is_empty() {
+                                CodeableConcept::text("(uncoded observation)")
+                            } else {
+                                concept(code)
+                            },
                             subject: Some(patient_ref.clone()),
                             effective_date_time: when(time.as_deref(), &at, &mut t),
-                            interpretation: interpretation.iter().map(|i| CodeableConcept::coding(Coding::new("http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", i.clone()))).collect(),
+                            interpretation: interpretation
+                                .iter()
+                                .map(|i| {
+                                    CodeableConcept::coding(Coding::new(
+                                        "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                                        i.clone(),
+                                    ))
+                                })
+                                .collect(),
                             ..Default::default()
                         };
                         match value {
@@ -266,7 +401,10 @@ pub fn translate(doc: &CdaDocument, ctx: &Context) -> Translation {
                             Value::Coded(c) => o.value_codeable_concept = Some(concept(c)),
                             Value::Text(s) => o.value_string = Some(s.clone()),
                             Value::None => {
-                                o.data_absent_reason = Some(CodeableConcept::coding(Coding::new("http://terminology.hl7.org/CodeSystem/data-absent-reason", "unknown")))
+                                o.data_absent_reason = Some(CodeableConcept::coding(Coding::new(
+                                    "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                                    "unknown",
+                                )))
                             }
                         }
                         Resource::Observation(o)
@@ -274,6 +412,9 @@ pub fn translate(doc: &CdaDocument, ctx: &Context) -> Translation {
                 }
             };
             entry_refs.push(push(r, &mut t));
+        }
+        if sec_code == crate::document::RECIPIENT_SECTION {
+            entry_refs.extend(recipient.as_ref().map(|(r, _)| r.clone()));
         }
         let text = if s.text.trim().is_empty() { "(no narrative)".to_string() } else { s.text.clone() };
         section.push(CompositionSection {
@@ -292,7 +433,7 @@ pub fn translate(doc: &CdaDocument, ctx: &Context) -> Translation {
         );
         "1970-01-01".into()
     });
-    let composition = Composition {
+    let mut composition = Composition {
         id: id("Composition", "document"),
         identifier: doc.id.as_ref().map(|(r, e)| Identifier {
             system: Some(format!("urn:oid:{r}")),
@@ -313,8 +454,25 @@ pub fn translate(doc: &CdaDocument, ctx: &Context) -> Translation {
         section,
         ..Default::default()
     };
-    if let Some(recipient) = &doc.recipient {
-        t.warn("informationRecipient", format!("recipient `{recipient}` is kept as text only"));
+    // A recipient the document has no 910 section for gets one.
+    if let Some((r, name)) = recipient {
+        let has_910 = composition.section.iter().any(|s| s.entry.contains(&r));
+        if !has_910 {
+            composition.section.push(CompositionSection {
+                title: Some("紹介先情報".into()),
+                code: Some(CodeableConcept::coding(
+                    Coding::new(crate::document::SECTION_SYSTEM, crate::document::RECIPIENT_SECTION)
+                        .with_display("紹介先情報"),
+                )),
+                text: Some(div(&[name, doc.recipient_person.clone()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join("\n"))),
+                entry: vec![r],
+                ..Default::default()
+            });
+        }
     }
     t.resources.insert(0, Resource::Composition(composition));
     t.resources = t.resources.into_iter().map(|r| ctx.own(r)).collect();

@@ -132,6 +132,62 @@ impl Mapper<'_> {
         })
     }
 
+    /// The document's creator as resources: the author references (Practitioner, then
+    /// Organization) and the custodian (the creator's facility when it has an
+    /// institution code, else the owner).
+    fn creator_resources(&self, part: &str, t: &mut Translation) -> (Vec<Reference>, Reference) {
+        let Some(c) = self.info.creator.as_ref() else {
+            let owner = self.ctx.owner_ref();
+            return (vec![owner.clone()], owner);
+        };
+        let mut authors = Vec::new();
+        if let Some(name) = &c.name {
+            // The creator's id is the person's own unless it is the facility's code.
+            let person = c.person_id.as_ref().filter(|p| Some(*p) != c.facility_id.as_ref());
+            let p = Practitioner {
+                id: self.id("Practitioner", &format!("{part}.creator")),
+                identifier: person
+                    .map(|v| Identifier {
+                        system: Some(codes::local_system(&self.ctx.owner, "mml-creator")),
+                        value: Some(v.clone()),
+                        ..Default::default()
+                    })
+                    .into_iter()
+                    .collect(),
+                name: vec![HumanName { text: Some(name.clone()), ..Default::default() }],
+                ..Default::default()
+            };
+            authors.push(Reference {
+                reference: Some(format!("Practitioner/{}", p.id.clone().unwrap_or_default())),
+                ..Default::default()
+            });
+            push(Resource::Practitioner(p), t);
+        }
+        let institution = institution_identifier(c.facility_id.as_deref());
+        let mut custodian = self.ctx.owner_ref();
+        if c.facility_name.is_some() || institution.is_some() {
+            let o = Organization {
+                id: self.id("Organization", &format!("{part}.creator")),
+                identifier: institution.clone().into_iter().collect(),
+                name: c.facility_name.clone(),
+                ..Default::default()
+            };
+            let r = Reference {
+                reference: Some(format!("Organization/{}", o.id.clone().unwrap_or_default())),
+                ..Default::default()
+            };
+            if institution.is_some() {
+                custodian = r.clone();
+            }
+            authors.push(r);
+            push(Resource::Organization(o), t);
+        }
+        if authors.is_empty() {
+            authors.push(self.ctx.owner_ref());
+        }
+        (authors, custodian)
+    }
+
     fn module(&self, m: &Module, part: &str, t: &mut Translation) -> Vec<Reference> {
         let start = t.resources.len();
         match m {
@@ -223,13 +279,13 @@ impl Mapper<'_> {
                     Some("business") => Some("work".into()),
                     _ => None,
                 },
+                // A Japanese address is written whole, prefecture first and without
+                // spaces; other addresses keep their parts as lines.
                 text: a.full.clone().or_else(|| {
-                    let s: String = [&a.prefecture, &a.city, &a.town, &a.home_number]
-                        .iter()
-                        .filter_map(|x| x.as_deref())
-                        .collect::<Vec<_>>()
-                        .join(" ");
-                    (!s.is_empty()).then_some(s)
+                    let parts: Vec<&str> =
+                        [&a.prefecture, &a.city, &a.town, &a.home_number].iter().filter_map(|x| x.as_deref()).collect();
+                    let japanese = parts.iter().any(|p| !p.is_ascii());
+                    (japanese && !parts.is_empty()).then(|| parts.concat())
                 }),
                 line: [&a.town, &a.home_number].iter().filter_map(|x| (*x).clone()).collect(),
                 city: a.city.clone(),
@@ -391,6 +447,7 @@ impl Mapper<'_> {
         let end = fhir_date(d.end.as_deref(), t, "RegisteredDiagnosisModule/endDate");
         let status = match (d.outcome.as_deref(), end.is_some()) {
             (Some("recovered" | "fullyRecovered" | "cured"), _) => "resolved",
+            (Some("recovering" | "partiallyRecovered"), _) => "remission",
             (Some("died" | "transferred" | "end" | "discontinued"), _) | (_, true) => "inactive",
             _ => "active",
         };
@@ -434,7 +491,7 @@ impl Mapper<'_> {
     fn medications(&self, meds: &[Medication], part: &str, injection: bool, t: &mut Translation) {
         for (i, m) in meds.iter().enumerate() {
             let mut concept = CodeableConcept { coding: vec![], text: m.name.clone() };
-            if let Some(code) = &m.code {
+            for (code_system, code) in &m.codes {
                 // Codes are written with stray characters at times (a quote after a YJ code).
                 let clean: String = code.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
                 if clean != *code {
@@ -443,9 +500,11 @@ impl Mapper<'_> {
                         format!("drug code `{code}` contains stray characters; read as `{clean}`"),
                     );
                 }
-                let system = match m.code_system.as_deref() {
+                let system = match code_system.as_deref() {
                     Some("YJ") => YJ.to_string(),
                     Some("HOT" | "HOT9") => "urn:oid:1.2.392.200119.4.403.1".into(),
+                    // A system written as a URI (Kakehashi's own export) is that system.
+                    Some(uri) if uri.contains(':') => uri.to_string(),
                     Some(other) => {
                         t.warn(
                             format!("medication[{i}]/medicine/code/@system"),
@@ -548,9 +607,12 @@ impl Mapper<'_> {
             let mut results = Vec::new();
             for (i, it) in lt.items.iter().enumerate() {
                 let mut code = CodeableConcept { coding: vec![], text: it.name.clone() };
-                if let Some(c) = &it.code {
+                if let Some(c) = it.code.as_ref().filter(|c| !c.trim().is_empty()) {
                     let system = match it.code_id.as_deref() {
                         Some(id) if id.eq_ignore_ascii_case("JLAC10") => "urn:oid:1.2.392.200119.4.504".to_string(),
+                        Some(id) if id.eq_ignore_ascii_case("LOINC") => "http://loinc.org".to_string(),
+                        // A code table named by its URI (Kakehashi's own export).
+                        Some(id) if id.contains(':') => id.to_string(),
                         Some(id) => codes::local_system(&self.ctx.owner, id),
                         None => codes::local_system(&self.ctx.owner, "lab"),
                     };
@@ -661,17 +723,7 @@ impl Mapper<'_> {
             fhir_date(v.observed.as_deref().or(self.info.confirm_date.as_deref()), t, "VitalSignModule/observedTime");
         for (i, it) in v.items.iter().enumerate() {
             let name = it.name.clone().unwrap_or_default();
-            let loinc = match name.to_ascii_lowercase().as_str() {
-                "systolic blood pressure" | "収縮期血圧" => Some(("8480-6", "Systolic blood pressure")),
-                "diastolic blood pressure" | "拡張期血圧" => Some(("8462-4", "Diastolic blood pressure")),
-                "pulse rate" | "脈拍" => Some(("8867-4", "Heart rate")),
-                "body temperature" | "体温" => Some(("8310-5", "Body temperature")),
-                "respiration rate" | "respiratory rate" | "呼吸数" => Some(("9279-1", "Respiratory rate")),
-                "body height" | "身長" => Some(("8302-2", "Body height")),
-                "body weight" | "体重" => Some(("29463-7", "Body weight")),
-                "spo2" | "oxygen saturation" => Some(("59408-5", "Oxygen saturation")),
-                _ => None,
-            };
+            let loinc = vital_loinc(&name);
             let mut code = CodeableConcept::text(name.clone());
             if let Some((c, d)) = loinc {
                 code.coding.push(Coding::new("http://loinc.org", c).with_display(d));
@@ -724,7 +776,13 @@ impl Mapper<'_> {
                 continue;
             };
             let patient = self.subject(t);
-            let notes: Vec<Annotation> = [a.identified.as_ref().map(|d| format!("判明時期: {d}")), a.memo.clone()]
+            // identifiedDate is free text: a date (to the year, month or day) is the
+            // onset, anything else a note.
+            let onset = a.identified.as_deref().and_then(partial_date);
+            let identified = a.identified.as_ref().filter(|_| onset.is_none()).map(|d| format!("判明時期: {d}"));
+            // The memo's `症状:` lines are the reactions (how Kakehashi writes them).
+            let (reactions, memo) = split_reactions(a.memo.as_deref());
+            let notes: Vec<Annotation> = [identified, memo]
                 .into_iter()
                 .flatten()
                 .map(|text| Annotation { text, ..Default::default() })
@@ -743,6 +801,14 @@ impl Mapper<'_> {
                         _ => None,
                     },
                     patient,
+                    onset_date_time: onset,
+                    reaction: (!reactions.is_empty())
+                        .then(|| AllergyReaction {
+                            manifestation: reactions.into_iter().map(CodeableConcept::text).collect(),
+                            ..Default::default()
+                        })
+                        .into_iter()
+                        .collect(),
                     note: notes,
                     ..Default::default()
                 }),
@@ -801,7 +867,12 @@ impl Mapper<'_> {
     }
 
     fn document(&self, d: &Document, part: &str, t: &mut Translation) {
+        // A summary written on discharge (MML0007 purpose `discharge`, or a 退院 title)
+        // is a discharge summary (JP-CLINS 18842-5).
+        let discharge = self.info.purpose.as_deref() == Some("discharge")
+            || self.info.title.as_deref().is_some_and(|t| t.contains("退院"));
         let (loinc, display, title) = match d.kind {
+            DocumentKind::Summary if discharge => ("18842-5", "Discharge summary", "退院時サマリー"),
             DocumentKind::Summary => ("34133-9", "Summary of episode note", "サマリー"),
             DocumentKind::Referral => ("57133-1", "Referral note", "診療情報提供書"),
             DocumentKind::Report => ("11526-1", "Pathology study", "報告書"),
@@ -865,17 +936,35 @@ impl Mapper<'_> {
                 }
             }
         }
-        if let Some(f) = &d.to_facility {
+        if d.to_facility.is_some() || d.to_facility_id.is_some() {
+            // The receiving facility as JP-CLINS section 910's Organization.
+            let org = Organization {
+                id: self.id("Organization", &format!("{part}.to")),
+                identifier: institution_identifier(d.to_facility_id.as_deref()).into_iter().collect(),
+                name: d.to_facility.clone(),
+                ..Default::default()
+            };
+            let text =
+                [d.to_facility.clone(), d.to_person.clone()].into_iter().flatten().collect::<Vec<_>>().join("\n");
+            let entry = Reference {
+                reference: Some(format!("Organization/{}", org.id.clone().unwrap_or_default())),
+                ..Default::default()
+            };
+            push(Resource::Organization(org), t);
             section.push(CompositionSection {
                 title: Some("紹介先情報".into()),
                 code: Some(CodeableConcept::coding(
                     Coding::new(crate::document::SECTION_SYSTEM, crate::document::RECIPIENT_SECTION)
                         .with_display("紹介先情報"),
                 )),
-                text: Some(text_div(f)),
+                text: Some(text_div(&text)),
+                entry: vec![entry],
                 ..Default::default()
             });
         }
+        // The creator: the doctor (Practitioner) and the facility (Organization), which
+        // is also the custodian when it is named by its institution code.
+        let (authors, custodian) = self.creator_resources(part, t);
         if !entries.is_empty() {
             section.push(CompositionSection {
                 title: Some("含まれる記録".into()),
@@ -900,18 +989,7 @@ impl Mapper<'_> {
                 type_: CodeableConcept::coding(Coding::new("http://loinc.org", loinc).with_display(display)),
                 subject: Some(subject),
                 date,
-                author: self
-                    .author()
-                    .into_iter()
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .chain(std::iter::once(Reference {
-                        display: Some(self.ctx.owner_name.clone()),
-                        type_: Some("Organization".into()),
-                        ..Default::default()
-                    }))
-                    .take(1)
-                    .collect(),
+                author: authors,
                 title: d
                     .sections
                     .iter()
@@ -919,12 +997,65 @@ impl Mapper<'_> {
                     .map(|(_, t)| t.clone())
                     .or_else(|| self.info.title.clone())
                     .unwrap_or_else(|| title.into()),
-                custodian: Some(self.ctx.owner_ref()),
+                custodian: Some(custodian),
                 section,
                 ..Default::default()
             }),
         );
     }
+}
+
+/// The LOINC code of a vital sign MML names (its VitalSignModule has names, not codes).
+pub fn vital_loinc(name: &str) -> Option<(&'static str, &'static str)> {
+    Some(match name.to_ascii_lowercase().as_str() {
+        "systolic blood pressure" | "収縮期血圧" => ("8480-6", "Systolic blood pressure"),
+        "diastolic blood pressure" | "拡張期血圧" => ("8462-4", "Diastolic blood pressure"),
+        "pulse rate" | "heart rate" | "脈拍" => ("8867-4", "Heart rate"),
+        "body temperature" | "体温" => ("8310-5", "Body temperature"),
+        "respiration rate" | "respiratory rate" | "呼吸数" => ("9279-1", "Respiratory rate"),
+        "body height" | "身長" => ("8302-2", "Body height"),
+        "body weight" | "体重" => ("29463-7", "Body weight"),
+        "spo2" | "oxygen saturation" => ("59408-5", "Oxygen saturation"),
+        _ => return None,
+    })
+}
+
+/// A facility id that is a 10-digit 医療機関コード, as JP Core's identifier.
+fn institution_identifier(id: Option<&str>) -> Option<Identifier> {
+    let v = ascii_fold(id?.trim());
+    (v.len() == 10 && v.bytes().all(|b| b.is_ascii_digit())).then(|| Identifier {
+        system: Some(codes::INSTITUTION_NUMBER.into()),
+        value: Some(v),
+        ..Default::default()
+    })
+}
+
+/// The prefix of a reaction line in an allergy memo.
+pub const REACTION_PREFIX: &str = "症状: ";
+
+/// An allergy memo's reaction lines (`症状: …`) and the rest of it.
+fn split_reactions(memo: Option<&str>) -> (Vec<String>, Option<String>) {
+    let mut reactions = Vec::new();
+    let mut rest = Vec::new();
+    for line in memo.unwrap_or("").lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match line.strip_prefix(REACTION_PREFIX.trim_end()) {
+            Some(r) => reactions.push(r.trim().to_string()),
+            None => rest.push(line),
+        }
+    }
+    (reactions, (!rest.is_empty()).then(|| rest.join("\n")))
+}
+
+/// A FHIR date from `YYYY`, `YYYY-MM` or `YYYY-MM-DD`, checked.
+fn partial_date(v: &str) -> Option<String> {
+    let v = v.trim();
+    let ok = match v.len() {
+        4 => v.bytes().all(|b| b.is_ascii_digit()),
+        7 => v.as_bytes()[4] == b'-' && crate::datetime::date(&format!("{}{}01", &v[..4], &v[5..7])).is_ok(),
+        10 => crate::datetime::date(&v.replace('-', "")).is_ok(),
+        _ => false,
+    };
+    ok.then(|| v.to_string())
 }
 
 /// `【title】\ntext` blocks of an MML remarks element.

@@ -9,73 +9,205 @@ use kakehashi_mappings::export::{self, concept_text};
 use kakehashi_mappings::Context;
 use std::collections::BTreeSet;
 
-#[derive(Debug, PartialEq)]
+/// What a document carries, field by field, as comparable values. Each field names a
+/// promise of issue 21 item 10; a round trip must give back an equal value.
+#[derive(Debug, Clone, PartialEq, Default)]
 struct Mapped {
-    patient: (Option<String>, Option<String>, BTreeSet<String>),
+    /// Composition.type (the code: JP-CLINS document type codes are LOINC codes).
+    document_type: Option<String>,
+    /// Title and date.
     document: (String, String),
+    /// Patient: birth date, sex, names.
+    patient: (Option<String>, Option<String>, BTreeSet<String>),
+    /// Patient: the first identifier's value (the hospital's patient id).
+    patient_id: Option<String>,
+    /// Patient addresses: text (or the parts), postal code, prefecture, city.
+    addresses: BTreeSet<Address>,
+    /// Patient telecoms: system and value.
+    telecoms: BTreeSet<(String, String)>,
+    /// Author people (Practitioner names) and organisations (institution codes).
+    author_people: BTreeSet<String>,
+    author_organisations: BTreeSet<String>,
+    /// Custodian and recipient (JP-CLINS 910) institution codes.
+    custodian: Option<String>,
+    recipient: Option<String>,
+    /// Narrative sections.
     sections: BTreeSet<(String, String)>,
-    problems: BTreeSet<String>,
-    allergies: BTreeSet<String>,
-    medications: BTreeSet<String>,
+    /// Conditions: text, clinical status, onset.
+    problems: BTreeSet<(String, String, Option<String>)>,
+    /// Allergies: substance, reactions, onset.
+    allergies: BTreeSet<(String, Vec<String>, Option<String>)>,
+    /// MedicationRequests, one line each.
+    medications: BTreeSet<Medication>,
+    /// Results: name, codings, value, unit, time.
+    results: BTreeSet<ResultRow>,
+}
+
+/// An address: text (or the lines), postal code, prefecture, city.
+type Address = (String, Option<String>, Option<String>, Option<String>);
+/// A result: name, codings, value, unit, time to the minute.
+type ResultRow = (String, Vec<(String, String)>, String, Option<String>, Option<String>);
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Medication {
+    name: String,
+    /// Every coding (system, code): HOT9 and YJ both.
+    codes: Vec<(String, String)>,
+    dose: Option<(String, Option<String>)>,
+    /// frequency per period and unit.
+    frequency: Option<(u32, String, String)>,
+    days: Option<String>,
+    rp: Option<String>,
+    sig: Option<String>,
 }
 
 fn norm(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn project(resources: &[&Resource], sections_of: &[(Option<String>, String, Option<String>)]) -> Mapped {
+fn codings(c: &kakehashi_fhir::CodeableConcept) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> =
+        c.coding.iter().filter_map(|x| Some((x.system.clone().unwrap_or_default(), x.code.clone()?))).collect();
+    v.sort();
+    v
+}
+
+fn name_text(n: &kakehashi_fhir::HumanName) -> String {
+    norm(&n.text.clone().unwrap_or_else(|| format!("{} {}", n.family.clone().unwrap_or_default(), n.given.join(" "))))
+}
+
+/// A date-time to the minute in its written form (time zones are written the same way
+/// in and out).
+fn minute(s: &Option<String>) -> Option<String> {
+    s.as_ref().map(|s| s.chars().take(16).collect())
+}
+
+/// The institution code of a reference: the Organization it resolves to, or its
+/// logical identifier.
+fn institution(doc: &DocumentView<'_>, r: &kakehashi_fhir::Reference) -> Option<String> {
+    match doc.resolve(r) {
+        Some(Resource::Organization(o)) => kakehashi_mappings::document::institution_code(o),
+        _ => r.identifier.as_ref().and_then(|i| i.value.clone()),
+    }
+}
+
+fn project(bundle: &Bundle) -> Mapped {
+    let doc = DocumentView::new(bundle).expect("a document");
+    let c = doc.composition;
     let mut m = Mapped {
-        patient: (None, None, BTreeSet::new()),
-        document: (String::new(), String::new()),
-        sections: BTreeSet::new(),
-        problems: BTreeSet::new(),
-        allergies: BTreeSet::new(),
-        medications: BTreeSet::new(),
+        document_type: c.type_.coding.first().and_then(|x| x.code.clone()),
+        document: (c.title.clone(), c.date[..10].to_string()),
+        custodian: c.custodian.as_ref().and_then(|r| institution(&doc, r)),
+        recipient: doc.institution_in_section(kakehashi_mappings::document::RECIPIENT_SECTION),
+        ..Default::default()
     };
-    for r in resources {
-        match r {
-            Resource::Patient(p) => {
-                let names = p
-                    .name
-                    .iter()
-                    .map(|n| {
-                        norm(&n.text.clone().unwrap_or_else(|| {
-                            format!("{} {}", n.family.clone().unwrap_or_default(), n.given.join(" "))
-                        }))
-                    })
-                    .collect();
-                m.patient = (p.birth_date.clone(), p.gender.clone(), names);
+    for a in &c.author {
+        match doc.resolve(a) {
+            Some(Resource::Practitioner(p)) => {
+                m.author_people.extend(p.name.first().map(name_text));
             }
-            Resource::Composition(c) => m.document = (c.title.clone(), c.date[..10].to_string()),
-            Resource::Condition(c) => {
-                m.problems.insert(norm(&c.code.as_ref().map(concept_text).unwrap_or_default()));
-            }
-            Resource::AllergyIntolerance(a) => {
-                m.allergies.insert(norm(&a.code.as_ref().map(concept_text).unwrap_or_default()));
-            }
-            Resource::MedicationRequest(x) => {
-                m.medications
-                    .insert(norm(&x.medication_codeable_concept.as_ref().map(concept_text).unwrap_or_default()));
+            Some(Resource::Organization(_)) => {
+                m.author_organisations.extend(institution(&doc, a));
             }
             _ => {}
         }
     }
-    for (code, text, title) in sections_of {
-        let skip = matches!(code.as_deref(), Some("910" | "920" | "300"));
-        if !skip && !text.is_empty() && title.as_deref() != Some("含まれる記録") {
-            m.sections.insert((title.clone().unwrap_or_default(), norm(text)));
+    if let Some(p) = doc.patient() {
+        m.patient = (p.birth_date.clone(), p.gender.clone(), p.name.iter().map(name_text).collect());
+        m.patient_id = p.identifier.first().and_then(|i| i.value.clone());
+        m.addresses = p
+            .address
+            .iter()
+            .map(|a| {
+                let text = a.text.clone().unwrap_or_else(|| a.line.join(" "));
+                (norm(&text), a.postal_code.clone(), a.state.clone(), a.city.clone())
+            })
+            .collect();
+        m.telecoms = p
+            .telecom
+            .iter()
+            .map(|t| (t.system.clone().unwrap_or_default(), t.value.clone().unwrap_or_default()))
+            .collect();
+    }
+    for r in bundle.entry.iter().filter_map(|e| e.resource.as_deref()) {
+        match r {
+            Resource::Condition(x) => {
+                m.problems.insert((
+                    norm(&x.code.as_ref().map(concept_text).unwrap_or_default()),
+                    x.clinical_status
+                        .as_ref()
+                        .and_then(|s| s.coding.first())
+                        .and_then(|c| c.code.clone())
+                        .unwrap_or_default(),
+                    x.onset_date_time.clone(),
+                ));
+            }
+            Resource::AllergyIntolerance(a) => {
+                m.allergies.insert((
+                    norm(&a.code.as_ref().map(concept_text).unwrap_or_default()),
+                    // A manifestation of no information (nullFlavor NI) carries nothing.
+                    a.reaction
+                        .iter()
+                        .flat_map(|r| r.manifestation.iter().map(concept_text))
+                        .filter(|t| !t.is_empty())
+                        .collect(),
+                    a.onset_date_time.clone(),
+                ));
+            }
+            Resource::MedicationRequest(x) => {
+                let d = x.dosage_instruction.first();
+                let repeat = d.and_then(|d| d.timing.as_ref()).and_then(|t| t.repeat.as_ref());
+                let concept = x.medication_codeable_concept.as_ref();
+                m.medications.insert(Medication {
+                    name: norm(&concept.map(concept_text).unwrap_or_default()),
+                    codes: concept.map(codings).unwrap_or_default(),
+                    dose: d
+                        .and_then(|d| d.dose_and_rate.first())
+                        .and_then(|q| q.dose_quantity.as_ref())
+                        .map(|q| (format!("{}", q.value.unwrap_or_default()), q.unit.clone())),
+                    frequency: repeat.and_then(|r| {
+                        Some((r.frequency?, format!("{}", r.period?), r.period_unit.clone().unwrap_or_default()))
+                    }),
+                    days: x
+                        .dispense_request
+                        .as_ref()
+                        .and_then(|d| d.expected_supply_duration.as_ref())
+                        .and_then(|q| q.value)
+                        .map(|v| format!("{v}")),
+                    rp: x
+                        .identifier
+                        .iter()
+                        .find(|i| i.system.as_deref() == Some(kakehashi_mappings::codes::RP_NUMBER))
+                        .and_then(|i| i.value.clone()),
+                    sig: d.and_then(|d| d.text.clone()),
+                });
+            }
+            Resource::Observation(o) => {
+                let value = match (&o.value_quantity, &o.value_codeable_concept, &o.value_string) {
+                    (Some(q), _, _) => format!("{}", q.value.unwrap_or_default()),
+                    (_, Some(c), _) => concept_text(c),
+                    (_, _, Some(s)) => s.clone(),
+                    _ => String::new(),
+                };
+                let unit = o.value_quantity.as_ref().and_then(|q| q.code.clone().or_else(|| q.unit.clone()));
+                m.results.insert((
+                    norm(&concept_text(&o.code)),
+                    codings(&o.code),
+                    value,
+                    unit,
+                    minute(&o.effective_date_time),
+                ));
+            }
+            _ => {}
+        }
+    }
+    for s in doc.sections() {
+        let skip = matches!(s.code.as_deref(), Some("910" | "920" | "300"));
+        if !skip && !s.text.is_empty() && s.title.as_deref() != Some("含まれる記録") {
+            m.sections.insert((s.title.clone().unwrap_or_default(), norm(&s.text)));
         }
     }
     m
-}
-
-fn sections(bundle: &Bundle) -> Vec<(Option<String>, String, Option<String>)> {
-    let view = DocumentView::new(bundle).expect("document");
-    view.sections().into_iter().map(|s| (s.code, s.text, s.title)).collect()
-}
-
-fn resources(bundle: &Bundle) -> Vec<&Resource> {
-    bundle.entry.iter().filter_map(|e| e.resource.as_deref()).collect()
 }
 
 fn as_document(t: kakehashi_mappings::Translation) -> Bundle {
@@ -91,6 +223,16 @@ fn as_document(t: kakehashi_mappings::Translation) -> Bundle {
             .collect(),
         ..Default::default()
     }
+}
+
+/// An MML translation as a document: modules come back in document order, the
+/// Referral/Summary Composition among them.
+fn mml_document(back: kakehashi_mappings::Translation) -> Bundle {
+    let mut resources = back.resources;
+    let at = resources.iter().position(|r| matches!(r, Resource::Composition(_))).expect("composition");
+    let comp = resources.remove(at);
+    resources.insert(0, comp);
+    as_document(kakehashi_mappings::Translation { resources, warnings: back.warnings })
 }
 
 /// Validate a document the gateway writes against the real schema with xmllint
@@ -116,33 +258,66 @@ fn schema_valid(name: &str, xml: &str, schema: &str) {
     assert!(out.status.success() && errors.is_empty(), "{name} fails {schema}:\n{}\n{xml}", errors.join("\n"));
 }
 
+/// The institution translating in these tests.
+const OWNER: &str = "4610100011";
+
+/// What MML 4 can carry of a document, by its schema: diagnosis dates are whole days
+/// (`xs:date`), so an onset known to the year or month is not written, and result
+/// times are date-times, so a result known to the day is written without; a SummaryModule
+/// has no recipient element; facilities are named by institution code; a document is
+/// a referral, a discharge summary or another summary; a prescription has a dose.
+/// Everything else must come back.
+fn what_mml_carries(m: &Mapped) -> Mapped {
+    let summary = m.document_type.as_deref() == Some("18842-5");
+    Mapped {
+        problems: m
+            .problems
+            .iter()
+            .map(|(name, status, onset)| (name.clone(), status.clone(), onset.clone().filter(|o| o.len() >= 10)))
+            .collect(),
+        // A result's time is a date-time in MML: one known to the day or less is not written.
+        results: m
+            .results
+            .iter()
+            .map(|(n, c, v, u, t)| (n.clone(), c.clone(), v.clone(), u.clone(), t.clone().filter(|t| t.len() >= 16)))
+            .collect(),
+        recipient: if summary { None } else { m.recipient.clone() },
+        // A module says a referral, a discharge summary or any other summary.
+        document_type: m.document_type.clone().map(|t| match t.as_str() {
+            "57133-1" | "18842-5" => t,
+            _ => "34133-9".to_string(),
+        }),
+        // A prescription module requires a dose: one without stays in the narrative.
+        medications: m.medications.iter().filter(|x| x.dose.is_some()).cloned().collect(),
+        // MML names facilities by institution code (MML0027); a document whose custodian
+        // has none is read back as held by its owner.
+        custodian: m.custodian.clone().or_else(|| Some(OWNER.to_string())),
+        ..m.clone()
+    }
+}
+
 fn round_trip(original: &Bundle) {
     let view = DocumentView::new(original).expect("original is a document");
-    let before = project(&resources(original), &sections(original));
+    let before = project(original);
     let ctx =
         Context { owner: "4610100011".into(), owner_name: "hub".into(), site: "rt".into(), source_key: "rt".into() };
 
-    let mml = export::mml::to_mml(&view);
     let label = view.composition.id.clone().unwrap_or_default();
-    schema_valid(&format!("{label}.mml.xml"), &mml, "mml/schema/mml.xsd");
-    let back = kakehashi_mappings::mml::translate_bytes(mml.as_bytes(), &ParseOptions::default(), &ctx)
-        .expect("MML reads back");
-    // Modules come back in document order; the Referral/Summary Composition is inside.
-    let mut resources_back = back.resources.clone();
-    let comp_at = resources_back.iter().position(|r| matches!(r, Resource::Composition(_))).expect("composition");
-    let comp = resources_back.remove(comp_at);
-    resources_back.insert(0, comp);
-    let mml_doc = as_document(kakehashi_mappings::Translation { resources: resources_back, warnings: back.warnings });
-    let after_mml = project(&resources(&mml_doc), &sections(&mml_doc));
-    assert_eq!(after_mml, before, "MML round trip\n{mml}");
-
     let cda = export::cda::to_cda(&view);
     schema_valid(&format!("{label}.cda.xml"), &cda, "cda/schema/infrastructure/cda/CDA_SDTC.xsd");
     let back = kakehashi_mappings::cda::translate_bytes(cda.as_bytes(), &ParseOptions::default(), &ctx)
         .expect("CDA reads back");
     let cda_doc = as_document(back);
-    let after_cda = project(&resources(&cda_doc), &sections(&cda_doc));
+    let after_cda = project(&cda_doc);
     assert_eq!(after_cda, before, "CDA round trip\n{cda}");
+    let mml = export::mml::to_mml(&view);
+    schema_valid(&format!("{label}.mml.xml"), &mml, "mml/schema/mml.xsd");
+    let back = kakehashi_mappings::mml::translate_bytes(mml.as_bytes(), &ParseOptions::default(), &ctx)
+        .expect("MML reads back");
+    let mml_doc = mml_document(back);
+    let after_mml = project(&mml_doc);
+    assert_eq!(after_mml, what_mml_carries(&before), "MML round trip\n{mml}");
+
     // The document keeps its business identifier: the value as the id extension, under
     // a root derived from the identifier system, the same on every export.
     let id_start = cda.find("<id root=\"2.25.").expect("a ClinicalDocument id under 2.25");
@@ -167,4 +342,31 @@ fn discharge_summary_round_trips_through_mml_and_cda() {
     let text = include_str!("fixtures/discharge-summary.json");
     let Resource::Bundle(b) = serde_json::from_str::<Resource>(text).expect("parses") else { panic!("not a Bundle") };
     round_trip(&b);
+}
+
+/// C-CDA documents from the corpus read into FHIR, written back as CDA and read again
+/// keep every mapped element, results (12-44 Observations a document) included.
+#[test]
+fn corpus_cda_documents_round_trip_through_fhir() {
+    let ctx =
+        Context { owner: "4610100011".into(), owner_name: "hub".into(), site: "rt".into(), source_key: "rt".into() };
+    for name in ["CCD.xml", "Discharge_Summary.xml", "Referral_Note.xml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/cda").join(name);
+        let bytes = std::fs::read(&path).expect("corpus CDA");
+        let first = kakehashi_mappings::cda::translate_bytes(&bytes, &ParseOptions::default(), &ctx).expect("reads");
+        let bundle = as_document(first);
+        let before = project(&bundle);
+        assert!(before.results.len() >= 10, "{name}: {} results", before.results.len());
+        let view = DocumentView::new(&bundle).expect("a document");
+        let cda = export::cda::to_cda(&view);
+        schema_valid(name, &cda, "cda/schema/infrastructure/cda/CDA_SDTC.xsd");
+        let back = kakehashi_mappings::cda::translate_bytes(cda.as_bytes(), &ParseOptions::default(), &ctx)
+            .expect("reads back");
+        assert_eq!(project(&as_document(back)), before, "{name}");
+        let mml = export::mml::to_mml(&view);
+        schema_valid(&format!("{name}.mml.xml"), &mml, "mml/schema/mml.xsd");
+        let back = kakehashi_mappings::mml::translate_bytes(mml.as_bytes(), &ParseOptions::default(), &ctx)
+            .expect("MML reads back");
+        assert_eq!(project(&mml_document(back)), what_mml_carries(&before), "{name} through MML");
+    }
 }

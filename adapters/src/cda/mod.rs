@@ -72,20 +72,31 @@ pub enum Entry {
         time: Option<String>,
         /// Interpretation code (H, L, N ...).
         interpretation: Option<String>,
+        /// A problem's status (C-CDA Problem Status observation, LOINC 33999-4).
+        status: Option<Code>,
     },
     /// An allergy (substance and optional reaction).
     Allergy {
         /// The substance.
         substance: Code,
-        /// The reaction.
-        reaction: Option<Code>,
+        /// The reactions (manifestations).
+        reaction: Vec<Code>,
         /// Onset (HL7 TS).
         time: Option<String>,
     },
     /// A medication (substanceAdministration).
     Medication {
-        /// The drug.
+        /// Ids (root OID, extension): the RP number among them.
+        ids: Vec<(String, String)>,
+        /// The drug, and the same drug in other code systems (`translation`).
         drug: Code,
+        /// The drug's `translation` codes.
+        translations: Vec<Code>,
+        /// Administration period (PIVL_TS `period` value and unit), and whether the
+        /// institution sets the times (`institutionSpecified`: "3 times a day").
+        period: Option<(f64, String, bool)>,
+        /// Length of the course (IVL_TS `width`) value and unit.
+        width: Option<(f64, String)>,
         /// Dose value and unit.
         dose: Option<(f64, Option<String>)>,
         /// Route.
@@ -123,13 +134,17 @@ pub struct Patient {
     pub birth: Option<String>,
     /// Addresses.
     pub addresses: Vec<CdaAddress>,
-    /// Telecom values.
-    pub telecoms: Vec<String>,
+    /// Telecom values with their `use` (H, HP, WP, MC ...).
+    pub telecoms: Vec<(String, Option<String>)>,
 }
 
 /// A postal address (`addr`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CdaAddress {
+    /// `use` (H, HP, WP ...).
+    pub use_: Option<String>,
+    /// Unstructured text written directly in `addr`.
+    pub text: Option<String>,
     /// `streetAddressLine`s in order.
     pub lines: Vec<String>,
     /// `city`.
@@ -142,15 +157,40 @@ pub struct CdaAddress {
     pub country: Option<String>,
 }
 
+/// An organisation (author's, custodian, recipient).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CdaOrganization {
+    /// Ids as (root OID, extension).
+    pub ids: Vec<(String, String)>,
+    /// Name.
+    pub name: Option<String>,
+}
+
+impl CdaOrganization {
+    fn from(n: &Node) -> Option<CdaOrganization> {
+        let o = CdaOrganization { ids: ids(n), name: n.text_at(&["name"]) };
+        (o.name.is_some() || !o.ids.is_empty()).then_some(o)
+    }
+}
+
 /// An author.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Author {
     /// Time.
     pub time: Option<String>,
+    /// The person's ids (root, extension).
+    pub ids: Vec<(String, String)>,
     /// Person name.
     pub name: Option<String>,
-    /// Organisation name.
-    pub organization: Option<String>,
+    /// The organisation the author writes for.
+    pub organization: Option<CdaOrganization>,
+}
+
+/// The `id` children of an element with both root and extension.
+fn ids(n: &Node) -> Vec<(String, String)> {
+    n.children_named("id")
+        .filter_map(|i| Some((i.attr("root")?.to_string(), i.attr("extension")?.to_string())))
+        .collect()
 }
 
 /// A parsed CDA document.
@@ -170,10 +210,12 @@ pub struct CdaDocument {
     pub patient: Option<Patient>,
     /// Authors.
     pub authors: Vec<Author>,
-    /// Custodian organisation name.
-    pub custodian: Option<String>,
-    /// Recipient organisation name (information recipient).
-    pub recipient: Option<String>,
+    /// Custodian organisation.
+    pub custodian: Option<CdaOrganization>,
+    /// Recipient organisation (information recipient).
+    pub recipient: Option<CdaOrganization>,
+    /// Recipient person's name.
+    pub recipient_person: Option<String>,
     /// Sections (nested sections flattened in document order).
     pub sections: Vec<Section>,
 }
@@ -231,80 +273,129 @@ fn collect<'a>(n: &'a Node, name: &str, out: &mut Vec<&'a Node>) {
     }
 }
 
+/// C-CDA's Problem Status observation (LOINC 33999-4), nested in a problem.
+const STATUS_CODE: &str = "33999-4";
+/// The immunizations section (LOINC 11369-6).
+const IMMUNIZATIONS: &str = "11369-6";
+
+fn is_status(o: &Node) -> bool {
+    o.child("code").and_then(|c| c.attr("code")) == Some(STATUS_CODE)
+}
+
+/// An allergy observation: a substance the patient reacts to, as the participant
+/// (C-CDA) with its reactions nested as manifestation observations.
+fn allergy(o: &Node) -> Option<Entry> {
+    let entity = o.children_named("participant").find_map(|p| p.find("playingEntity"))?;
+    let substance = entity.child("code").map(Code::from).unwrap_or_default();
+    let substance = if substance.is_empty() {
+        Code { display: entity.text_at(&["name"]), ..Default::default() }
+    } else {
+        substance
+    };
+    if substance.is_empty() {
+        return None;
+    }
+    // Reactions are the manifestations (MFST); severity and status are not.
+    let reaction = o
+        .children_named("entryRelationship")
+        .filter(|er| er.attr("typeCode") == Some("MFST"))
+        .filter_map(|er| er.child("observation"))
+        .filter(|r| !is_status(r))
+        .filter_map(|r| r.child("value"))
+        .map(Code::from)
+        .filter(|c| !c.is_empty())
+        .collect();
+    Some(Entry::Allergy { substance, reaction, time: time_of(o) })
+}
+
+fn medication(sa: &Node) -> Option<Entry> {
+    let material = sa.find("manufacturedMaterial")?;
+    let code = material.child("code");
+    let drug = code.map(Code::from).unwrap_or_default();
+    let drug = if drug.is_empty() { Code { display: material.text_at(&["name"]), ..Default::default() } } else { drug };
+    if drug.is_empty() {
+        return None;
+    }
+    let translations = code
+        .map(|c| c.children_named("translation").map(Code::from).filter(|c| !c.is_empty()).collect())
+        .unwrap_or_default();
+    let dose = sa.child("doseQuantity").and_then(|d| {
+        Some((d.attr("value")?.parse::<f64>().ok().filter(|x| x.is_finite())?, d.attr("unit").map(str::to_string)))
+    });
+    let quantity = |n: &Node| -> Option<(f64, String)> {
+        Some((n.attr("value")?.parse::<f64>().ok().filter(|x| x.is_finite() && *x > 0.0)?, n.attr("unit")?.to_string()))
+    };
+    let mut start = None;
+    let mut period = None;
+    let mut width = None;
+    for t in sa.children_named("effectiveTime") {
+        if let Some(p) = t.child("period").and_then(quantity) {
+            period = Some((p.0, p.1, t.attr("institutionSpecified") == Some("true")));
+        } else {
+            start = start.or_else(|| {
+                t.child("low")
+                    .and_then(|l| l.attr("value").map(str::to_string))
+                    .or_else(|| t.attr("value").map(str::to_string))
+            });
+            width = width.or_else(|| t.child("width").and_then(quantity));
+        }
+    }
+    Some(Entry::Medication {
+        ids: ids(sa),
+        drug,
+        translations,
+        period,
+        width,
+        dose,
+        route: sa.child("routeCode").map(Code::from).filter(|c| !c.is_empty()),
+        start,
+        text: sa.child("text").and_then(Node::value),
+    })
+}
+
+/// The structured entries of a section. What an entry is comes from its shape (a
+/// substance administration, an observation of a substance the patient reacts to, a
+/// problem or result observation), so an entry is read the same in any section; the
+/// allergy and medication section codes only say where the shape is expected. The
+/// immunization section's administrations are not prescriptions and are not read.
 fn entries(section_code: Option<&str>, sec: &Node) -> Vec<Entry> {
     let mut out = Vec::new();
     for entry in sec.children_named("entry") {
-        match section_code {
-            Some("48765-2" | "510") => {
-                let mut obs = Vec::new();
-                collect(entry, "observation", &mut obs);
-                for o in obs {
-                    let Some(entity) = o.find("playingEntity") else { continue };
-                    let substance = entity.child("code").map(Code::from).unwrap_or_default();
-                    let substance = if substance.is_empty() {
-                        Code { display: entity.text_at(&["name"]), ..Default::default() }
-                    } else {
-                        substance
-                    };
-                    if substance.is_empty() {
-                        continue;
-                    }
-                    let reaction = o
-                        .children_named("entryRelationship")
-                        .find_map(|er| er.find("observation"))
-                        .and_then(|r| r.child("value"))
-                        .map(Code::from);
-                    out.push(Entry::Allergy { substance, reaction, time: time_of(o) });
-                }
+        let mut sas = Vec::new();
+        if section_code != Some(IMMUNIZATIONS) {
+            collect(entry, "substanceAdministration", &mut sas);
+        }
+        // A medication's own nested administrations (tapering steps) are one order.
+        if let Some(m) = sas.first().and_then(|sa| medication(sa)) {
+            out.push(m);
+            continue;
+        }
+        let mut obs = Vec::new();
+        collect(entry, "observation", &mut obs);
+        let allergies: Vec<Entry> = obs.iter().filter_map(|o| allergy(o)).collect();
+        if !allergies.is_empty() {
+            out.extend(allergies);
+            continue;
+        }
+        for o in obs {
+            // Status observations describe the problem they are nested in.
+            if is_status(o) {
+                continue;
             }
-            Some("10160-0" | "10183-2" | "29549-3" | "42346-7" | "440") => {
-                let mut sas = Vec::new();
-                collect(entry, "substanceAdministration", &mut sas);
-                for sa in sas.into_iter().take(1) {
-                    let Some(material) = sa.find("manufacturedMaterial") else { continue };
-                    let drug = material.child("code").map(Code::from).unwrap_or_default();
-                    let drug = if drug.is_empty() {
-                        Code { display: material.text_at(&["name"]), ..Default::default() }
-                    } else {
-                        drug
-                    };
-                    if drug.is_empty() {
-                        continue;
-                    }
-                    let dose = sa.child("doseQuantity").and_then(|d| {
-                        Some((
-                            d.attr("value")?.parse::<f64>().ok().filter(|x| x.is_finite())?,
-                            d.attr("unit").map(str::to_string),
-                        ))
-                    });
-                    let start = sa.children_named("effectiveTime").find_map(|t| {
-                        t.child("low")
-                            .and_then(|l| l.attr("value").map(str::to_string))
-                            .or_else(|| t.attr("value").map(str::to_string))
-                    });
-                    out.push(Entry::Medication {
-                        drug,
-                        dose,
-                        route: sa.child("routeCode").map(Code::from).filter(|c| !c.is_empty()),
-                        start,
-                        text: sa.find("text").and_then(Node::value),
-                    });
-                }
+            let code = o.child("code").map(Code::from).unwrap_or_default();
+            let value = value_of(o);
+            // Problem observations carry the problem in their value; others name it in code.
+            if code.is_empty() && matches!(value, Value::None) {
+                continue;
             }
-            _ => {
-                let mut obs = Vec::new();
-                collect(entry, "observation", &mut obs);
-                for o in obs {
-                    let code = o.child("code").map(Code::from).unwrap_or_default();
-                    let value = value_of(o);
-                    // Problem observations carry the problem in their value; others name it in code.
-                    if code.is_empty() && matches!(value, Value::None) {
-                        continue;
-                    }
-                    let interpretation = o.child("interpretationCode").and_then(|i| i.attr("code").map(str::to_string));
-                    out.push(Entry::Observation { code, value, time: time_of(o), interpretation });
-                }
-            }
+            let interpretation = o.child("interpretationCode").and_then(|i| i.attr("code").map(str::to_string));
+            let status = o
+                .children_named("entryRelationship")
+                .filter_map(|er| er.child("observation"))
+                .find(|x| is_status(x))
+                .and_then(|x| x.child("value"))
+                .map(Code::from);
+            out.push(Entry::Observation { code, value, time: time_of(o), interpretation, status });
         }
     }
     out
@@ -346,10 +437,7 @@ pub fn parse(bytes: &[u8], options: &ParseOptions) -> Result<CdaDocument, Source
     let patient = root.find("patientRole").map(|pr| {
         let p = pr.child("patient");
         Patient {
-            ids: pr
-                .children_named("id")
-                .filter_map(|i| Some((i.attr("root")?.to_string(), i.attr("extension")?.to_string())))
-                .collect(),
+            ids: ids(pr),
             names: p
                 .map(|p| {
                     p.children_named("name")
@@ -370,6 +458,8 @@ pub fn parse(bytes: &[u8], options: &ParseOptions) -> Result<CdaDocument, Source
             addresses: pr
                 .children_named("addr")
                 .map(|a| CdaAddress {
+                    use_: a.attr("use").map(str::to_string),
+                    text: a.value(),
                     lines: a.children_named("streetAddressLine").filter_map(Node::value).collect(),
                     city: a.text_at(&["city"]),
                     state: a.text_at(&["state"]),
@@ -377,15 +467,19 @@ pub fn parse(bytes: &[u8], options: &ParseOptions) -> Result<CdaDocument, Source
                     country: a.text_at(&["country"]),
                 })
                 .collect(),
-            telecoms: pr.children_named("telecom").filter_map(|t| t.attr("value").map(str::to_string)).collect(),
+            telecoms: pr
+                .children_named("telecom")
+                .filter_map(|t| Some((t.attr("value")?.to_string(), t.attr("use").map(str::to_string))))
+                .collect(),
         }
     });
     let authors = root
         .children_named("author")
         .map(|a| Author {
             time: a.child("time").and_then(|t| t.attr("value").map(str::to_string)),
+            ids: a.child("assignedAuthor").map(ids).unwrap_or_default(),
             name: a.find("assignedPerson").and_then(|p| p.child("name")).and_then(person_name),
-            organization: a.find("representedOrganization").and_then(|o| o.text_at(&["name"])),
+            organization: a.find("representedOrganization").and_then(CdaOrganization::from),
         })
         .collect();
     let mut secs = Vec::new();
@@ -400,11 +494,16 @@ pub fn parse(bytes: &[u8], options: &ParseOptions) -> Result<CdaDocument, Source
         confidentiality: root.child("confidentialityCode").and_then(|c| c.attr("code").map(str::to_string)),
         patient,
         authors,
-        custodian: root.find("representedCustodianOrganization").and_then(|o| o.text_at(&["name"])),
+        custodian: root.find("representedCustodianOrganization").and_then(CdaOrganization::from),
         recipient: root
-            .find("informationRecipient")
+            .child("informationRecipient")
             .and_then(|r| r.find("receivedOrganization"))
-            .and_then(|o| o.text_at(&["name"])),
+            .and_then(CdaOrganization::from),
+        recipient_person: root
+            .child("informationRecipient")
+            .and_then(|r| r.find("informationRecipient"))
+            .and_then(|p| p.child("name"))
+            .and_then(person_name),
         sections: secs,
     })
 }

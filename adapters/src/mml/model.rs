@@ -78,6 +78,8 @@ pub struct DocInfo {
     pub creator: Option<Creator>,
     /// `accessRight/@permit` of the security level (all, read, none ...).
     pub security: Option<String>,
+    /// `title/@generationPurpose` (MML0007: why the document was written).
+    pub purpose: Option<String>,
 }
 
 /// One module item: provenance plus its content modules.
@@ -100,6 +102,7 @@ impl Item {
             confirm_date: di.and_then(|d| t(d, &["confirmDate"])),
             creator: di.and_then(|d| d.child("CreatorInfo")).map(Creator::from_node),
             security: di.and_then(|d| d.find("accessRight")).and_then(|a| a.attr("permit").map(str::to_string)),
+            purpose: di.and_then(|d| d.child("title")).and_then(|t| t.attr("generationPurpose").map(str::to_string)),
         };
         let modules =
             n.child("content").map(|c| c.children.iter().map(Module::from_node).collect()).unwrap_or_default();
@@ -248,6 +251,9 @@ pub struct Medication {
     pub code: Option<String>,
     /// Code system (YJ, HOT ...).
     pub code_system: Option<String>,
+    /// Every `code` of the medicine (system, code), the first one included: a drug is
+    /// often written in HOT9 and YJ both.
+    pub codes: Vec<(Option<String>, String)>,
     /// Dose.
     pub dose: Option<String>,
     /// Dose unit.
@@ -283,6 +289,14 @@ fn medications(n: &Node) -> Vec<Medication> {
                 .child("medicine")
                 .and_then(|x| x.child("code"))
                 .and_then(|c| c.attr("system").map(str::to_string)),
+            codes: m
+                .child("medicine")
+                .map(|x| {
+                    x.children_named("code")
+                        .filter_map(|c| Some((c.attr("system").map(str::to_string), c.value()?)))
+                        .collect()
+                })
+                .unwrap_or_default(),
             dose: t(m, &["dose"]),
             dose_unit: t(m, &["doseUnit"]),
             frequency_per_day: t(m, &["frequencyPerDay"]),
@@ -475,8 +489,12 @@ pub struct Document {
     pub nested: Vec<Module>,
     /// Allergies and blood type found inside (first-visit records).
     pub base: ClinicalBase,
-    /// Referral: the receiving facility, as written.
+    /// Referral: the receiving facility's name, as written.
     pub to_facility: Option<String>,
+    /// Referral: the receiving facility's id (its 医療機関コード under MML0027).
+    pub to_facility_id: Option<String>,
+    /// Referral: the doctor referred to.
+    pub to_person: Option<String>,
     /// The first date (YYYY-MM-DD) written in the document, for documents without `docInfo`.
     pub first_date: Option<String>,
 }
@@ -571,6 +589,17 @@ fn document(n: &Node, kind: DocumentKind) -> Module {
         nested: nested_modules(n),
         base: clinical_base(n),
         to_facility: n.find("referToFacility").and_then(|f| f.find("name")).and_then(Node::value),
+        to_facility_id: n.find("referToFacility").and_then(|f| f.find("Id")).and_then(Node::value),
+        to_person: n.find("referToPerson").and_then(|p| p.find("Name")).and_then(|n| {
+            n.text_at(&["fullname"]).or_else(|| {
+                let s = format!(
+                    "{} {}",
+                    n.text_at(&["family"]).unwrap_or_default(),
+                    n.text_at(&["given"]).unwrap_or_default()
+                );
+                (!s.trim().is_empty()).then(|| s.trim().to_string())
+            })
+        }),
         first_date: first_date(n),
     })
 }

@@ -2,7 +2,7 @@
 
 use super::{concept_text, entries, esc};
 use crate::document::{DocumentView, SECTION_SYSTEM};
-use kakehashi_fhir::{CodeableConcept, Resource};
+use kakehashi_fhir::{CodeableConcept, Organization, Resource};
 use std::fmt::Write;
 
 /// FHIR system URI → CDA code system OID (where one is known).
@@ -16,13 +16,13 @@ pub fn oid_of(system: &str) -> Option<String> {
     })
 }
 
-/// A CDA coded element: OID code systems as `codeSystem`, URI ones as `codeSystemName`.
-fn code_element(tag: &str, c: &CodeableConcept, extra: &str) -> String {
-    let coding = c.coding.first();
+/// The code and code system attributes of one coding: OID code systems as
+/// `codeSystem`, URI ones as `codeSystemName`.
+fn coding_attrs(x: &kakehashi_fhir::Coding) -> String {
     let mut attrs = String::new();
-    if let Some(code) = coding.and_then(|x| x.code.as_ref()) {
+    if let Some(code) = &x.code {
         let _ = write!(attrs, " code=\"{}\"", esc(code));
-        if let Some(s) = coding.and_then(|x| x.system.as_deref()) {
+        if let Some(s) = x.system.as_deref() {
             match oid_of(s) {
                 Some(oid) => {
                     let _ = write!(attrs, " codeSystem=\"{}\"", esc(&oid));
@@ -33,6 +33,13 @@ fn code_element(tag: &str, c: &CodeableConcept, extra: &str) -> String {
             }
         }
     }
+    attrs
+}
+
+/// A CDA coded element: the first coding as the code, the others as `translation`s.
+fn code_element(tag: &str, c: &CodeableConcept, extra: &str) -> String {
+    let coding = c.coding.first();
+    let mut attrs = coding.map(coding_attrs).unwrap_or_default();
     let text = concept_text(c);
     if !text.is_empty() {
         let _ = write!(attrs, " displayName=\"{}\"", esc(&text));
@@ -40,7 +47,105 @@ fn code_element(tag: &str, c: &CodeableConcept, extra: &str) -> String {
     if coding.and_then(|x| x.code.as_ref()).is_none() {
         return format!("<{tag}{extra} nullFlavor=\"OTH\"><originalText>{}</originalText></{tag}>", esc(&text));
     }
-    format!("<{tag}{extra}{attrs}/>")
+    let translations: String = c.coding[1..]
+        .iter()
+        .filter(|x| x.code.is_some())
+        .map(|x| format!("<translation{}/>", coding_attrs(x)))
+        .collect();
+    if translations.is_empty() {
+        format!("<{tag}{extra}{attrs}/>")
+    } else {
+        format!("<{tag}{extra}{attrs}>{translations}</{tag}>")
+    }
+}
+
+/// The MHLW OID arc for the 10-digit 医療機関コード (JP-CLINS and the CDA import accept
+/// `1.2.392.100495.20.3.2x`).
+const INSTITUTION_OID: &str = "1.2.392.100495.20.3.23";
+
+/// CDA `id`s of FHIR identifiers: `urn:oid:` systems as the root, the institution
+/// number under its OID, any other system under a name-based `2.25` root.
+fn ids(identifiers: &[kakehashi_fhir::Identifier]) -> String {
+    let mut out = String::new();
+    for i in identifiers {
+        let Some(v) = &i.value else { continue };
+        let system = i.system.as_deref().unwrap_or("");
+        let root = match system.strip_prefix("urn:oid:") {
+            _ if crate::codes::is_institution_system(system) => INSTITUTION_OID.to_string(),
+            Some(oid) => oid.to_string(),
+            None => uuid_oid(system),
+        };
+        let _ = write!(out, "<id root=\"{}\" extension=\"{}\"/>", esc(&root), esc(v));
+    }
+    out
+}
+
+/// An organisation's ids and name (the content of a CDA Organization element).
+fn organization(o: &Organization) -> String {
+    let mut out = ids(&o.identifier);
+    if let Some(n) = &o.name {
+        let _ = write!(out, "<name>{}</name>", esc(n));
+    }
+    out
+}
+
+/// Postal addresses: the unstructured text first, then the parts.
+fn addresses(list: &[kakehashi_fhir::Address]) -> String {
+    let mut out = String::new();
+    for a in list {
+        let use_ = match a.use_.as_deref() {
+            Some("home") => " use=\"H\"",
+            Some("work") => " use=\"WP\"",
+            Some("temp") => " use=\"TMP\"",
+            _ => "",
+        };
+        let _ = write!(out, "<addr{use_}>{}", esc(a.text.as_deref().unwrap_or("")));
+        for l in &a.line {
+            let _ = write!(out, "<streetAddressLine>{}</streetAddressLine>", esc(l));
+        }
+        for (tag, v) in
+            [("city", &a.city), ("state", &a.state), ("postalCode", &a.postal_code), ("country", &a.country)]
+        {
+            if let Some(v) = v {
+                let _ = write!(out, "<{tag}>{}</{tag}>", esc(v));
+            }
+        }
+        out.push_str("</addr>");
+    }
+    out
+}
+
+/// Telecoms as URLs (`tel:`, `fax:`, `mailto:`).
+fn telecoms(list: &[kakehashi_fhir::ContactPoint]) -> String {
+    let mut out = String::new();
+    for c in list {
+        let Some(v) = &c.value else { continue };
+        let scheme = match c.system.as_deref() {
+            Some("phone") | Some("sms") | None => "tel:",
+            Some("fax") => "fax:",
+            Some("email") => "mailto:",
+            _ => "",
+        };
+        let use_ = match c.use_.as_deref() {
+            Some("home") => " use=\"HP\"",
+            Some("work") => " use=\"WP\"",
+            Some("mobile") => " use=\"MC\"",
+            Some("temp") => " use=\"TMP\"",
+            _ => "",
+        };
+        let _ = write!(out, "<telecom{use_} value=\"{scheme}{}\"/>", esc(v));
+    }
+    out
+}
+
+/// A FHIR Quantity as CDA PQ attributes (UCUM code preferred to the display unit).
+fn pq(q: &kakehashi_fhir::Quantity) -> Option<String> {
+    let v = q.value?;
+    let unit = q.code.as_deref().or(q.unit.as_deref()).filter(|u| !u.is_empty());
+    Some(match unit {
+        Some(u) => format!(" value=\"{v}\" unit=\"{}\"", esc(u)),
+        None => format!(" value=\"{v}\""),
+    })
 }
 
 /// CDA TS from a FHIR date/dateTime: `YYYYMMDD[hhmmss][+zzzz]`.
@@ -71,7 +176,7 @@ fn document_id(doc: &DocumentView<'_>) -> (String, Option<String>) {
 }
 
 /// `2.25.<n>` where n is a version-8 (name-based, SHA-256) UUID read as an integer (X.667).
-fn uuid_oid(name: &str) -> String {
+pub(crate) fn uuid_oid(name: &str) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
     let mut b = [0u8; 16];
     b.copy_from_slice(&d.as_ref()[..16]);
@@ -104,10 +209,17 @@ pub fn to_cda(doc: &DocumentView<'_>) -> String {
             let root = i.system.as_deref().and_then(|s| s.strip_prefix("urn:oid:")).unwrap_or("2.25");
             let _ = write!(out, "<id root=\"{}\" extension=\"{}\"/>", esc(root), esc(i.value.as_deref().unwrap_or("")));
         }
+        out.push_str(&addresses(&p.address));
+        out.push_str(&telecoms(&p.telecom));
         out.push_str("<patient>");
         for n in &p.name {
-            let use_ = n.extension.iter().find_map(|e| e.value_code.as_deref()).unwrap_or("IDE");
-            let _ = write!(out, "<name use=\"{}\">", esc(use_));
+            // The representation (IDE kanji, SYL kana, ABC) only when the name has one:
+            // it also says the name is written family first.
+            match n.extension.iter().find_map(|e| e.value_code.as_deref()) {
+                Some(u) => write!(out, "<name use=\"{}\">", esc(u)),
+                None => write!(out, "<name>"),
+            }
+            .ok();
             match &n.family {
                 Some(f) => {
                     for g in &n.given {
@@ -132,18 +244,72 @@ pub fn to_cda(doc: &DocumentView<'_>) -> String {
         out.push_str("</patient>");
     }
     out.push_str("</patientRole></recordTarget>");
-    for a in &c.author {
-        let name = match doc.resolve(a) {
-            Some(Resource::Practitioner(p)) => p.name.first().and_then(|n| n.text.clone().or_else(|| n.family.clone())),
-            _ => a.display.clone(),
-        };
-        let _ = write!(out, "<author><time value=\"{}\"/><assignedAuthor><id nullFlavor=\"UNK\"/><assignedPerson><name>{}</name></assignedPerson></assignedAuthor></author>", ts(&c.date), esc(&name.unwrap_or_default()));
-    }
-    let custodian = c.custodian.as_ref().and_then(|r| match doc.resolve(r) {
-        Some(Resource::Organization(o)) => o.name.clone(),
-        _ => r.display.clone(),
+    // One author element: the person, and the organisation they write for (an
+    // Organization author, else the custodian).
+    let resolved: Vec<&Resource> = c.author.iter().filter_map(|a| doc.resolve(a)).collect();
+    let person = resolved.iter().find_map(|r| match r {
+        Resource::Practitioner(p) => Some(p),
+        _ => None,
     });
-    let _ = write!(out, "<custodian><assignedCustodian><representedCustodianOrganization><id nullFlavor=\"UNK\"/><name>{}</name></representedCustodianOrganization></assignedCustodian></custodian>", esc(&custodian.unwrap_or_default()));
+    let org_of = |r: &Option<&kakehashi_fhir::Reference>| match r.and_then(|r| doc.resolve(r)) {
+        Some(Resource::Organization(o)) => Some(o),
+        _ => None,
+    };
+    let author_org = resolved.iter().find_map(|r| match r {
+        Resource::Organization(o) => Some(o),
+        _ => None,
+    });
+    let custodian = org_of(&c.custodian.as_ref());
+    let _ = write!(out, "<author><time value=\"{}\"/><assignedAuthor>", ts(&c.date));
+    match person.map(|p| ids(&p.identifier)).filter(|s| !s.is_empty()) {
+        Some(s) => out.push_str(&s),
+        None => out.push_str("<id nullFlavor=\"UNK\"/>"),
+    }
+    let name = person
+        .and_then(|p| p.name.first())
+        .and_then(|n| n.text.clone().or_else(|| n.family.clone()))
+        .or_else(|| c.author.iter().find_map(|a| a.display.clone()));
+    if let Some(n) = name {
+        let _ = write!(out, "<assignedPerson><name>{}</name></assignedPerson>", esc(&n));
+    }
+    if let Some(o) = author_org.or(custodian) {
+        let _ = write!(out, "<representedOrganization>{}</representedOrganization>", organization(o));
+    }
+    out.push_str("</assignedAuthor></author>");
+    let custodian_xml = match custodian {
+        Some(o) if !o.identifier.is_empty() => organization(o),
+        Some(o) => format!("<id nullFlavor=\"UNK\"/>{}", organization(o)),
+        None => format!(
+            "<id nullFlavor=\"UNK\"/><name>{}</name>",
+            esc(c.custodian.as_ref().and_then(|r| r.display.as_deref()).unwrap_or(""))
+        ),
+    };
+    let _ = write!(out, "<custodian><assignedCustodian><representedCustodianOrganization>{custodian_xml}</representedCustodianOrganization></assignedCustodian></custodian>");
+    // JP-CLINS section 910 (紹介先): the receiving institution and doctor.
+    let recipient = doc
+        .sections()
+        .into_iter()
+        .filter(|s| s.code.as_deref() == Some(crate::document::RECIPIENT_SECTION))
+        .flat_map(|s| s.entries)
+        .collect::<Vec<_>>();
+    let to_org = recipient.iter().find_map(|r| match r {
+        Resource::Organization(o) => Some(o),
+        _ => None,
+    });
+    let to_person = recipient.iter().find_map(|r| match r {
+        Resource::Practitioner(p) => p.name.first().and_then(|n| n.text.clone().or_else(|| n.family.clone())),
+        _ => None,
+    });
+    if to_org.is_some() || to_person.is_some() {
+        out.push_str("<informationRecipient><intendedRecipient>");
+        if let Some(n) = to_person {
+            let _ = write!(out, "<informationRecipient><name>{}</name></informationRecipient>", esc(&n));
+        }
+        if let Some(o) = to_org {
+            let _ = write!(out, "<receivedOrganization>{}</receivedOrganization>", organization(o));
+        }
+        out.push_str("</intendedRecipient></informationRecipient>");
+    }
     out.push_str("<component><structuredBody>");
     let sections = doc.sections();
     let structured = entries(&sections);
@@ -172,28 +338,144 @@ pub fn to_cda(doc: &DocumentView<'_>) -> String {
                         .as_deref()
                         .map(|o| format!("<effectiveTime><low value=\"{}\"/></effectiveTime>", ts(o)))
                         .unwrap_or_default();
-                    let _ = write!(out, "<entry><observation classCode=\"OBS\" moodCode=\"EVN\"><code code=\"55607006\" codeSystem=\"2.16.840.1.113883.6.96\" displayName=\"Problem\"/>{time}{value}</observation></entry>");
+                    // C-CDA Problem Status, its value the FHIR clinical status.
+                    let status = x
+                        .clinical_status
+                        .as_ref()
+                        .map(|s| {
+                            format!(
+                                "<entryRelationship typeCode=\"REFR\"><observation classCode=\"OBS\" moodCode=\"EVN\"><code code=\"33999-4\" codeSystem=\"2.16.840.1.113883.6.1\" displayName=\"Status\"/>{}</observation></entryRelationship>",
+                                code_element("value", s, " xsi:type=\"CD\"")
+                            )
+                        })
+                        .unwrap_or_default();
+                    let _ = write!(out, "<entry><observation classCode=\"OBS\" moodCode=\"EVN\"><code code=\"55607006\" codeSystem=\"2.16.840.1.113883.6.96\" displayName=\"Problem\"/>{time}{value}{status}</observation></entry>");
                 }
                 Resource::AllergyIntolerance(x) => {
                     let substance = x.code.as_ref().map(|c| code_element("code", c, "")).unwrap_or_default();
-                    let _ = write!(out, "<entry><act classCode=\"ACT\" moodCode=\"EVN\"><code code=\"CONC\" codeSystem=\"2.16.840.1.113883.5.6\"/><entryRelationship typeCode=\"SUBJ\"><observation classCode=\"OBS\" moodCode=\"EVN\"><code code=\"ASSERTION\" codeSystem=\"2.16.840.1.113883.5.4\"/><participant typeCode=\"CSM\"><participantRole classCode=\"MANU\"><playingEntity classCode=\"MMAT\">{substance}</playingEntity></participantRole></participant></observation></entryRelationship></act></entry>");
-                }
-                Resource::MedicationRequest(x) => {
-                    let drug =
-                        x.medication_codeable_concept.as_ref().map(|c| code_element("code", c, "")).unwrap_or_default();
-                    let text = x
-                        .dosage_instruction
-                        .first()
-                        .and_then(|d| d.text.clone())
-                        .map(|t| format!("<text>{}</text>", esc(&t)))
+                    let time = x
+                        .onset_date_time
+                        .as_deref()
+                        .map(|o| format!("<effectiveTime><low value=\"{}\"/></effectiveTime>", ts(o)))
                         .unwrap_or_default();
-                    let _ = write!(out, "<entry><substanceAdministration classCode=\"SBADM\" moodCode=\"INT\">{text}<consumable><manufacturedProduct><manufacturedMaterial>{drug}</manufacturedMaterial></manufacturedProduct></consumable></substanceAdministration></entry>");
+                    let reactions: String = x
+                        .reaction
+                        .iter()
+                        .flat_map(|r| r.manifestation.iter())
+                        .filter(|m| !concept_text(m).is_empty())
+                        .map(|m| {
+                            format!(
+                                "<entryRelationship typeCode=\"MFST\" inversionInd=\"true\"><observation classCode=\"OBS\" moodCode=\"EVN\"><code code=\"ASSERTION\" codeSystem=\"2.16.840.1.113883.5.4\"/>{}</observation></entryRelationship>",
+                                code_element("value", m, " xsi:type=\"CD\"")
+                            )
+                        })
+                        .collect();
+                    let _ = write!(out, "<entry><act classCode=\"ACT\" moodCode=\"EVN\"><code code=\"CONC\" codeSystem=\"2.16.840.1.113883.5.6\"/><entryRelationship typeCode=\"SUBJ\"><observation classCode=\"OBS\" moodCode=\"EVN\"><code code=\"ASSERTION\" codeSystem=\"2.16.840.1.113883.5.4\"/>{time}<participant typeCode=\"CSM\"><participantRole classCode=\"MANU\"><playingEntity classCode=\"MMAT\">{substance}</playingEntity></participantRole></participant>{reactions}</observation></entryRelationship></act></entry>");
                 }
+                Resource::MedicationRequest(x) => out.push_str(&medication(x)),
+                Resource::Observation(x) => out.push_str(&observation(x)),
                 _ => {}
             }
         }
         out.push_str("</section></component>");
     }
     out.push_str("</structuredBody></component></ClinicalDocument>\n");
+    out
+}
+
+/// A MedicationRequest as a substanceAdministration: its RP number and other ids, the
+/// drug in every code system it is coded in, the sig, the course (start and days), how
+/// often, and the dose.
+fn medication(x: &kakehashi_fhir::MedicationRequest) -> String {
+    let dosage = x.dosage_instruction.first();
+    let mut out = String::from("<entry><substanceAdministration classCode=\"SBADM\" moodCode=\"INT\">");
+    out.push_str(&ids(&x.identifier));
+    if let Some(t) = dosage.and_then(|d| d.text.as_ref()) {
+        let _ = write!(out, "<text>{}</text>", esc(t));
+    }
+    let start =
+        dosage.and_then(|d| d.extension.iter().find_map(|e| e.value_period.as_ref().and_then(|p| p.start.clone())));
+    let days = x
+        .dispense_request
+        .as_ref()
+        .and_then(|d| d.expected_supply_duration.as_ref())
+        .or_else(|| {
+            dosage
+                .and_then(|d| d.timing.as_ref())
+                .and_then(|t| t.repeat.as_ref())
+                .and_then(|r| r.bounds_duration.as_ref())
+        })
+        .filter(|q| q.code.as_deref().unwrap_or("d") == "d")
+        .and_then(|q| q.value);
+    if start.is_some() || days.is_some() {
+        out.push_str("<effectiveTime xsi:type=\"IVL_TS\">");
+        if let Some(s) = &start {
+            let _ = write!(out, "<low value=\"{}\"/>", ts(s));
+        }
+        if let Some(d) = days {
+            let _ = write!(out, "<width value=\"{d}\" unit=\"d\"/>");
+        }
+        out.push_str("</effectiveTime>");
+    }
+    let repeat = dosage.and_then(|d| d.timing.as_ref()).and_then(|t| t.repeat.as_ref());
+    if let (Some(f), Some(p), Some(u)) =
+        (repeat.and_then(|r| r.frequency), repeat.and_then(|r| r.period), repeat.and_then(|r| r.period_unit.as_deref()))
+    {
+        // n times per period: every period/n, in hours for a daily schedule the
+        // institution sets ("3 times a day" is every 8 h, institutionSpecified).
+        let (value, unit, institution) = match u {
+            "d" if f > 1 || p != 1.0 => (p * 24.0 / f64::from(f), "h", true),
+            _ => (p / f64::from(f.max(1)), u, false),
+        };
+        let _ = write!(
+            out,
+            "<effectiveTime xsi:type=\"PIVL_TS\" institutionSpecified=\"{institution}\" operator=\"A\"><period value=\"{value}\" unit=\"{}\"/></effectiveTime>",
+            esc(unit)
+        );
+    }
+    if let Some(r) = dosage.and_then(|d| d.route.as_ref()) {
+        out.push_str(&code_element("routeCode", r, ""));
+    }
+    if let Some(q) = dosage.and_then(|d| d.dose_and_rate.first()).and_then(|d| d.dose_quantity.as_ref()) {
+        // CDA doses are UCUM; a non-UCUM unit (錠) travels as the unit text.
+        let unit = q.unit.as_deref().or(q.code.as_deref());
+        if let Some(v) = q.value {
+            match unit {
+                Some(u) => {
+                    let _ = write!(out, "<doseQuantity value=\"{v}\" unit=\"{}\"/>", esc(u));
+                }
+                None => {
+                    let _ = write!(out, "<doseQuantity value=\"{v}\"/>");
+                }
+            }
+        }
+    }
+    let drug = x.medication_codeable_concept.as_ref().map(|c| code_element("code", c, "")).unwrap_or_default();
+    let _ = write!(out, "<consumable><manufacturedProduct><manufacturedMaterial>{drug}</manufacturedMaterial></manufacturedProduct></consumable></substanceAdministration></entry>");
+    out
+}
+
+/// An Observation as a CDA observation: code, time, value (PQ, CD or ST) and
+/// interpretation.
+fn observation(x: &kakehashi_fhir::Observation) -> String {
+    let mut out = String::from("<entry><observation classCode=\"OBS\" moodCode=\"EVN\">");
+    out.push_str(&code_element("code", &x.code, ""));
+    out.push_str("<statusCode code=\"completed\"/>");
+    if let Some(t) = &x.effective_date_time {
+        let _ = write!(out, "<effectiveTime value=\"{}\"/>", ts(t));
+    }
+    if let Some(attrs) = x.value_quantity.as_ref().and_then(pq) {
+        let _ = write!(out, "<value xsi:type=\"PQ\"{attrs}/>");
+    } else if let Some(c) = &x.value_codeable_concept {
+        out.push_str(&code_element("value", c, " xsi:type=\"CD\""));
+    } else if let Some(v) = &x.value_string {
+        let _ = write!(out, "<value xsi:type=\"ST\">{}</value>", esc(v));
+    }
+    for i in &x.interpretation {
+        if let Some(c) = i.coding.first().and_then(|c| c.code.as_ref()) {
+            let _ = write!(out, "<interpretationCode code=\"{}\" codeSystem=\"2.16.840.1.113883.5.83\"/>", esc(c));
+        }
+    }
+    out.push_str("</observation></entry>");
     out
 }

@@ -5,7 +5,7 @@ use crate::document::DocumentView;
 use kakehashi_fhir::Resource;
 use std::fmt::Write;
 
-const NS: &str = r#"xmlns="http://www.medxml.net/MML/v4/base/1.0" xmlns:mmlCm="http://www.medxml.net/MML/v4/SharedComponent/Common/1.0" xmlns:mmlNm="http://www.medxml.net/MML/v4/SharedComponent/Name/1.0" xmlns:mmlFc="http://www.medxml.net/MML/v4/SharedComponent/Facility/1.0" xmlns:mmlPsi="http://www.medxml.net/MML/v4/SharedComponent/PersonalizedInfo/1.0" xmlns:mmlCi="http://www.medxml.net/MML/v4/SharedComponent/CreatorInfo/1.0" xmlns:mmlSc="http://www.medxml.net/MML/v4/SharedComponent/Security/1.0" xmlns:mmlPi="http://www.medxml.net/MML/v4/ContentModule/PatientInfo/1.0" xmlns:mmlRe="http://www.medxml.net/MML/v4/ContentModule/Referral/1.0" xmlns:mmlSm="http://www.medxml.net/MML/v4/ContentModule/Summary/1.0" xmlns:mmlRd="http://www.medxml.net/MML/v4/ContentModule/RegisteredDiagnosis/1.0" xmlns:mmlPs="http://www.medxml.net/MML/v4/ContentModule/Prescription/1.0" xmlns:mmlBc="http://www.medxml.net/MML/v4/ContentModule/BaseClinic/1.0""#;
+const NS: &str = r#"xmlns="http://www.medxml.net/MML/v4/base/1.0" xmlns:mmlCm="http://www.medxml.net/MML/v4/SharedComponent/Common/1.0" xmlns:mmlNm="http://www.medxml.net/MML/v4/SharedComponent/Name/1.0" xmlns:mmlFc="http://www.medxml.net/MML/v4/SharedComponent/Facility/1.0" xmlns:mmlPsi="http://www.medxml.net/MML/v4/SharedComponent/PersonalizedInfo/1.0" xmlns:mmlCi="http://www.medxml.net/MML/v4/SharedComponent/CreatorInfo/1.0" xmlns:mmlSc="http://www.medxml.net/MML/v4/SharedComponent/Security/1.0" xmlns:mmlPi="http://www.medxml.net/MML/v4/ContentModule/PatientInfo/1.0" xmlns:mmlRe="http://www.medxml.net/MML/v4/ContentModule/Referral/1.0" xmlns:mmlSm="http://www.medxml.net/MML/v4/ContentModule/Summary/1.0" xmlns:mmlRd="http://www.medxml.net/MML/v4/ContentModule/RegisteredDiagnosis/1.0" xmlns:mmlPs="http://www.medxml.net/MML/v4/ContentModule/Prescription/1.0" xmlns:mmlBc="http://www.medxml.net/MML/v4/ContentModule/BaseClinic/1.0" xmlns:mmlAd="http://www.medxml.net/MML/v4/SharedComponent/Address/1.0" xmlns:mmlPh="http://www.medxml.net/MML/v4/SharedComponent/Phone/1.0" xmlns:mmlLb="http://www.medxml.net/MML/v4/ContentModule/test/1.0" xmlns:mmlVs="http://www.medxml.net/MML/v4/ContentModule/VitalSign/1.0""#;
 
 /// Who wrote the document, as MML's CreatorInfo (MmlHeader and every docInfo): the
 /// author's id, name and licence, and the custodian institution.
@@ -18,13 +18,20 @@ struct Creator {
 impl Creator {
     fn of(doc: &DocumentView<'_>) -> Creator {
         let c = doc.composition;
-        let custodian = c.custodian.as_ref().and_then(|r| doc.resolve(r)).and_then(|r| match r {
+        // The facility: the organisation among the authors, else the custodian.
+        let named = |r: &Resource| match r {
             Resource::Organization(o) => {
                 let code = crate::document::institution_code(o)?;
                 Some((o.name.clone().unwrap_or_else(|| code.clone()), code))
             }
             _ => None,
-        });
+        };
+        let custodian = c
+            .author
+            .iter()
+            .filter_map(|a| doc.resolve(a))
+            .find_map(named)
+            .or_else(|| c.custodian.as_ref().and_then(|r| doc.resolve(r)).and_then(named));
         let practitioner = c.author.iter().find_map(|a| match doc.resolve(a) {
             Some(Resource::Practitioner(p)) => Some(p),
             _ => None,
@@ -79,9 +86,24 @@ fn facility(name: &str, code: &str) -> String {
 }
 
 fn item(out: &mut String, kind: &str, uid: &str, title: &str, date: &str, creator: &str, content: &str) {
+    item_for(out, kind, kind, uid, title, date, creator, content)
+}
+
+/// A module item whose title names why it was written (MML0007 generationPurpose).
+#[allow(clippy::too_many_arguments)]
+fn item_for(
+    out: &mut String,
+    kind: &str,
+    purpose: &str,
+    uid: &str,
+    title: &str,
+    date: &str,
+    creator: &str,
+    content: &str,
+) {
     let _ = write!(
         out,
-        "<MmlModuleItem><docInfo contentModuleType=\"{kind}\"><mmlSc:securityLevel><mmlSc:accessRight permit=\"all\"/></mmlSc:securityLevel><title generationPurpose=\"{kind}\">{}</title><docId><uid>{}</uid></docId><confirmDate>{}</confirmDate>{creator}<extRefs/></docInfo><content>{content}</content></MmlModuleItem>",
+        "<MmlModuleItem><docInfo contentModuleType=\"{kind}\"><mmlSc:securityLevel><mmlSc:accessRight permit=\"all\"/></mmlSc:securityLevel><title generationPurpose=\"{purpose}\">{}</title><docId><uid>{}</uid></docId><confirmDate>{}</confirmDate>{creator}<extRefs/></docInfo><content>{content}</content></MmlModuleItem>",
         esc(title),
         esc(uid),
         esc(date),
@@ -117,8 +139,11 @@ fn mml_name(n: &kakehashi_fhir::HumanName) -> String {
         _ => "I",
     });
     let mut s = format!("<mmlNm:Name mmlNm:repCode=\"{}\" mmlNm:tableId=\"MML0025\">", rep.unwrap_or("I"));
+    // A name without a representation (not known to be Japanese) keeps its written
+    // form whole, in its own order.
+    let whole = rep.is_none() && n.text.is_some();
     match (&n.family, n.given.first()) {
-        (Some(f), Some(g)) => {
+        (Some(f), Some(g)) if !whole => {
             let _ = write!(s, "<mmlNm:family>{}</mmlNm:family><mmlNm:given>{}</mmlNm:given>", esc(f), esc(g));
         }
         _ => {
@@ -151,6 +176,72 @@ fn patient_module(p: &kakehashi_fhir::Patient, master: &str) -> String {
     if let Some(g) = &p.gender {
         let _ = write!(pi, "<mmlPi:sex>{}</mmlPi:sex>", esc(g));
     }
+    if !p.address.is_empty() {
+        pi.push_str("<mmlPi:addresses>");
+        for a in &p.address {
+            let class = match a.use_.as_deref() {
+                Some("work") => "business",
+                _ => "home",
+            };
+            let _ = write!(
+                pi,
+                "<mmlAd:Address mmlAd:repCode=\"I\" mmlAd:addressClass=\"{class}\" mmlAd:tableId=\"MML0025\">"
+            );
+            // MML has either the whole address or its parts. The parts are written when
+            // they make up the text (prefecture and city at its start, the rest the town),
+            // so both come back; otherwise the text alone.
+            let head = format!("{}{}", a.state.clone().unwrap_or_default(), a.city.clone().unwrap_or_default());
+            let rest = match &a.text {
+                Some(t) if !head.is_empty() && t.starts_with(&head) => Some(t[head.len()..].trim().to_string()),
+                Some(_) => None,
+                None => Some(a.line.join(" ")),
+            };
+            let parts: Vec<(&str, Option<String>)> = match rest {
+                Some(town) => vec![
+                    ("prefecture", a.state.clone()),
+                    ("city", a.city.clone()),
+                    ("town", (!town.is_empty()).then_some(town)),
+                ],
+                None => vec![("full", a.text.clone())],
+            };
+            for (tag, v) in
+                parts.into_iter().chain([("zip", a.postal_code.clone()), ("countryCode", a.country.clone())])
+            {
+                if let Some(v) = v {
+                    let _ = write!(pi, "<mmlAd:{tag}>{}</mmlAd:{tag}>", esc(&v));
+                }
+            }
+            pi.push_str("</mmlAd:Address>");
+        }
+        pi.push_str("</mmlPi:addresses>");
+    }
+    let emails: Vec<&str> =
+        p.telecom.iter().filter(|t| t.system.as_deref() == Some("email")).filter_map(|t| t.value.as_deref()).collect();
+    if !emails.is_empty() {
+        pi.push_str("<mmlPi:emailAddresses>");
+        for e in emails {
+            let _ = write!(pi, "<mmlCm:email>{}</mmlCm:email>", esc(e));
+        }
+        pi.push_str("</mmlPi:emailAddresses>");
+    }
+    let phones: Vec<_> =
+        p.telecom.iter().filter(|t| matches!(t.system.as_deref(), Some("phone" | "fax" | "sms"))).collect();
+    if !phones.is_empty() {
+        pi.push_str("<mmlPi:phones>");
+        for t in phones {
+            let equip = match (t.system.as_deref(), t.use_.as_deref()) {
+                (Some("fax"), _) => "FX",
+                (_, Some("mobile")) => "CP",
+                _ => "PH",
+            };
+            let _ = write!(
+                pi,
+                "<mmlPh:Phone mmlPh:telEquipType=\"{equip}\"><mmlPh:full>{}</mmlPh:full></mmlPh:Phone>",
+                esc(t.value.as_deref().unwrap_or(""))
+            );
+        }
+        pi.push_str("</mmlPi:phones>");
+    }
     pi.push_str("</mmlPi:PatientModule>");
     pi
 }
@@ -176,7 +267,8 @@ pub fn to_mml(doc: &DocumentView<'_>) -> String {
     let creator = Creator::of(doc);
     let creator_xml = creator.xml();
     let uid = document_uid(doc);
-    let summary = c.type_.coding.iter().any(|x| x.code.as_deref() == Some("18842-5"));
+    // A referral (57133-1) is a ReferralModule; any other document a SummaryModule.
+    let summary = !c.type_.coding.iter().any(|x| x.code.as_deref() == Some("57133-1"));
     let institution = creator.facility.as_ref().map(|(_, code)| code.as_str()).unwrap_or("MML0024");
     let mut out = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Mml version=\"4.0\" createDate=\"{}\" {NS}><MmlHeader>{creator_xml}<masterId><mmlCm:Id mmlCm:type=\"facility\" mmlCm:tableId=\"{}\">{}</mmlCm:Id></masterId></MmlHeader><MmlBody>", esc(&date), esc(institution), esc(&master));
     let patient_xml = patient.map(|p| patient_module(p, &master));
@@ -220,10 +312,15 @@ pub fn to_mml(doc: &DocumentView<'_>) -> String {
             }
         }
         b.push_str(&course("mmlSm").unwrap_or_default());
-        for e in ["medication", "testResults"] {
-            if by_element.contains_key(e) {
-                let _ = write!(b, "<mmlSm:{e}>{}</mmlSm:{e}>", text(e));
-            }
+        if by_element.contains_key("medication") {
+            let _ = write!(b, "<mmlSm:medication>{}</mmlSm:medication>", text("medication"));
+        }
+        if by_element.contains_key("testResults") {
+            let _ = write!(
+                b,
+                "<mmlSm:testResults><mmlSm:testResult>{}</mmlSm:testResult></mmlSm:testResults>",
+                text("testResults")
+            );
         }
         if let Some(r) = &remarks {
             let _ = write!(b, "<mmlSm:remarks>{r}</mmlSm:remarks>");
@@ -256,8 +353,18 @@ pub fn to_mml(doc: &DocumentView<'_>) -> String {
         if let Some(r) = &remarks {
             let _ = write!(b, "<mmlRe:remarks>{r}</mmlRe:remarks>");
         }
-        let to = doc.institution_in_section(crate::document::RECIPIENT_SECTION).unwrap_or_default();
-        let _ = write!(b, "<mmlRe:referToFacility>{}</mmlRe:referToFacility>", facility(&to, &to));
+        let to = doc
+            .sections()
+            .into_iter()
+            .filter(|s| s.code.as_deref() == Some(crate::document::RECIPIENT_SECTION))
+            .flat_map(|s| s.entries)
+            .find_map(|r| match r {
+                Resource::Organization(o) => Some(o),
+                _ => None,
+            });
+        let code = to.and_then(crate::document::institution_code).unwrap_or_default();
+        let name = to.and_then(|o| o.name.clone()).unwrap_or_else(|| code.clone());
+        let _ = write!(b, "<mmlRe:referToFacility>{}</mmlRe:referToFacility>", facility(&name, &code));
         b.push_str("</mmlRe:ReferralModule>");
         b
     };
@@ -266,7 +373,9 @@ pub fn to_mml(doc: &DocumentView<'_>) -> String {
         item(&mut out, "patientInfo", &format!("{uid}P"), "患者情報", &date, &creator_xml, pi);
     }
     let kind = if summary { "summary" } else { "referral" };
-    item(&mut out, kind, &uid, &c.title, &date, &creator_xml, &body);
+    // A discharge summary says so (MML0007 `discharge`), so it reads back as one.
+    let discharge = c.type_.coding.iter().any(|x| x.code.as_deref() == Some("18842-5"));
+    item_for(&mut out, kind, if discharge { "discharge" } else { kind }, &uid, &c.title, &date, &creator_xml, &body);
 
     // Structured entries as their own modules.
     for (i, r) in entries(&sections).into_iter().enumerate() {
@@ -294,6 +403,17 @@ pub fn to_mml(doc: &DocumentView<'_>) -> String {
                 if let Some(o) = x.onset_date_time.as_deref().filter(|o| o.len() >= 10) {
                     let _ = write!(m, "<mmlRd:startDate>{}</mmlRd:startDate>", esc(&o[..10]));
                 }
+                // MML0016 outcome for a problem that is no longer active.
+                let outcome =
+                    match x.clinical_status.as_ref().and_then(|s| s.coding.first()).and_then(|c| c.code.as_deref()) {
+                        Some("resolved") => Some("fullyRecovered"),
+                        Some("remission") => Some("recovering"),
+                        Some("inactive") => Some("end"),
+                        _ => None,
+                    };
+                if let Some(o) = outcome {
+                    let _ = write!(m, "<mmlRd:outcome>{o}</mmlRd:outcome>");
+                }
                 m.push_str("</mmlRd:RegisteredDiagnosisModule>");
                 item(&mut out, "registeredDiagnosis", &uid, "傷病名", &date, &creator_xml, &m);
             }
@@ -303,8 +423,43 @@ pub fn to_mml(doc: &DocumentView<'_>) -> String {
             }
             Resource::AllergyIntolerance(x) => {
                 let name = x.code.as_ref().map(concept_text).unwrap_or_default();
-                let m = format!("<mmlBc:BaseClinicModule><mmlBc:allergy><mmlBc:allergyItem><mmlBc:factor>{}</mmlBc:factor></mmlBc:allergyItem></mmlBc:allergy></mmlBc:BaseClinicModule>", esc(&name));
+                let mut a = format!("<mmlBc:factor>{}</mmlBc:factor>", esc(&name));
+                if let Some(o) = &x.onset_date_time {
+                    let _ = write!(a, "<mmlBc:identifiedDate>{}</mmlBc:identifiedDate>", esc(&o[..o.len().min(10)]));
+                }
+                // Reactions travel as `症状:` lines of the memo (MML has no element for them).
+                let reactions: Vec<String> = x
+                    .reaction
+                    .iter()
+                    .flat_map(|r| r.manifestation.iter().map(concept_text))
+                    .filter(|t| !t.is_empty())
+                    .map(|t| format!("{}{t}", crate::mml::REACTION_PREFIX))
+                    .collect();
+                if !reactions.is_empty() {
+                    let _ = write!(a, "<mmlBc:memo>{}</mmlBc:memo>", esc(&reactions.join("\n")));
+                }
+                let m = format!("<mmlBc:BaseClinicModule><mmlBc:allergy><mmlBc:allergyItem>{a}</mmlBc:allergyItem></mmlBc:allergy></mmlBc:BaseClinicModule>");
                 item(&mut out, "baseClinic", &uid, "アレルギー", &date, &creator_xml, &m);
+            }
+            Resource::Observation(x) => {
+                // The VitalSignModule names an item without a code: a vital sign goes there
+                // only when its name gives back its code, else it is a coded test item.
+                let vital =
+                    x.category.iter().flat_map(|c| c.coding.iter()).any(|c| c.code.as_deref() == Some("vital-signs"));
+                let named = crate::mml::vital_loinc(&concept_text(&x.code)).map(|(code, _)| ("http://loinc.org", code));
+                let coded: Vec<_> =
+                    x.code.coding.iter().filter_map(|c| Some((c.system.as_deref()?, c.code.as_deref()?))).collect();
+                let name_is_code = match (named, coded.as_slice()) {
+                    (Some(n), [one]) => n == *one,
+                    (None, []) => true,
+                    _ => false,
+                };
+                if let Some(m) = vital_sign(x).filter(|_| vital && name_is_code) {
+                    item(&mut out, "vitalsign", &uid, "バイタルサイン", &date, &creator_xml, &m);
+                } else {
+                    let m = test_result(x, &uid, &date, creator.facility.as_ref());
+                    item(&mut out, "test", &uid, "検査結果", &date, &creator_xml, &m);
+                }
             }
             _ => {}
         }
@@ -341,10 +496,17 @@ fn prescription(x: &kakehashi_fhir::MedicationRequest, doc_date: &str) -> Option
         .or_else(|| x.authored_on.clone())
         .unwrap_or_else(|| doc_date.to_string());
     let mut m = format!(
-        "<mmlPs:PrescriptionModule><mmlPs:medication><mmlPs:medicine>{medicine}</mmlPs:medicine><mmlPs:dose>{value}</mmlPs:dose><mmlPs:doseUnit>{}</mmlPs:doseUnit><mmlPs:startDate>{}</mmlPs:startDate>",
-        esc(&unit),
-        esc(&start[..start.len().min(10)])
+        "<mmlPs:PrescriptionModule><mmlPs:medication><mmlPs:medicine>{medicine}</mmlPs:medicine><mmlPs:dose>{value}</mmlPs:dose><mmlPs:doseUnit>{}</mmlPs:doseUnit>",
+        esc(&unit)
     );
+    // MML counts doses a day; other schedules stay in the instruction text.
+    let repeat = dosage.and_then(|d| d.timing.as_ref()).and_then(|t| t.repeat.as_ref());
+    if let (Some(f), Some(1.0), Some("d")) =
+        (repeat.and_then(|r| r.frequency), repeat.and_then(|r| r.period), repeat.and_then(|r| r.period_unit.as_deref()))
+    {
+        let _ = write!(m, "<mmlPs:frequencyPerDay>{f}</mmlPs:frequencyPerDay>");
+    }
+    let _ = write!(m, "<mmlPs:startDate>{}</mmlPs:startDate>", esc(&start[..start.len().min(10)]));
     let days = x
         .dispense_request
         .as_ref()
@@ -363,6 +525,14 @@ fn prescription(x: &kakehashi_fhir::MedicationRequest, doc_date: &str) -> Option
     if let Some(text) = dosage.and_then(|d| d.text.as_ref()) {
         let _ = write!(m, "<mmlPs:instruction>{}</mmlPs:instruction>", esc(text));
     }
+    let rp = x
+        .identifier
+        .iter()
+        .find(|i| i.system.as_deref() == Some(crate::codes::RP_NUMBER))
+        .and_then(|i| i.value.as_ref());
+    if let Some(rp) = rp {
+        let _ = write!(m, "<mmlPs:batchNo>{}</mmlPs:batchNo>", esc(rp));
+    }
     m.push_str("</mmlPs:medication></mmlPs:PrescriptionModule>");
     Some(m)
 }
@@ -375,4 +545,110 @@ fn system_name(system: Option<&str>) -> String {
         Some(s) => s.to_string(),
         None => "local".into(),
     }
+}
+
+/// An MML date-time from a FHIR one (local time as written, seconds added).
+fn mml_time(fhir: Option<&str>, fallback: &str) -> String {
+    mml_datetime(fhir.unwrap_or(fallback))
+}
+
+/// An MML code-table name for a FHIR code system (the MML import's inverse): JLAC10
+/// and LOINC by name, any other system as its URI.
+fn lab_code_id(system: Option<&str>) -> String {
+    match system {
+        Some("urn:oid:1.2.392.200119.4.504") => "JLAC10".into(),
+        Some("http://loinc.org") => "LOINC".into(),
+        Some(s) => s.to_string(),
+        None => String::new(),
+    }
+}
+
+/// The value of an Observation as MML writes it: the text, and the number when there
+/// is one, with its unit and interpretation.
+fn observation_value(x: &kakehashi_fhir::Observation) -> (String, Option<f64>, Option<String>, Option<String>) {
+    let unit = x.value_quantity.as_ref().and_then(|q| q.unit.clone().or_else(|| q.code.clone()));
+    let number = x.value_quantity.as_ref().and_then(|q| q.value);
+    let text = match (number, &x.value_codeable_concept, &x.value_string) {
+        (Some(n), _, _) => format!("{n}"),
+        (_, Some(c), _) => concept_text(c),
+        (_, _, Some(s)) => s.clone(),
+        _ => String::new(),
+    };
+    let out = x.interpretation.iter().find_map(|i| i.coding.first().and_then(|c| c.code.clone()));
+    (text, number, unit, out)
+}
+
+/// A laboratory (or any non-vital) Observation as one MML TestModule: who reported it
+/// is the document's facility; the specimen is not known to FHIR here and is written
+/// without a code.
+fn test_result(
+    x: &kakehashi_fhir::Observation,
+    uid: &str,
+    doc_date: &str,
+    facility: Option<&(String, String)>,
+) -> String {
+    // MML times are date-times: a time known only to the day, month or year is not
+    // written (the report and registration times then fall back to the document's).
+    let timed = |t: &Option<String>| t.clone().filter(|t| t.len() >= 16);
+    let sampled = timed(&x.effective_date_time).map(|t| mml_datetime(&t));
+    let reported = mml_time(timed(&x.issued).or_else(|| timed(&x.effective_date_time)).as_deref(), doc_date);
+    let (name, code) = facility.cloned().unwrap_or_default();
+    let mut m = format!(
+        "<mmlLb:TestModule><mmlLb:information mmlLb:registId=\"{}\"{} mmlLb:registTime=\"{}\" mmlLb:reportTime=\"{}\">",
+        esc(uid),
+        sampled.map(|s| format!(" mmlLb:sampleTime=\"{}\"", esc(&s))).unwrap_or_default(),
+        esc(&reported),
+        esc(&reported)
+    );
+    let status = if x.status == "preliminary" { ("mid", "中間報告") } else { ("final", "最終報告") };
+    let _ = write!(
+        m,
+        "<mmlLb:reportStatus mmlLb:statusCode=\"{}\" mmlLb:statusCodeId=\"mmlLB0001\">{}</mmlLb:reportStatus><mmlLb:facility mmlLb:facilityCode=\"{}\" mmlLb:facilityCodeId=\"insurance\">{}</mmlLb:facility><mmlLb:laboratoryCenter mmlLb:centerCode=\"{}\" mmlLb:centerCodeId=\"insurance\">{}</mmlLb:laboratoryCenter></mmlLb:information>",
+        status.0, status.1, esc(&code), esc(&name), esc(&code), esc(&name)
+    );
+    let coding = x.code.coding.first();
+    let (text, number, unit, out) = observation_value(x);
+    let _ = write!(
+        m,
+        "<mmlLb:laboTest><mmlLb:specimen><mmlLb:specimenName mmlLb:spCode=\"\" mmlLb:spCodeId=\"\"></mmlLb:specimenName></mmlLb:specimen><mmlLb:item><mmlLb:itemName mmlLb:itCode=\"{}\" mmlLb:itCodeId=\"{}\">{}</mmlLb:itemName><mmlLb:value>{}</mmlLb:value>",
+        esc(coding.and_then(|c| c.code.as_deref()).unwrap_or("")),
+        esc(&lab_code_id(coding.and_then(|c| c.system.as_deref()))),
+        esc(&concept_text(&x.code)),
+        esc(&text)
+    );
+    if let Some(n) = number {
+        let out = out.map(|o| format!(" mmlLb:out=\"{}\"", esc(&o))).unwrap_or_default();
+        let _ = write!(m, "<mmlLb:numValue{out}>{n}</mmlLb:numValue>");
+    }
+    if let Some(u) = unit {
+        let _ = write!(m, "<mmlLb:unit>{}</mmlLb:unit>", esc(&u));
+    }
+    m.push_str("</mmlLb:item></mmlLb:laboTest></mmlLb:TestModule>");
+    m
+}
+
+/// A vital-sign Observation as an MML VitalSignModule (name, value, unit, time). MML
+/// requires the time; an Observation without one is left to the narrative.
+fn vital_sign(x: &kakehashi_fhir::Observation) -> Option<String> {
+    let time = x.effective_date_time.as_deref().filter(|t| t.len() >= 16)?;
+    let (text, number, unit, _) = observation_value(x);
+    let mut m =
+        format!("<mmlVs:VitalSignModule><mmlVs:item><mmlVs:itemName>{}</mmlVs:itemName>", esc(&concept_text(&x.code)));
+    match number {
+        Some(n) => {
+            let _ = write!(m, "<mmlVs:numValue>{n}</mmlVs:numValue>");
+        }
+        None => {
+            let _ = write!(m, "<mmlVs:value>{}</mmlVs:value>", esc(&text));
+        }
+    }
+    if let Some(u) = unit {
+        let _ = write!(m, "<mmlVs:unit>{}</mmlVs:unit>", esc(&u));
+    }
+    let _ = write!(
+        m,
+        "</mmlVs:item><mmlVs:observedTime>{}</mmlVs:observedTime></mmlVs:VitalSignModule>",
+        esc(&mml_datetime(time))
+    );
+    Some(m)
 }

@@ -68,8 +68,16 @@ pub fn entries<'a>(sections: &[FlatSection<'a>]) -> Vec<&'a Resource> {
         })
         .flat_map(|s| s.entries.iter().copied())
         .filter(|r| {
-            matches!(r, Resource::Condition(_) | Resource::AllergyIntolerance(_) | Resource::MedicationRequest(_))
+            matches!(
+                r,
+                Resource::Condition(_)
+                    | Resource::AllergyIntolerance(_)
+                    | Resource::MedicationRequest(_)
+                    | Resource::Observation(_)
+            )
         })
-        .filter(|r| seen.insert(format!("{}/{}", r.type_name(), r.id().unwrap_or(""))))
+        // The same resource listed in two sections is one entry (resources in a
+        // document need not have ids, so identity is the resource itself).
+        .filter(|r| seen.insert(std::ptr::from_ref::<Resource>(r)))
         .collect()
 }
