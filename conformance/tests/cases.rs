@@ -61,16 +61,35 @@ fn hl7_classes(format: &str) {
         for s in &all {
             assert!(!leaked.iter().any(|l| s.contains(l.as_str())), "{}: a separator leaked into `{s}`", r.name);
         }
-        let present: std::collections::HashSet<String> = resources
-            .iter()
-            .map(|x| format!("{}/{}", x["resourceType"].as_str().unwrap_or(""), x["id"].as_str().unwrap_or("")))
-            .collect();
-        let mut refs = Vec::new();
-        for x in resources {
-            collect_references(x, &mut refs);
-        }
-        for reference in refs {
-            assert!(present.contains(&reference), "{}: `{reference}` does not resolve inside the output", r.name);
+        references_resolve(&r.name, resources);
+    }
+}
+
+/// Every literal reference of a case's resources resolves inside its output.
+fn references_resolve(name: &str, resources: &[serde_json::Value]) {
+    let present: std::collections::HashSet<String> = resources
+        .iter()
+        .map(|x| format!("{}/{}", x["resourceType"].as_str().unwrap_or(""), x["id"].as_str().unwrap_or("")))
+        .collect();
+    let mut refs = Vec::new();
+    for x in resources {
+        collect_references(x, &mut refs);
+    }
+    for reference in refs {
+        assert!(present.contains(&reference), "{name}: `{reference}` does not resolve inside the output");
+    }
+}
+
+/// Issue 21 item 7 as a class over the document formats: every subject (and every
+/// other literal reference) of a translated MML, CDA or JAHIS source resolves.
+#[test]
+fn document_references_resolve() {
+    for format in ["mml", "cda", "jahis-rx"] {
+        for dir in cases(format) {
+            let r = run_case(format, &dir).unwrap();
+            if let Some(resources) = r.actual.get("resources").and_then(serde_json::Value::as_array) {
+                references_resolve(&r.name, resources);
+            }
         }
     }
 }

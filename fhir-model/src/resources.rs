@@ -828,6 +828,8 @@ pub struct Observation {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub effective_date_time: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub effective_period: Option<Period>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub issued: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub performer: Vec<Reference>,

@@ -8,7 +8,7 @@ use crate::hl7v2::ascii_fold;
 use crate::{Context, Translation};
 use kakehashi_adapters::mml::model::{
     self as mml, ClinicalBase, DocInfo, Document, DocumentKind, HealthInsurance, Lifestyle, Medication, Module,
-    PatientInfo, TestResult, VitalSigns,
+    ObservationContext, PatientInfo, TestResult, VitalSigns,
 };
 use kakehashi_adapters::mml::MmlDocument;
 use kakehashi_fhir::*;
@@ -48,6 +48,24 @@ pub fn translate(doc: &MmlDocument, ctx: &Context) -> Translation {
         ),
         None if doc.items.is_empty() => t.warn("MmlBody", "the document holds no module items"),
         None => {}
+    }
+    // Every subject resolves: a document that names its patient only in the header
+    // (no PatientModule) still carries that Patient, known by its master id.
+    if let Some(master) = &header_patient {
+        let id = ctx.id_for("Patient", master);
+        let has = t.resources.iter().any(|r| matches!(r, Resource::Patient(p) if p.id.as_deref() == Some(id.as_str())));
+        // Every record made with a named patient refers to it.
+        if !has && !t.resources.is_empty() {
+            t.resources.push(Resource::Patient(Patient {
+                id: Some(id),
+                identifier: vec![Identifier {
+                    system: Some(codes::patient_id_system(&ctx.owner)),
+                    value: Some(master.clone()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }));
+        }
     }
     t.resources = t.resources.into_iter().map(|r| ctx.own(r)).collect();
     t
@@ -197,12 +215,8 @@ impl Mapper<'_> {
             Module::Prescription(meds) => self.medications(meds, part, false, t),
             Module::Injection(meds) => self.medications(meds, part, true, t),
             Module::Test(r) => self.test(r, part, t),
-            Module::Vitals(v) => self.vitals(v, part, t),
-            Module::FlowSheet(sets) => {
-                for (i, v) in sets.iter().enumerate() {
-                    self.vitals(v, &format!("{part}.{i}"), t);
-                }
-            }
+            Module::Vitals(v) => self.vitals(v, &v.context, part, t),
+            Module::FlowSheet(f) => self.flow_sheet(f, part, t),
             Module::Base(b) => self.base(b, part, t),
             Module::Lifestyle(l) => self.lifestyle(l, part, t),
             Module::Document(d) => self.document(d, part, t),
@@ -701,15 +715,24 @@ impl Mapper<'_> {
                     effective_date_time: effective.clone(),
                     issued: fhir_date(r.report_time.as_deref(), t, "TestModule/information/@reportTime")
                         .filter(|d| d.contains('T')),
-                    performer: r
-                        .facility
-                        .iter()
-                        .map(|f| Reference {
-                            display: Some(f.clone()),
+                    // The facility that reported, its ordering department, and the
+                    // laboratory that ran the tests.
+                    performer: [
+                        organization_ref(r.facility.as_deref(), r.facility_code.as_ref()),
+                        r.department.as_deref().map(|d| Reference {
+                            display: Some(match &r.facility {
+                                Some(f) => format!("{f} {d}"),
+                                None => d.to_string(),
+                            }),
                             type_: Some("Organization".into()),
                             ..Default::default()
-                        })
-                        .collect(),
+                        }),
+                        organization_ref(r.laboratory.as_deref(), r.laboratory_code.as_ref())
+                            .filter(|_| r.laboratory_code != r.facility_code || r.laboratory != r.facility),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
                     result: results,
                     ..Default::default()
                 }),
@@ -718,7 +741,124 @@ impl Mapper<'_> {
         }
     }
 
-    fn vitals(&self, v: &VitalSigns, part: &str, t: &mut Translation) {
+    fn flow_sheet(&self, f: &mml::FlowSheet, part: &str, t: &mut Translation) {
+        for (i, v) in f.vitals.iter().enumerate() {
+            // A vital sign set without its own context was observed in the sheet's.
+            let context = if v.context == ObservationContext::default() { &f.context } else { &v.context };
+            self.vitals(v, context, &format!("{part}.{i}"), t);
+        }
+        let performer = observed_by(&f.context);
+        let fluid = |v: Option<&str>, unit: Option<&str>, at: &str, t: &mut Translation| {
+            let n = number(v);
+            if n.is_none() && v.is_some() {
+                t.warn(at, format!("volume `{}` is not a number", v.unwrap_or_default()));
+            }
+            n.map(|value| {
+                let ucum = match unit {
+                    Some("ml" | "mL" | "ML") => Some("mL"),
+                    Some("l" | "L") => Some("L"),
+                    Some("g") => Some("g"),
+                    _ => None,
+                };
+                Quantity {
+                    value: Some(value),
+                    unit: unit.map(str::to_string),
+                    system: ucum.map(|_| "http://unitsofmeasure.org".to_string()),
+                    code: ucum.map(str::to_string),
+                    ..Default::default()
+                }
+            })
+        };
+        for (i, x) in f.intake.iter().enumerate() {
+            let at = format!("FlowSheetModule/intake[{}]", i + 1);
+            let start = fhir_date(x.start.as_deref(), t, &format!("{at}/intakeStartTime"));
+            let end = fhir_date(x.end.as_deref(), t, &format!("{at}/intakeEndTime"));
+            let subject = self.subject(t);
+            let value = fluid(x.volume.as_deref(), x.unit.as_deref(), &format!("{at}/intakeVolume"), t);
+            push(
+                Resource::Observation(Observation {
+                    id: self.id("Observation", &format!("{part}.in{i}")),
+                    status: "final".into(),
+                    category: vec![CodeableConcept::text("摂取 (intake)")],
+                    code: CodeableConcept::text(format!("摂取: {}", x.kind.clone().unwrap_or_default())),
+                    subject: Some(subject),
+                    effective_period: (start.is_some() && end.is_some())
+                        .then(|| Period { start: start.clone(), end: end.clone() }),
+                    effective_date_time: if end.is_some() { None } else { start.clone() },
+                    performer: performer.clone(),
+                    data_absent_reason: value.is_none().then(unknown),
+                    value_quantity: value,
+                    method: x.pathway.clone().map(CodeableConcept::text),
+                    note: x.memo.iter().map(|m| Annotation { text: m.clone(), ..Default::default() }).collect(),
+                    ..Default::default()
+                }),
+                t,
+            );
+        }
+        for (i, x) in f.output.iter().enumerate() {
+            let at = format!("FlowSheetModule/bodilyOutput[{}]", i + 1);
+            let mut start = fhir_date(x.start.as_deref(), t, &format!("{at}/boStartTime"));
+            let mut end = fhir_date(x.end.as_deref(), t, &format!("{at}/boEndTime"));
+            let mut component = Vec::new();
+            for (j, (times, from, to)) in x.frequency.iter().enumerate() {
+                // The counting period is the observation's when it has none of its own.
+                if start.is_none() && end.is_none() && j == 0 {
+                    start = fhir_date(from.as_deref(), t, &format!("{at}/boFrequency/bofPeriodStartTime"));
+                    end = fhir_date(to.as_deref(), t, &format!("{at}/boFrequency/bofPeriodEndTime"));
+                }
+                if let Some(n) = number(times.as_deref()) {
+                    component.push(ObservationComponent {
+                        code: CodeableConcept::text("回数 (times)"),
+                        value_quantity: Some(Quantity {
+                            value: Some(n),
+                            unit: Some("回".into()),
+                            system: Some("http://unitsofmeasure.org".into()),
+                            code: Some("{times}".into()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    });
+                }
+            }
+            for (label, v) in [("性状 (character)", &x.status), ("色 (colour)", &x.color)] {
+                if let Some(v) = v {
+                    component.push(ObservationComponent {
+                        code: CodeableConcept::text(label),
+                        value_string: Some(v.clone()),
+                        ..Default::default()
+                    });
+                }
+            }
+            let subject = self.subject(t);
+            let value = fluid(x.volume.as_deref(), x.unit.as_deref(), &format!("{at}/boVolume"), t);
+            push(
+                Resource::Observation(Observation {
+                    id: self.id("Observation", &format!("{part}.out{i}")),
+                    status: "final".into(),
+                    category: vec![CodeableConcept::text("排泄 (output)")],
+                    code: CodeableConcept::text(format!("排泄: {}", x.kind.clone().unwrap_or_default())),
+                    subject: Some(subject),
+                    effective_period: (start.is_some() && end.is_some())
+                        .then(|| Period { start: start.clone(), end: end.clone() }),
+                    effective_date_time: if end.is_some() { None } else { start.clone() },
+                    performer: performer.clone(),
+                    data_absent_reason: value.is_none().then(unknown),
+                    value_quantity: value,
+                    method: x.pathway.clone().map(CodeableConcept::text),
+                    component,
+                    note: x.memo.iter().map(|m| Annotation { text: m.clone(), ..Default::default() }).collect(),
+                    ..Default::default()
+                }),
+                t,
+            );
+        }
+        if let Some(m) = &f.memo {
+            t.warn("FlowSheetModule/fsMemo", format!("the sheet's memo is not mapped: `{m}`"));
+        }
+    }
+
+    fn vitals(&self, v: &VitalSigns, context: &ObservationContext, part: &str, t: &mut Translation) {
+        let performer = observed_by(context);
         let effective =
             fhir_date(v.observed.as_deref().or(self.info.confirm_date.as_deref()), t, "VitalSignModule/observedTime");
         for (i, it) in v.items.iter().enumerate() {
@@ -745,6 +885,7 @@ impl Mapper<'_> {
                 code,
                 subject: Some(self.subject(t)),
                 effective_date_time: effective.clone(),
+                performer: performer.clone(),
                 ..Default::default()
             };
             match number(it.value.as_deref()) {
@@ -1018,6 +1159,44 @@ pub fn vital_loinc(name: &str) -> Option<(&'static str, &'static str)> {
         "spo2" | "oxygen saturation" => ("59408-5", "Oxygen saturation"),
         _ => return None,
     })
+}
+
+/// "Unknown" as a data-absent reason.
+fn unknown() -> CodeableConcept {
+    CodeableConcept::coding(Coding::new("http://terminology.hl7.org/CodeSystem/data-absent-reason", "unknown"))
+}
+
+/// An organisation named in MML with its code: a 10-digit 医療機関コード (table
+/// `insurance`, or none) as JP Core's identifier; other codes are kept in the display.
+fn organization_ref(name: Option<&str>, code: Option<&(String, Option<String>)>) -> Option<Reference> {
+    let institution = code
+        .filter(|(_, table)| table.as_deref().is_none_or(|t| t == "insurance" || t == "MML0027"))
+        .and_then(|(c, _)| institution_identifier(Some(c)));
+    if name.is_none() && institution.is_none() {
+        return None;
+    }
+    Some(Reference {
+        display: name.map(str::to_string),
+        identifier: institution,
+        type_: Some("Organization".into()),
+        ..Default::default()
+    })
+}
+
+/// Who observed (the observer) and where (the facility, its department and ward).
+fn observed_by(c: &ObservationContext) -> Vec<Reference> {
+    let place = [c.facility.as_deref(), c.department.as_deref(), c.ward.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut out: Vec<Reference> = c
+        .observer
+        .iter()
+        .map(|o| Reference { display: Some(o.clone()), type_: Some("Practitioner".into()), ..Default::default() })
+        .collect();
+    out.extend(organization_ref((!place.is_empty()).then_some(place.as_str()), c.facility_code.as_ref()));
+    out
 }
 
 /// A facility id that is a 10-digit 医療機関コード, as JP Core's identifier.

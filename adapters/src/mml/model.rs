@@ -360,8 +360,148 @@ pub struct TestResult {
     pub status: Option<String>,
     /// Performing facility.
     pub facility: Option<String>,
+    /// The facility's code and its code table (`insurance` for a 医療機関コード).
+    pub facility_code: Option<(String, Option<String>)>,
+    /// The ordering department.
+    pub department: Option<String>,
+    /// The laboratory that ran the tests, and its code and table.
+    pub laboratory: Option<String>,
+    /// The laboratory's code and its code table.
+    pub laboratory_code: Option<(String, Option<String>)>,
     /// Tests per specimen.
     pub tests: Vec<LabTest>,
+}
+
+/// Where and by whom observations were made (`context` of VitalSign and FlowSheet).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservationContext {
+    /// Facility name.
+    pub facility: Option<String>,
+    /// The facility's code and its code table.
+    pub facility_code: Option<(String, Option<String>)>,
+    /// Department.
+    pub department: Option<String>,
+    /// Ward.
+    pub ward: Option<String>,
+    /// Observer (a nurse, a doctor).
+    pub observer: Option<String>,
+}
+
+impl ObservationContext {
+    fn from_node(n: Option<&Node>) -> ObservationContext {
+        let Some(n) = n else { return ObservationContext::default() };
+        ObservationContext {
+            facility: t(n, &["facility"]),
+            facility_code: coded(n.child("facility"), "facilityCode", "facilityCodeId"),
+            department: t(n, &["department"]),
+            ward: t(n, &["ward"]),
+            observer: t(n, &["observer"]),
+        }
+    }
+}
+
+/// A code attribute and its table attribute of an element.
+fn coded(n: Option<&Node>, code: &str, table: &str) -> Option<(String, Option<String>)> {
+    let n = n?;
+    let c = n.attr(code)?.trim();
+    (!c.is_empty()).then(|| (c.to_string(), n.attr(table).map(str::to_string)))
+}
+
+/// Something taken in (`intake`: a meal, a tube feed, a drip).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Intake {
+    /// What (朝食, 経管栄養剤 ...).
+    pub kind: Option<String>,
+    /// How much.
+    pub volume: Option<String>,
+    /// Unit (ml, /10 ...).
+    pub unit: Option<String>,
+    /// Route (経口, 胃瘻 ...).
+    pub pathway: Option<String>,
+    /// Start and end times.
+    pub start: Option<String>,
+    /// End time.
+    pub end: Option<String>,
+    /// Memo.
+    pub memo: Option<String>,
+}
+
+/// Something given off (`bodilyOutput`: urine, feces, drainage).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BodilyOutput {
+    /// What (urine, feces, bile ...).
+    pub kind: Option<String>,
+    /// How much.
+    pub volume: Option<String>,
+    /// Unit.
+    pub unit: Option<String>,
+    /// Character (性状).
+    pub status: Option<String>,
+    /// Colour.
+    pub color: Option<String>,
+    /// Route (ドレーン ...).
+    pub pathway: Option<String>,
+    /// Start time.
+    pub start: Option<String>,
+    /// End time.
+    pub end: Option<String>,
+    /// How often: times within a period (start, end).
+    pub frequency: Vec<(Option<String>, Option<String>, Option<String>)>,
+    /// Memo.
+    pub memo: Option<String>,
+}
+
+/// `FlowSheetModule`: a nursing chart of vital signs, intake and output.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlowSheet {
+    /// Where and by whom.
+    pub context: ObservationContext,
+    /// Vital sign sets.
+    pub vitals: Vec<VitalSigns>,
+    /// Intake.
+    pub intake: Vec<Intake>,
+    /// Output.
+    pub output: Vec<BodilyOutput>,
+    /// Memo.
+    pub memo: Option<String>,
+}
+
+fn flow_sheet(n: &Node) -> FlowSheet {
+    FlowSheet {
+        context: ObservationContext::from_node(n.child("context")),
+        vitals: n.children_named("VitalSignModule").map(VitalSigns::from_node).collect(),
+        intake: n
+            .children_named("intake")
+            .map(|i| Intake {
+                kind: t(i, &["intakeType"]),
+                volume: t(i, &["intakeVolume"]),
+                unit: t(i, &["intakeUnit"]),
+                pathway: t(i, &["intakePathway"]),
+                start: t(i, &["intakeStartTime"]),
+                end: t(i, &["intakeEndTime"]),
+                memo: t(i, &["intakeMemo"]),
+            })
+            .collect(),
+        output: n
+            .children_named("bodilyOutput")
+            .map(|o| BodilyOutput {
+                kind: t(o, &["boType"]),
+                volume: t(o, &["boVolume"]),
+                unit: t(o, &["boUnit"]),
+                status: t(o, &["boStatus"]),
+                color: t(o, &["boColor"]),
+                pathway: t(o, &["boPathway"]),
+                start: t(o, &["boStartTime"]),
+                end: t(o, &["boEndTime"]),
+                frequency: o
+                    .children_named("boFrequency")
+                    .map(|f| (t(f, &["bofTimes"]), t(f, &["bofPeriodStartTime"]), t(f, &["bofPeriodEndTime"])))
+                    .collect(),
+                memo: t(o, &["boMemo"]),
+            })
+            .collect(),
+        memo: t(n, &["fsMemo"]),
+    }
 }
 
 /// A vital sign item.
@@ -382,6 +522,8 @@ pub struct VitalSigns {
     pub items: Vec<VitalItem>,
     /// Observed time.
     pub observed: Option<String>,
+    /// Where and by whom.
+    pub context: ObservationContext,
 }
 
 impl VitalSigns {
@@ -396,6 +538,7 @@ impl VitalSigns {
                 })
                 .collect(),
             observed: t(n, &["observedTime"]),
+            context: ObservationContext::from_node(n.child("context")),
         }
     }
 }
@@ -516,8 +659,8 @@ pub enum Module {
     Test(TestResult),
     /// `VitalSignModule`.
     Vitals(VitalSigns),
-    /// `FlowSheetModule`: vital signs over time.
-    FlowSheet(Vec<VitalSigns>),
+    /// `FlowSheetModule`: vital signs, intake and output over time.
+    FlowSheet(FlowSheet),
     /// `BaseClinicModule`.
     Base(ClinicalBase),
     /// `LifestyleModule`.
@@ -648,15 +791,7 @@ impl Module {
             "InjectionModule" => Module::Injection(medications(n)),
             "TestModule" => Module::Test(test_result(n)),
             "VitalSignModule" => Module::Vitals(VitalSigns::from_node(n)),
-            "FlowSheetModule" => Module::FlowSheet(
-                nested_modules(n)
-                    .into_iter()
-                    .filter_map(|m| match m {
-                        Module::Vitals(v) => Some(v),
-                        _ => None,
-                    })
-                    .collect(),
-            ),
+            "FlowSheetModule" => Module::FlowSheet(flow_sheet(n)),
             "BaseClinicModule" => Module::Base(clinical_base(n)),
             "LifestyleModule" => Module::Lifestyle(Lifestyle {
                 occupation: t(n, &["occupation"]),
@@ -782,6 +917,10 @@ fn test_result(n: &Node) -> TestResult {
         report_time: a("reportTime"),
         status: info.and_then(|i| i.child("reportStatus")).and_then(|s| s.attr("statusCode").map(str::to_string)),
         facility: info.and_then(|i| t(i, &["facility"])),
+        facility_code: coded(info.and_then(|i| i.child("facility")), "facilityCode", "facilityCodeId"),
+        department: info.and_then(|i| t(i, &["department"])),
+        laboratory: info.and_then(|i| t(i, &["laboratoryCenter"])),
+        laboratory_code: coded(info.and_then(|i| i.child("laboratoryCenter")), "centerCode", "centerCodeId"),
         tests: n
             .children_named("laboTest")
             .map(|lt| LabTest {

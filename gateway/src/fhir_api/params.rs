@@ -356,7 +356,9 @@ pub fn matches(r: &Resource, patient: Option<&str>, patient_birth: Option<&str>,
         Criterion::Date { name, prefix, start, end } => {
             let value = match (r, name.as_str()) {
                 (Resource::Patient(p), "birthdate") => p.birth_date.as_deref(),
-                (Resource::Observation(o), "date") => o.effective_date_time.as_deref(),
+                (Resource::Observation(o), "date") => {
+                    o.effective_date_time.as_deref().or(o.effective_period.as_ref().and_then(|p| p.start.as_deref()))
+                }
                 (Resource::DiagnosticReport(d), "date") => d.effective_date_time.as_deref(),
                 (Resource::MedicationRequest(m), "authoredon") => m.authored_on.as_deref(),
                 (Resource::Condition(c), "onset-date") => c.onset_date_time.as_deref(),

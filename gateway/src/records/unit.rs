@@ -275,6 +275,16 @@ impl Translated {
         for r in resources {
             if seen.insert((r.type_name(), r.id().unwrap_or("").to_string())) {
                 self.resources.push(r);
+            } else if let Resource::Patient(new) = &r {
+                // A document naming its patient only by id (an MML file without a
+                // PatientModule) must not hide the demographics another file gives.
+                let known =
+                    self.resources.iter_mut().find(|x| x.type_name() == "Patient" && x.id() == new.id.as_deref());
+                if let Some(known) = known {
+                    if matches!(known, Resource::Patient(old) if demographics(new) > demographics(old)) {
+                        *known = r;
+                    }
+                }
             }
         }
     }
@@ -405,6 +415,17 @@ pub fn translate_flat_unit(site: &Site, patient: &str, files: &[String]) -> Tran
     t
 }
 
+/// How much a Patient says about the person (names, birth date, sex, addresses,
+/// telecoms, identifiers).
+fn demographics(p: &kakehashi_fhir::Patient) -> usize {
+    p.name.len()
+        + usize::from(p.birth_date.is_some())
+        + usize::from(p.gender.is_some())
+        + p.address.len()
+        + p.telecom.len()
+        + p.identifier.len()
+}
+
 /// What the index keeps of a translated unit.
 pub fn rows(site: &Site, unit: &Translated) -> UnitRows {
     let mut rows = UnitRows {
@@ -488,6 +509,37 @@ pub fn relative(site: &Site, abs: &Path) -> String {
 mod tests {
     use super::*;
     use crate::Config;
+
+    /// A file that names the patient only by id does not hide the demographics
+    /// another file of the same patient gives, whichever is read first.
+    #[test]
+    fn the_patient_with_demographics_wins() {
+        let bare = Resource::Patient(kakehashi_fhir::Patient { id: Some("p".into()), ..Default::default() });
+        let full = Resource::Patient(kakehashi_fhir::Patient {
+            id: Some("p".into()),
+            birth_date: Some("1952-03-14".into()),
+            gender: Some("female".into()),
+            ..Default::default()
+        });
+        for order in [[bare.clone(), full.clone()], [full.clone(), bare.clone()]] {
+            let mut t = Translated {
+                site: "s".into(),
+                patient: "p".into(),
+                local: "p".into(),
+                owner: Owner { code: "4610200021".into(), name: "c".into(), site: "s".into() },
+                files: Vec::new(),
+                resources: Vec::new(),
+                watch_mtime: 0,
+                problems: 0,
+                watch: None,
+            };
+            let mut seen = std::collections::HashSet::new();
+            for r in order {
+                t.add(&mut seen, vec![r]);
+            }
+            assert_eq!(t.resources, vec![full.clone()]);
+        }
+    }
 
     const CONFIG: &str = r#"
 [federation]
