@@ -684,6 +684,9 @@ pub struct Organization {
     pub telecom: Vec<ContactPoint>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub address: Vec<Address>,
+    /// The organisation this one is part of (a department's hospital).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub part_of: Option<Reference>,
 }
 
 /// A person providing care.

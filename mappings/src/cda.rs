@@ -42,7 +42,9 @@ fn concept(c: &Code) -> CodeableConcept {
 /// arc on JP Core's system, any other root as its `urn:oid:`.
 fn identifier((root, ext): &(String, String)) -> Identifier {
     let institution = format!("urn:oid:{root}");
-    let system = if codes::is_institution_system(&institution) && ext.len() == 10 {
+    let system = if let Some(known) = crate::export::cda::system_of_root(root) {
+        known.to_string()
+    } else if codes::is_institution_system(&institution) && ext.len() == 10 {
         codes::INSTITUTION_NUMBER.to_string()
     } else {
         institution
@@ -293,13 +295,7 @@ pub fn translate(doc: &CdaDocument, ctx: &Context) -> Translation {
                     }
                     Resource::MedicationRequest(MedicationRequest {
                         id: id("MedicationRequest", &part),
-                        identifier: ids.iter().map(|(root, ext)| {
-                            if *root == crate::export::cda::uuid_oid(codes::RP_NUMBER) {
-                                Identifier { system: Some(codes::RP_NUMBER.into()), value: Some(ext.clone()), ..Default::default() }
-                            } else {
-                                identifier(&(root.clone(), ext.clone()))
-                            }
-                        }).collect(),
+                        identifier: ids.iter().map(identifier).collect(),
                         status: "active".into(),
                         intent: "order".into(),
                         medication_codeable_concept: Some(code),

@@ -11,7 +11,17 @@ use kakehashi_fhir::*;
 
 const YJ: &str = "http://capstandard.jp/iyaku.info/CodeSystem/YJ-code";
 const GENERIC: &str = "http://jpfhir.jp/fhir/core/mhlw/CodeSystem/MedicationGeneralOrderCode";
-const RECEIPT: &str = "urn:kakehashi:codesystem:receipt-medicine";
+/// レセプト電算処理システム医薬品コード (MHLW e-prescription CDA table 15; JP Core
+/// lists no URL form yet).
+const RECEIPT: &str = "urn:oid:1.2.392.100495.20.2.71";
+/// 薬価基準収載医薬品コード (MHLW table, no URL form yet).
+const DRUG_PRICE_LIST: &str = "urn:oid:1.2.392.100495.20.2.72";
+/// 保険種別コード (JP Core).
+const INSURANCE_KIND: &str = "http://jpfhir.jp/fhir/core/mhlw/CodeSystem/InsuranceMajorCategory";
+/// 剤形区分コード (JP Core; MHLW table 3, the same codes as JAHIS).
+const MEDICATION_FORM: &str = "http://jpfhir.jp/fhir/core/mhlw/CodeSystem/MedicationForm";
+/// 診療科コード (MHLW table 10, as the JP e-prescription profiles name it).
+const DEPARTMENT: &str = "urn:oid:1.2.392.100495.20.2.51";
 const USAGE_EPRESCRIPTION: &str = "http://jpfhir.jp/fhir/core/mhlw/CodeSystem/MedicationUsage_ePrescription";
 const SUBSTITUTION: &str = "http://jpfhir.jp/fhir/core/mhlw/CodeSystem/MedicationSubstitutionProhibittedCategory";
 const JP_COVERAGE_EXT: &str = "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Coverage_InsuredPerson";
@@ -132,12 +142,55 @@ pub fn translate(p: &Prescription, ctx: &Context) -> Translation {
             .map(|a| kakehashi_fhir::Address {
                 text: Some(a.clone()),
                 postal_code: p.institution.zip.clone(),
-                country: Some("JP".into()),
+                country: Some("JPN".into()),
                 ..Default::default()
             })
             .collect(),
         ..Default::default()
     };
+    // Record 4: the prescribing department, an Organization within the issuer (as the
+    // JP e-prescription and eReferral profiles model it).
+    let department = (p.institution.department.is_some() || p.institution.department_code.is_some()).then(|| {
+        let mut type_ = vec![CodeableConcept::coding(
+            Coding::new("http://terminology.hl7.org/CodeSystem/organization-type", "dept")
+                .with_display("Hospital Department"),
+        )];
+        match &p.institution.department_code {
+            Some((kind, code)) if kind == "1" => type_.push(CodeableConcept::coding(
+                Coding::new(DEPARTMENT, code.clone())
+                    .with_display(p.institution.department.clone().unwrap_or_default()),
+            )),
+            Some((kind, code)) => {
+                t.warn(
+                    "record 4",
+                    format!("department code kind `{kind}` is not the MHLW table; code `{code}` kept as local"),
+                );
+                type_.push(CodeableConcept::coding(Coding::new(
+                    codes::local_system(&ctx.owner, &format!("jahis-department-{kind}")),
+                    code.clone(),
+                )));
+            }
+            None => {}
+        }
+        Organization {
+            id: Some(ctx.id_for(
+                "Organization",
+                &format!(
+                        "{issuer}:dept:{}",
+                        p.institution
+                            .department_code
+                            .as_ref()
+                            .map(|(_, c)| c.clone())
+                            .or_else(|| p.institution.department.clone())
+                            .unwrap_or_default()
+                    ),
+            )),
+            type_,
+            name: p.institution.department.clone(),
+            part_of: Some(reference("Organization", &org_id)),
+            ..Default::default()
+        }
+    });
     let practitioner = p.doctor.as_ref().map(|d| Practitioner {
         id: pract_id.clone(),
         identifier: d
@@ -188,9 +241,7 @@ pub fn translate(p: &Prescription, ctx: &Context) -> Translation {
                 ..Default::default()
             }],
             status: "active".into(),
-            type_: ins.kind.as_ref().map(|k| {
-                CodeableConcept::coding(Coding::new("urn:kakehashi:codesystem:jahis:insurance-kind", k.clone()))
-            }),
+            type_: ins.kind.as_ref().map(|k| CodeableConcept::coding(Coding::new(INSURANCE_KIND, k.clone()))),
             subscriber_id: ins.number.as_deref().map(ascii_fold),
             beneficiary: reference("Patient", &patient_id),
             relationship: ins.insured_class.as_deref().map(|c| {
@@ -245,7 +296,7 @@ pub fn translate(p: &Prescription, ctx: &Context) -> Translation {
         }
     }
 
-    let composition = Composition {
+    let mut composition = Composition {
         id: id("Composition", "document"),
         identifier: p.number.as_ref().map(|n| Identifier {
             system: Some(codes::local_system(&ctx.owner, "prescription-number")),
@@ -258,9 +309,17 @@ pub fn translate(p: &Prescription, ctx: &Context) -> Translation {
         ),
         subject: Some(reference("Patient", &patient_id)),
         date: authored.clone().unwrap_or_else(|| "1970-01-01".into()),
-        author: vec![pract_id
+        // The prescriber and the department they prescribe for (within the issuer),
+        // else the issuer.
+        author: pract_id
             .as_ref()
-            .map_or_else(|| reference("Organization", &org_id), |_| reference("Practitioner", &pract_id))],
+            .map(|_| reference("Practitioner", &pract_id))
+            .into_iter()
+            .chain(std::iter::once(match &department {
+                Some(d) => reference("Organization", &d.id),
+                None => reference("Organization", &org_id),
+            }))
+            .collect(),
         title: "処方箋".into(),
         custodian: Some(reference("Organization", &org_id)),
         section: vec![CompositionSection {
@@ -285,9 +344,48 @@ pub fn translate(p: &Prescription, ctx: &Context) -> Translation {
     if authored.is_none() {
         t.warn("record 51", "issue date unusable; the Composition's date falls back to 1970-01-01");
     }
+    // 備考 (record 81) is the prescription's remarks section (e-prescription section 101).
+    if !p.remarks.is_empty() {
+        let text = p
+            .remarks
+            .iter()
+            .map(|r| r.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;"))
+            .collect::<Vec<_>>()
+            .join("<br/>");
+        composition.section.push(CompositionSection {
+            title: Some("備考".into()),
+            code: Some(CodeableConcept::coding(
+                Coding::new("http://jpfhir.jp/fhir/ePrescription/CodeSystem/document-section", "101")
+                    .with_display("備考情報"),
+            )),
+            text: Some(Narrative {
+                status: "generated".into(),
+                div: format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{text}</div>"),
+            }),
+            ..Default::default()
+        });
+    }
+    // What the FHIR document has no element for is named, never dropped silently.
+    for (record, what, value) in [
+        ("record 14", "一部負担区分", p.patient.burden.as_ref()),
+        ("record 24", "患者負担率", p.insurance.patient_rate.as_ref()),
+        ("records 60-61", "麻薬施用者免許番号", p.narcotic_license.as_ref()),
+    ] {
+        if let Some(v) = value {
+            t.warn(record, format!("{what} `{v}` is not mapped"));
+        }
+    }
+    for d in p.rps.iter().flat_map(|rp| rp.drugs.iter()) {
+        if let Some(c) = &d.conversion {
+            t.warn(format!("line {}", d.line), format!("単位変換係数 (record 211) `{c}` is not mapped"));
+        }
+    }
     t.resources.push(Resource::Composition(composition));
     t.resources.push(Resource::Patient(patient));
     t.resources.push(Resource::Organization(org));
+    if let Some(d) = department {
+        t.resources.push(Resource::Organization(d));
+    }
     if let Some(pr) = practitioner {
         t.resources.push(Resource::Practitioner(pr));
     }
@@ -315,7 +413,8 @@ fn request(
     if let Some(code) = &d.code {
         let system = match d.code_type.as_deref() {
             Some("2") => RECEIPT.to_string(),
-            Some("3" | "4") => YJ.into(),
+            Some("3") => DRUG_PRICE_LIST.into(),
+            Some("4") => YJ.into(),
             Some("6") => "urn:oid:1.2.392.200119.4.403.1".into(),
             Some("7") => GENERIC.into(),
             other => {
@@ -362,11 +461,16 @@ fn request(
         let dr = if matches!(form, "1" | "4") {
             DoseAndRate {
                 type_: Some(CodeableConcept::coding(
-                    Coding::new(
-                        "http://jpfhir.jp/fhir/core/mhlw/CodeSystem/MedicationIngredientStrengthStrengthType",
-                        "1",
-                    )
-                    .with_display("製剤量"),
+                    // 力価フラグ: 1 製剤量 (the default), 2 原薬量.
+                    {
+                        let potency =
+                            if d.potency.as_deref() == Some("2") { ("2", "原薬量") } else { ("1", "製剤量") };
+                        Coding::new(
+                            "http://jpfhir.jp/fhir/core/mhlw/CodeSystem/MedicationIngredientStrengthStrengthType",
+                            potency.0,
+                        )
+                        .with_display(potency.1)
+                    },
                 )),
                 rate_ratio: Some(Ratio {
                     numerator: Some(q(v)),
@@ -448,15 +552,26 @@ fn request(
         identifier,
         status: "active".into(),
         intent: "order".into(),
-        category: vec![CodeableConcept::text(match form {
-            "1" => "内服",
-            "2" => "頓服",
-            "3" => "外用",
-            "4" => "内服滴剤",
-            "5" => "注射",
-            "6" => "医療材料",
-            _ => "不明",
-        })],
+        category: vec![{
+            let display = match form {
+                "1" => "内服",
+                "2" => "頓服",
+                "3" => "外用",
+                "4" => "内服滴剤",
+                "5" => "注射",
+                "6" => "医療材料",
+                "9" => "その他",
+                _ => "不明",
+            };
+            // The form on its public code system when it is one of the table's codes.
+            let mut cc = CodeableConcept::text(rp.form_name.clone().unwrap_or_else(|| display.into()));
+            if matches!(form, "1" | "2" | "3" | "4" | "5" | "6" | "9") {
+                cc.coding.push(Coding::new(MEDICATION_FORM, form).with_display(display));
+            } else {
+                t.warn(&at, format!("剤形区分 `{form}` is not a code of the MHLW table; kept as text"));
+            }
+            cc
+        }],
         medication_codeable_concept: Some(medication),
         subject: reference("Patient", patient_id),
         authored_on: authored,

@@ -30,6 +30,8 @@ pub struct Institution {
     pub fax: Option<String>,
     /// Department name (record 4).
     pub department: Option<String>,
+    /// Department code kind (1: the MHLW table 診療科コード) and code (record 4).
+    pub department_code: Option<(String, String)>,
 }
 
 impl Institution {
@@ -345,7 +347,11 @@ pub fn parse_str(text: &str) -> Result<Prescription, SourceError> {
                 p.institution.phone = opt(g(1));
                 p.institution.fax = opt(g(2));
             }
-            "4" => p.institution.department = opt(g(3)).or_else(|| opt(g(2))),
+            "4" => {
+                // 4,診療科コード種別,診療科コード,診療科名称
+                p.institution.department = opt(g(3)).or_else(|| opt(g(2)));
+                p.institution.department_code = opt(g(2)).map(|code| (g(1).to_string(), code));
+            }
             "5" => p.doctor = Some(Doctor { code: opt(g(1)), kana: opt(g(2)), kanji: g(3).into() }),
             "11" => {
                 p.patient.code = opt(g(1));

@@ -59,9 +59,18 @@ fn code_element(tag: &str, c: &CodeableConcept, extra: &str) -> String {
     }
 }
 
-/// The MHLW OID arc for the 10-digit 医療機関コード (JP-CLINS and the CDA import accept
-/// `1.2.392.100495.20.3.2x`).
-const INSTITUTION_OID: &str = "1.2.392.100495.20.3.23";
+/// The CDA root of an identifier system that has no OID of its own: a name-based
+/// `2.25` OID of its URI. The 10-digit 医療機関コード (JP Core's system) is one: the MHLW
+/// OIDs split it into prefecture (.21), fee table (.22) and a 7-digit code (.23).
+pub(crate) fn root_of(system: &str) -> String {
+    uuid_oid(system)
+}
+
+/// The system URI a `2.25` root written by [`root_of`] stands for (the ones Kakehashi
+/// writes: institution number, RP number).
+pub(crate) fn system_of_root(root: &str) -> Option<&'static str> {
+    [crate::codes::INSTITUTION_NUMBER, crate::codes::RP_NUMBER].into_iter().find(|s| root_of(s) == root)
+}
 
 /// CDA `id`s of FHIR identifiers: `urn:oid:` systems as the root, the institution
 /// number under its OID, any other system under a name-based `2.25` root.
@@ -71,9 +80,9 @@ fn ids(identifiers: &[kakehashi_fhir::Identifier]) -> String {
         let Some(v) = &i.value else { continue };
         let system = i.system.as_deref().unwrap_or("");
         let root = match system.strip_prefix("urn:oid:") {
-            _ if crate::codes::is_institution_system(system) => INSTITUTION_OID.to_string(),
+            _ if crate::codes::is_institution_system(system) => root_of(crate::codes::INSTITUTION_NUMBER),
             Some(oid) => oid.to_string(),
-            None => uuid_oid(system),
+            None => root_of(system),
         };
         let _ = write!(out, "<id root=\"{}\" extension=\"{}\"/>", esc(&root), esc(v));
     }
@@ -176,7 +185,7 @@ fn document_id(doc: &DocumentView<'_>) -> (String, Option<String>) {
 }
 
 /// `2.25.<n>` where n is a version-8 (name-based, SHA-256) UUID read as an integer (X.667).
-pub(crate) fn uuid_oid(name: &str) -> String {
+fn uuid_oid(name: &str) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
     let mut b = [0u8; 16];
     b.copy_from_slice(&d.as_ref()[..16]);
