@@ -25,6 +25,31 @@ pub fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
+/// Line numbers of increasing offsets, counted once: reading an element's line from
+/// the start of the text each time is quadratic in the document's size.
+#[derive(Debug, Default)]
+pub struct Lines {
+    offset: usize,
+    line: usize,
+}
+
+impl Lines {
+    /// The 1-based line of `offset`; offsets must not decrease.
+    pub fn at(&mut self, text: &str, offset: usize) -> usize {
+        let offset = offset.min(text.len());
+        if offset < self.offset {
+            return line_of(text, offset);
+        }
+        self.line += memchr_count(&text.as_bytes()[self.offset..offset]);
+        self.offset = offset;
+        self.line + 1
+    }
+}
+
+fn memchr_count(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b == b'\n').count()
+}
+
 /// An error at a byte offset, located by line.
 pub fn err_at(text: &str, offset: usize, msg: impl Into<String>) -> SourceError {
     SourceError::at(Location { line: Some(line_of(text, offset)), offset: Some(offset), ..Default::default() }, msg)
@@ -85,6 +110,7 @@ pub fn parse_tree(text: &str, limits: Limits) -> Result<Node, SourceError> {
     let mut stack: Vec<Node> = Vec::new();
     let mut root: Option<Node> = None;
     let (mut nodes, mut text_bytes) = (0usize, 0usize);
+    let mut lines = Lines::default();
     loop {
         let pos = reader.buffer_position() as usize;
         let (res, ev) = match reader.read_resolved_event() {
@@ -109,7 +135,7 @@ pub fn parse_tree(text: &str, limits: Limits) -> Result<Node, SourceError> {
                 }
                 let name = String::from_utf8_lossy(start.local_name().as_ref()).into_owned();
                 let attrs = attributes(&start).map_err(|m| err_at(text, pos, m))?;
-                stack.push(Node { name, ns, attrs, children: vec![], text: String::new(), line: line_of(text, pos) });
+                stack.push(Node { name, ns, attrs, children: vec![], text: String::new(), line: lines.at(text, pos) });
             }
             Event::End(_) => {
                 let done = stack.pop().unwrap_or_default();
@@ -157,4 +183,16 @@ fn push(
         n.text.push_str(s);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod line_tests {
+    #[test]
+    fn lines_counted_once_match_lines_counted_from_the_start() {
+        let text = "a\nbb\n\nccc\nd";
+        let mut lines = super::Lines::default();
+        for offset in 0..=text.len() {
+            assert_eq!(lines.at(text, offset), super::line_of(text, offset), "offset {offset}");
+        }
+    }
 }

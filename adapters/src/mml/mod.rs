@@ -143,7 +143,7 @@ impl SourceFormat for Mml {
     }
 }
 
-use crate::xml::{err_at as err, line_of};
+use crate::xml::{err_at as err, Lines};
 
 /// The encoding named in the XML declaration, if any.
 fn declared_encoding(bytes: &[u8]) -> Option<String> {
@@ -205,6 +205,7 @@ pub fn parse_str(text: &str) -> Result<MmlDocument, SourceError> {
     reader.config_mut().check_end_names = true;
     reader.config_mut().expand_empty_elements = true;
     let mut family: Option<Family> = None;
+    let mut lines = Lines::default();
     let mut header = None;
     let mut items = Vec::new();
     let mut depth = 0usize;
@@ -261,7 +262,7 @@ pub fn parse_str(text: &str) -> Result<MmlDocument, SourceError> {
                     attrs,
                     children: vec![],
                     text: String::new(),
-                    line: line_of(text, pos),
+                    line: lines.at(text, pos),
                 };
                 match unit.as_mut() {
                     Some(b) => {

@@ -82,8 +82,25 @@ pub fn translate_hl7_file(
     let bytes = read(path)?;
     let options = ParseOptions { default_charset, force_charset: None };
     let key = file_key(path);
-    kakehashi_mappings::hl7v2::translate_bytes(&bytes, &options, &owner.context(key))
-        .map_err(|e| e.in_file(path.display().to_string()))
+    let in_file = |e: SourceError| e.in_file(path.display().to_string());
+    let messages = stream::split_messages(&bytes);
+    if messages.len() == 1 {
+        return kakehashi_mappings::hl7v2::translate_bytes(&bytes, &options, &owner.context(key)).map_err(in_file);
+    }
+    // SS-MIX2 keeps one message per file; a file holding several is read message by
+    // message (each keyed apart so their records do not collide), not refused.
+    let mut all = Translation::default();
+    let mut seen = std::collections::HashSet::new();
+    for (n, m) in messages.iter().enumerate() {
+        let t = kakehashi_mappings::hl7v2::translate_bytes(m, &options, &owner.context(format!("{key}#{n}"))).map_err(
+            |e| in_file(SourceError { message: format!("message {} of the file: {}", n + 1, e.message), ..e }),
+        )?;
+        all.resources
+            .extend(t.resources.into_iter().filter(|r| seen.insert((r.type_name(), r.id().map(str::to_string)))));
+        all.warnings.extend(t.warnings);
+    }
+    all.warn("file", format!("holds {} messages (SS-MIX2 keeps one a file); each was translated", messages.len()));
+    Ok(all)
 }
 
 /// Translate one MML document.
@@ -172,5 +189,38 @@ pub fn collection(resources: Vec<Resource>) -> Bundle {
             .map(|r| BundleEntry { resource: Some(Box::new(r)), ..Default::default() })
             .collect(),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file holding two messages (SS-MIX2 keeps one a file) gives the records of both,
+    /// with a warning; a broken second message refuses the file, naming it.
+    #[test]
+    fn a_file_of_two_messages_is_read_message_by_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let adt = include_bytes!("../../../conformance/hl7v2/adt-a08-patient-allergy-coverage-body/input.hl7");
+        let rde = include_bytes!("../../../conformance/hl7v2/rde-o11-hours-foreign-insurance/input.hl7");
+        let owner = Owner { code: "4610100011".into(), name: "hub".into(), site: "t".into() };
+        let both = dir.path().join("both");
+        std::fs::write(&both, [&adt[..], b"\r", &rde[..]].concat()).unwrap();
+        let t = translate_hl7_file(&both, &owner, None).unwrap();
+        let alone = |bytes: &[u8]| {
+            let p = dir.path().join("one");
+            std::fs::write(&p, bytes).unwrap();
+            translate_hl7_file(&p, &owner, None).unwrap()
+        };
+        let count = |t: &Translation, ty: &str| t.resources.iter().filter(|r| r.type_name() == ty).count();
+        assert_eq!(count(&t, "MedicationRequest"), count(&alone(rde), "MedicationRequest"));
+        assert_eq!(count(&t, "AllergyIntolerance"), count(&alone(adt), "AllergyIntolerance"));
+        assert!(count(&t, "MedicationRequest") > 0 && count(&t, "AllergyIntolerance") > 0);
+        assert!(t.warnings.iter().any(|w| w.message.contains("holds 2 messages")));
+
+        let broken = dir.path().join("broken");
+        std::fs::write(&broken, [&adt[..], b"\rMSH\rNK1|1\r"].concat()).unwrap();
+        let e = translate_hl7_file(&broken, &owner, None).unwrap_err();
+        assert!(e.to_string().contains("message 2 of the file"), "{e}");
     }
 }
