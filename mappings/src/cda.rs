@@ -69,6 +69,70 @@ fn clinical_status(status: Option<&Code>) -> &'static str {
     }
 }
 
+/// A substanceAdministration as a MedicationRequest (without id and subject): every
+/// code of the drug, the RP number among its ids, the sig, the dose, how often ("n
+/// times a day" is written as every 24/n hours, set by the institution) and for how
+/// many days, from `start`.
+fn medication_request(e: &Entry, start: Option<String>) -> MedicationRequest {
+    let Entry::Medication { ids, drug, translations, period, width, dose, route, text, .. } = e else {
+        return MedicationRequest::default();
+    };
+    let mut code = concept(drug);
+    for tr in translations {
+        code.coding.extend(concept(tr).coding);
+    }
+    let days = width.as_ref().filter(|(_, u)| u == "d").map(|(v, _)| Quantity {
+        value: Some(*v),
+        unit: Some("日".into()),
+        system: Some("http://unitsofmeasure.org".into()),
+        code: Some("d".into()),
+        ..Default::default()
+    });
+    let mut repeat = TimingRepeat { bounds_duration: days.clone(), ..Default::default() };
+    if let Some((value, unit, institution)) = period {
+        let per_day = (24.0 / value).round();
+        if *institution && unit == "h" && per_day >= 1.0 && (per_day * value - 24.0).abs() < 1e-6 {
+            repeat.frequency = Some(per_day as u32);
+            repeat.period = Some(1.0);
+            repeat.period_unit = Some("d".into());
+        } else {
+            repeat.frequency = Some(1);
+            repeat.period = Some(*value);
+            repeat.period_unit = Some(unit.clone());
+        }
+    }
+    let dosage = Dosage {
+        text: text.clone(),
+        route: route.as_ref().map(concept),
+        timing: (repeat != TimingRepeat::default()).then(|| Timing { repeat: Some(repeat), ..Default::default() }),
+        dose_and_rate: dose
+            .iter()
+            .map(|(v, u)| DoseAndRate {
+                dose_quantity: Some(Quantity { value: Some(*v), unit: u.clone(), ..Default::default() }),
+                ..Default::default()
+            })
+            .collect(),
+        extension: start
+            .map(|s| Extension {
+                url: "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_MedicationDosage_PeriodOfUse".into(),
+                value_period: Some(Period { start: Some(s), end: None }),
+                ..Default::default()
+            })
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    };
+    MedicationRequest {
+        identifier: ids.iter().map(identifier).collect(),
+        status: "active".into(),
+        intent: "order".into(),
+        medication_codeable_concept: Some(code),
+        dosage_instruction: vec![dosage],
+        dispense_request: days.map(|d| DispenseRequest { expected_supply_duration: Some(d), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
 /// C-CDA problem observation codes (SNOMED CT Problem, Condition, Diagnosis...).
 fn is_problem_code(c: &Code) -> bool {
     matches!(
@@ -267,61 +331,11 @@ pub fn translate(doc: &CdaDocument, ctx: &Context) -> Translation {
                         .collect(),
                     ..Default::default()
                 }),
-                Entry::Medication { ids, drug, translations, period, width, dose, route, start, text } => {
-                    let mut code = concept(drug);
-                    for tr in translations {
-                        code.coding.extend(concept(tr).coding);
-                    }
-                    let days = width.as_ref().filter(|(_, u)| u == "d").map(|(v, _)| Quantity {
-                        value: Some(*v),
-                        unit: Some("日".into()),
-                        system: Some("http://unitsofmeasure.org".into()),
-                        code: Some("d".into()),
-                        ..Default::default()
-                    });
-                    let mut repeat = TimingRepeat { bounds_duration: days.clone(), ..Default::default() };
-                    if let Some((value, unit, institution)) = period {
-                        // "n times a day" is written as every 24/n hours, set by the institution.
-                        let per_day = (24.0 / value).round();
-                        if *institution && unit == "h" && per_day >= 1.0 && (per_day * value - 24.0).abs() < 1e-6 {
-                            repeat.frequency = Some(per_day as u32);
-                            repeat.period = Some(1.0);
-                            repeat.period_unit = Some("d".into());
-                        } else {
-                            repeat.frequency = Some(1);
-                            repeat.period = Some(*value);
-                            repeat.period_unit = Some(unit.clone());
-                        }
-                    }
-                    Resource::MedicationRequest(MedicationRequest {
-                        id: id("MedicationRequest", &part),
-                        identifier: ids.iter().map(identifier).collect(),
-                        status: "active".into(),
-                        intent: "order".into(),
-                        medication_codeable_concept: Some(code),
-                        subject: patient_ref.clone(),
-                        dosage_instruction: vec![Dosage {
-                            text: text.clone(),
-                            route: route.as_ref().map(concept),
-                            timing: (repeat != TimingRepeat::default()).then(|| Timing { repeat: Some(repeat), ..Default::default() }),
-                            dose_and_rate: dose
-                                .iter()
-                                .map(|(v, u)| DoseAndRate { dose_quantity: Some(Quantity { value: Some(*v), unit: u.clone(), ..Default::default() }), ..Default::default() })
-                                .collect(),
-                            extension: when(start.as_deref(), &at, &mut t)
-                                .map(|s| Extension {
-                                    url: "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_MedicationDosage_PeriodOfUse".into(),
-                                    value_period: Some(Period { start: Some(s), end: None }),
-                                    ..Default::default()
-                                })
-                                .into_iter()
-                                .collect(),
-                            ..Default::default()
-                        }],
-                        dispense_request: days.map(|d| DispenseRequest { expected_supply_duration: Some(d), ..Default::default() }),
-                        ..Default::default()
-                    })
-                }
+                Entry::Medication { start, .. } => Resource::MedicationRequest(MedicationRequest {
+                    id: id("MedicationRequest", &part),
+                    subject: patient_ref.clone(),
+                    ..medication_request(e, when(start.as_deref(), &at, &mut t))
+                }),
                 Entry::Observation { code, value, time, interpretation, status } => {
                     if is_problem_code(code)
                         || matches!(

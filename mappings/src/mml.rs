@@ -769,31 +769,39 @@ impl Mapper<'_> {
                 }
             })
         };
+        // What an intake and an output have alike: a volume over a time, by a route.
+        let observation = |category: &str,
+                           label: &str,
+                           kind: &Option<String>,
+                           (start, end): (Option<String>, Option<String>),
+                           value: Option<Quantity>,
+                           pathway: &Option<String>,
+                           memo: &Option<String>,
+                           subject: Reference| Observation {
+            status: "final".into(),
+            category: vec![CodeableConcept::text(category)],
+            code: CodeableConcept::text(format!("{label}: {}", kind.clone().unwrap_or_default())),
+            subject: Some(subject),
+            effective_date_time: if end.is_some() { None } else { start.clone() },
+            effective_period: end.is_some().then_some(Period { start, end }),
+            performer: performer.clone(),
+            data_absent_reason: value.is_none().then(unknown),
+            value_quantity: value,
+            method: pathway.clone().map(CodeableConcept::text),
+            note: memo.iter().map(|m| Annotation { text: m.clone(), ..Default::default() }).collect(),
+            ..Default::default()
+        };
         for (i, x) in f.intake.iter().enumerate() {
             let at = format!("FlowSheetModule/intake[{}]", i + 1);
             let start = fhir_date(x.start.as_deref(), t, &format!("{at}/intakeStartTime"));
             let end = fhir_date(x.end.as_deref(), t, &format!("{at}/intakeEndTime"));
             let subject = self.subject(t);
             let value = fluid(x.volume.as_deref(), x.unit.as_deref(), &format!("{at}/intakeVolume"), t);
-            push(
-                Resource::Observation(Observation {
-                    id: self.id("Observation", &format!("{part}.in{i}")),
-                    status: "final".into(),
-                    category: vec![CodeableConcept::text("摂取 (intake)")],
-                    code: CodeableConcept::text(format!("摂取: {}", x.kind.clone().unwrap_or_default())),
-                    subject: Some(subject),
-                    effective_period: (start.is_some() && end.is_some())
-                        .then(|| Period { start: start.clone(), end: end.clone() }),
-                    effective_date_time: if end.is_some() { None } else { start.clone() },
-                    performer: performer.clone(),
-                    data_absent_reason: value.is_none().then(unknown),
-                    value_quantity: value,
-                    method: x.pathway.clone().map(CodeableConcept::text),
-                    note: x.memo.iter().map(|m| Annotation { text: m.clone(), ..Default::default() }).collect(),
-                    ..Default::default()
-                }),
-                t,
-            );
+            let o = Observation {
+                id: self.id("Observation", &format!("{part}.in{i}")),
+                ..observation("摂取 (intake)", "摂取", &x.kind, (start, end), value, &x.pathway, &x.memo, subject)
+            };
+            push(Resource::Observation(o), t);
         }
         for (i, x) in f.output.iter().enumerate() {
             let at = format!("FlowSheetModule/bodilyOutput[{}]", i + 1);
@@ -831,26 +839,12 @@ impl Mapper<'_> {
             }
             let subject = self.subject(t);
             let value = fluid(x.volume.as_deref(), x.unit.as_deref(), &format!("{at}/boVolume"), t);
-            push(
-                Resource::Observation(Observation {
-                    id: self.id("Observation", &format!("{part}.out{i}")),
-                    status: "final".into(),
-                    category: vec![CodeableConcept::text("排泄 (output)")],
-                    code: CodeableConcept::text(format!("排泄: {}", x.kind.clone().unwrap_or_default())),
-                    subject: Some(subject),
-                    effective_period: (start.is_some() && end.is_some())
-                        .then(|| Period { start: start.clone(), end: end.clone() }),
-                    effective_date_time: if end.is_some() { None } else { start.clone() },
-                    performer: performer.clone(),
-                    data_absent_reason: value.is_none().then(unknown),
-                    value_quantity: value,
-                    method: x.pathway.clone().map(CodeableConcept::text),
-                    component,
-                    note: x.memo.iter().map(|m| Annotation { text: m.clone(), ..Default::default() }).collect(),
-                    ..Default::default()
-                }),
-                t,
-            );
+            let o = Observation {
+                id: self.id("Observation", &format!("{part}.out{i}")),
+                component,
+                ..observation("排泄 (output)", "排泄", &x.kind, (start, end), value, &x.pathway, &x.memo, subject)
+            };
+            push(Resource::Observation(o), t);
         }
         if let Some(m) = &f.memo {
             t.warn("FlowSheetModule/fsMemo", format!("the sheet's memo is not mapped: `{m}`"));

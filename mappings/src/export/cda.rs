@@ -157,6 +157,11 @@ fn pq(q: &kakehashi_fhir::Quantity) -> Option<String> {
     })
 }
 
+/// An interval that starts at a FHIR date/dateTime (an onset), or nothing.
+fn since(start: Option<&str>) -> String {
+    start.map(|o| format!("<effectiveTime><low value=\"{}\"/></effectiveTime>", ts(o))).unwrap_or_default()
+}
+
 /// CDA TS from a FHIR date/dateTime: `YYYYMMDD[hhmmss][+zzzz]`.
 fn ts(fhir: &str) -> String {
     let digits: String = fhir.chars().take(19).filter(|c| c.is_ascii_digit()).collect();
@@ -342,11 +347,7 @@ pub fn to_cda(doc: &DocumentView<'_>) -> String {
                 Resource::Condition(x) => {
                     let value =
                         x.code.as_ref().map(|c| code_element("value", c, " xsi:type=\"CD\"")).unwrap_or_default();
-                    let time = x
-                        .onset_date_time
-                        .as_deref()
-                        .map(|o| format!("<effectiveTime><low value=\"{}\"/></effectiveTime>", ts(o)))
-                        .unwrap_or_default();
+                    let time = since(x.onset_date_time.as_deref());
                     // C-CDA Problem Status, its value the FHIR clinical status.
                     let status = x
                         .clinical_status
@@ -362,11 +363,7 @@ pub fn to_cda(doc: &DocumentView<'_>) -> String {
                 }
                 Resource::AllergyIntolerance(x) => {
                     let substance = x.code.as_ref().map(|c| code_element("code", c, "")).unwrap_or_default();
-                    let time = x
-                        .onset_date_time
-                        .as_deref()
-                        .map(|o| format!("<effectiveTime><low value=\"{}\"/></effectiveTime>", ts(o)))
-                        .unwrap_or_default();
+                    let time = since(x.onset_date_time.as_deref());
                     let reactions: String = x
                         .reaction
                         .iter()
@@ -402,20 +399,8 @@ fn medication(x: &kakehashi_fhir::MedicationRequest) -> String {
     if let Some(t) = dosage.and_then(|d| d.text.as_ref()) {
         let _ = write!(out, "<text>{}</text>", esc(t));
     }
-    let start =
-        dosage.and_then(|d| d.extension.iter().find_map(|e| e.value_period.as_ref().and_then(|p| p.start.clone())));
-    let days = x
-        .dispense_request
-        .as_ref()
-        .and_then(|d| d.expected_supply_duration.as_ref())
-        .or_else(|| {
-            dosage
-                .and_then(|d| d.timing.as_ref())
-                .and_then(|t| t.repeat.as_ref())
-                .and_then(|r| r.bounds_duration.as_ref())
-        })
-        .filter(|q| q.code.as_deref().unwrap_or("d") == "d")
-        .and_then(|q| q.value);
+    let start = super::course_start(x);
+    let days = super::supply_days(x);
     if start.is_some() || days.is_some() {
         out.push_str("<effectiveTime xsi:type=\"IVL_TS\">");
         if let Some(s) = &start {

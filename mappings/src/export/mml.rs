@@ -491,10 +491,7 @@ fn prescription(x: &kakehashi_fhir::MedicationRequest, doc_date: &str) -> Option
             let _ = write!(medicine, "<mmlPs:code mmlPs:system=\"{}\">{}</mmlPs:code>", esc(system), esc(code));
         }
     }
-    let start = dosage
-        .and_then(|d| d.extension.iter().find_map(|e| e.value_period.as_ref().and_then(|p| p.start.clone())))
-        .or_else(|| x.authored_on.clone())
-        .unwrap_or_else(|| doc_date.to_string());
+    let start = super::course_start(x).or_else(|| x.authored_on.clone()).unwrap_or_else(|| doc_date.to_string());
     let mut m = format!(
         "<mmlPs:PrescriptionModule><mmlPs:medication><mmlPs:medicine>{medicine}</mmlPs:medicine><mmlPs:dose>{value}</mmlPs:dose><mmlPs:doseUnit>{}</mmlPs:doseUnit>",
         esc(&unit)
@@ -507,18 +504,7 @@ fn prescription(x: &kakehashi_fhir::MedicationRequest, doc_date: &str) -> Option
         let _ = write!(m, "<mmlPs:frequencyPerDay>{f}</mmlPs:frequencyPerDay>");
     }
     let _ = write!(m, "<mmlPs:startDate>{}</mmlPs:startDate>", esc(&start[..start.len().min(10)]));
-    let days = x
-        .dispense_request
-        .as_ref()
-        .and_then(|d| d.expected_supply_duration.as_ref())
-        .or_else(|| {
-            dosage
-                .and_then(|d| d.timing.as_ref())
-                .and_then(|t| t.repeat.as_ref())
-                .and_then(|r| r.bounds_duration.as_ref())
-        })
-        .filter(|q| q.code.as_deref().unwrap_or("d") == "d")
-        .and_then(|q| q.value);
+    let days = super::supply_days(x);
     if let Some(d) = days {
         let _ = write!(m, "<mmlPs:duration>P{}D</mmlPs:duration>", d.round() as i64);
     }

@@ -81,3 +81,25 @@ pub fn entries<'a>(sections: &[FlatSection<'a>]) -> Vec<&'a Resource> {
         .filter(|r| seen.insert(std::ptr::from_ref::<Resource>(r)))
         .collect()
 }
+
+/// When a MedicationRequest's course starts (JP Core's period of use), if given.
+pub fn course_start(x: &kakehashi_fhir::MedicationRequest) -> Option<String> {
+    x.dosage_instruction.first()?.extension.iter().find_map(|e| e.value_period.as_ref().and_then(|p| p.start.clone()))
+}
+
+/// A MedicationRequest's days of supply: the dispense request's, else the timing's
+/// bounds, when counted in days.
+pub fn supply_days(x: &kakehashi_fhir::MedicationRequest) -> Option<f64> {
+    x.dispense_request
+        .as_ref()
+        .and_then(|d| d.expected_supply_duration.as_ref())
+        .or_else(|| {
+            x.dosage_instruction
+                .first()
+                .and_then(|d| d.timing.as_ref())
+                .and_then(|t| t.repeat.as_ref())
+                .and_then(|r| r.bounds_duration.as_ref())
+        })
+        .filter(|q| q.code.as_deref().unwrap_or("d") == "d")
+        .and_then(|q| q.value)
+}
