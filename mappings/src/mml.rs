@@ -150,6 +150,48 @@ impl Mapper<'_> {
         })
     }
 
+    /// JP-CLINS section 910: the receiving institution as an Organization entry.
+    fn to_section(
+        &self,
+        name: Option<String>,
+        code: Option<&str>,
+        text: &str,
+        part: &str,
+        t: &mut Translation,
+    ) -> CompositionSection {
+        let org = Organization {
+            id: self.id("Organization", &format!("{part}.to")),
+            identifier: institution_identifier(code).into_iter().collect(),
+            name,
+            ..Default::default()
+        };
+        let entry = Reference {
+            reference: Some(format!("Organization/{}", org.id.clone().unwrap_or_default())),
+            ..Default::default()
+        };
+        push(Resource::Organization(org), t);
+        CompositionSection {
+            title: Some("紹介先情報".into()),
+            code: Some(CodeableConcept::coding(
+                Coding::new(crate::document::SECTION_SYSTEM, crate::document::RECIPIENT_SECTION)
+                    .with_display("紹介先情報"),
+            )),
+            text: Some(text_div(text)),
+            entry: vec![entry],
+            ..Default::default()
+        }
+    }
+
+    /// A `【紹介先情報】` block (`name (institution code)` first) as section 910, when its
+    /// first line names an institution code.
+    fn recipient_section(&self, body: &str, part: &str, t: &mut Translation) -> Option<CompositionSection> {
+        let first = body.lines().next()?.trim();
+        let (name, rest) = first.rsplit_once(" (")?;
+        let code = rest.strip_suffix(')')?;
+        institution_identifier(Some(code))?;
+        Some(self.to_section(Some(name.to_string()), Some(code), body, part, t))
+    }
+
     /// The document's creator as resources: the author references (Practitioner, then
     /// Organization) and the custodian (the creator's facility when it has an
     /// institution code, else the owner).
@@ -1043,10 +1085,18 @@ impl Mapper<'_> {
                 "title" => continue,
                 // Sections MML has no element for travel in remarks as 【title】 blocks.
                 "remarks" if text.trim_start().starts_with('【') => {
-                    for block in split_remarks(text) {
+                    for (title, body) in split_remarks(text) {
+                        // A Summary's recipient (how Kakehashi writes it): section 910
+                        // with the institution as its Organization.
+                        if title == crate::export::mml::RECIPIENT_BLOCK {
+                            if let Some(s) = self.recipient_section(&body, part, t) {
+                                section.push(s);
+                                continue;
+                            }
+                        }
                         section.push(CompositionSection {
-                            title: Some(block.0),
-                            text: Some(text_div(&block.1)),
+                            title: Some(title),
+                            text: Some(text_div(&body)),
                             ..Default::default()
                         });
                     }
@@ -1072,30 +1122,9 @@ impl Mapper<'_> {
             }
         }
         if d.to_facility.is_some() || d.to_facility_id.is_some() {
-            // The receiving facility as JP-CLINS section 910's Organization.
-            let org = Organization {
-                id: self.id("Organization", &format!("{part}.to")),
-                identifier: institution_identifier(d.to_facility_id.as_deref()).into_iter().collect(),
-                name: d.to_facility.clone(),
-                ..Default::default()
-            };
             let text =
                 [d.to_facility.clone(), d.to_person.clone()].into_iter().flatten().collect::<Vec<_>>().join("\n");
-            let entry = Reference {
-                reference: Some(format!("Organization/{}", org.id.clone().unwrap_or_default())),
-                ..Default::default()
-            };
-            push(Resource::Organization(org), t);
-            section.push(CompositionSection {
-                title: Some("紹介先情報".into()),
-                code: Some(CodeableConcept::coding(
-                    Coding::new(crate::document::SECTION_SYSTEM, crate::document::RECIPIENT_SECTION)
-                        .with_display("紹介先情報"),
-                )),
-                text: Some(text_div(&text)),
-                entry: vec![entry],
-                ..Default::default()
-            });
+            section.push(self.to_section(d.to_facility.clone(), d.to_facility_id.as_deref(), &text, part, t));
         }
         // The creator: the doctor (Practitioner) and the facility (Organization), which
         // is also the custodian when it is named by its institution code.

@@ -263,12 +263,11 @@ const OWNER: &str = "4610100011";
 
 /// What MML 4 can carry of a document, by its schema: diagnosis dates are whole days
 /// (`xs:date`), so an onset known to the year or month is not written, and result
-/// times are date-times, so a result known to the day is written without; a SummaryModule
-/// has no recipient element; facilities are named by institution code; a document is
+/// times are date-times, so a result known to the day is written without; facilities
+/// are named by institution code; a document is
 /// a referral, a discharge summary or another summary; a prescription has a dose.
 /// Everything else must come back.
 fn what_mml_carries(m: &Mapped) -> Mapped {
-    let summary = m.document_type.as_deref() == Some("18842-5");
     Mapped {
         problems: m
             .problems
@@ -281,7 +280,6 @@ fn what_mml_carries(m: &Mapped) -> Mapped {
             .iter()
             .map(|(n, c, v, u, t)| (n.clone(), c.clone(), v.clone(), u.clone(), t.clone().filter(|t| t.len() >= 16)))
             .collect(),
-        recipient: if summary { None } else { m.recipient.clone() },
         // A module says a referral, a discharge summary or any other summary.
         document_type: m.document_type.clone().map(|t| match t.as_str() {
             "57133-1" | "18842-5" => t,

@@ -76,6 +76,28 @@ impl Creator {
     }
 }
 
+/// The title of the remarks block a Summary's recipient travels in.
+pub const RECIPIENT_BLOCK: &str = "紹介先情報";
+
+/// `【紹介先情報】` and the receiving institution as `name (institution code)`, the
+/// doctor on the next line.
+fn recipient_block(entries: &[&Resource]) -> Option<String> {
+    let org = entries.iter().find_map(|r| match r {
+        Resource::Organization(o) => Some(o),
+        _ => None,
+    })?;
+    let code = crate::document::institution_code(org)?;
+    let mut block = format!("【{RECIPIENT_BLOCK}】\n{} ({code})", org.name.clone().unwrap_or_default());
+    for r in entries {
+        if let Resource::Practitioner(p) = r {
+            if let Some(n) = p.name.first().and_then(|n| n.text.clone()) {
+                block.push_str(&format!("\n{n}"));
+            }
+        }
+    }
+    Some(block)
+}
+
 /// An MML Facility named by its 10-digit institution code (MML0027 insurance code).
 fn facility(name: &str, code: &str) -> String {
     format!(
@@ -283,6 +305,14 @@ pub fn to_mml(doc: &DocumentView<'_>) -> String {
             continue;
         }
         let code = s.code.as_deref().unwrap_or("");
+        if code == crate::document::RECIPIENT_SECTION && summary {
+            // A SummaryModule has no element for the institution it goes to: it travels
+            // as a 【紹介先情報】 remarks block naming the institution and its code.
+            if let Some(block) = recipient_block(&s.entries) {
+                remarks.push(block);
+            }
+            continue;
+        }
         if code == crate::document::RECIPIENT_SECTION || code == crate::document::SENDER_SECTION || code == "300" {
             continue;
         }
