@@ -49,6 +49,10 @@ pub fn translate(doc: &MmlDocument, ctx: &Context) -> Translation {
         None if doc.items.is_empty() => t.warn("MmlBody", "the document holds no module items"),
         None => {}
     }
+    // An MML instance is one document: the records of its other module items (a
+    // referral's diagnoses, prescriptions, allergies, results) belong to its
+    // Composition, so a document read back and written again keeps them.
+    link_to_composition(&mut t.resources);
     // Every subject resolves: a document that names its patient only in the header
     // (no PatientModule) still carries that Patient, known by its master id.
     if let Some(master) = &header_patient {
@@ -70,6 +74,57 @@ pub fn translate(doc: &MmlDocument, ctx: &Context) -> Translation {
     t.resources = t.resources.into_iter().map(|r| ctx.own(r)).collect();
     t
 }
+
+/// The records of a one-Composition instance not yet in a section, as entries of its
+/// `含まれる記録` section.
+fn link_to_composition(resources: &mut [Resource]) {
+    let mut compositions = resources.iter().filter(|r| matches!(r, Resource::Composition(_)));
+    if compositions.next().is_none() || compositions.next().is_some() {
+        return;
+    }
+    let Some(Resource::Composition(c)) = resources.iter().find(|r| matches!(r, Resource::Composition(_))) else {
+        return;
+    };
+    let listed: std::collections::HashSet<String> =
+        c.section.iter().flat_map(|s| s.entry.iter()).filter_map(|r| r.reference.clone()).collect();
+    let more: Vec<Reference> = resources
+        .iter()
+        .filter(|r| {
+            matches!(
+                r,
+                Resource::Condition(_)
+                    | Resource::AllergyIntolerance(_)
+                    | Resource::MedicationRequest(_)
+                    | Resource::Observation(_)
+                    | Resource::DiagnosticReport(_)
+            )
+        })
+        .filter_map(|r| Some(format!("{}/{}", r.type_name(), r.id()?)))
+        .filter(|r| !listed.contains(r))
+        .map(|r| Reference { reference: Some(r), ..Default::default() })
+        .collect();
+    if more.is_empty() {
+        return;
+    }
+    let Some(Resource::Composition(c)) = resources.iter_mut().find(|r| matches!(r, Resource::Composition(_))) else {
+        return;
+    };
+    match c.section.iter_mut().find(|s| s.title.as_deref() == Some(INCLUDED)) {
+        Some(s) => {
+            s.entry.extend(more);
+            s.text = Some(text_div(&format!("{} records", s.entry.len())));
+        }
+        None => c.section.push(CompositionSection {
+            title: Some(INCLUDED.into()),
+            text: Some(text_div(&format!("{} records", more.len()))),
+            entry: more,
+            ..Default::default()
+        }),
+    }
+}
+
+/// The section listing a document's structured records.
+const INCLUDED: &str = "含まれる記録";
 
 /// docInfo security level → v3 confidentiality.
 fn confidentiality(permit: Option<&str>) -> Option<Coding> {
@@ -1131,7 +1186,7 @@ impl Mapper<'_> {
         let (authors, custodian) = self.creator_resources(part, t);
         if !entries.is_empty() {
             section.push(CompositionSection {
-                title: Some("含まれる記録".into()),
+                title: Some(INCLUDED.into()),
                 text: Some(text_div(&format!("{} records", entries.len()))),
                 entry: entries,
                 ..Default::default()

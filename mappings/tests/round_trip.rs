@@ -316,6 +316,25 @@ fn round_trip(original: &Bundle) {
     let after_mml = project(&mml_doc);
     assert_eq!(after_mml, what_mml_carries(&before), "MML round trip\n{mml}");
 
+    // A third pass changes nothing more, and never writes an empty dosage (`[{}]`).
+    for (label, doc, to, back) in [("CDA", &cda_doc, "cda", &after_cda), ("MML", &mml_doc, "mml", &after_mml)] {
+        let view = DocumentView::new(doc).expect("a document");
+        let again = if to == "cda" {
+            let xml = export::cda::to_cda(&view);
+            as_document(
+                kakehashi_mappings::cda::translate_bytes(xml.as_bytes(), &ParseOptions::default(), &ctx).unwrap(),
+            )
+        } else {
+            let xml = export::mml::to_mml(&view);
+            mml_document(
+                kakehashi_mappings::mml::translate_bytes(xml.as_bytes(), &ParseOptions::default(), &ctx).unwrap(),
+            )
+        };
+        assert_eq!(&project(&again), back, "{label}: third pass");
+        let json = serde_json::to_string(&again).unwrap();
+        assert!(!json.contains("\"dosageInstruction\":[{}]"), "{label}: an empty dosage");
+    }
+
     // The document keeps its business identifier: the value as the id extension, under
     // a root derived from the identifier system, the same on every export.
     let id_start = cda.find("<id root=\"2.25.").expect("a ClinicalDocument id under 2.25");
