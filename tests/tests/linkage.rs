@@ -111,12 +111,27 @@ async fn one_person_across_hub_and_clinic_is_found_from_either_site_and_owners_d
     // Refusals: roles that never link, records nobody of the caller's owns, bad shapes.
     let rx = gw.client(Some(&gw.issue("rx", PHARMACY, Role::Pharmacy)));
     assert_eq!(rx.post_json(gw.addr, "/fhir/Linkage", &decision(&clinic_pt, &hub_pt, true)).await.unwrap().status, 403);
+    // The pharmacy's own auditor sees its refused attempt.
+    let rx_auditor = gw.client(Some(&gw.issue("rx-auditor", PHARMACY, Role::Auditor)));
+    let seen = rx_auditor.get(gw.addr, &format!("/fhir/AuditEvent?agent={PHARMACY}&subtype=create")).await.unwrap();
+    let seen = seen.json();
+    assert!(resources(&seen).iter().any(|e| e["outcome"] == "4"), "a refused role is audited: {seen}");
     let other_hub = hub.first_id(gw.addr, "/fhir/Patient?identifier=1000002").await;
     let mut hub_view = [hub_pt.clone(), other_hub.clone()];
     hub_view.sort();
     let clinic_b = gw.client(Some(&gw.issue("clinic-b", CLINIC_B, Role::ClinicTerminal)));
     let r = clinic_b.post_json(gw.addr, "/fhir/Linkage", &decision(&hub_view[0], &hub_view[1], true)).await.unwrap();
     assert_eq!(r.status, 400, "a record the caller cannot see is refused like an absent one");
+    // ... and leaves the trace a refused read leaves: its owner's auditor sees the
+    // refused create at its boundary, naming the record asked about.
+    let hub_auditor = gw.client(Some(&gw.issue("hub-auditor", HUB, Role::Auditor)));
+    let refused =
+        hub_auditor.get(gw.addr, &format!("/fhir/AuditEvent?patient={}&subtype=create", hub_view[0])).await.unwrap();
+    assert_eq!(refused.status, 200);
+    let refused = refused.json();
+    let refused: Vec<&Value> =
+        resources(&refused).into_iter().filter(|e| e["outcome"] == "4" && e.to_string().contains(CLINIC_B)).collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
     let r = clinic
         .post_json(gw.addr, "/fhir/Linkage", &json!({"resourceType": "Linkage", "item": [{"type": "source", "resource": {"reference": format!("Patient/{clinic_pt}")}}]}))
         .await

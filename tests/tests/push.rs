@@ -194,6 +194,25 @@ async fn bad_pushes_are_refused_precisely_and_nothing_is_stored_or_delivered() {
             400,
             "Bundle.identifier",
         ),
+        // A Binary is read under its patient: one whose securityContext names another
+        // resource would be stored where nobody could read it.
+        (
+            with(&|d| {
+                d["entry"].as_array_mut().unwrap().push(json!({
+                    "fullUrl": "urn:uuid:00000000-0000-4000-8000-0000000000b1",
+                    "resource": {"resourceType": "DocumentReference", "status": "current",
+                        "subject": {"reference": "urn:uuid:00000000-0000-4000-8000-000000000002"},
+                        "content": [{"attachment": {"contentType": "text/plain", "url": "urn:uuid:00000000-0000-4000-8000-0000000000b2"}}]}
+                }));
+                d["entry"].as_array_mut().unwrap().push(json!({
+                    "fullUrl": "urn:uuid:00000000-0000-4000-8000-0000000000b2",
+                    "resource": {"resourceType": "Binary", "contentType": "text/plain", "data": "5pys5paH",
+                        "securityContext": {"reference": "urn:uuid:00000000-0000-4000-8000-0000000000b1"}}
+                }));
+            }),
+            400,
+            "Bundle.entry[12].resource.securityContext",
+        ),
     ];
     for (body, status, expr) in cases {
         let r = post(&hub, gw.addr, &body).await;
@@ -203,8 +222,11 @@ async fn bad_pushes_are_refused_precisely_and_nothing_is_stored_or_delivered() {
             assert_eq!(v["issue"][0]["expression"][0], expr, "{v}");
         }
     }
+    let refused = "SELECT COUNT(*) FROM audit_event WHERE subtype = 'create' AND outcome = '4'";
+    let before = count(&gw, refused).await;
     let clinic_sys = gw.client(Some(&gw.issue("clinic-t", CLINIC, Role::ClinicTerminal)));
     assert_eq!(post(&clinic_sys, gw.addr, &doc).await.status, 403);
+    assert_eq!(count(&gw, refused).await, before + 1, "a push by a role that may not push is audited");
     assert_eq!(count(&gw, "SELECT COUNT(*) FROM pushed_document").await, 0);
     assert_eq!(count(&gw, "SELECT COUNT(*) FROM outbox").await, 0);
     assert_eq!(count(&gw, "SELECT COUNT(*) FROM policy_grant").await, 0);

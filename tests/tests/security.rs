@@ -517,6 +517,11 @@ async fn break_glass_notices_reach_the_owner_inbox_api_and_metrics() {
     assert_eq!(clinic_a.get(gw.addr, &format!("/fhir/Communication/{id}")).await.unwrap().status, 200);
     let terminal = gw.client(Some(&gw.issue("clinic-a-t", CLINIC, Role::ClinicTerminal)));
     assert_eq!(terminal.get(gw.addr, "/fhir/Communication").await.unwrap().status, 403);
+    // Refused roles leave a trace, here and for grants (Consent) too.
+    assert_eq!(terminal.get(gw.addr, "/fhir/Consent").await.unwrap().status, 403);
+    for needle in ["break-glass notices are read by", "grants are managed by the owner"] {
+        assert!(events_with(&gw, needle).await.iter().any(|(o, _)| o == "4"), "{needle}: not audited");
+    }
     let hub = gw.client(Some(&gw.issue("hub", HUB, Role::HospitalSystem)));
     assert_eq!(hub.get(gw.addr, &format!("/fhir/Communication/{id}")).await.unwrap().status, 404);
     // The hub has no inbox: its notice is held for its API, and says so as completed.

@@ -16,15 +16,13 @@ use kakehashi_certs::Role;
 use kakehashi_fhir::{Coding, Consent, IssueType, Resource};
 use kakehashi_mappings::codes::{INSTITUTION_NUMBER, OWNER_SYSTEM};
 
-fn require_owner_system(c: &Caller) -> Result<(), ApiError> {
+/// Only the owner's hospital system manages grants; any other role is refused, audited.
+async fn require_owner_system(state: &AppState, c: &Caller, interaction: Interaction) -> Result<(), ApiError> {
     if c.who.role == Role::HospitalSystem {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(format!(
-            "grants are managed by the owner's hospital-system certificate, not the {} role",
-            c.who.role
-        )))
+        return Ok(());
     }
+    let why = format!("grants are managed by the owner's hospital-system certificate, not the {} role", c.who.role);
+    Err(super::read::refuse(state, c, interaction, why, None).await)
 }
 
 fn bad(expr: &str, msg: impl Into<String>) -> ApiError {
@@ -246,7 +244,7 @@ pub async fn create(State(state): State<AppState>, req: Request) -> Response {
 
 async fn create_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
     let c = caller(&req, &state)?;
-    require_owner_system(&c)?;
+    require_owner_system(&state, &c, Interaction::Create).await?;
     let body = super::body::bytes(req.into_body(), state.config.server.max_body_bytes).await?;
     let Resource::Consent(consent) = super::body::resource(&body)? else {
         return Err(bad("Consent", "POST /fhir/Consent takes a Consent resource"));
@@ -278,7 +276,7 @@ pub async fn search(State(state): State<AppState>, req: Request) -> Response {
 
 async fn search_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
     let c = caller(&req, &state)?;
-    require_owner_system(&c)?;
+    require_owner_system(&state, &c, Interaction::Search).await?;
     let mut patient = None;
     for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
         match k.as_ref() {
@@ -312,7 +310,7 @@ pub async fn read(State(state): State<AppState>, FhirPath(id): FhirPath<String>,
 
 async fn read_inner(state: AppState, id: String, req: Request) -> Result<Response, ApiError> {
     let c = caller(&req, &state)?;
-    require_owner_system(&c)?;
+    require_owner_system(&state, &c, Interaction::Read).await?;
     let g = state
         .policy
         .grants
@@ -331,7 +329,7 @@ pub async fn revoke(State(state): State<AppState>, FhirPath(id): FhirPath<String
 
 async fn revoke_inner(state: AppState, id: String, req: Request) -> Result<Response, ApiError> {
     let c = caller(&req, &state)?;
-    require_owner_system(&c)?;
+    require_owner_system(&state, &c, Interaction::Delete).await?;
     match state.policy.grants.revoke(&state.store, &c.who.institution, &id, c.ctx.now).await {
         Ok(()) => {}
         Err(GrantStoreError::NotFound(_)) => {

@@ -4,7 +4,7 @@
 //! them different people (`active: false`), overriding automatic linkage. Both are
 //! audited; neither discloses a record the caller's policy does not already allow.
 
-use super::read::{audit, caller, record, Caller};
+use super::read::{absent, audit, caller, disclosure, record, Caller, NOT_VISIBLE};
 use crate::app::{fhir_bytes, ApiError, AppState};
 use crate::audit::{Disclosed, Interaction, Outcome};
 use crate::linkage::{DecidedBy, Decision};
@@ -21,10 +21,14 @@ use std::sync::Arc;
 /// Extension on `Linkage.item` naming why the record is linked.
 pub const LINK_BASIS_EXTENSION: &str = "urn:kakehashi:link-basis";
 
-fn require_clinical_role(c: &Caller) -> Result<(), ApiError> {
+/// Linkage is for clinical roles; any other is refused, audited.
+async fn require_clinical_role(state: &AppState, c: &Caller, interaction: Interaction) -> Result<(), ApiError> {
     match c.who.role {
         Role::HospitalSystem | Role::ClinicTerminal | Role::Doctor => Ok(()),
-        role => Err(ApiError::Forbidden(format!("patient linkage is not for the {role} role"))),
+        role => {
+            let why = format!("patient linkage is not for the {role} role");
+            Err(super::read::refuse(state, c, interaction, why, None).await)
+        }
     }
 }
 
@@ -37,14 +41,26 @@ fn patient_id(r: &Reference, expr: &str) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::invalid("must reference Patient/{id}", expr))
 }
 
-/// A Patient the caller may see, with the permit that says so.
-async fn visible(state: &AppState, c: &Caller, id: &str) -> Result<Option<(Arc<Stored>, Permit)>, ApiError> {
+/// A Patient the caller may see, with the permit that says so; or what the audit
+/// event of the refusal names (the record refused, or the id asked for and absent)
+/// and why.
+async fn visible(
+    state: &AppState,
+    c: &Caller,
+    id: &str,
+) -> Result<Result<(Arc<Stored>, Permit), (Disclosed, Outcome, String)>, ApiError> {
     let p = state
         .records
         .patient(&state.store, id)
         .await
         .map_err(|e| ApiError::unavailable("the records cannot be read now; nothing was disclosed", e))?;
-    Ok(p.and_then(|p| state.policy.decide(&c.who, &p, &c.ctx).ok().map(|permit| (p, permit))))
+    Ok(match p {
+        None => Err((absent(format!("Patient/{id}")), Outcome::NotFound, NOT_VISIBLE.to_string())),
+        Some(p) => match state.policy.decide(&c.who, &p, &c.ctx) {
+            Ok(permit) => Ok((p, permit)),
+            Err(r) => Err((disclosure(&p, String::new()), Outcome::Denied, r.to_string())),
+        },
+    })
 }
 
 fn shown(p: &Stored, permit: &Permit) -> Disclosed {
@@ -69,7 +85,7 @@ pub async fn create(State(state): State<AppState>, req: Request) -> Response {
 
 async fn create_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
     let c = caller(&req, &state)?;
-    require_clinical_role(&c)?;
+    require_clinical_role(&state, &c, Interaction::Create).await?;
     let body = super::body::bytes(req.into_body(), state.config.server.max_body_bytes).await?;
     let linkage: Linkage = super::body::parse(&body)?;
     if linkage.item.len() != 2 {
@@ -86,8 +102,20 @@ async fn create_inner(state: AppState, req: Request) -> Result<Response, ApiErro
         diagnostics: format!("Patient/{id} is not known or not visible to you"),
         expression: Some(format!("Linkage.item[{i}].resource")),
     };
-    let (pa, permit_a) = visible(&state, &c, &a).await?.ok_or_else(|| not_visible(0, &a))?;
-    let (pb, permit_b) = visible(&state, &c, &b).await?.ok_or_else(|| not_visible(1, &b))?;
+    // Asking about a record the caller may not see is audited like a refused read, so
+    // that guessing ids through linkage leaves the same trace as guessing them by read.
+    let mut seen = Vec::new();
+    for (i, id) in [&a, &b].into_iter().enumerate() {
+        match visible(&state, &c, id).await? {
+            Ok(p) => seen.push(p),
+            Err((asked, outcome, why)) => {
+                audit(&state, record(&c, Interaction::Create, outcome, Some(why), vec![asked], None)).await?;
+                return Err(not_visible(i, id));
+            }
+        }
+    }
+    let [(pa, permit_a), (pb, permit_b)]: [(Arc<Stored>, Permit); 2] =
+        seen.try_into().map_err(|_| ApiError::Internal("two linkage items".into()))?;
     if pa.owner != c.who.institution && pb.owner != c.who.institution {
         return Err(ApiError::Forbidden(
             "only an institution owning one of the two records links or separates them".into(),
@@ -135,7 +163,7 @@ pub async fn search(State(state): State<AppState>, req: Request) -> Response {
 
 async fn search_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
     let c = caller(&req, &state)?;
-    require_clinical_role(&c)?;
+    require_clinical_role(&state, &c, Interaction::Search).await?;
     let query = req.uri().query().unwrap_or("").to_string();
     let mut item_of = None;
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
@@ -152,7 +180,7 @@ async fn search_inner(state: AppState, req: Request) -> Result<Response, ApiErro
     let id = item_of.ok_or_else(|| ApiError::invalid("item=Patient/{id} is required", "item"))?;
     let mut found = Vec::new();
     let mut disclosed = Vec::new();
-    if let Some((p, permit)) = visible(&state, &c, &id).await? {
+    if let Ok((p, permit)) = visible(&state, &c, &id).await? {
         disclosed.push(shown(&p, &permit));
         let linked = state
             .linkage
@@ -162,7 +190,7 @@ async fn search_inner(state: AppState, req: Request) -> Result<Response, ApiErro
         let mut items = vec![item("source", &id, None)];
         for (other, basis) in linked {
             // Links to records the caller may not see are not shown: they reveal a person.
-            if let Some((o, permit)) = visible(&state, &c, &other).await? {
+            if let Ok((o, permit)) = visible(&state, &c, &other).await? {
                 disclosed.push(shown(&o, &permit));
                 items.push(item("alternate", &other, Some(basis.code())));
             }

@@ -21,15 +21,21 @@ fn disclosure(c: &super::read::Caller, id: i64, payload: &serde_json::Value) -> 
     }
 }
 
-fn require_hospital_system(c: &super::read::Caller) -> Result<(), ApiError> {
+/// Only the institution's hospital system reads its notices; any other role is
+/// refused, audited.
+async fn require_hospital_system(
+    state: &AppState,
+    c: &super::read::Caller,
+    interaction: Interaction,
+) -> Result<(), ApiError> {
     if c.who.role == Role::HospitalSystem {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(format!(
-            "break-glass notices are read by the institution's hospital-system certificate, not the {} role",
-            c.who.role
-        )))
+        return Ok(());
     }
+    let why = format!(
+        "break-glass notices are read by the institution's hospital-system certificate, not the {} role",
+        c.who.role
+    );
+    Err(super::read::refuse(state, c, interaction, why, None).await)
 }
 
 /// `GET /fhir/Communication`: the newest notices first (`_count`, default 50).
@@ -39,7 +45,7 @@ pub async fn search(State(state): State<AppState>, req: Request) -> Response {
 
 async fn search_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
     let c = caller(&req, &state)?;
-    require_hospital_system(&c)?;
+    require_hospital_system(&state, &c, Interaction::Search).await?;
     let query = req.uri().query().unwrap_or("").to_string();
     let mut count = super::params::DEFAULT_COUNT as i64;
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
@@ -80,7 +86,7 @@ pub async fn read(State(state): State<AppState>, FhirPath(id): FhirPath<String>,
 async fn read_inner(state: AppState, id: String, req: Request) -> Result<Response, ApiError> {
     super::check_id(&id)?;
     let c = caller(&req, &state)?;
-    require_hospital_system(&c)?;
+    require_hospital_system(&state, &c, Interaction::Read).await?;
     let not_found = || ApiError::NotFound(format!("Communication/{id} is not a notice to your institution"));
     let Some(n) = id.strip_prefix("break-glass-").and_then(|n| n.parse::<i64>().ok()) else {
         return Err(not_found());

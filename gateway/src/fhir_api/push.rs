@@ -55,6 +55,19 @@ fn check(state: &AppState, c: &Caller, bundle: &kakehashi_fhir::Bundle) -> Resul
     if comp.author.is_empty() {
         return Err(invalid("Composition.author", "the document needs an author"));
     }
+    // A Binary is read under the patient its securityContext names; one that names
+    // something else would be stored where nobody could read it, so it is refused.
+    for (i, e) in bundle.entry.iter().enumerate() {
+        if let Some(Resource::Binary(b)) = e.resource.as_deref() {
+            let context = b.security_context.as_ref().and_then(|r| view.resolve(r));
+            if !matches!(context, Some(Resource::Patient(p)) if std::ptr::eq(p, patient)) {
+                return Err(invalid(
+                    &format!("Bundle.entry[{i}].resource.securityContext"),
+                    "a Binary's securityContext must reference the document's Patient: access to a Binary is decided by its patient",
+                ));
+            }
+        }
+    }
     // JP-CLINS requires them, and the recipients' MML (birthday, sex) cannot do without.
     if let Some(what) = kakehashi_mappings::export::mml::missing(&view) {
         return Err(invalid(what, format!("the document's patient needs {what} (JP-CLINS requires it)")));
@@ -177,10 +190,8 @@ pub async fn push(State(state): State<AppState>, req: Request) -> Response {
 async fn push_inner(state: AppState, req: Request) -> Result<Response, ApiError> {
     let c = caller(&req, &state)?;
     if c.who.role != Role::HospitalSystem {
-        return Err(ApiError::Forbidden(format!(
-            "documents are pushed by a hospital-system certificate, not the {} role",
-            c.who.role
-        )));
+        let why = format!("documents are pushed by a hospital-system certificate, not the {} role", c.who.role);
+        return Err(super::read::refuse(&state, &c, Interaction::Create, why, None).await);
     }
     let body = super::body::bytes(req.into_body(), state.config.server.max_body_bytes).await?;
     let Resource::Bundle(bundle) = super::body::resource(&body)? else {

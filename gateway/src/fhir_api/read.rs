@@ -186,12 +186,12 @@ async fn unreadable(
 }
 
 /// A resource as the audit record names it; `basis` is empty for a refusal.
-fn disclosure(s: &Stored, basis: String) -> Disclosed {
+pub(super) fn disclosure(s: &Stored, basis: String) -> Disclosed {
     Disclosed { reference: s.key(), owner: s.owner.clone(), patient: s.patient.clone(), basis }
 }
 
 /// What was asked for and does not exist: no owner, no patient.
-fn absent(reference: String) -> Disclosed {
+pub(super) fn absent(reference: String) -> Disclosed {
     Disclosed { reference, owner: String::new(), patient: None, basis: String::new() }
 }
 
@@ -282,9 +282,21 @@ async fn refuse_role(
     r: Refusal,
     query: Option<String>,
 ) -> ApiError {
-    let rec = record(c, interaction, Outcome::Denied, Some(r.to_string()), vec![], query);
+    refuse(state, c, interaction, r.to_string(), query).await
+}
+
+/// A request the caller's role may not make: audited as a refusal, then 403 (or the
+/// audit's own error when the refusal cannot be written).
+pub(super) async fn refuse(
+    state: &AppState,
+    c: &Caller,
+    interaction: Interaction,
+    why: String,
+    query: Option<String>,
+) -> ApiError {
+    let rec = record(c, interaction, Outcome::Denied, Some(why.clone()), vec![], query);
     match audit(state, rec).await {
-        Ok(()) => ApiError::Forbidden(r.to_string()),
+        Ok(()) => ApiError::Forbidden(why),
         Err(e) => e,
     }
 }
