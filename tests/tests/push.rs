@@ -4,7 +4,7 @@
 //! acknowledgement delivers exactly once after restart.
 
 use kakehashi_certs::Role;
-use kakehashi_e2e::{Client, ServeProcess, TestGateway, CLINIC, HUB};
+use kakehashi_e2e::{Client, ServeProcess, TestGateway, CLINIC, CLINIC_B, HUB};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -98,6 +98,14 @@ async fn push_is_durable_idempotent_delivered_and_grants_the_recipient() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(state, "delivered");
+    // Another institution asking about the document by id gets an absent document's
+    // answer, and leaves a trace.
+    let stranger = gw.client(Some(&gw.issue("clinic-b-t", CLINIC_B, Role::ClinicTerminal)));
+    assert_eq!(stranger.get(gw.addr, &status_path).await.unwrap().status, 404);
+    let bundle_ref = status_path.trim_start_matches("/fhir/").trim_end_matches("/$delivery-status").to_string();
+    let traced = "SELECT COUNT(*) FROM audit_event WHERE outcome = 'not-found' AND event LIKE $1";
+    let n: i64 = sqlx::query_scalar(traced).bind(format!("%{bundle_ref}%")).fetch_one(&gw.db().await).await.unwrap();
+    assert_eq!(n, 1, "the refused status read is audited");
 
     // The referral lets the clinic read the hub's patient and the pushed summary.
     let after = clinic

@@ -338,12 +338,25 @@ async fn status_inner(state: AppState, id: String, req: Request) -> Result<Respo
         .await
         .map_err(db)?;
     let not_found = || ApiError::NotFound(format!("Bundle/{id} is not a document you pushed or received"));
-    let Some(row) = row else { return Err(not_found()) };
-    let (sender, recipient): (String, String) = (row.try_get(0).map_err(db)?, row.try_get(1).map_err(db)?);
-    if c.who.institution != sender && c.who.institution != recipient {
+    let reference = format!("Bundle/{id}");
+    // Another institution's document answers as an absent one does, and both leave the
+    // trace a refused read leaves (asking about documents by id is audited).
+    let parties = match row {
+        Some(row) => Some((row.try_get::<String, _>(0).map_err(db)?, row.try_get::<String, _>(1).map_err(db)?)),
+        None => None,
+    };
+    let Some((sender, recipient)) = parties.filter(|(s, r)| c.who.institution == *s || c.who.institution == *r) else {
+        let asked = super::read::absent(reference);
+        let why = Some(super::read::NOT_VISIBLE.to_string());
+        audit(&state, record(&c, Interaction::Read, Outcome::NotFound, why, vec![asked], None)).await?;
         return Err(not_found());
-    }
+    };
     let d = crate::outbox::delivery_of(&state.store, &id).await.map_err(db)?.ok_or_else(not_found)?;
+    // The sender owns the document; its recipient reads the status as a party to it.
+    let basis = if c.who.institution == sender { "same-site" } else { "recipient" };
+    let shown = Disclosed { reference, owner: sender.clone(), patient: None, basis: basis.into() };
+    audit(&state, record(&c, Interaction::Read, Outcome::Success, Some("delivery status".into()), vec![shown], None))
+        .await?;
     let mut parameter = vec![
         serde_json::json!({"name": "state", "valueCode": d.state}),
         serde_json::json!({"name": "attempts", "valueInteger": d.attempts}),
