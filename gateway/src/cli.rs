@@ -598,7 +598,7 @@ fn translate(a: TranslateArgs) -> Result<(), String> {
     };
     if summary.failed > 0 && !(a.allow_partial && summary.units > 0) {
         return Err(format!(
-            "{} source(s) could not be translated (see above); the output holds the other {} ({} resources)",
+            "{} source(s) could not be translated (see above); the output holds the rest: {} unit(s) translated (SS-MIX2 patients, messages or documents), {} resources",
             summary.failed, summary.units, summary.resources
         ));
     }

@@ -162,3 +162,48 @@ fn a_deleted_ss_mix2_file_translates_as_withdrawn() {
     assert_eq!(status(&live).as_deref(), Some("active"));
     assert_eq!(status(&gone).as_deref(), Some("cancelled"));
 }
+
+/// A storage file that cannot be used (misfiled, not HL7) is named in the output, as
+/// an error OperationOutcome, not only on stderr; the run exits 1 and keeps the rest.
+#[test]
+fn an_unusable_storage_file_is_named_in_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("storage");
+    let gen = std::process::Command::new(kakehashi_bin())
+        .args(["generate", "ss-mix2", "--patients", "2", "--visits", "1", "--out"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
+    // A file that is not a message, in a patient's ADT directory, named as one.
+    let adt = walkdir_first(&root, "ADT-00");
+    let bad = adt.join("not-a-message_20260101_ADT-00_-_20260101000000000_01_1");
+    std::fs::write(&bad, b"XYZ").unwrap();
+    let out = run(&["translate", "--from", "ss-mix2", "--format", "ndjson"], &root);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let errors: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["resourceType"] == "OperationOutcome" && r["issue"][0]["severity"] == "error")
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].to_string().contains("not-a-message"), "{}", errors[0]);
+    assert!(ndjson_types(&out.stdout).get("Patient").copied().unwrap_or(0) >= 2, "the rest is kept");
+}
+
+/// The first directory named `name` under `root`.
+fn walkdir_first(root: &Path, name: &str) -> std::path::PathBuf {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if p.file_name().is_some_and(|n| n == name) {
+                    return p;
+                }
+                stack.push(p);
+            }
+        }
+    }
+    panic!("no {name} under {}", root.display())
+}

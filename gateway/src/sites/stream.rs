@@ -220,24 +220,28 @@ fn done(
             }
             sink.outcome(OperationOutcome { id: None, meta: None, issue: issues })
         }
-        Err(e) => {
-            report(&format!("error: {e}"));
-            s.failed += 1;
-            let text = e.to_string();
-            // The error names its file already; say which source it was when it does not.
-            let text = text.strip_prefix(source).map(|t| t.trim_start_matches([':', ' ']).to_string()).unwrap_or(text);
-            sink.outcome(OperationOutcome {
-                id: None,
-                meta: None,
-                issue: vec![issue(
-                    IssueSeverity::Error,
-                    IssueType::Processing,
-                    source,
-                    format!("not translated: {text}"),
-                )],
-            })
-        }
+        Err(e) => refused(s, source, &e.to_string(), sink, report),
     }
+}
+
+/// A source that could not be translated: reported, counted, and in the output as an
+/// OperationOutcome naming it.
+fn refused(
+    s: &mut Summary,
+    source: &str,
+    text: &str,
+    sink: &mut dyn Sink,
+    report: &mut dyn FnMut(&str),
+) -> std::io::Result<()> {
+    report(&format!("error: {text}"));
+    s.failed += 1;
+    // The error names its file already; say which source it was when it does not.
+    let text = text.strip_prefix(source).map(|t| t.trim_start_matches([':', ' ']).to_string()).unwrap_or(text.into());
+    sink.outcome(OperationOutcome {
+        id: None,
+        meta: None,
+        issue: vec![issue(IssueSeverity::Error, IssueType::Processing, source, format!("not translated: {text}"))],
+    })
 }
 
 /// Translate `path` (of format `input`, owned by `owner`) into `sink`, unit by unit;
@@ -259,25 +263,25 @@ pub fn translate(
         for (_, a) in kakehashi_adapters::ss_mix2::subdirs(path).map_err(|e| e.to_string())? {
             for (_, b) in kakehashi_adapters::ss_mix2::subdirs(&a).map_err(|e| e.to_string())? {
                 for (pid, _) in kakehashi_adapters::ss_mix2::subdirs(&b).map_err(|e| e.to_string())? {
+                    // What could not be used (the patient's directory, a misfiled or
+                    // unreadable file) is in the output as well as on stderr.
                     let scan = match storage.scan_patient(&pid) {
                         Ok(scan) => scan,
                         Err(e) => {
-                            report(&format!("error: {e}"));
-                            s.failed += 1;
+                            refused(&mut s, &format!("patient {pid}"), &e.to_string(), sink, report).map_err(io)?;
                             continue;
                         }
                     };
                     for p in &scan.problems {
-                        report(&format!("error: {p}"));
+                        refused(&mut s, &format!("patient {pid}"), &p.to_string(), sink, report).map_err(io)?;
                     }
-                    s.failed += scan.problems.len() as u64;
                     let mut unit = kakehashi_mappings::Translation::default();
                     for f in scan.files {
                         match super::translate_hl7_file(&f.path, owner, Some(Charset::Iso2022Jp)) {
                             Ok(t) => unit.extend(t),
                             Err(e) => {
-                                report(&format!("error: {e}"));
-                                s.failed += 1;
+                                let source = f.path.display().to_string();
+                                refused(&mut s, &source, &e.to_string(), sink, report).map_err(io)?;
                             }
                         }
                     }
