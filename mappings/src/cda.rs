@@ -5,6 +5,7 @@
 //! vital signs and social history → Observation.
 
 use crate::codes;
+use crate::document::narrative;
 use crate::{Context, Translation};
 use kakehashi_adapters::cda::{CdaDocument, CdaOrganization, Code, Entry, Value};
 use kakehashi_fhir::*;
@@ -150,11 +151,6 @@ fn when(v: Option<&str>, at: &str, t: &mut Translation) -> Option<String> {
             None
         }
     }
-}
-
-fn div(text: &str) -> Narrative {
-    let esc = text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('\n', "<br/>");
-    Narrative { status: "generated".into(), div: format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{esc}</div>") }
 }
 
 fn push(r: Resource, t: &mut Translation) -> Reference {
@@ -430,7 +426,7 @@ pub fn translate(doc: &CdaDocument, ctx: &Context) -> Translation {
         section.push(CompositionSection {
             title: s.title.clone(),
             code: s.code.as_ref().map(concept),
-            text: Some(div(&text)),
+            text: Some(narrative(&text)),
             entry: entry_refs,
             ..Default::default()
         });
@@ -474,11 +470,9 @@ pub fn translate(doc: &CdaDocument, ctx: &Context) -> Translation {
                     Coding::new(crate::document::SECTION_SYSTEM, crate::document::RECIPIENT_SECTION)
                         .with_display("紹介先情報"),
                 )),
-                text: Some(div(&[name, doc.recipient_person.clone()]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>()
-                    .join("\n"))),
+                text: Some(narrative(
+                    &[name, doc.recipient_person.clone()].into_iter().flatten().collect::<Vec<_>>().join("\n"),
+                )),
                 entry: vec![r],
                 ..Default::default()
             });

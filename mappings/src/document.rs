@@ -49,6 +49,16 @@ pub struct DocumentView<'a> {
     index: HashMap<String, &'a Resource>,
 }
 
+/// Plain text as a generated XHTML narrative: escaped, line breaks as `<br/>` (the
+/// inverse of [`narrative_text`]).
+pub fn narrative(text: &str) -> kakehashi_fhir::Narrative {
+    let esc = text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('\n', "<br/>");
+    kakehashi_fhir::Narrative {
+        status: "generated".into(),
+        div: format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{esc}</div>"),
+    }
+}
+
 /// Plain text of an XHTML narrative div: tags dropped, `<br/>` and block ends as
 /// newlines, the five entities resolved.
 pub fn narrative_text(div: &str) -> String {
@@ -163,13 +173,21 @@ impl<'a> DocumentView<'a> {
     /// The 10-digit institution code of the Organization in the section with `code`
     /// (910 recipient, 920 sender).
     pub fn institution_in_section(&self, code: &str) -> Option<String> {
-        self.sections().into_iter().filter(|s| s.code.as_deref() == Some(code)).flat_map(|s| s.entries).find_map(|r| {
-            match r {
-                Resource::Organization(o) => institution_code(o),
-                _ => None,
-            }
-        })
+        organization_in(&entries_in(&self.sections(), code)).and_then(institution_code)
     }
+}
+
+/// The entries of the (flattened) sections with `code`, in order.
+pub fn entries_in<'a>(sections: &[FlatSection<'a>], code: &str) -> Vec<&'a Resource> {
+    sections.iter().filter(|s| s.code.as_deref() == Some(code)).flat_map(|s| s.entries.iter().copied()).collect()
+}
+
+/// The first Organization among `entries`.
+pub fn organization_in<'a>(entries: &[&'a Resource]) -> Option<&'a Organization> {
+    entries.iter().find_map(|r| match r {
+        Resource::Organization(o) => Some(o),
+        _ => None,
+    })
 }
 
 /// The 10-digit 医療機関コード of an Organization.

@@ -346,22 +346,13 @@ pub fn translate(p: &Prescription, ctx: &Context) -> Translation {
     }
     // 備考 (record 81) is the prescription's remarks section (e-prescription section 101).
     if !p.remarks.is_empty() {
-        let text = p
-            .remarks
-            .iter()
-            .map(|r| r.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;"))
-            .collect::<Vec<_>>()
-            .join("<br/>");
         composition.section.push(CompositionSection {
             title: Some("備考".into()),
             code: Some(CodeableConcept::coding(
                 Coding::new("http://jpfhir.jp/fhir/ePrescription/CodeSystem/document-section", "101")
                     .with_display("備考情報"),
             )),
-            text: Some(Narrative {
-                status: "generated".into(),
-                div: format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{text}</div>"),
-            }),
+            text: Some(crate::document::narrative(&p.remarks.join("\n"))),
             ..Default::default()
         });
     }

@@ -4,6 +4,7 @@
 //! level becomes a confidentiality label.
 
 use crate::codes;
+use crate::document::narrative;
 use crate::hl7v2::ascii_fold;
 use crate::{Context, Translation};
 use kakehashi_adapters::mml::model::{
@@ -89,16 +90,7 @@ fn link_to_composition(resources: &mut [Resource]) {
         c.section.iter().flat_map(|s| s.entry.iter()).filter_map(|r| r.reference.clone()).collect();
     let more: Vec<Reference> = resources
         .iter()
-        .filter(|r| {
-            matches!(
-                r,
-                Resource::Condition(_)
-                    | Resource::AllergyIntolerance(_)
-                    | Resource::MedicationRequest(_)
-                    | Resource::Observation(_)
-                    | Resource::DiagnosticReport(_)
-            )
-        })
+        .filter(|r| crate::export::is_structured_entry(r))
         .filter_map(|r| Some(format!("{}/{}", r.type_name(), r.id()?)))
         .filter(|r| !listed.contains(r))
         .map(|r| Reference { reference: Some(r), ..Default::default() })
@@ -112,11 +104,11 @@ fn link_to_composition(resources: &mut [Resource]) {
     match c.section.iter_mut().find(|s| s.title.as_deref() == Some(INCLUDED)) {
         Some(s) => {
             s.entry.extend(more);
-            s.text = Some(text_div(&format!("{} records", s.entry.len())));
+            s.text = Some(narrative(&format!("{} records", s.entry.len())));
         }
         None => c.section.push(CompositionSection {
             title: Some(INCLUDED.into()),
-            text: Some(text_div(&format!("{} records", more.len()))),
+            text: Some(narrative(&format!("{} records", more.len()))),
             entry: more,
             ..Default::default()
         }),
@@ -141,11 +133,6 @@ struct Mapper<'a> {
     patient: Option<&'a str>,
     key: &'a str,
     info: &'a DocInfo,
-}
-
-fn text_div(s: &str) -> Narrative {
-    let esc = s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('\n', "<br/>");
-    Narrative { status: "generated".into(), div: format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{esc}</div>") }
 }
 
 /// MML dates are `YYYY-MM-DD` or `YYYY-MM-DDThh:mm:ss` (local time, JST).
@@ -231,7 +218,7 @@ impl Mapper<'_> {
                 Coding::new(crate::document::SECTION_SYSTEM, crate::document::RECIPIENT_SECTION)
                     .with_display("紹介先情報"),
             )),
-            text: Some(text_div(text)),
+            text: Some(narrative(text)),
             entry: vec![entry],
             ..Default::default()
         }
@@ -1151,7 +1138,7 @@ impl Mapper<'_> {
                         }
                         section.push(CompositionSection {
                             title: Some(title),
-                            text: Some(text_div(&body)),
+                            text: Some(narrative(&body)),
                             ..Default::default()
                         });
                     }
@@ -1170,7 +1157,7 @@ impl Mapper<'_> {
                                 Coding::new(crate::document::SECTION_SYSTEM, s.code).with_display(s.title),
                             )
                         }),
-                        text: Some(text_div(text)),
+                        text: Some(narrative(text)),
                         ..Default::default()
                     });
                 }
@@ -1187,7 +1174,7 @@ impl Mapper<'_> {
         if !entries.is_empty() {
             section.push(CompositionSection {
                 title: Some(INCLUDED.into()),
-                text: Some(text_div(&format!("{} records", entries.len()))),
+                text: Some(narrative(&format!("{} records", entries.len()))),
                 entry: entries,
                 ..Default::default()
             });
@@ -1195,7 +1182,7 @@ impl Mapper<'_> {
         if section.is_empty() {
             section.push(CompositionSection {
                 title: Some(title.into()),
-                text: Some(text_div("(empty)")),
+                text: Some(narrative("(empty)")),
                 ..Default::default()
             });
         }

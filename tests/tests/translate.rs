@@ -13,6 +13,20 @@ fn run(args: &[&str], path: &Path) -> Output {
     std::process::Command::new(kakehashi_bin()).args(args).arg(path).output().expect("run kakehashi")
 }
 
+/// A generated SS-MIX2 storage of `patients` with `visits` each (removed with the
+/// directory returned).
+fn generated(patients: u32, visits: u32) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("storage");
+    let gen = std::process::Command::new(kakehashi_bin())
+        .args(["generate", "ss-mix2", "--patients", &patients.to_string(), "--visits", &visits.to_string(), "--out"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
+    (dir, root)
+}
+
 /// Resources per type of NDJSON output; every line must be one FHIR resource.
 fn ndjson_types(out: &[u8]) -> BTreeMap<String, usize> {
     let mut types = BTreeMap::new();
@@ -25,14 +39,7 @@ fn ndjson_types(out: &[u8]) -> BTreeMap<String, usize> {
 
 #[test]
 fn a_generated_storage_streams_as_ndjson_with_the_same_resources_as_the_bundle() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("storage");
-    let gen = std::process::Command::new(kakehashi_bin())
-        .args(["generate", "ss-mix2", "--patients", "40", "--visits", "3", "--out"])
-        .arg(&root)
-        .output()
-        .unwrap();
-    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
+    let (_dir, root) = generated(40, 3);
 
     let nd = run(&["translate", "--from", "ss-mix2", "--format", "ndjson"], &root);
     assert!(nd.status.success(), "{}", String::from_utf8_lossy(&nd.stderr));
@@ -167,14 +174,7 @@ fn a_deleted_ss_mix2_file_translates_as_withdrawn() {
 /// an error OperationOutcome, not only on stderr; the run exits 1 and keeps the rest.
 #[test]
 fn an_unusable_storage_file_is_named_in_the_output() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("storage");
-    let gen = std::process::Command::new(kakehashi_bin())
-        .args(["generate", "ss-mix2", "--patients", "2", "--visits", "1", "--out"])
-        .arg(&root)
-        .output()
-        .unwrap();
-    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
+    let (_dir, root) = generated(2, 1);
     // A file that is not a message, in a patient's ADT directory, named as one.
     let adt = walkdir_first(&root, "ADT-00");
     let bad = adt.join("not-a-message_20260101_ADT-00_-_20260101000000000_01_1");

@@ -271,6 +271,21 @@ pub struct Translated {
 }
 
 impl Translated {
+    /// Nothing yet of patient `patient` (the site's own id `local`) at `site`.
+    fn new(site: &str, patient: String, local: &str, owner: Owner) -> Translated {
+        Translated {
+            site: site.to_string(),
+            patient,
+            local: local.to_string(),
+            owner,
+            files: Vec::new(),
+            resources: Vec::new(),
+            watch_mtime: 0,
+            problems: 0,
+            watch: None,
+        }
+    }
+
     fn add(&mut self, seen: &mut std::collections::HashSet<(&'static str, String)>, resources: Vec<Resource>) {
         for r in resources {
             if seen.insert((r.type_name(), r.id().unwrap_or("").to_string())) {
@@ -324,16 +339,11 @@ pub fn translate_ss_mix2(site: &Site, local: &str, listing: &ss_mix2::PatientFil
     };
     let live: std::collections::HashSet<&Path> =
         ss_mix2::live(&listing.files).into_iter().map(|f| f.path.as_path()).collect();
+    let patient = kakehashi_mappings::stable_id(&owner.code, "Patient", local);
     let mut t = Translated {
-        site: site.id.clone(),
-        patient: kakehashi_mappings::stable_id(&owner.code, "Patient", local),
-        local: local.to_string(),
-        owner: owner.clone(),
         files: Vec::with_capacity(listing.files.len()),
-        resources: Vec::new(),
         watch_mtime: watched(site, local),
-        problems: 0,
-        watch: None,
+        ..Translated::new(&site.id, patient, local, owner.clone())
     };
     let mut seen = std::collections::HashSet::new();
     let mut unusable = std::collections::HashSet::new();
@@ -380,17 +390,8 @@ pub fn translate_flat(site: &Site, path: &Path) -> Result<(Owner, Vec<Resource>)
 
 /// Read a directory site's patient from its files (paths relative to the site).
 pub fn translate_flat_unit(site: &Site, patient: &str, files: &[String]) -> Translated {
-    let mut t = Translated {
-        site: site.id.clone(),
-        patient: patient.to_string(),
-        local: patient.to_string(),
-        owner: Owner { code: String::new(), name: String::new(), site: site.id.clone() },
-        files: Vec::new(),
-        resources: Vec::new(),
-        watch_mtime: 0,
-        problems: 0,
-        watch: None,
-    };
+    let owner = Owner { code: String::new(), name: String::new(), site: site.id.clone() };
+    let mut t = Translated::new(&site.id, patient.to_string(), patient, owner);
     let mut seen = std::collections::HashSet::new();
     for rel in files {
         let path = site.root().join(rel);
@@ -522,17 +523,8 @@ mod tests {
             ..Default::default()
         });
         for order in [[bare.clone(), full.clone()], [full.clone(), bare.clone()]] {
-            let mut t = Translated {
-                site: "s".into(),
-                patient: "p".into(),
-                local: "p".into(),
-                owner: Owner { code: "4610200021".into(), name: "c".into(), site: "s".into() },
-                files: Vec::new(),
-                resources: Vec::new(),
-                watch_mtime: 0,
-                problems: 0,
-                watch: None,
-            };
+            let owner = Owner { code: "4610200021".into(), name: "c".into(), site: "s".into() };
+            let mut t = Translated::new("s", "p".into(), "p", owner);
             let mut seen = std::collections::HashSet::new();
             for r in order {
                 t.add(&mut seen, vec![r]);

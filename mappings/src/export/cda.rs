@@ -300,16 +300,9 @@ pub fn to_cda(doc: &DocumentView<'_>) -> String {
     };
     let _ = write!(out, "<custodian><assignedCustodian><representedCustodianOrganization>{custodian_xml}</representedCustodianOrganization></assignedCustodian></custodian>");
     // JP-CLINS section 910 (紹介先): the receiving institution and doctor.
-    let recipient = doc
-        .sections()
-        .into_iter()
-        .filter(|s| s.code.as_deref() == Some(crate::document::RECIPIENT_SECTION))
-        .flat_map(|s| s.entries)
-        .collect::<Vec<_>>();
-    let to_org = recipient.iter().find_map(|r| match r {
-        Resource::Organization(o) => Some(o),
-        _ => None,
-    });
+    let sections = doc.sections();
+    let recipient = crate::document::entries_in(&sections, crate::document::RECIPIENT_SECTION);
+    let to_org = crate::document::organization_in(&recipient);
     let to_person = recipient.iter().find_map(|r| match r {
         Resource::Practitioner(p) => p.name.first().and_then(|n| n.text.clone().or_else(|| n.family.clone())),
         _ => None,
@@ -325,7 +318,6 @@ pub fn to_cda(doc: &DocumentView<'_>) -> String {
         out.push_str("</intendedRecipient></informationRecipient>");
     }
     out.push_str("<component><structuredBody>");
-    let sections = doc.sections();
     let structured = entries(&sections);
     for s in &sections {
         let code = s.code.as_deref().unwrap_or("");

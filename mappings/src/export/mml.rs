@@ -82,10 +82,7 @@ pub const RECIPIENT_BLOCK: &str = "紹介先情報";
 /// `【紹介先情報】` and the receiving institution as `name (institution code)`, the
 /// doctor on the next line.
 fn recipient_block(entries: &[&Resource]) -> Option<String> {
-    let org = entries.iter().find_map(|r| match r {
-        Resource::Organization(o) => Some(o),
-        _ => None,
-    })?;
+    let org = crate::document::organization_in(entries)?;
     let code = crate::document::institution_code(org)?;
     let mut block = format!("【{RECIPIENT_BLOCK}】\n{} ({code})", org.name.clone().unwrap_or_default());
     for r in entries {
@@ -383,15 +380,10 @@ pub fn to_mml(doc: &DocumentView<'_>) -> String {
         if let Some(r) = &remarks {
             let _ = write!(b, "<mmlRe:remarks>{r}</mmlRe:remarks>");
         }
-        let to = doc
-            .sections()
-            .into_iter()
-            .filter(|s| s.code.as_deref() == Some(crate::document::RECIPIENT_SECTION))
-            .flat_map(|s| s.entries)
-            .find_map(|r| match r {
-                Resource::Organization(o) => Some(o),
-                _ => None,
-            });
+        let to = crate::document::organization_in(&crate::document::entries_in(
+            &sections,
+            crate::document::RECIPIENT_SECTION,
+        ));
         let code = to.and_then(crate::document::institution_code).unwrap_or_default();
         let name = to.and_then(|o| o.name.clone()).unwrap_or_else(|| code.clone());
         let _ = write!(b, "<mmlRe:referToFacility>{}</mmlRe:referToFacility>", facility(&name, &code));

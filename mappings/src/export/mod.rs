@@ -57,6 +57,18 @@ pub fn section_of_element(element: &str) -> Option<&'static Section> {
     SECTIONS.iter().find(|s| !element.is_empty() && (s.referral == element || s.summary == element))
 }
 
+/// Whether a document carries this resource as a structured entry (written as an entry
+/// of CDA and as a module of MML, and read back as one).
+pub fn is_structured_entry(r: &Resource) -> bool {
+    matches!(
+        r,
+        Resource::Condition(_)
+            | Resource::AllergyIntolerance(_)
+            | Resource::MedicationRequest(_)
+            | Resource::Observation(_)
+    )
+}
+
 /// Structured entries of the document's sections, deduplicated, in order.
 pub fn entries<'a>(sections: &[FlatSection<'a>]) -> Vec<&'a Resource> {
     let mut seen = std::collections::HashSet::new();
@@ -67,15 +79,7 @@ pub fn entries<'a>(sections: &[FlatSection<'a>]) -> Vec<&'a Resource> {
                 && s.code.as_deref() != Some(crate::document::SENDER_SECTION)
         })
         .flat_map(|s| s.entries.iter().copied())
-        .filter(|r| {
-            matches!(
-                r,
-                Resource::Condition(_)
-                    | Resource::AllergyIntolerance(_)
-                    | Resource::MedicationRequest(_)
-                    | Resource::Observation(_)
-            )
-        })
+        .filter(|r| is_structured_entry(r))
         // The same resource listed in two sections is one entry (resources in a
         // document need not have ids, so identity is the resource itself).
         .filter(|r| seen.insert(std::ptr::from_ref::<Resource>(r)))
