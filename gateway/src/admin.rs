@@ -191,6 +191,12 @@ impl Metrics {
                     r.reindexed_on_read.load(Relaxed) as f64,
                 ),
                 (
+                    "kakehashi_records_watched_directories",
+                    "Directories of cached SS-MIX2 patients under change notices (read without a stat).",
+                    "gauge",
+                    r.watched.load(Relaxed) as f64,
+                ),
+                (
                     "kakehashi_index_passes_total",
                     "Indexer passes over the sites.",
                     "counter",

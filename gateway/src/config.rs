@@ -149,6 +149,11 @@ pub struct RecordsSettings {
     /// At start, how long to wait for the first index pass before serving (a small
     /// federation is then complete; a large storage goes on indexing while serving).
     pub startup_wait_ms: u64,
+    /// Tell a cached SS-MIX2 patient current by the kernel's change notices (inotify)
+    /// when its storage is on a local file system (default); `false` checks its
+    /// directories' times on every read instead. Storage on a network file system is
+    /// always checked by stat: other hosts' writes raise no notice here.
+    pub change_notices: bool,
 }
 
 impl Default for RecordsSettings {
@@ -159,6 +164,7 @@ impl Default for RecordsSettings {
             index_url: None,
             max_search_patients: 200,
             startup_wait_ms: 2000,
+            change_notices: true,
         }
     }
 }

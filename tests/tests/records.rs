@@ -53,16 +53,43 @@ async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
 
 #[tokio::test]
 async fn a_new_file_a_replaced_version_and_a_deletion_flag_are_in_the_very_next_read() {
+    // On a local file system a cached patient is told current by change notices: each
+    // step lets the patient's directories settle and reads it (so it is armed) first.
     let gw = TestGateway::start().await;
+    next_reads_see_what_is_written(&gw, true).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_next_read_sees_what_is_written_with_change_notices_off() {
+    // As on a network file system: every read checks the directories' times.
+    let gw =
+        TestGateway::start_opts(Options { records_extra: "change_notices = false".into(), ..Default::default() }).await;
+    next_reads_see_what_is_written(&gw, false).await;
+    gw.stop().await;
+}
+
+/// A new order, a newer version of it and a deletion flag, each in the very next read;
+/// `notices`: change notices are in use, and each step begins from an armed patient.
+async fn next_reads_see_what_is_written(gw: &TestGateway, notices: bool) {
     let hub = gw.client(Some(&gw.issue("hub", HUB, Role::HospitalSystem)));
     let patient = hub.first_id(gw.addr, "/fhir/Patient?identifier=1000001").await;
     let before = drugs(&hub, gw.addr, &patient).await;
     assert_eq!(before.len(), 2, "the demo's prescription: {before:?}");
     let order = "000000000009001";
+    // Directory times younger than a second are not trusted to tell a change: let them
+    // age, then read, which arms the patient's notices.
+    let settle = async || {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        drugs(&hub, gw.addr, &patient).await;
+        let watched = gw.records_status().await["watched_directories"].as_u64().unwrap();
+        assert_eq!(watched > 0, notices, "directories under change notices: {watched}");
+    };
 
     // A new order, read at once: no waiting for a scan.
+    settle().await;
     write(
-        &ss_mix2(&gw, "1000001", "20260420", "OMP-01", order, "20260420103100000", true),
+        &ss_mix2(gw, "1000001", "20260420", "OMP-01", order, "20260420103100000", true),
         &prescription("1000001", order, ("620000001", "新薬錠１０ｍｇ")),
     );
     let now = drugs(&hub, gw.addr, &patient).await;
@@ -73,8 +100,9 @@ async fn a_new_file_a_replaced_version_and_a_deletion_flag_are_in_the_very_next_
     assert!(String::from_utf8_lossy(&all.body).contains("新薬錠１０ｍｇ"));
 
     // A newer version of the same order replaces it.
+    settle().await;
     write(
-        &ss_mix2(&gw, "1000001", "20260420", "OMP-01", order, "20260420113100000", true),
+        &ss_mix2(gw, "1000001", "20260420", "OMP-01", order, "20260420113100000", true),
         &prescription("1000001", order, ("620000002", "改訂錠５ｍｇ")),
     );
     let now = drugs(&hub, gw.addr, &patient).await;
@@ -82,16 +110,27 @@ async fn a_new_file_a_replaced_version_and_a_deletion_flag_are_in_the_very_next_
     assert!(now.contains(&"改訂錠５ｍｇ".to_string()) && !now.contains(&"新薬錠１０ｍｇ".to_string()), "{now:?}");
 
     // A newest version flagged 0 deletes the order.
+    settle().await;
     write(
-        &ss_mix2(&gw, "1000001", "20260420", "OMP-01", order, "20260420123100000", false),
+        &ss_mix2(gw, "1000001", "20260420", "OMP-01", order, "20260420123100000", false),
         &prescription("1000001", order, ("620000002", "改訂錠５ｍｇ")),
     );
     assert_eq!(drugs(&hub, gw.addr, &patient).await, before);
 
+    // A file rewritten in place (its writer finishing it) is seen too.
+    settle().await;
+    let late = ss_mix2(gw, "1000001", "20260420", "OMP-01", "000000000009004", "20260420133100000", true);
+    let msg = prescription("1000001", "000000000009004", ("620000004", "追記錠"));
+    let (bytes, _, _) = encoding_rs::ISO_2022_JP.encode(&msg);
+    std::fs::write(&late, &bytes[..24]).unwrap();
+    assert_eq!(drugs(&hub, gw.addr, &patient).await, before, "half written: skipped");
+    settle().await;
+    std::fs::write(&late, &bytes).unwrap();
+    assert!(drugs(&hub, gw.addr, &patient).await.contains(&"追記錠".to_string()));
+
     // A search without a patient finds what the reads indexed.
     let v = hub.get(gw.addr, "/fhir/MedicationRequest?_count=500").await.unwrap().json();
     assert!(!v.to_string().contains("改訂錠５ｍｇ"), "the deleted order is not found by a search either");
-    gw.stop().await;
 }
 
 #[tokio::test]

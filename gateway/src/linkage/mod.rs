@@ -19,7 +19,20 @@ use std::sync::{Arc, PoisonError, RwLock};
 #[derive(Default)]
 pub struct Linkage {
     decisions: RwLock<Arc<Vec<Decision>>>,
+    /// People worked out, kept while the index and the decisions they were worked out
+    /// from are unchanged (a read of a person asks the index half a dozen questions).
+    known: std::sync::Mutex<HashMap<String, Known>>,
 }
+
+/// A person's links as worked out from one state of the index and of the decisions.
+struct Known {
+    generation: u64,
+    decisions: Arc<Vec<Decision>>,
+    links: Vec<(String, LinkBasis)>,
+}
+
+/// People kept at most; past it the memory is started afresh.
+const MAX_KNOWN: usize = 50_000;
 
 /// Who made a manual decision.
 pub struct DecidedBy<'a> {
@@ -41,9 +54,34 @@ impl Linkage {
     /// since every rule looks only at the records sharing one key.
     pub async fn person(&self, records: &Records, patient: &str) -> Result<Vec<(String, LinkBasis)>, RecordsError> {
         let decisions = self.decisions.read().unwrap_or_else(PoisonError::into_inner).clone();
+        // Read before the work: a change of the index during it makes the result stale
+        // at once.
+        let Some(generation) = records.index().and_then(|i| i.generation()) else {
+            return self.work_out(records, patient, &decisions).await;
+        };
+        if let Some(k) = self.known.lock().unwrap_or_else(PoisonError::into_inner).get(patient) {
+            if k.generation == generation && Arc::ptr_eq(&k.decisions, &decisions) {
+                return Ok(k.links.clone());
+            }
+        }
+        let links = self.work_out(records, patient, &decisions).await?;
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        if known.len() >= MAX_KNOWN {
+            known.clear();
+        }
+        known.insert(patient.to_string(), Known { generation, decisions, links: links.clone() });
+        Ok(links)
+    }
+
+    async fn work_out(
+        &self,
+        records: &Records,
+        patient: &str,
+        decisions: &Arc<Vec<Decision>>,
+    ) -> Result<Vec<(String, LinkBasis)>, RecordsError> {
         if records.index().is_none() {
             // Records given as resources (tests, benchmarks): few enough to link at once.
-            let links = Links::build(&records.fixed_facts(), &decisions);
+            let links = Links::build(&records.fixed_facts(), decisions);
             return Ok(links.linked(patient).map(|(id, b)| (id.to_string(), b)).collect());
         }
         let mut facts: HashMap<String, Facts> = HashMap::new();

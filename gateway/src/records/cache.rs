@@ -135,6 +135,7 @@ mod tests {
             watch: Default::default(),
             checked: Default::default(),
             checking: Default::default(),
+            armed: Default::default(),
         })
     }
 

@@ -11,6 +11,7 @@
 use crate::store::{Backend, StoreError};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor, Row};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Bumped when the layout changes: an index of another version is dropped and rebuilt.
@@ -73,6 +74,9 @@ const ROWS_PER_INSERT: usize = 100;
 pub struct IndexDb {
     pool: AnyPool,
     backend: Backend,
+    /// Counts this process's writes, so that what was worked out from the index (a
+    /// person's links) can be kept until it changes.
+    writes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A 64-bit key of a string (the first 8 bytes of its SHA-256), for compact lookups.
@@ -213,7 +217,9 @@ impl PatientFilter {
             }
         }
         self.add(
-            format!("EXISTS (SELECT 1 FROM rec_name n WHERE n.patient = p.id AND {kinds} AND ({}))", alts.join(" OR ")),
+            // `id IN (subquery)`, not a correlated EXISTS: the planner then starts from
+            // the name index instead of testing every patient in scope (85 ms at 20,000).
+            format!("p.id IN (SELECT n.patient FROM rec_name n WHERE {kinds} AND ({}))", alts.join(" OR ")),
             binds,
         );
     }
@@ -239,7 +245,8 @@ impl PatientFilter {
             alts.push(if parts.is_empty() { "1 = 1".to_string() } else { parts.join(" AND ") });
         }
         self.add(
-            format!("EXISTS (SELECT 1 FROM rec_ident i WHERE i.patient = p.id AND ({}))", alts.join(" OR ")),
+            // As for names: from the identifier index (25 ms at 20,000 patients, 0.06 ms).
+            format!("p.id IN (SELECT i.patient FROM rec_ident i WHERE {})", alts.join(" OR ")),
             binds,
         );
     }
@@ -366,7 +373,7 @@ impl IndexDb {
             })
             .connect(&url)
             .await?;
-        let db = IndexDb { pool, backend };
+        let db = IndexDb { pool, backend, writes: Arc::default() };
         db.create().await?;
         Ok(db)
     }
@@ -570,7 +577,16 @@ impl IndexDb {
             }
             q.execute(&mut *tx).await?;
         }
-        tx.commit().await
+        tx.commit().await?;
+        self.writes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// A number that changes with every change of the index, when this process is its
+    /// only writer (the embedded SQLite file); `None` on PostgreSQL, where other
+    /// instances write it too.
+    pub fn generation(&self) -> Option<u64> {
+        (self.backend == Backend::Sqlite).then(|| self.writes.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// Forget a patient at a site (its directory is gone).

@@ -48,6 +48,8 @@ pub struct Status {
     pub cpu_ns: AtomicU64,
     /// Sites whose storage is unreachable now.
     pub unreachable: Mutex<Vec<String>>,
+    /// Directories of cached patients under change notices.
+    pub watched: Arc<AtomicU64>,
 }
 
 impl Status {
@@ -65,6 +67,7 @@ impl Status {
             "files_per_second": self.rate_centi.load(Relaxed) as f64 / 100.0,
             "cpu_seconds": self.cpu_ns.load(Relaxed) as f64 / 1e9,
             "unreachable_sites": *self.unreachable.lock().unwrap_or_else(PoisonError::into_inner),
+            "watched_directories": self.watched.load(Relaxed),
         })
     }
 

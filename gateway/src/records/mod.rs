@@ -15,6 +15,7 @@
 pub mod cache;
 pub mod index;
 pub mod indexer;
+pub mod notify;
 pub mod pushed;
 pub mod unit;
 
@@ -136,6 +137,8 @@ pub struct Records {
     flat: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<i64>>>>,
     /// Set when the gateway stops: the indexer ends its pass and lets go of its lock.
     stop: tokio::sync::watch::Sender<bool>,
+    /// Change notices, by the id of each SS-MIX2 site on a local file system.
+    notices: HashMap<String, Arc<notify::Notices>>,
 }
 
 /// `records.cache_mb` as bytes.
@@ -168,13 +171,22 @@ impl Records {
     /// The records of `cfg`'s sites, indexed in `index`; the indexer is started separately
     /// ([`indexer::spawn`]).
     pub fn open(cfg: &Config, index: IndexDb) -> Arc<Records> {
+        let sites = sites(cfg);
+        let local: Vec<&Site> = sites.iter().filter(|s| s.is_ss_mix2() && notify::is_local(s.root())).collect();
+        let status: Arc<indexer::Status> = Arc::default();
+        let notices = match local.is_empty() || !cfg.records.change_notices {
+            true => None,
+            false => notify::Notices::new(status.watched.clone()),
+        };
+        let notices = notices.map_or_else(HashMap::new, |n| local.iter().map(|s| (s.id.clone(), n.clone())).collect());
         Arc::new(Records {
-            sites: sites(cfg),
+            notices,
+            sites,
             index: Some(index),
             cache: cache::Cache::new(budget(cfg)),
             fixed: Fixed::default(),
             pushed: RwLock::default(),
-            status: Arc::default(),
+            status,
             flat: Default::default(),
             stop: tokio::sync::watch::Sender::new(false),
         })
@@ -205,6 +217,7 @@ impl Records {
             status: Arc::default(),
             flat: Default::default(),
             stop: tokio::sync::watch::Sender::new(false),
+            notices: HashMap::new(),
         })
     }
 
@@ -309,11 +322,13 @@ impl Records {
             // A patient with records at two sites of its owner has its Patient (and any
             // other record) at both: the first site listed keeps it, as ids are derived
             // from what a record is.
+            // A unit holds each record once: only several units need the check.
+            let several = rows.len() > 1;
             let mut seen = std::collections::HashSet::new();
             for row in rows {
                 let unit = self.unit(&row).await?;
                 for s in unit.records.iter() {
-                    if wanted(s) && seen.insert(s.key()) && keep(s) {
+                    if wanted(s) && (!several || seen.insert(s.key())) && keep(s) {
                         out.push(s.clone());
                     }
                 }
@@ -440,7 +455,13 @@ impl Records {
         };
         let arrived = unit::Checked::now();
         let cached = self.cache.get(&cache_key(&row.site, &row.id));
+        let notices = self.notices.get(&site.id).cloned();
+        let key = cache_key(&row.site, &row.id);
         if let Some(c) = cached.as_ref().filter(|_| site.is_ss_mix2()) {
+            if notices.as_ref().is_some_and(|n| c.noticed_current(n)) {
+                self.cache.stats.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(c.clone());
+            }
             // One check at a time per patient: readers that arrived before a check
             // began take its answer (everything written before they asked is in it).
             let _turn = c.checking.lock().await;
@@ -448,10 +469,17 @@ impl Records {
                 self.cache.stats.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(c.clone());
             }
-            let (began, c2) = (unit::Checked::now(), c.clone());
+            let (began, c2, n2, k2) = (unit::Checked::now(), c.clone(), notices.clone(), key.clone());
             // Current by its directories' times: a stat each, no listing (on the
             // blocking pool: a storage on a network file system may be slow to answer).
-            if tokio::task::spawn_blocking(move || c2.unchanged()).await.unwrap_or(false) {
+            let unchanged = move || {
+                let current = c2.unchanged();
+                if let Some(n) = n2.filter(|_| current) {
+                    c2.arm(&n, &k2);
+                }
+                current
+            };
+            if tokio::task::spawn_blocking(unchanged).await.unwrap_or(false) {
                 c.checked.mark(began);
                 self.cache.stats.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(c.clone());
@@ -474,12 +502,18 @@ impl Records {
                             .collect::<Vec<_>>();
                         c.rewatch(unit::Watch::of(&listing, &unusable.iter().map(|p| p.as_path()).collect()));
                         c.checked.mark(began);
+                        if let Some(n) = &notices {
+                            c.arm(n, &key);
+                        }
                         return Ok((c, None));
                     }
                     let t = unit::translate_ss_mix2(&site, &row.local, &listing)?;
                     let rows = unit::rows(&site, &t);
                     let fresh = Arc::new(t.into_unit());
                     fresh.checked.mark(began);
+                    if let Some(n) = &notices {
+                        fresh.arm(n, &key);
+                    }
                     Ok((fresh, Some(rows)))
                 } else {
                     let stamps: Vec<(String, kakehashi_adapters::ss_mix2::Stamp)> = files
@@ -589,6 +623,7 @@ fn empty_unit(row: &PatientRow) -> Unit {
         watch: Default::default(),
         checked: Default::default(),
         checking: Default::default(),
+        armed: Default::default(),
     }
 }
 

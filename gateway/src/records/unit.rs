@@ -107,6 +107,9 @@ pub struct Unit {
     /// Held while the unit is checked: concurrent readers of one patient wait for one
     /// check rather than each making their own.
     pub checking: tokio::sync::Mutex<()>,
+    /// Its directories under change notices since it was last found current (local
+    /// file systems): then no stat is needed to tell it current.
+    pub armed: std::sync::Mutex<Option<super::notify::Armed>>,
 }
 
 /// A moment a check began, in nanoseconds since the process's first.
@@ -143,6 +146,26 @@ impl Unit {
     /// A listing found the unit current: watch from it from now on.
     pub fn rewatch(&self, watch: Watch) {
         *self.watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(watch));
+    }
+
+    /// Put the unit's directories under change notices, keeping the arming only if its
+    /// watch still finds the unit current afterwards (blocking: a stat per directory).
+    /// Called once a check or listing found it current.
+    pub fn arm(&self, notices: &Arc<super::notify::Notices>, key: &str) {
+        let watch = self.watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let Some(watch) = watch else { return };
+        let armed = notices.arm(key, watch.dirs.iter().map(|(d, _)| d.as_path()));
+        let armed = armed.filter(|_| watch.unchanged());
+        *self.armed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = armed;
+    }
+
+    /// Whether change notices tell the unit current without a stat.
+    pub fn noticed_current(&self, notices: &super::notify::Notices) -> bool {
+        self.armed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|a| notices.current(a))
     }
 }
 
@@ -319,6 +342,7 @@ impl Translated {
             watch: std::sync::Mutex::new(self.watch.map(Arc::new)),
             checked: Checked::default(),
             checking: Default::default(),
+            armed: Default::default(),
         };
         for r in self.resources {
             if let Some(s) = Stored::new(r, &self.owner) {
