@@ -23,6 +23,11 @@ enum Command {
         /// The federation configuration (TOML).
         #[arg(long)]
         config: PathBuf,
+        /// Serve without auditing, to price the audit in `bench --pin` (benchmark
+        /// builds only; never in the gateway users run).
+        #[cfg(feature = "bench")]
+        #[arg(long, hide = true)]
+        danger_unaudited_for_benchmark: bool,
     },
     /// Create (first run) or reuse a complete demo federation in DIR and serve it.
     Demo(DemoArgs),
@@ -36,6 +41,23 @@ enum Command {
     Audit(AuditCommand),
     /// Load harness: the gateway against a bare TLS baseline on loopback.
     Bench(BenchArgs),
+    /// The pinned harness's fixed-answer server (the bare baseline, or nginx's upstream).
+    #[command(hide = true)]
+    BenchPeer {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The bytes to answer with.
+        #[arg(long)]
+        body: PathBuf,
+        /// The status to answer with.
+        #[arg(long, default_value_t = 200)]
+        status: u16,
+        /// PKI directory (ca.pem, ca.crl, server.pem, server.key): mutual TLS as the
+        /// gateway's; plain HTTP without.
+        #[arg(long)]
+        tls: Option<PathBuf>,
+    },
     /// Write synthetic records for benchmarks (fictional people only).
     #[command(subcommand)]
     Generate(GenerateCommand),
@@ -122,6 +144,12 @@ struct BenchArgs {
     /// After the rounds, hold this many idle keep-alive connections and report memory.
     #[arg(long, default_value_t = 0)]
     idle: usize,
+    /// Measure the servers alone: each in its own process on core 0, the load generator
+    /// on core 1; reports server CPU µs and bytes written per request, with an nginx
+    /// mutual-TLS proxy as a peer where nginx is installed (keep-alive HTTP/1.1, one
+    /// instance).
+    #[arg(long)]
+    pin: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -366,9 +394,41 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
+        #[cfg(not(feature = "bench"))]
         Command::Serve { config } => {
             let cfg = Config::load(&config).map_err(|e| e.to_string())?;
-            runtime()?.block_on(serve(cfg))
+            runtime()?.block_on(serve(cfg, false))
+        }
+        #[cfg(feature = "bench")]
+        Command::Serve { config, danger_unaudited_for_benchmark } => {
+            let cfg = Config::load(&config).map_err(|e| e.to_string())?;
+            runtime()?.block_on(serve(cfg, danger_unaudited_for_benchmark))
+        }
+        Command::BenchPeer { listen, body, status, tls } => {
+            let body = std::fs::read(&body).map_err(|e| format!("{}: {e}", body.display()))?;
+            let tls = match tls {
+                Some(dir) => {
+                    let files = crate::tls::TlsFiles {
+                        client_ca: dir.join("ca.pem"),
+                        cert: dir.join("server.pem"),
+                        key: dir.join("server.key"),
+                        crls: vec![dir.join("ca.crl")],
+                    };
+                    Some(std::sync::Arc::new(crate::tls::build_server_config(&files).map_err(|e| e.to_string())?))
+                }
+                None => None,
+            };
+            let answer = crate::loadgen::baseline::Answer {
+                body: body.into(),
+                content_type: "application/fhir+json; charset=utf-8",
+                status,
+            };
+            runtime()?.block_on(async {
+                let (_, task) =
+                    crate::loadgen::baseline::start(listen, tls, answer).await.map_err(|e| e.to_string())?;
+                tokio::select! { _ = task => {}, _ = shutdown_signal() => {} }
+                Ok(())
+            })
         }
         Command::Demo(a) => {
             let cfg = crate::demo::prepare(&a.dir, a.listen, a.admin_listen).map_err(|e| e.to_string())?;
@@ -376,7 +436,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 return Ok(());
             }
             crate::demo::print_tour(&a.dir, &cfg);
-            runtime()?.block_on(serve(cfg))
+            runtime()?.block_on(serve(cfg, false))
         }
         Command::Certs(c) => certs(c).map_err(|e| e.to_string()),
         Command::Translate(a) => translate(a),
@@ -406,16 +466,29 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Bench(b) if b.pin => {
+            use crate::loadgen::pinned;
+            if !matches!(b.mode, BenchMode::H1) || b.instances > 1 || b.rate > 0.0 || b.idle > 0 {
+                return Err("--pin measures keep-alive HTTP/1.1 reads against one instance, closed loop: \
+                            leave out --mode, --instances, --rate and --idle"
+                    .into());
+            }
+            pinned::pin_load_generator()?;
+            let opts = pinned::Options {
+                workload: workload(b.workload),
+                connections: b.connections.max(1),
+                duration: std::time::Duration::from_secs(b.duration.clamp(1, 600)),
+                rounds: b.rounds,
+                warmup: std::time::Duration::from_secs(b.warmup.unwrap_or(b.duration).min(600)),
+                database_url: b.database_url,
+                exe: std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?,
+            };
+            runtime()?.block_on(pinned::bench(opts)).map(|_| ())
+        }
         Command::Bench(b) => {
             use crate::loadgen::{scenario, Mode};
             let opts = scenario::Options {
-                workload: match b.workload {
-                    BenchWorkload::PatientRead => scenario::Workload::PatientRead,
-                    BenchWorkload::Search20 => scenario::Workload::Search20,
-                    BenchWorkload::Everything => scenario::Workload::Everything,
-                    BenchWorkload::Push50k => scenario::Workload::Push50k,
-                    BenchWorkload::Metadata => scenario::Workload::Metadata,
-                },
+                workload: workload(b.workload),
                 mode: match b.mode {
                     BenchMode::H1 => Mode::H1,
                     BenchMode::H2 => Mode::H2,
@@ -433,6 +506,17 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             runtime()?.block_on(scenario::bench(opts)).map(|_| ())
         }
+    }
+}
+
+fn workload(w: BenchWorkload) -> crate::loadgen::scenario::Workload {
+    use crate::loadgen::scenario::Workload;
+    match w {
+        BenchWorkload::PatientRead => Workload::PatientRead,
+        BenchWorkload::Search20 => Workload::Search20,
+        BenchWorkload::Everything => Workload::Everything,
+        BenchWorkload::Push50k => Workload::Push50k,
+        BenchWorkload::Metadata => Workload::Metadata,
     }
 }
 
@@ -639,8 +723,12 @@ fn emit(text: &str) -> Result<(), String> {
     }
 }
 
-async fn serve(cfg: Config) -> Result<(), String> {
+async fn serve(cfg: Config, unaudited: bool) -> Result<(), String> {
     let gw = Gateway::bind(cfg).await.map_err(|e| e.to_string())?;
+    #[cfg(feature = "bench")]
+    let gw = if unaudited { gw.danger_unaudited_for_benchmark() } else { gw };
+    #[cfg(not(feature = "bench"))]
+    let _ = unaudited;
     gw.run(shutdown_signal()).await;
     Ok(())
 }

@@ -46,3 +46,30 @@ async fn every_workload_runs_against_gateway_and_baseline_without_errors() {
         assert!(started.elapsed() < Duration::from_secs(60), "{workload:?} {mode:?}: the bench did not stop");
     }
 }
+
+/// The pinned harness: every server in a process of its own, each contestant answers
+/// the workload without errors, and what it reports tells them apart: the audited
+/// gateway spends CPU and writes to disk for each read, the bare baseline writes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pinned_harness_measures_each_server_process() {
+    use kakehashi::loadgen::pinned;
+    let opts = pinned::Options {
+        workload: Workload::PatientRead,
+        connections: 4,
+        duration: Duration::from_millis(500),
+        rounds: 1,
+        warmup: Duration::ZERO,
+        database_url: None,
+        exe: env!("CARGO_BIN_EXE_kakehashi").into(),
+    };
+    let rows = pinned::bench(opts).await.expect("the pinned harness runs");
+    let row = |name: &str| rows.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("no {name} row: {rows:?}"));
+    for r in &rows {
+        assert!(r.rate > 0.0 && r.errors == 0, "{r:?}");
+    }
+    let (gateway, baseline) = (row("gateway"), row("baseline"));
+    assert!(gateway.cpu_us > 0.0, "{gateway:?}");
+    assert!(gateway.written > 0.0, "an audited read is written to disk before it is answered: {gateway:?}");
+    assert_eq!(baseline.written, 0.0, "{baseline:?}");
+}

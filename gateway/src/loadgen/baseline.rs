@@ -1,6 +1,7 @@
 //! The baseline: the fastest thing that could sit where the gateway sits — tokio +
 //! hyper + rustls, client certificates required and checked against the same CA and
-//! CRLs, answering fixed bytes. Its rate is the practical limit on this machine.
+//! CRLs, answering fixed bytes. Its rate is the practical limit on this machine. Without
+//! TLS it is the plain upstream behind the nginx peer of the pinned harness.
 
 use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -10,38 +11,56 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// Serve `body` (with `content_type`) to every request on a loopback port until the
-/// task is dropped; returns the address.
+/// What the baseline answers to every request.
+#[derive(Clone)]
+pub struct Answer {
+    /// The body.
+    pub body: Bytes,
+    /// Its content type.
+    pub content_type: &'static str,
+    /// The status.
+    pub status: u16,
+}
+
+/// Serve `answer` to every request on `listen` (port 0: any loopback port) until the
+/// task is dropped, over mutual TLS with `tls`, or plain HTTP without; returns the
+/// address.
 pub async fn start(
-    tls: Arc<rustls::ServerConfig>,
-    body: Bytes,
-    content_type: &'static str,
-    status: u16,
+    listen: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    answer: Answer,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let task = tokio::spawn(async move {
         let http = Arc::new(auto::Builder::new(TokioExecutor::new()));
         loop {
             let Ok((tcp, _)) = listener.accept().await else { continue };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, body, http) = (acceptor.clone(), body.clone(), http.clone());
+            let (acceptor, answer, http) = (acceptor.clone(), answer.clone(), http.clone());
             tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(tcp).await else { return };
                 let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let body = body.clone();
+                    let answer = answer.clone();
                     async move {
                         // Read what was sent (a pushed document), as the gateway does.
                         let _ = http_body_util::BodyExt::collect(req.into_body()).await;
-                        let mut r = http::Response::new(http_body_util::Full::new(body));
-                        *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+                        let mut r = http::Response::new(http_body_util::Full::new(answer.body));
+                        *r.status_mut() = http::StatusCode::from_u16(answer.status).unwrap_or(http::StatusCode::OK);
                         r.headers_mut()
-                            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+                            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(answer.content_type));
                         Ok::<_, Infallible>(r)
                     }
                 });
-                let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                match acceptor {
+                    Some(acceptor) => {
+                        let Ok(stream) = acceptor.accept(tcp).await else { return };
+                        let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(tcp), svc).await;
+                    }
+                }
             });
         }
     });

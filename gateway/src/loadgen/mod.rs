@@ -6,6 +6,7 @@
 
 pub mod baseline;
 pub mod hub;
+pub mod pinned;
 pub mod scenario;
 pub mod storage;
 
@@ -316,11 +317,14 @@ pub async fn run(spec: LoadSpec) -> LoadReport {
             let mut next =
                 Instant::now() + interval.map(|d| d.mul_f64(i as f64 / spec.connections as f64)).unwrap_or_default();
             while Instant::now() < deadline {
+                // Open loop: latency counts from when the request was due, so that a
+                // stalled server is charged for the requests it kept waiting.
+                let mut t0 = Instant::now();
                 if let Some(d) = interval {
                     tokio::time::sleep_until(next.into()).await;
+                    t0 = next;
                     next += d;
                 }
-                let t0 = Instant::now();
                 let result = match spec.mode {
                     Mode::H1 | Mode::H2 => {
                         if conn.is_none() {

@@ -53,8 +53,8 @@ pub struct Options {
     pub idle: usize,
 }
 
-struct Federation {
-    dir: PathBuf,
+pub(super) struct Federation {
+    pub(super) dir: PathBuf,
 }
 
 impl Drop for Federation {
@@ -120,7 +120,7 @@ pub fn write_federation(dir: &std::path::Path, database_url: &str) -> Result<(Pk
     Ok((pki, cfg))
 }
 
-async fn one(spec: &LoadSpec) -> Result<(u16, Bytes), String> {
+pub async fn one(spec: &LoadSpec) -> Result<(u16, Bytes), String> {
     let mut s = spec.clone();
     s.connections = 1;
     let tcp = tokio::net::TcpStream::connect(s.addr).await.map_err(|e| e.to_string())?;
@@ -144,65 +144,42 @@ async fn one(spec: &LoadSpec) -> Result<(u16, Bytes), String> {
     Ok((status, body))
 }
 
-/// The best round of each contestant.
-#[derive(Debug)]
-pub struct Results {
-    /// The gateway.
-    pub gateway: LoadReport,
-    /// The bare baseline.
-    pub baseline: LoadReport,
-    /// The same gateway without auditing (benchmark builds only).
-    pub unaudited: Option<LoadReport>,
-}
-
-/// Set up, measure, print; returns the best round of each contestant.
-pub async fn bench(opts: Options) -> Result<Results, String> {
-    // Unique per call: tests run several benches in one process at once.
-    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let run_no = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("kakehashi-bench-{}-{run_no}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let fed = Federation { dir: dir.clone() };
-    let sqlite = format!("sqlite://{}/bench.db", dir.display());
-    let db = opts.database_url.clone().unwrap_or(sqlite);
-    let (pki, cfg) = write_federation(&dir, &db)?;
+/// The federation of [`write_federation`] with the hub's and the clinic's client
+/// certificates and the records `workload` reads.
+pub fn federation(dir: &std::path::Path, database_url: &str, workload: Workload) -> Result<(Pki, Config), String> {
+    let (pki, cfg) = write_federation(dir, database_url)?;
     for (name, inst, role) in [("hub", &HUB, Role::HospitalSystem), ("clinic", &CLINIC_A, Role::ClinicTerminal)] {
         pki.issue(&ClientCertRequest::new(inst.code, inst.name, role, name), name).map_err(|e| e.to_string())?;
     }
-    crate::demo::write_bulk_prescriptions(&dir, 0, 10)?;
-    if opts.workload == Workload::Everything {
-        crate::demo::write_year_of_records(&dir)?;
+    crate::demo::write_bulk_prescriptions(dir, 0, 10)?;
+    if workload == Workload::Everything {
+        crate::demo::write_year_of_records(dir)?;
     }
-    let tls_files: crate::tls::TlsFiles = (&cfg.tls).into();
-    let mut addrs = Vec::new();
-    let mut admins = Vec::new();
-    let mut servers = Vec::new();
-    // Serve `gw` until its stop sender is used (or dropped).
-    let mut serve = |gw: Gateway| {
-        let addr = gw.local_addr();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        servers.push((
-            stop_tx,
-            tokio::spawn(gw.run(async {
-                let _ = stop_rx.await;
-            })),
-        ));
-        addr
-    };
-    for _ in 0..opts.instances.max(1) {
-        let gw = Gateway::bind(cfg.clone()).await.map_err(|e| e.to_string())?;
-        admins.push(gw.admin_addr());
-        addrs.push(serve(gw));
-    }
-    let addr = addrs[0];
-    // Benchmark builds also serve the same federation unaudited, to price auditing.
-    #[cfg(feature = "bench")]
-    let unaudited_addr =
-        serve(Gateway::bind(cfg.clone()).await.map_err(|e| e.to_string())?.danger_unaudited_for_benchmark());
+    Ok((pki, cfg))
+}
 
+/// What the baseline answers: the gateway's own `reference` answer to `request`.
+pub fn answer(reference: &Bytes, request: &RequestSpec) -> baseline::Answer {
+    baseline::Answer {
+        body: reference.clone(),
+        content_type: "application/fhir+json; charset=utf-8",
+        status: request.expect,
+    }
+}
+
+/// The workload's request and the client configuration that sends it, once the
+/// gateway at `addr` is ready for it: the sample patient found and the consent that
+/// lets the clinic's reads cross the hub's boundary given (a 409 from a reused
+/// database is fine).
+pub async fn prepare(
+    pki: &Pki,
+    workload: Workload,
+    mode: Mode,
+    addr: SocketAddr,
+) -> Result<(RequestSpec, Arc<rustls::ClientConfig>), String> {
     let p = pki.dir();
-    let alpn: &[&[u8]] = if opts.mode == Mode::H2 { &[b"h2"] } else { &[b"http/1.1"] };
-    let resumption = opts.mode != Mode::NewConnection;
+    let alpn: &[&[u8]] = if mode == Mode::H2 { &[b"h2"] } else { &[b"http/1.1"] };
+    let resumption = mode != Mode::NewConnection;
     let hub = client_config(&p.join("ca.pem"), &p.join("hub.pem"), &p.join("hub.key"), &[b"http/1.1"], true)?;
     let clinic = client_config(&p.join("ca.pem"), &p.join("clinic.pem"), &p.join("clinic.key"), alpn, resumption)?;
     let get = |path: String| RequestSpec {
@@ -248,7 +225,7 @@ pub async fn bench(opts: Options) -> Result<Results, String> {
     }
 
     let mut tls = clinic;
-    let request = match opts.workload {
+    let request = match workload {
         Workload::PatientRead => get(format!("/fhir/Patient/{patient}")),
         Workload::Search20 => get(format!("/fhir/MedicationRequest?patient={patient}&_count=20")),
         Workload::Everything => {
@@ -274,6 +251,59 @@ pub async fn bench(opts: Options) -> Result<Results, String> {
         }
         Workload::Metadata => get("/fhir/metadata".into()),
     };
+    Ok((request, tls))
+}
+
+/// The best round of each contestant.
+#[derive(Debug)]
+pub struct Results {
+    /// The gateway.
+    pub gateway: LoadReport,
+    /// The bare baseline.
+    pub baseline: LoadReport,
+    /// The same gateway without auditing (benchmark builds only).
+    pub unaudited: Option<LoadReport>,
+}
+
+/// Set up, measure, print; returns the best round of each contestant.
+pub async fn bench(opts: Options) -> Result<Results, String> {
+    // Unique per call: tests run several benches in one process at once.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run_no = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("kakehashi-bench-{}-{run_no}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let fed = Federation { dir: dir.clone() };
+    let sqlite = format!("sqlite://{}/bench.db", dir.display());
+    let db = opts.database_url.clone().unwrap_or(sqlite);
+    let (pki, cfg) = federation(&dir, &db, opts.workload)?;
+    let tls_files: crate::tls::TlsFiles = (&cfg.tls).into();
+    let mut addrs = Vec::new();
+    let mut admins = Vec::new();
+    let mut servers = Vec::new();
+    // Serve `gw` until its stop sender is used (or dropped).
+    let mut serve = |gw: Gateway| {
+        let addr = gw.local_addr();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        servers.push((
+            stop_tx,
+            tokio::spawn(gw.run(async {
+                let _ = stop_rx.await;
+            })),
+        ));
+        addr
+    };
+    for _ in 0..opts.instances.max(1) {
+        let gw = Gateway::bind(cfg.clone()).await.map_err(|e| e.to_string())?;
+        admins.push(gw.admin_addr());
+        addrs.push(serve(gw));
+    }
+    let addr = addrs[0];
+    // Benchmark builds also serve the same federation unaudited, to price auditing.
+    #[cfg(feature = "bench")]
+    let unaudited_addr =
+        serve(Gateway::bind(cfg.clone()).await.map_err(|e| e.to_string())?.danger_unaudited_for_benchmark());
+
+    let (request, tls) = prepare(&pki, opts.workload, opts.mode, addr).await?;
     let spec = LoadSpec {
         addr,
         also: addrs[1..].to_vec(),
@@ -324,7 +354,7 @@ pub async fn bench(opts: Options) -> Result<Results, String> {
     }
     let server_cfg = Arc::new(crate::tls::build_server_config(&tls_files).map_err(|e| e.to_string())?);
     let (base_addr, base_task) =
-        baseline::start(server_cfg, reference.clone(), "application/fhir+json; charset=utf-8", spec.request.expect)
+        baseline::start(SocketAddr::from(([127, 0, 0, 1], 0)), Some(server_cfg), answer(&reference, &spec.request))
             .await
             .map_err(|e| e.to_string())?;
     let base_spec = LoadSpec { addr: base_addr, also: vec![], ..spec.clone() };
@@ -430,16 +460,16 @@ pub async fn bench(opts: Options) -> Result<Results, String> {
 
 /// Lowest, median and highest of per-round ratios.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Spread {
-    low: f64,
-    median: f64,
-    high: f64,
+pub(super) struct Spread {
+    pub(super) low: f64,
+    pub(super) median: f64,
+    pub(super) high: f64,
 }
 
 impl Spread {
     /// The spread of the finite `ratios` (a round against a baseline that served
     /// nothing has none), or `None` when none is.
-    fn of(ratios: &[f64]) -> Option<Spread> {
+    pub(super) fn of(ratios: &[f64]) -> Option<Spread> {
         let mut v: Vec<f64> = ratios.iter().copied().filter(|r| r.is_finite()).collect();
         if v.is_empty() {
             return None;
@@ -459,15 +489,15 @@ impl std::fmt::Display for Spread {
 
 /// The audit writers' counters, summed over the gateways' `/metrics`.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
-struct GroupCommits {
-    commits: f64,
-    events: f64,
+pub(super) struct GroupCommits {
+    pub(super) commits: f64,
+    pub(super) events: f64,
     seconds: f64,
 }
 
 impl GroupCommits {
     /// Read every admin listener; `None` when one does not answer.
-    async fn read(admins: &[SocketAddr]) -> Option<GroupCommits> {
+    pub(super) async fn read(admins: &[SocketAddr]) -> Option<GroupCommits> {
         let mut sum = GroupCommits::default();
         for admin in admins {
             let text = admin_metrics(*admin).await?;
@@ -493,7 +523,7 @@ impl GroupCommits {
     }
 
     /// What happened between `before` and now, as one line.
-    fn since(&self, before: &GroupCommits) -> String {
+    pub(super) fn since(&self, before: &GroupCommits) -> String {
         let commits = (self.commits - before.commits).max(1.0);
         format!(
             "{:.0} group commits, {:.1} events each, {:.2} ms each (write turn, inserts, flush)",
