@@ -134,6 +134,32 @@ async fn next_reads_see_what_is_written(gw: &TestGateway, notices: bool) {
 }
 
 #[tokio::test]
+async fn a_file_changed_through_a_hard_link_outside_the_storage_is_seen_when_listed_again() {
+    // Such a write raises no notice in the patient's directories (found by an outside
+    // check): the patient is listed again after at most 30 s, as without notices.
+    let gw = TestGateway::start().await;
+    let hub = gw.client(Some(&gw.issue("hub", HUB, Role::HospitalSystem)));
+    let patient = hub.first_id(gw.addr, "/fhir/Patient?identifier=1000001").await;
+    let order = "000000000009005";
+    let path = ss_mix2(&gw, "1000001", "20260423", "OMP-01", order, "20260423103100000", true);
+    write(&path, &prescription("1000001", order, ("620000005", "リンク錠")));
+    let link = gw.dir.path().join("outside-link.hl7");
+    std::fs::hard_link(&path, &link).unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(drugs(&hub, gw.addr, &patient).await.contains(&"リンク錠".to_string()));
+    drugs(&hub, gw.addr, &patient).await;
+    assert!(gw.records_status().await["watched_directories"].as_u64().unwrap() > 0, "armed");
+
+    write(&link, &prescription("1000001", order, ("620000006", "改変錠")));
+    let started = std::time::Instant::now();
+    while !drugs(&hub, gw.addr, &patient).await.contains(&"改変錠".to_string()) {
+        assert!(started.elapsed() < Duration::from_secs(45), "the change through the link was never read");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn a_restart_resumes_from_the_index_without_translating_again() {
     let gw = TestGateway::start().await;
     let hub = gw.client(Some(&gw.issue("hub", HUB, Role::HospitalSystem)));

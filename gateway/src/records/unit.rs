@@ -159,13 +159,24 @@ impl Unit {
         *self.armed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = armed;
     }
 
-    /// Whether change notices tell the unit current without a stat.
+    /// Whether change notices tell the unit current without a stat. Not once its
+    /// listing is older than [`RELIST_AFTER`]: a file changed in place through a hard
+    /// link elsewhere, or the target of a symbolic link, raises no notice in the
+    /// patient's directories, and is found by listing again, as without notices.
     pub fn noticed_current(&self, notices: &super::notify::Notices) -> bool {
-        self.armed
+        let fresh = self
+            .watch
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .as_ref()
-            .is_some_and(|a| notices.current(a))
+            .is_some_and(|w| w.listed.elapsed() < RELIST_AFTER);
+        fresh
+            && self
+                .armed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(|a| notices.current(a))
     }
 }
 
