@@ -418,11 +418,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
                 None => None,
             };
-            let answer = crate::loadgen::baseline::Answer {
-                body: body.into(),
-                content_type: "application/fhir+json; charset=utf-8",
-                status,
-            };
+            let answer = crate::loadgen::baseline::Answer::fhir(body.into(), status);
             runtime()?.block_on(async {
                 let (_, task) =
                     crate::loadgen::baseline::start(listen, tls, answer).await.map_err(|e| e.to_string())?;

@@ -22,6 +22,13 @@ pub struct Answer {
     pub status: u16,
 }
 
+impl Answer {
+    /// FHIR JSON `body` with `status`: what the gateway answered, replayed.
+    pub fn fhir(body: Bytes, status: u16) -> Answer {
+        Answer { body, content_type: "application/fhir+json; charset=utf-8", status }
+    }
+}
+
 /// Serve `answer` to every request on `listen` (port 0: any loopback port) until the
 /// task is dropped, over mutual TLS with `tls`, or plain HTTP without; returns the
 /// address.

@@ -158,15 +158,6 @@ pub fn federation(dir: &std::path::Path, database_url: &str, workload: Workload)
     Ok((pki, cfg))
 }
 
-/// What the baseline answers: the gateway's own `reference` answer to `request`.
-pub fn answer(reference: &Bytes, request: &RequestSpec) -> baseline::Answer {
-    baseline::Answer {
-        body: reference.clone(),
-        content_type: "application/fhir+json; charset=utf-8",
-        status: request.expect,
-    }
-}
-
 /// The workload's request and the client configuration that sends it, once the
 /// gateway at `addr` is ready for it: the sample patient found and the consent that
 /// lets the clinic's reads cross the hub's boundary given (a 409 from a reused
@@ -353,10 +344,13 @@ pub async fn bench(opts: Options) -> Result<Results, String> {
         );
     }
     let server_cfg = Arc::new(crate::tls::build_server_config(&tls_files).map_err(|e| e.to_string())?);
-    let (base_addr, base_task) =
-        baseline::start(SocketAddr::from(([127, 0, 0, 1], 0)), Some(server_cfg), answer(&reference, &spec.request))
-            .await
-            .map_err(|e| e.to_string())?;
+    let (base_addr, base_task) = baseline::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        Some(server_cfg),
+        baseline::Answer::fhir(reference.clone(), spec.request.expect),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let base_spec = LoadSpec { addr: base_addr, also: vec![], ..spec.clone() };
     #[cfg(feature = "bench")]
     let unaudited_spec = LoadSpec { addr: unaudited_addr, also: vec![], ..spec.clone() };

@@ -454,9 +454,9 @@ impl Records {
             _ => Vec::new(),
         };
         let arrived = unit::Checked::now();
-        let cached = self.cache.get(&cache_key(&row.site, &row.id));
-        let notices = self.notices.get(&site.id).cloned();
         let key = cache_key(&row.site, &row.id);
+        let cached = self.cache.get(&key);
+        let notices = self.notices.get(&site.id).cloned();
         if let Some(c) = cached.as_ref().filter(|_| site.is_ss_mix2()) {
             if notices.as_ref().is_some_and(|n| c.noticed_current(n)) {
                 self.cache.stats.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
