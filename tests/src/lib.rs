@@ -357,6 +357,11 @@ impl Reply {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
+
+    /// The body as text (lossy), for messages and for looking for what must not be there.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
 }
 
 /// A mutual-TLS HTTP client making one connection per request (so each request

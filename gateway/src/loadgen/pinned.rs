@@ -267,7 +267,10 @@ fn gateway_config(
     let text = text
         .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"{admin}\""))
         .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"{listen}\""))
-        .replace(&db_line, &format!("url = \"{database_url}\""));
+        .replace(&db_line, &format!("url = \"{database_url}\""))
+        // Witnessed as the demo is, so that `audit verify --witness` checks what the
+        // benchmark wrote.
+        .replace("\n[audit]\n", &format!("\n[audit]\nwitness = \"witness/{name}.log\"\n"));
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).map_err(|e| e.to_string())?;
     Ok((path, listen, admin))
@@ -297,6 +300,18 @@ fn nginx_config(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> Result<
     let path = root.join("nginx.conf");
     std::fs::write(&path, text).map_err(|e| e.to_string())?;
     Ok(path)
+}
+
+/// `kakehashi audit verify --config CONFIG` (with the witness the configuration names):
+/// its report, or an error when the log the benchmark wrote does not verify.
+fn verify_log(exe: &Path, config: &Path) -> Result<(), String> {
+    let out = Command::new(exe).args(["audit", "verify", "--config"]).arg(config).output().map_err(|e| e.to_string())?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        return Err(format!("audit verify failed over the benchmark's log: {text}"));
+    }
+    println!("\naudit verify over the benchmark's log, with its witness:\n{}", text.trim_end());
+    Ok(())
 }
 
 /// Where nginx is, if it is installed.
@@ -475,5 +490,9 @@ pub async fn bench(opts: Options) -> Result<Vec<Summary>, String> {
         "p99 at half the saturating rate, each round: {} ms (target < 5 in every round)",
         half_p99.iter().map(|p| format!("{p:.2}")).collect::<Vec<_>>().join(", ")
     );
+    // The servers stop (the gateway signs its head and witnesses the stop); then the
+    // log the benchmark wrote is verified against its witness, as an auditor would.
+    drop(servers);
+    verify_log(&exe, &config)?;
     Ok(summaries)
 }
