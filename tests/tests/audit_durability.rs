@@ -129,7 +129,8 @@ async fn a_hundred_sigkills_under_load_lose_no_event_and_disclose_nothing_unaudi
         }
         next += CLIENTS * 1_000;
     }
-    // Once more, stopped cleanly: the events of the last kill are in its chain.
+    // And it comes up once more on the log the last kill left, as after a power cut
+    // (its start signs and witnesses the head it finds).
     let mut child = ServeProcess::spawn(&config);
     ready(&client, addr).await;
     child.kill();
