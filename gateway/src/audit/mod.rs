@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod event;
 pub mod export;
 pub mod forward;
+pub mod journal;
 pub mod log;
 pub mod refusals;
 mod sqlite_writer;
