@@ -252,6 +252,32 @@ pub struct AuditSettings {
     /// Also send every event to an ATNA audit record repository (syslog over TLS).
     #[serde(default)]
     pub forward: Option<AuditForward>,
+    /// SQLite only: milliseconds an event may wait in the audit journal (where it is
+    /// durable before its read is answered) before it is copied into the
+    /// `audit_event` table; 0 copies it before the read is answered.
+    #[serde(default = "default_index_delay_ms")]
+    pub index_delay_ms: u64,
+    /// SQLite only: size of an audit journal segment file, in MB.
+    #[serde(default = "default_journal_segment_mb")]
+    pub journal_segment_mb: u64,
+}
+
+impl AuditSettings {
+    /// The embedded store's journal settings.
+    pub fn journaling(&self) -> crate::audit::Journaling {
+        crate::audit::Journaling {
+            segment_bytes: self.journal_segment_mb.max(1) << 20,
+            index_delay: std::time::Duration::from_millis(self.index_delay_ms),
+        }
+    }
+}
+
+fn default_index_delay_ms() -> u64 {
+    100
+}
+
+fn default_journal_segment_mb() -> u64 {
+    8
 }
 
 /// `[audit.forward]`: an IHE ATNA audit record repository reached by RFC 5425 syslog over TLS.

@@ -96,6 +96,10 @@ pub struct Options {
     pub checkpoint_every: u64,
     /// `audit.checkpoint_secs`.
     pub checkpoint_secs: u64,
+    /// `audit.index_delay_ms`: 0 by default, so that a test reading `audit_event`
+    /// right after its requests finds their events (a gateway's default is 100 ms;
+    /// the durability tests run with it).
+    pub index_delay_ms: u64,
     /// Lines appended to `[audit]` (sub-tables such as `[audit.forward]` included).
     pub audit_extra: String,
     /// Lines of a `[policy]` table.
@@ -111,6 +115,7 @@ impl Default for Options {
             db_url: None,
             checkpoint_every: 1000,
             checkpoint_secs: 2,
+            index_delay_ms: 0,
             audit_extra: String::new(),
             policy_extra: String::new(),
             records_extra: String::new(),
@@ -126,6 +131,7 @@ pub fn write_config(dir: &Path, opts: &Options) -> PathBuf {
     let records_extra = &opts.records_extra;
     let every = opts.checkpoint_every;
     let secs = opts.checkpoint_secs;
+    let delay = opts.index_delay_ms;
     let db = opts.db_url.clone().unwrap_or_else(|| "sqlite://kakehashi.db".into());
     let text = format!(
         r#"[federation]
@@ -147,6 +153,7 @@ url = "{db}"
 signing_key = "pki/audit-signing.pk8"
 checkpoint_every = {every}
 checkpoint_secs = {secs}
+index_delay_ms = {delay}
 witness = "witness/audit.log"
 {audit_extra}
 [policy]

@@ -144,11 +144,12 @@ impl Gateway {
             let _ = metrics.audit_forward.set(f.stats.clone());
         }
         let forwarder = forward.clone();
-        let audit = crate::audit::AuditLog::start_forwarding(
+        let audit = crate::audit::AuditLog::start_with(
             store.clone(),
             format!("kakehashi {}", config.federation.name),
             checkpoints,
             forward,
+            config.audit.journaling(),
         );
         #[cfg(feature = "bench")]
         let audit = if unaudited { crate::audit::AuditLog::danger_disabled_for_benchmark() } else { audit };

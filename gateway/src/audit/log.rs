@@ -150,6 +150,8 @@ pub struct AuditLog {
     tx: flume::Sender<Job>,
     /// Asks the writer to sign its head, witness a clean shutdown and stop.
     stop: flume::Sender<oneshot::Sender<()>>,
+    /// Asks the writer to bring the index up to the journal (SQLite).
+    settle: flume::Sender<oneshot::Sender<()>>,
     stats: Arc<WriterStats>,
     observer: Arc<str>,
     /// Benchmark-only builds can measure reads without auditing; production builds
@@ -202,12 +204,26 @@ impl AuditLog {
         checkpoints: Checkpoints,
         forward: Option<super::forward::Forwarder>,
     ) -> AuditLog {
+        Self::start_with(store, observer, checkpoints, forward, Journaling::default())
+    }
+
+    /// As [`AuditLog::start_forwarding`], with the embedded store's journal settings.
+    pub fn start_with(
+        store: Store,
+        observer: String,
+        checkpoints: Checkpoints,
+        forward: Option<super::forward::Forwarder>,
+        journaling: Journaling,
+    ) -> AuditLog {
         let (tx, rx) = flume::bounded(8192);
         let (stop, stopped) = flume::bounded(1);
+        let (settle, settles) = flume::bounded(64);
         let stats = Arc::new(WriterStats::default());
-        let queues = Queues { jobs: rx, stop: stopped };
+        let queues = Queues { jobs: rx, stop: stopped, settle: settles };
         match store.sqlite_writer_parts() {
-            Some((file, gate)) => super::sqlite_writer::spawn(file, gate, checkpoints, queues, forward, stats.clone()),
+            Some((file, gate)) => {
+                super::sqlite_writer::spawn(file, gate, checkpoints, queues, forward, stats.clone(), journaling)
+            }
             None => match store.postgres_writer_url() {
                 Some(url) => spawn_postgres(url, checkpoints, queues, forward, stats.clone()),
                 None => tracing::error!("no database for the audit log; reads will be refused"),
@@ -216,6 +232,7 @@ impl AuditLog {
         AuditLog {
             tx,
             stop,
+            settle,
             stats,
             observer: observer.into(),
             #[cfg(feature = "bench")]
@@ -229,7 +246,8 @@ impl AuditLog {
     pub fn danger_disabled_for_benchmark() -> AuditLog {
         let (tx, _rx) = flume::bounded(1);
         let (stop, _) = flume::bounded(1);
-        AuditLog { tx, stop, stats: Arc::default(), observer: "".into(), disabled: true }
+        let (settle, _) = flume::bounded(1);
+        AuditLog { tx, stop, settle, stats: Arc::default(), observer: "".into(), disabled: true }
     }
 
     /// Stop the writer cleanly: it appends what is queued, signs the chain head, writes
@@ -239,6 +257,19 @@ impl AuditLog {
         let (done, finished) = oneshot::channel();
         if self.stop.send_async(done).await.is_ok() && tokio::time::timeout(grace, finished).await.is_err() {
             tracing::warn!("the audit writer did not stop in time; its last events may be unanchored");
+        }
+    }
+
+    /// Wait until every event recorded so far is in the `audit_event` table, for
+    /// readers that must see them all (the auditor's API). On SQLite events are
+    /// durable in the journal first and indexed shortly after; on PostgreSQL the table
+    /// is where they are committed, so there is nothing to wait for.
+    pub async fn settle(&self) {
+        let (done, settled) = oneshot::channel();
+        if self.settle.send_async(done).await.is_ok() {
+            // A writer that cannot index (its database unreachable) must not hold the
+            // reader for ever: it reads what is there.
+            let _ = tokio::time::timeout(Duration::from_secs(5), settled).await;
         }
     }
 
@@ -266,6 +297,24 @@ pub(super) struct Queues {
     pub(super) jobs: flume::Receiver<Job>,
     /// A stop request, answered once the head is signed and witnessed.
     pub(super) stop: flume::Receiver<oneshot::Sender<()>>,
+    /// Requests to bring the index up to the journal, answered when it is.
+    pub(super) settle: flume::Receiver<oneshot::Sender<()>>,
+}
+
+/// How the embedded store's writer keeps its journal ([`super::journal`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Journaling {
+    /// Size of a journal segment file.
+    pub segment_bytes: u64,
+    /// How long an event may wait in the journal before it is indexed (0: indexed
+    /// before its read is answered).
+    pub index_delay: Duration,
+}
+
+impl Default for Journaling {
+    fn default() -> Self {
+        Journaling { segment_bytes: 8 << 20, index_delay: Duration::from_millis(100) }
+    }
 }
 
 /// Start the PostgreSQL writer: a thread with a single-threaded runtime of its own.
@@ -356,6 +405,13 @@ async fn writer(
                     let _ = done.send(());
                 }
                 return;
+            }
+            settle = q.settle.recv_async() => {
+                // Committed events are in the table already.
+                if let Ok(done) = settle {
+                    let _ = done.send(());
+                }
+                continue;
             }
             _ = tick.tick() => {
                 if let Ok(Some((seq, hash))) = conn.with(async |c| checkpoint_head_if_unsigned(c, &cp.signer).await).await {

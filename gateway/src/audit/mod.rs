@@ -13,7 +13,7 @@ pub mod verify;
 pub mod witness;
 
 pub use event::{AuditRecord, CertSummary, Disclosed, Interaction, Outcome, Requestor};
-pub use log::{AuditError, AuditLog, Checkpoints};
+pub use log::{AuditError, AuditLog, Checkpoints, Journaling};
 
 /// Now, in Unix microseconds.
 pub fn now_micros() -> i64 {

@@ -1,28 +1,51 @@
-//! The embedded store's audit writer: one OS thread with a connection of its own and
-//! statements prepared once per connection (the same SQL as the PostgreSQL writer).
-//! Through sqlx every event crossed its `Any` argument layer and its connection
-//! worker's channel; here a batch is one `BEGIN IMMEDIATE`, a native insert per event
-//! and one `COMMIT` (WAL, `synchronous=FULL`: fsync'd before any waiting request is
-//! answered). The thread takes the store's write gate for each batch, so it queues in
-//! order with the gateway's other writers.
+//! The embedded store's audit writer: one OS thread that appends each group of events
+//! to the audit journal ([`super::journal`]) and flushes it once (`fdatasync`) before
+//! any waiting read is answered, then copies the events into the `audit_event` table
+//! (the index the auditor's API, `audit export` and `audit verify` read) in larger
+//! transactions, with a connection of its own and statements prepared once.
+//!
+//! Before the journal, every group commit was a SQLite transaction: each rewrote the
+//! 16 KB pages of the event table and its two indexes in the WAL and flushed it (6.8 KB
+//! written per read at 64 clients, 57 KB for a read alone), and the WAL checkpointer
+//! copied the same pages again. Now the hot path writes the events' bytes once and
+//! waits for no database lock; the index follows within `audit.index_delay_ms` (each
+//! read waits for its own index write too when that is 0), and a start replays
+//! whatever the journal holds past the index's head, so a crash loses nothing that was
+//! answered. Signed checkpoints and the witness follow the index, so everything they
+//! vouch for is in the table `audit verify` reads.
 //!
 //! A second thread copies the WAL back into the database (passive checkpoints,
 //! concurrent with the writer): done by the writer, as SQLite does by default, it
 //! stalled every waiting read for about 6 ms every few dozen batches. When the WAL has
 //! grown large it finishes the copy behind the write gate, so that the WAL restarts.
-//! A pipelined variant (commits without flush, a third thread flushing each group of
-//! batches once) measured no faster on the 2-core reference machine and was not kept.
 
 use super::checkpoint::Signer;
+use super::journal::{Journal, Record};
 use super::log::{
-    chain_hash, head_unsigned, insert_events_sql, Checkpoints, Job, Queues, WriterStats, CHECKPOINT_SQL, GENESIS,
-    HEAD_SQL, LAST_CHECKPOINT_SQL, MAX_BATCH,
+    head_unsigned, insert_events_sql, Checkpoints, Columns, Job, Journaling, Queues, WriterStats, CHECKPOINT_SQL,
+    GENESIS, HEAD_SQL, LAST_CHECKPOINT_SQL, MAX_BATCH,
 };
 use super::witness::Kind as WitnessKind;
 use rusqlite::{params, Connection, OptionalExtension, Statement};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Events appended to the journal and not yet indexed, past which new ones are
+/// refused: an index that cannot be written (a full disk, a conflicting row) must not
+/// grow the writer's memory without bound.
+const MAX_PENDING: usize = 50_000;
+/// Events that make the index due before its delay has passed.
+const INDEX_BATCH: usize = 4096;
+/// The pause after the index could not be written.
+const INDEX_RETRY: Duration = Duration::from_millis(500);
+
+/// The journal's directory for the database `file`: `NAME-audit` beside it.
+pub(super) fn journal_dir(file: &Path) -> PathBuf {
+    let mut name = file.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push("-audit");
+    file.with_file_name(name)
+}
 
 /// Start the writer thread for the database `file`.
 pub(super) fn spawn(
@@ -32,15 +55,50 @@ pub(super) fn spawn(
     q: Queues,
     forward: Option<super::forward::Forwarder>,
     stats: Arc<WriterStats>,
+    journaling: Journaling,
 ) {
     let (stop, stopped) = flume::bounded(0);
     spawn_wal_checkpointer(file.clone(), gate.clone(), stopped);
     let spawned = std::thread::Builder::new().name("audit-writer".into()).spawn(move || {
-        Writer { file, gate, cp, q, forward, stats, next_tick: Instant::now(), last: None, _stop: stop }.run()
+        Writer {
+            file,
+            gate,
+            cp,
+            q,
+            forward,
+            stats,
+            journaling,
+            next_tick: Instant::now(),
+            journal: None,
+            pending: Vec::new(),
+            index_at: None,
+            index_failing: false,
+            started: false,
+            _stop: stop,
+        }
+        .run()
     });
     if let Err(e) = spawned {
         // The receiver is gone with the closure: every record() fails, so reads are refused.
         tracing::error!(error = %e, "could not start the audit writer thread; reads will be refused");
+    }
+}
+
+/// An event in the journal, not yet in the index.
+struct Pending {
+    seq: i64,
+    prev: [u8; 32],
+    hash: [u8; 32],
+    json: String,
+    cols: Columns,
+}
+
+impl Pending {
+    fn replayed(r: Record) -> Result<Pending, String> {
+        let entry: super::event::Entry<'_> =
+            serde_json::from_str(&r.entry).map_err(|e| format!("journal event {}: {e}", r.seq))?;
+        let cols = Columns::of(&entry);
+        Ok(Pending { seq: r.seq, prev: r.prev, hash: r.hash, json: r.entry, cols })
     }
 }
 
@@ -51,10 +109,19 @@ struct Writer {
     q: Queues,
     forward: Option<super::forward::Forwarder>,
     stats: Arc<WriterStats>,
+    journaling: Journaling,
     next_tick: Instant,
-    /// The head this writer last wrote or found at its start: on SQLite it is the only
-    /// writer of the chain, so a head it did not write was appended behind its back.
-    last: Option<(i64, Vec<u8>)>,
+    /// Opened at first contact with the database, whose index head it goes on from.
+    journal: Option<Journal>,
+    /// In the journal, not yet in the index, in order.
+    pending: Vec<Pending>,
+    /// When they are due in the index: the oldest one's delay after it was appended,
+    /// or a while after a failed attempt.
+    index_at: Option<Instant>,
+    /// The last indexing failed (logged once until it succeeds again).
+    index_failing: bool,
+    /// The start is done: the journal's events indexed, the head signed and witnessed.
+    started: bool,
     /// Dropped with the writer, which stops the WAL checkpointer.
     _stop: flume::Sender<()>,
 }
@@ -62,9 +129,23 @@ struct Writer {
 /// What the writer waits for.
 enum Wake {
     Batch(Vec<Job>),
+    /// Pending events are due in the index.
+    Index,
+    Settle(tokio::sync::oneshot::Sender<()>),
     Tick,
     Stop(tokio::sync::oneshot::Sender<()>),
     Closed,
+}
+
+/// The index could not be brought up to the journal.
+#[derive(Debug, thiserror::Error)]
+enum IndexError {
+    #[error(transparent)]
+    Db(#[from] rusqlite::Error),
+    #[error(
+        "the audit_event table holds event {found} where the journal's next is {next}: rows were added behind the gateway's writer"
+    )]
+    Foreign { found: i64, hash: Vec<u8>, next: i64 },
 }
 
 impl Writer {
@@ -85,14 +166,51 @@ impl Writer {
                         return;
                     }
                 }
-                Err(e) => refuse(wake, &e),
+                Err(e) => {
+                    // The journal still takes events while the index's database cannot
+                    // be opened; only a writer without a journal must refuse.
+                    wake = self.without_index(wake, &e);
+                    if let Wake::Closed = wake {
+                        return;
+                    }
+                    continue;
+                }
             }
             wake = self.wait();
         }
     }
 
-    /// Write batches and checkpoints on `conn` with statements prepared once, starting
-    /// with `wake`, until a write fails (false) or the writer is to end (true).
+    /// Handle `wake` while the database cannot be opened: batches go to the journal
+    /// (when it is open), the rest waits. Returns the next wake.
+    fn without_index(&mut self, wake: Wake, error: &dyn std::fmt::Display) -> Wake {
+        match wake {
+            Wake::Batch(jobs) if self.journal.is_some() => {
+                self.append_and_answer(jobs);
+            }
+            Wake::Settle(done) => {
+                let _ = done.send(());
+            }
+            Wake::Index | Wake::Tick => {
+                if !self.index_failing {
+                    tracing::error!(error = %error, "the audit database cannot be opened; events wait in the journal");
+                    self.index_failing = true;
+                }
+                self.index_at = Some(Instant::now() + INDEX_RETRY);
+            }
+            Wake::Stop(done) => {
+                tracing::warn!(error = %error, events = self.pending.len(), "stopping with the audit database unreachable; the next start indexes the journal");
+                let _ = done.send(());
+                return Wake::Closed;
+            }
+            other => refuse(other, error),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        self.wait()
+    }
+
+    /// Write batches, index and sign checkpoints on `conn` with statements prepared
+    /// once, starting with `wake`, until the database fails (false) or the writer is
+    /// to end (true).
     fn serve(&mut self, conn: &Connection, mut wake: Wake) -> bool {
         let mut st = match Statements::prepare(conn) {
             Ok(st) => st,
@@ -101,77 +219,207 @@ impl Writer {
                 return false;
             }
         };
-        if self.last.is_none() {
-            // First contact: sign the head as found and witness the start.
-            match self.in_turn(conn, || st.checkpoint_head(&self.cp.signer, true)) {
-                Ok(head) => {
-                    let (seq, hash) = head.unwrap_or((0, GENESIS.to_vec()));
-                    self.cp.witness(WitnessKind::Start, seq, &hash);
-                    self.last = Some((seq, hash));
-                }
-                Err(e) => {
-                    refuse(wake, &e);
-                    return false;
-                }
+        if !self.started {
+            // First contact: open the journal where the index ends, index what it
+            // holds past that, sign the head and witness the start.
+            if let Err(e) = self.first_contact(conn, &mut st) {
+                refuse(wake, &e);
+                return false;
             }
         }
         loop {
-            let began = Instant::now();
-            let written = match &wake {
+            match wake {
                 Wake::Closed => return true,
                 Wake::Batch(jobs) => {
-                    let last = self.last.clone();
-                    self.in_turn(conn, || st.append_after(&self.cp, jobs, last.as_ref())).map(Some)
-                }
-                Wake::Tick => self.in_turn(conn, || st.checkpoint_head(&self.cp.signer, false)).map(|signed| {
-                    if let Some((seq, hash)) = signed {
-                        self.cp.witness(WitnessKind::Checkpoint, seq, &hash);
+                    let appended = self.append(jobs);
+                    // With no delay the events reach the table before their reads are
+                    // answered (unless the table failed just before: then they wait in
+                    // the journal for its retry, like any other).
+                    let mut ok = true;
+                    if self.journaling.index_delay.is_zero() && !self.index_failing {
+                        ok = self.index(conn, &mut st);
                     }
-                    None
-                }),
-                Wake::Stop(_) => {
-                    // Whatever was queued before the stop, then the head, signed.
+                    if let Some((jobs, first)) = appended {
+                        Job::committed(jobs, first, self.forward.as_ref());
+                    }
+                    // Otherwise after the delay, when no batch waits for the journal, or
+                    // at once when many events wait.
+                    let due = self.pending.len() >= INDEX_BATCH && !self.index_failing
+                        || self.q.jobs.is_empty() && self.index_due();
+                    if !ok || due && !self.index(conn, &mut st) {
+                        return false;
+                    }
+                }
+                Wake::Index => {
+                    if !self.index(conn, &mut st) {
+                        return false;
+                    }
+                }
+                Wake::Settle(done) => {
+                    let ok = self.index(conn, &mut st);
+                    let _ = done.send(());
+                    if !ok {
+                        return false;
+                    }
+                }
+                Wake::Tick => {
+                    if !self.index(conn, &mut st) {
+                        return false;
+                    }
+                    match self.in_turn(conn, || st.checkpoint_head(&self.cp.signer, false)) {
+                        Ok(Some((seq, hash))) => self.cp.witness(WitnessKind::Checkpoint, seq, &hash),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "periodic audit checkpoint failed; retrying at the next tick");
+                            return false;
+                        }
+                    }
+                }
+                Wake::Stop(done) => {
+                    // Whatever was queued before the stop, indexed, then the head, signed.
                     let queued: Vec<Job> = self.q.jobs.try_iter().collect();
                     if !queued.is_empty() {
-                        wake = Wake::Batch(queued);
-                        continue;
+                        self.append_and_answer(queued);
                     }
-                    let head = self.in_turn(conn, || st.checkpoint_head(&self.cp.signer, true));
-                    match head {
-                        Ok(head) => {
-                            let (seq, hash) = head.unwrap_or((0, GENESIS.to_vec()));
-                            self.cp.witness(WitnessKind::Shutdown, seq, &hash);
+                    if self.index(conn, &mut st) {
+                        match self.in_turn(conn, || st.checkpoint_head(&self.cp.signer, true)) {
+                            Ok(head) => {
+                                let (seq, hash) = head.unwrap_or((0, GENESIS.to_vec()));
+                                self.cp.witness(WitnessKind::Shutdown, seq, &hash);
+                            }
+                            Err(e) => tracing::warn!(error = %e, "the chain head could not be signed at shutdown"),
                         }
-                        Err(e) => tracing::warn!(error = %e, "the chain head could not be signed at shutdown"),
-                    }
-                    if let Wake::Stop(done) = wake {
-                        let _ = done.send(());
-                    }
-                    return true;
-                }
-            };
-            match (written, wake) {
-                (Ok(Some(appended)), Wake::Batch(jobs)) => {
-                    self.stats.committed(jobs.len(), began);
-                    if let Some((seq, hash)) = &appended.foreign {
-                        // Events this writer did not write sit under its new ones.
-                        tracing::error!(
-                            head = seq,
-                            "audit events were appended to the chain behind the gateway's writer"
+                    } else {
+                        tracing::warn!(
+                            events = self.pending.len(),
+                            "stopping with audit events in the journal not yet indexed; the next start indexes them"
                         );
-                        self.cp.witness(WitnessKind::Foreign, *seq, hash);
                     }
-                    self.cp.witness_signed(&appended.signed);
-                    self.last = Some(appended.head);
-                    Job::committed(jobs, appended.first, self.forward.as_ref())
-                }
-                (Ok(_), _) => {}
-                (Err(e), failed) => {
-                    refuse(failed, &e);
-                    return false;
+                    let _ = done.send(());
+                    return true;
                 }
             }
             wake = self.wait();
+        }
+    }
+
+    /// Open the journal at the index's head (once) and index what it holds past it;
+    /// then sign the head and witness the start.
+    fn first_contact(&mut self, conn: &Connection, st: &mut Statements<'_>) -> Result<(), String> {
+        if self.journal.is_none() {
+            let head = self.in_turn(conn, || st.head()).map_err(|e| e.to_string())?;
+            let (seq, hash) = head.unwrap_or((0, GENESIS.to_vec()));
+            let mut at = [0u8; 32];
+            if hash.len() == 32 {
+                at.copy_from_slice(&hash);
+            }
+            let (journal, replay) = Journal::open(&journal_dir(&self.file), self.journaling.segment_bytes, (seq, at))
+                .map_err(|e| e.to_string())?;
+            if !replay.is_empty() {
+                tracing::info!(
+                    events = replay.len(),
+                    from = replay[0].seq,
+                    "indexing audit events found in the journal"
+                );
+            }
+            self.pending = replay.into_iter().map(Pending::replayed).collect::<Result<_, _>>()?;
+            self.journal = Some(journal);
+        }
+        if !self.index(conn, st) {
+            return Err("the journal's events could not be indexed".into());
+        }
+        let head = self.in_turn(conn, || st.checkpoint_head(&self.cp.signer, true)).map_err(|e| e.to_string())?;
+        let (seq, hash) = head.unwrap_or((0, GENESIS.to_vec()));
+        self.cp.witness(WitnessKind::Start, seq, &hash);
+        self.started = true;
+        Ok(())
+    }
+
+    /// Append a batch to the journal and answer it: committed when the journal's flush
+    /// succeeded, refused otherwise.
+    fn append_and_answer(&mut self, jobs: Vec<Job>) {
+        if let Some((jobs, first)) = self.append(jobs) {
+            Job::committed(jobs, first, self.forward.as_ref());
+        }
+    }
+
+    /// Append a batch to the journal and flush it; returns the batch with its first
+    /// sequence number, for the caller to answer, or refuses it and returns nothing.
+    fn append(&mut self, jobs: Vec<Job>) -> Option<(Vec<Job>, i64)> {
+        let began = Instant::now();
+        let Some(journal) = self.journal.as_mut() else {
+            Job::failed(jobs, &"the audit journal is not open");
+            return None;
+        };
+        if self.pending.len() >= MAX_PENDING {
+            Job::failed(jobs, &"the audit index is not keeping up with the journal");
+            return None;
+        }
+        let entries: Vec<&[u8]> = jobs.iter().map(|j| j.prepared.json.as_bytes()).collect();
+        match journal.append(&entries) {
+            Ok(appended) => {
+                self.stats.committed(jobs.len(), began);
+                let first = appended.first().map_or(0, |a| a.0);
+                if self.pending.is_empty() {
+                    self.index_at = Some(Instant::now() + self.journaling.index_delay);
+                }
+                for (job, (seq, prev, hash)) in jobs.iter().zip(appended) {
+                    let p = &job.prepared;
+                    self.pending.push(Pending { seq, prev, hash, json: p.json.clone(), cols: p.cols.clone() });
+                }
+                Some((jobs, first))
+            }
+            Err(e) => {
+                Job::failed(jobs, &e);
+                None
+            }
+        }
+    }
+
+    /// True when the pending events are due in the index.
+    fn index_due(&self) -> bool {
+        self.index_at.is_some_and(|t| t <= Instant::now())
+    }
+
+    /// Copy the pending events into the index (one transaction) and sign the
+    /// checkpoints that fall in them; false when the database failed (the events stay
+    /// pending, in the journal).
+    fn index(&mut self, conn: &Connection, st: &mut Statements<'_>) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let result = {
+            let _gate = self.gate.blocking_lock();
+            in_tx(conn, || st.insert(&self.cp, &pending))
+        };
+        match result {
+            Ok(signed) => {
+                if self.index_failing {
+                    tracing::info!("the audit index is written again");
+                    self.index_failing = false;
+                }
+                self.cp.witness_signed(&signed);
+                if let (Some(j), Some(last)) = (self.journal.as_mut(), pending.last()) {
+                    j.indexed(last.seq);
+                }
+                self.index_at = None;
+                true
+            }
+            Err(e) => {
+                if !self.index_failing {
+                    tracing::error!(error = %e, events = pending.len(), "the audit index cannot be written; the events are kept in the journal");
+                    if let IndexError::Foreign { found, hash, .. } = &e {
+                        self.cp.witness(WitnessKind::Foreign, *found, hash);
+                    }
+                    self.index_failing = true;
+                }
+                self.pending = pending;
+                // Tried again after a pause, not at every wake: batches still go to
+                // the journal meanwhile.
+                self.index_at = Some(Instant::now() + INDEX_RETRY);
+                matches!(e, IndexError::Foreign { .. })
+            }
         }
     }
 
@@ -185,8 +433,9 @@ impl Writer {
         in_tx(conn, f)
     }
 
-    /// The next batch (every job already queued, up to [`MAX_BATCH`]), the periodic
-    /// checkpoint when it is due first, or the stop request.
+    /// The next batch (every job already queued, up to [`MAX_BATCH`]), a request to
+    /// settle, the index when pending events are due, the periodic checkpoint when it
+    /// is due first, or the stop request.
     fn wait(&mut self) -> Wake {
         loop {
             let now = Instant::now();
@@ -194,8 +443,16 @@ impl Writer {
                 self.next_tick = now + self.cp.interval;
                 return Wake::Tick;
             }
+            let mut until = self.next_tick;
+            if let Some(due) = self.index_at.filter(|_| !self.pending.is_empty()) {
+                if due <= now {
+                    return Wake::Index;
+                }
+                until = until.min(due);
+            }
             let got = flume::Selector::new()
                 .recv(&self.q.stop, |r| r.map(Wake::Stop).unwrap_or(Wake::Closed))
+                .recv(&self.q.settle, |r| r.map(Wake::Settle).unwrap_or(Wake::Closed))
                 .recv(&self.q.jobs, |r| match r {
                     Ok(first) => {
                         let mut batch = Vec::with_capacity(self.q.jobs.len().min(MAX_BATCH) + 1);
@@ -205,7 +462,7 @@ impl Writer {
                     }
                     Err(_) => Wake::Closed,
                 })
-                .wait_timeout(self.next_tick - now);
+                .wait_timeout(until - now);
             if let Ok(w) = got {
                 return w;
             }
@@ -213,29 +470,22 @@ impl Writer {
     }
 }
 
-/// Answer a wake that could not be written: its requests are refused.
+/// Answer a wake that could not be served: its requests are refused.
 fn refuse(wake: Wake, error: &dyn std::fmt::Display) {
     match wake {
         Wake::Batch(jobs) => Job::failed(jobs, error),
-        Wake::Tick => tracing::warn!(error = %error, "periodic audit checkpoint failed; retrying at the next tick"),
+        Wake::Tick | Wake::Index => {
+            tracing::warn!(error = %error, "the audit index or checkpoint could not be written; retrying")
+        }
+        Wake::Settle(done) => {
+            let _ = done.send(());
+        }
         Wake::Stop(done) => {
             tracing::warn!(error = %error, "the chain head could not be signed at shutdown");
             let _ = done.send(());
         }
         Wake::Closed => {}
     }
-}
-
-/// What one appended batch did.
-struct Appended {
-    /// Its first sequence number.
-    first: i64,
-    /// The head after it.
-    head: (i64, Vec<u8>),
-    /// Checkpoints it signed.
-    signed: Vec<(i64, Vec<u8>)>,
-    /// A head found that this writer did not leave (events appended behind its back).
-    foreign: Option<(i64, Vec<u8>)>,
 }
 
 fn open(file: &Path) -> Result<Connection, rusqlite::Error> {
@@ -314,9 +564,9 @@ fn checkpoint_wal(
 
 /// Run `f` in a `BEGIN IMMEDIATE` transaction: committed when it succeeds, rolled back
 /// when it fails.
-fn in_tx<T>(conn: &Connection, f: impl FnOnce() -> Result<T, rusqlite::Error>) -> Result<T, rusqlite::Error> {
+fn in_tx<T, E: From<rusqlite::Error>>(conn: &Connection, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
-    match f().and_then(|v| conn.execute_batch("COMMIT").map(|()| v)) {
+    match f().and_then(|v| conn.execute_batch("COMMIT").map(|()| v).map_err(E::from)) {
         Ok(v) => Ok(v),
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
@@ -346,27 +596,21 @@ impl<'c> Statements<'c> {
         self.head.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional()
     }
 
-    /// Append `batch` after the chain head; `last` is the head this writer left, to
-    /// tell whether anything was appended behind its back.
-    fn append_after(
-        &mut self,
-        cp: &Checkpoints,
-        batch: &[Job],
-        last: Option<&(i64, Vec<u8>)>,
-    ) -> Result<Appended, rusqlite::Error> {
-        let (mut seq, mut prev) = match self.head()? {
-            Some((seq, hash)) => (seq, hash),
-            None => (0, GENESIS.to_vec()),
-        };
-        let foreign = last.filter(|l| l.0 < seq).map(|_| (seq, prev.clone()));
-        let first = seq + 1;
+    /// Insert journaled events (numbered and chained already) after the index's head,
+    /// signing a checkpoint at each multiple of `cp.every`; returns the checkpoints
+    /// signed.
+    fn insert(&mut self, cp: &Checkpoints, events: &[Pending]) -> Result<Vec<(i64, Vec<u8>)>, IndexError> {
+        let next = events.first().map_or(0, |e| e.seq);
+        if let Some((found, hash)) = self.head()? {
+            if found >= next {
+                return Err(IndexError::Foreign { found, hash, next });
+            }
+        }
         let mut signed = Vec::new();
-        for job in batch {
-            seq += 1;
-            let (json, c) = (&job.prepared.json, &job.prepared.cols);
-            let hash = chain_hash(seq, &prev, json.as_bytes());
+        for e in events {
+            let c = &e.cols;
             self.insert.execute(params![
-                seq,
+                e.seq,
                 c.recorded,
                 c.agent,
                 c.owners,
@@ -374,19 +618,17 @@ impl<'c> Statements<'c> {
                 c.outcome,
                 c.subtype,
                 c.cross,
-                json,
-                prev,
-                &hash[..],
+                e.json,
+                &e.prev[..],
+                &e.hash[..],
                 c.entities
             ])?;
-            if seq % cp.every == 0 {
-                self.sign(&cp.signer, seq, &hash)?;
-                signed.push((seq, hash.to_vec()));
+            if e.seq % cp.every == 0 {
+                self.sign(&cp.signer, e.seq, &e.hash)?;
+                signed.push((e.seq, e.hash.to_vec()));
             }
-            prev.clear();
-            prev.extend_from_slice(&hash);
         }
-        Ok(Appended { first, head: (seq, prev), signed, foreign })
+        Ok(signed)
     }
 
     fn sign(&mut self, signer: &Signer, seq: i64, hash: &[u8]) -> Result<(), rusqlite::Error> {
@@ -425,9 +667,48 @@ mod tests {
         std::fs::write(dir.join("key.pk8"), pkcs8.as_ref()).unwrap();
         let signer = Arc::new(Signer::load(&dir.join("key.pk8")).unwrap());
         let store = Store::open(&format!("sqlite://{}/audit.db", dir.display())).await.unwrap();
-        let cp = Checkpoints { signer: signer.clone(), every, interval: Duration::from_secs(3600), witness: None };
-        let log = AuditLog::start(store.clone(), "test".into(), cp);
+        let log = start(&store, &signer, every, Duration::ZERO);
         (dir, store, log, signer)
+    }
+
+    /// A log on `store` signing every `every` events, indexing `delay` after appending.
+    fn start(store: &Store, signer: &Arc<Signer>, every: i64, delay: Duration) -> AuditLog {
+        let cp = Checkpoints { signer: signer.clone(), every, interval: Duration::from_secs(3600), witness: None };
+        let journaling = crate::audit::Journaling { index_delay: delay, segment_bytes: 1 << 20 };
+        AuditLog::start_with(store.clone(), "test".into(), cp, None, journaling)
+    }
+
+    async fn indexed(store: &Store) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM audit_event").fetch_one(store.pool()).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answered_events_wait_in_the_journal_and_a_new_writer_indexes_what_the_last_left() {
+        let (dir, store, first, signer) = log_in_temp_dir("lag", 100).await;
+        drop(first);
+        // An index delay longer than the test: events are answered from the journal.
+        let log = start(&store, &signer, 100, Duration::from_secs(3600));
+        for i in 0..10 {
+            assert_eq!(log.record(record(i)).await.unwrap(), i as i64 + 1);
+        }
+        assert_eq!(indexed(&store).await, 0, "answered before they are in the table");
+        log.settle().await;
+        assert_eq!(indexed(&store).await, 10, "settled: all in the table");
+        for i in 10..25 {
+            log.record(record(i)).await.unwrap();
+        }
+        // The writer ends without a stop (its handles dropped, as a killed process's
+        // thread ends): 15 events in the journal only.
+        drop(log);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(indexed(&store).await, 10);
+        let log = start(&store, &signer, 100, Duration::from_secs(3600));
+        assert_eq!(log.record(record(25)).await.unwrap(), 26, "the chain goes on after the journal's events");
+        log.settle().await;
+        assert_eq!(indexed(&store).await, 26, "the new writer indexed what the last one left");
+        let report = crate::audit::verify::verify(&store, &TrustedKeys::new([signer.public_key()]), 100).await.unwrap();
+        assert_eq!((report.first, report.last), (1, 26));
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     fn record(i: usize) -> AuditRecord {
@@ -456,7 +737,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_log_begun_with_rendered_events_goes_on_with_entries_and_verifies() {
-        let (dir, store, log, signer) = log_in_temp_dir("upgrade", 100).await;
+        let (dir, store, first, signer) = log_in_temp_dir("upgrade", 100).await;
+        // The store as a gateway before entries left it: not written to while one runs.
+        drop(first);
         // What a gateway before entries stored: the rendered AuditEvent, chained the same way.
         let old = serde_json::to_string(&record(0).entry("test").to_fhir(Some(1))).unwrap();
         let hash = crate::audit::log::chain_hash(1, &crate::audit::log::GENESIS, old.as_bytes());
@@ -468,9 +751,11 @@ mod tests {
             .execute(store.pool())
             .await
             .unwrap();
+        let log = start(&store, &signer, 100, Duration::ZERO);
         for i in 1..=3 {
             assert_eq!(log.record(record(i)).await.unwrap(), i as i64 + 1, "appended after the rendered event");
         }
+        log.settle().await;
         let report = crate::audit::verify::verify(&store, &TrustedKeys::new([signer.public_key()]), 100).await.unwrap();
         assert_eq!((report.first, report.last), (1, 4));
         let stored: Vec<String> =
@@ -497,6 +782,7 @@ mod tests {
         }
         seqs.sort_unstable();
         assert_eq!(seqs, (1..=300).collect::<Vec<i64>>(), "every event got its own place in the chain");
+        log.settle().await;
         let report = crate::audit::verify::verify(&store, &TrustedKeys::new([signer.public_key()]), 100).await.unwrap();
         assert_eq!(report.events, 300);
         assert_eq!(report.checkpoints, 3, "signed at 100, 200 and 300");
@@ -510,6 +796,8 @@ mod tests {
         for i in 0..50 {
             log.record(record(i)).await.unwrap();
         }
+        // In the table, not only in the journal: a verify of an empty table is an error.
+        log.settle().await;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let appender = {
             let (log, stop) = (log.clone(), stop.clone());
@@ -538,6 +826,7 @@ mod tests {
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let appended = appender.await.unwrap();
+        log.settle().await;
         assert!(
             appended > 50 && last > 50,
             "events were appended during verification ({appended}, verified to {last})"

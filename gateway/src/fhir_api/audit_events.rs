@@ -250,6 +250,9 @@ async fn search_inner(state: AppState, req: Request) -> Result<Response, ApiErro
         );
     }
     let where_ = p.filter.sql_where();
+    // Events are durable in the journal before they are in the table: the auditor
+    // sees every one recorded so far, this query's own denial included.
+    state.audit.settle().await;
     let db = |e: sqlx::Error| ApiError::unavailable("the audit store cannot be read", e);
     let count_sql = format!("SELECT COUNT(*) FROM audit_event{where_}");
     // Only fixed clause text and integers are in the SQL; every value is bound.

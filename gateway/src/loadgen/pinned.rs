@@ -305,7 +305,8 @@ fn nginx_config(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> Result<
 /// `kakehashi audit verify --config CONFIG` (with the witness the configuration names):
 /// its report, or an error when the log the benchmark wrote does not verify.
 fn verify_log(exe: &Path, config: &Path) -> Result<(), String> {
-    let out = Command::new(exe).args(["audit", "verify", "--config"]).arg(config).output().map_err(|e| e.to_string())?;
+    let out =
+        Command::new(exe).args(["audit", "verify", "--config"]).arg(config).output().map_err(|e| e.to_string())?;
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
         return Err(format!("audit verify failed over the benchmark's log: {text}"));
