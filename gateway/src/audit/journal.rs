@@ -114,7 +114,12 @@ impl Journal {
         segment_bytes: u64,
         index_head: (i64, [u8; 32]),
     ) -> Result<(Journal, Vec<Record>), JournalError> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            // Events name patients and readers: the gateway's user alone reads them,
+            // as it alone reads the database.
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io(dir))?;
+        }
         // The directory's own entry, and the entries of files a start cut short
         // adopted below, must survive a power cut like the events in them.
         for d in [Some(dir), dir.parent()].into_iter().flatten().filter(|d| !d.as_os_str().is_empty()) {
@@ -201,6 +206,19 @@ impl Journal {
             chain.push(seg);
         }
         for s in pool {
+            // Events past the table's head that do not follow it: the table was
+            // restored from a backup or replaced, or the journal is another's. They are
+            // set aside (their file is used again), so say so loudly.
+            if let Ok(Some((first, prev))) = read_header(&s.file) {
+                if first > cur.0 + 1 && read_records(&s.file, s.size, first, prev).is_ok_and(|(r, _)| !r.is_empty()) {
+                    tracing::error!(
+                        file = %s.path.display(),
+                        first,
+                        table = index_head.0,
+                        "the audit journal holds events past the table's head that do not follow it; they are set aside"
+                    );
+                }
+            }
             self.spare.push((s.path, s.file, s.size));
         }
         if chain.is_empty() {
@@ -397,7 +415,8 @@ impl Journal {
         loop {
             self.made += 1;
             let path = self.dir.join(format!("{:08}.kkj", self.made));
-            let file = match OpenOptions::new().read(true).write(true).create_new(true).open(&path) {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = match OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(io(&path)(e)),
@@ -510,6 +529,9 @@ mod tests {
         assert_eq!(all[0].0, 1);
         assert_eq!(all[0].1, GENESIS);
         assert!(j.files() > 2, "300 events of about 0.7 KB fill several 64 KB segments");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::metadata(&j.segments[0].path).unwrap().permissions().mode() & 0o777, 0o600);
         let head = j.head();
         drop(j);
         // Nothing indexed yet: everything comes back, in order, linked.
