@@ -1,10 +1,11 @@
 //! The audit log writer: one writer per gateway appends events in batches (group
 //! commit), each event chained to the previous one by SHA-256, and answers every
-//! waiting request only after its batch is committed (`synchronous=FULL` on SQLite,
-//! a committed transaction on PostgreSQL). Callers that get an error must not
-//! disclose anything. On SQLite the writer is a thread of its own
-//! ([`super::sqlite_writer`]); on PostgreSQL too, with a connection of its own and a
-//! single-threaded runtime, serialised across instances by an advisory lock.
+//! waiting request only after its batch is durable (on SQLite flushed in the audit
+//! journal, then copied into the `audit_event` table; on PostgreSQL a committed
+//! transaction). Callers that get an error must not disclose anything. On SQLite the
+//! writer is a thread of its own ([`super::sqlite_writer`]); on PostgreSQL too, with a
+//! connection of its own and a single-threaded runtime, serialised across instances by
+//! an advisory lock.
 
 use super::checkpoint::Signer;
 use super::event::{AuditRecord, Entry};
