@@ -273,11 +273,11 @@ impl AuditSettings {
 }
 
 fn default_index_delay_ms() -> u64 {
-    100
+    crate::audit::Journaling::default().index_delay.as_millis() as u64
 }
 
 fn default_journal_segment_mb() -> u64 {
-    8
+    crate::audit::Journaling::default().segment_bytes >> 20
 }
 
 /// `[audit.forward]`: an IHE ATNA audit record repository reached by RFC 5425 syslog over TLS.

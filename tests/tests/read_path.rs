@@ -215,7 +215,7 @@ async fn new_files_are_served_without_restart() {
 }
 
 #[tokio::test]
-async fn reads_fail_closed_with_503_when_the_audit_store_cannot_be_written() {
+async fn a_broken_audit_table_refuses_reads_on_postgresql_and_leaves_them_to_the_journal_on_sqlite() {
     let gw = TestGateway::start().await;
     let hub = gw.client(Some(&gw.issue("hub", HUB, Role::HospitalSystem)));
     assert_eq!(hub.get(gw.addr, "/fhir/Patient").await.unwrap().status, 200);

@@ -77,8 +77,17 @@ struct Segment {
     size: u64,
     /// First sequence number it holds (the header's).
     first: i64,
+    /// The chain hash before it (the header's).
+    prev: [u8; 32],
     /// Last one it holds (first - 1 while empty).
     last: i64,
+}
+
+impl Segment {
+    /// Its records that continue the chain from its header, and where the next goes.
+    fn records(&self) -> Result<(Vec<Record>, u64), JournalError> {
+        read_records(&self.file, self.size, self.first, self.prev).map_err(io(&self.path))
+    }
 }
 
 /// An open journal, its head known.
@@ -93,8 +102,6 @@ pub struct Journal {
     /// Where the next record goes in the current segment.
     offset: u64,
     head: (i64, [u8; 32]),
-    /// Every event up to here is in the index, on disk.
-    indexed: i64,
     /// Files made so far (for new names).
     made: usize,
     /// A failed append left bytes that could not be cleared: refuse every append.
@@ -140,8 +147,8 @@ impl Journal {
             let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io(&path))?;
             let size = file.metadata().map_err(io(&path))?.len();
             match read_header(&file).map_err(io(&path))? {
-                Some((first, _)) if size > HEADER => {
-                    segments.push(Segment { path, file, size, first, last: first - 1 })
+                Some((first, prev)) if size > HEADER => {
+                    segments.push(Segment { path, file, size, first, prev, last: first - 1 })
                 }
                 _ => spare.push((path, file, size)),
             }
@@ -154,7 +161,6 @@ impl Journal {
             spare,
             offset: HEADER,
             head: index_head,
-            indexed: index_head.0,
             made,
             poisoned: false,
             #[cfg(test)]
@@ -177,47 +183,46 @@ impl Journal {
         let mut cur = index_head;
         let mut end = HEADER;
         loop {
-            let mut next = None;
-            for (i, seg) in pool.iter().enumerate() {
-                let Some((first, prev)) = read_header(&seg.file).map_err(io(&seg.path))? else { continue };
-                if first == cur.0 + 1 && prev == cur.1 {
-                    next = Some((i, None));
-                    break;
-                }
-                if chain.is_empty() && first <= cur.0 {
-                    let (records, _) = read_records(&seg.file, seg.size, first, prev).map_err(io(&seg.path))?;
-                    if let Some(at) = records.iter().position(|r| r.seq == cur.0 && r.hash == cur.1) {
-                        next = Some((i, Some(at + 1)));
+            // The segment starting right after `cur`; failing that, for the first, the
+            // one holding `cur` (records read once, kept for what follows it).
+            let mut next = pool.iter().position(|s| s.first == cur.0 + 1 && s.prev == cur.1).map(|i| (i, None));
+            if next.is_none() && chain.is_empty() {
+                for (i, seg) in pool.iter().enumerate().filter(|(_, s)| s.first <= cur.0) {
+                    let (records, at) = seg.records()?;
+                    if let Some(k) = records.iter().position(|r| r.seq == cur.0 && r.hash == cur.1) {
+                        next = Some((i, Some((records, at, k + 1))));
+                        break;
                     }
                 }
             }
-            let Some((i, from)) = next else { break };
+            let Some((i, read)) = next else { break };
             let mut seg = pool.swap_remove(i);
-            let Some((first, prev)) = read_header(&seg.file).map_err(io(&seg.path))? else { break };
-            let (records, at) = read_records(&seg.file, seg.size, first, prev).map_err(io(&seg.path))?;
-            let after: Vec<Record> = records.into_iter().skip(from.unwrap_or(0)).collect();
-            if let Some(last) = after.last() {
+            let (records, at, skip) = match read {
+                Some(read) => read,
+                None => {
+                    let (records, at) = seg.records()?;
+                    (records, at, 0)
+                }
+            };
+            replay.extend(records.into_iter().skip(skip));
+            if let Some(last) = replay.last().filter(|r| r.seq > cur.0) {
                 cur = (last.seq, last.hash);
             }
-            seg.first = first;
             seg.last = cur.0;
             end = at;
-            replay.extend(after);
             chain.push(seg);
         }
         for s in pool {
             // Events past the table's head that do not follow it: the table was
             // restored from a backup or replaced, or the journal is another's. They are
             // set aside (their file is used again), so say so loudly.
-            if let Ok(Some((first, prev))) = read_header(&s.file) {
-                if first > cur.0 + 1 && read_records(&s.file, s.size, first, prev).is_ok_and(|(r, _)| !r.is_empty()) {
-                    tracing::error!(
-                        file = %s.path.display(),
-                        first,
-                        table = index_head.0,
-                        "the audit journal holds events past the table's head that do not follow it; they are set aside"
-                    );
-                }
+            if s.first > cur.0 + 1 && s.records().is_ok_and(|(r, _)| !r.is_empty()) {
+                tracing::error!(
+                    file = %s.path.display(),
+                    first = s.first,
+                    table = index_head.0,
+                    "the audit journal holds events past the table's head that do not follow it; they are set aside"
+                );
             }
             self.spare.push((s.path, s.file, s.size));
         }
@@ -226,7 +231,6 @@ impl Journal {
         } else {
             self.segments = chain;
             self.head = cur;
-            self.indexed = index_head.0;
             self.offset = end;
         }
         Ok(replay)
@@ -238,7 +242,6 @@ impl Journal {
             self.spare.push((s.path, s.file, s.size));
         }
         self.head = head;
-        self.indexed = head.0;
         self.offset = HEADER;
     }
 
@@ -260,7 +263,6 @@ impl Journal {
         let mut out = Vec::with_capacity(entries.len());
         let mut buf: Vec<u8> = Vec::with_capacity(entries.iter().map(|e| e.len() + RECORD_HEADER + 64).sum());
         let mut start = self.offset;
-        let mut touched: Vec<usize> = Vec::new();
         let saved = (self.segments.len(), self.offset);
         let result = (|| {
             for entry in entries {
@@ -279,7 +281,6 @@ impl Journal {
                     if !self.segments.is_empty() {
                         writes.push((self.segments.len() - 1, start, buf.len()));
                         self.write_at(start, &buf)?;
-                        touched.push(self.segments.len() - 1);
                     }
                     buf.clear();
                     self.next_segment(seq + 1, prev, HEADER + len as u64 + BLOCK)?;
@@ -297,11 +298,12 @@ impl Journal {
             }
             writes.push((self.segments.len() - 1, start, buf.len()));
             self.write_at(start, &buf)?;
-            touched.push(self.segments.len() - 1);
-            touched.dedup();
-            for &i in &touched {
-                let s = &self.segments[i];
-                s.file.sync_data().map_err(io(&s.path))?;
+            // Each segment written, once, in order.
+            for (k, &(i, _, _)) in writes.iter().enumerate() {
+                if k == 0 || writes[k - 1].0 != i {
+                    let s = &self.segments[i];
+                    s.file.sync_data().map_err(io(&s.path))?;
+                }
             }
             Ok(())
         })();
@@ -312,8 +314,6 @@ impl Journal {
                 if let Some(s) = self.segments.last_mut() {
                     s.last = seq;
                 }
-                // A segment left behind holds everything before the next one's first.
-                self.fix_lasts();
                 Ok(out)
             }
             Err(e) => {
@@ -346,23 +346,13 @@ impl Journal {
         }
     }
 
-    /// Each segment's last sequence number from the next one's first.
-    fn fix_lasts(&mut self) {
-        for i in 1..self.segments.len() {
-            let next_first = self.segments[i].first;
-            self.segments[i - 1].last = next_first - 1;
-        }
-    }
-
     /// Every event up to `seq` is in the index, on disk: segments holding nothing
     /// later may be used again.
     pub fn indexed(&mut self, seq: i64) {
-        self.indexed = self.indexed.max(seq);
-        let indexed = self.indexed;
         let n = self.segments.len();
         let mut keep = Vec::with_capacity(n);
         for (i, s) in std::mem::take(&mut self.segments).into_iter().enumerate() {
-            if i + 1 < n && s.last <= indexed {
+            if i + 1 < n && s.last <= seq {
                 self.spare.push((s.path, s.file, s.size));
             } else {
                 keep.push(s);
@@ -406,7 +396,11 @@ impl Journal {
         // use left there cannot be read as this segment's first record.
         header.resize(2 * HEADER as usize, 0);
         file.write_all_at(&header, 0).map_err(io(&path))?;
-        self.segments.push(Segment { path, file, size, first, last: first - 1 });
+        // The segment left behind holds everything before this one's first.
+        if let Some(left) = self.segments.last_mut() {
+            left.last = first - 1;
+        }
+        self.segments.push(Segment { path, file, size, first, prev, last: first - 1 });
         Ok(())
     }
 
@@ -514,6 +508,16 @@ mod tests {
         format!("{{\"v\":1,\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(300 + i % 700)).into_bytes()
     }
 
+    /// A new journal in `d` with `n` events appended one at a time.
+    fn with_events(d: &Path, segment_bytes: u64, n: usize) -> Journal {
+        let (mut j, replay) = Journal::open(d, segment_bytes, (0, GENESIS)).unwrap();
+        assert!(replay.is_empty());
+        for i in 0..n {
+            j.append(&[&entry(i)]).unwrap();
+        }
+        j
+    }
+
     #[test]
     fn appended_events_are_read_back_after_a_reopen_and_chain_from_the_index_head() {
         let d = dir("reopen");
@@ -554,13 +558,12 @@ mod tests {
     fn a_lone_small_event_never_straddles_two_blocks() {
         let d = dir("blocks");
         let (mut j, _) = Journal::open(&d, 1 << 20, (0, GENESIS)).unwrap();
-        let mut offsets = Vec::new();
+        let mut ends = Vec::new();
         for i in 0..200 {
-            let before = j.offset;
             j.append(&[&entry(i)]).unwrap();
-            offsets.push((before, j.offset));
+            ends.push(j.offset);
         }
-        for (i, (_, end)) in offsets.iter().enumerate() {
+        for (i, end) in ends.iter().enumerate() {
             let len = (RECORD_HEADER + entry(i).len()) as u64;
             let start = end - len;
             assert_eq!(start / BLOCK, (end - 1) / BLOCK, "record {i} at {start}..{end} stays in one block");
@@ -571,10 +574,7 @@ mod tests {
     #[test]
     fn a_torn_tail_ends_the_journal_at_the_last_whole_event_and_is_written_over() {
         let d = dir("torn");
-        let (mut j, _) = Journal::open(&d, 1 << 20, (0, GENESIS)).unwrap();
-        for i in 0..10 {
-            j.append(&[&entry(i)]).unwrap();
-        }
+        let j = with_events(&d, 1 << 20, 10);
         let (path, end) = (j.segments[0].path.clone(), j.offset);
         drop(j);
         // The 10th event's last bytes never reached the disk.
@@ -617,10 +617,7 @@ mod tests {
     #[test]
     fn a_refused_append_leaves_nothing_a_later_recovery_would_take() {
         let d = dir("refused");
-        let (mut j, _) = Journal::open(&d, 64 << 10, (0, GENESIS)).unwrap();
-        for i in 0..5 {
-            j.append(&[&entry(i)]).unwrap();
-        }
+        let mut j = with_events(&d, 64 << 10, 5);
         let head = j.head();
         // A batch whose first event is written into the current segment and whose
         // second needs a new segment that cannot be had: refused.
@@ -642,9 +639,7 @@ mod tests {
     #[test]
     fn a_journal_behind_the_index_goes_on_from_the_index_head() {
         let d = dir("behind");
-        let (mut j, _) = Journal::open(&d, 1 << 20, (0, GENESIS)).unwrap();
-        j.append(&[&entry(1)]).unwrap();
-        drop(j);
+        drop(with_events(&d, 1 << 20, 1));
         let index_head = (500, [7u8; 32]);
         let (mut j, replay) = Journal::open(&d, 1 << 20, index_head).unwrap();
         assert!(replay.is_empty());

@@ -195,20 +195,11 @@ impl AuditLog {
     /// Start the writer for `store` (a thread on SQLite, a task on PostgreSQL);
     /// `observer` names this gateway in events.
     pub fn start(store: Store, observer: String, checkpoints: Checkpoints) -> AuditLog {
-        Self::start_forwarding(store, observer, checkpoints, None)
+        Self::start_with(store, observer, checkpoints, None, Journaling::default())
     }
 
-    /// As [`AuditLog::start`], also offering every committed event to `forward`.
-    pub fn start_forwarding(
-        store: Store,
-        observer: String,
-        checkpoints: Checkpoints,
-        forward: Option<super::forward::Forwarder>,
-    ) -> AuditLog {
-        Self::start_with(store, observer, checkpoints, forward, Journaling::default())
-    }
-
-    /// As [`AuditLog::start_forwarding`], with the embedded store's journal settings.
+    /// As [`AuditLog::start`], also offering every committed event to `forward`, with
+    /// the embedded store's journal settings.
     pub fn start_with(
         store: Store,
         observer: String,

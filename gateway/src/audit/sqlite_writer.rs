@@ -239,9 +239,7 @@ impl Writer {
                     if self.journaling.index_delay.is_zero() && !self.index_failing {
                         ok = self.index(conn, &mut st);
                     }
-                    if let Some((jobs, first)) = appended {
-                        Job::committed(jobs, first, self.forward.as_ref());
-                    }
+                    answer(appended);
                     // Otherwise after the delay, when no batch waits for the journal, or
                     // at once when many events wait.
                     let due = self.pending.len() >= INDEX_BATCH && !self.index_failing
@@ -338,42 +336,45 @@ impl Writer {
     /// Append a batch to the journal and answer it: committed when the journal's flush
     /// succeeded, refused otherwise.
     fn append_and_answer(&mut self, jobs: Vec<Job>) {
-        if let Some((jobs, first)) = self.append(jobs) {
-            Job::committed(jobs, first, self.forward.as_ref());
-        }
+        answer(self.append(jobs));
     }
 
-    /// Append a batch to the journal and flush it; returns the batch with its first
-    /// sequence number, for the caller to answer, or refuses it and returns nothing.
-    fn append(&mut self, jobs: Vec<Job>) -> Option<(Vec<Job>, i64)> {
+    /// Append a batch to the journal and flush it; its events move to the pending
+    /// list (offered to the forwarder) and their replies are returned, each with its
+    /// sequence number, for the caller to answer. A batch that cannot be appended is
+    /// refused here.
+    fn append(&mut self, jobs: Vec<Job>) -> Vec<Reply> {
         let began = Instant::now();
         let Some(journal) = self.journal.as_mut() else {
             Job::failed(jobs, &"the audit journal is not open");
-            return None;
+            return Vec::new();
         };
         if self.pending.len() >= MAX_PENDING {
             Job::failed(jobs, &"the audit index is not keeping up with the journal");
-            return None;
+            return Vec::new();
         }
         let entries: Vec<&[u8]> = jobs.iter().map(|j| j.prepared.json.as_bytes()).collect();
-        match journal.append(&entries) {
-            Ok(appended) => {
-                self.stats.committed(jobs.len(), began);
-                let first = appended.first().map_or(0, |a| a.0);
-                if self.pending.is_empty() {
-                    self.index_at = Some(Instant::now() + self.journaling.index_delay);
-                }
-                for (job, (seq, prev, hash)) in jobs.iter().zip(appended) {
-                    let p = &job.prepared;
-                    self.pending.push(Pending { seq, prev, hash, json: p.json.clone(), cols: p.cols.clone() });
-                }
-                Some((jobs, first))
-            }
+        let appended = match journal.append(&entries) {
+            Ok(appended) => appended,
             Err(e) => {
                 Job::failed(jobs, &e);
-                None
+                return Vec::new();
             }
+        };
+        self.stats.committed(jobs.len(), began);
+        if self.pending.is_empty() {
+            self.index_at = Some(Instant::now() + self.journaling.index_delay);
         }
+        let mut replies = Vec::with_capacity(jobs.len());
+        for (job, (seq, prev, hash)) in jobs.into_iter().zip(appended) {
+            let Job { prepared, reply } = job;
+            if let Some(f) = &self.forward {
+                f.offer(seq, prepared.json.clone());
+            }
+            self.pending.push(Pending { seq, prev, hash, json: prepared.json, cols: prepared.cols });
+            replies.push((seq, reply));
+        }
+        replies
     }
 
     /// True when the pending events are due in the index.
@@ -389,10 +390,7 @@ impl Writer {
             return true;
         }
         let pending = std::mem::take(&mut self.pending);
-        let result = {
-            let _gate = self.gate.blocking_lock();
-            in_tx(conn, || st.insert(&self.cp, &pending))
-        };
+        let result = self.in_turn(conn, || st.insert(&self.cp, &pending));
         match result {
             Ok(signed) => {
                 if self.index_failing {
@@ -424,11 +422,11 @@ impl Writer {
     }
 
     /// Run `f` in a transaction holding the store's write gate.
-    fn in_turn<T>(
+    fn in_turn<T, E: From<rusqlite::Error>>(
         &self,
         conn: &Connection,
-        f: impl FnOnce() -> Result<T, rusqlite::Error>,
-    ) -> Result<T, rusqlite::Error> {
+        f: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
         let _gate = self.gate.blocking_lock();
         in_tx(conn, f)
     }
@@ -467,6 +465,16 @@ impl Writer {
                 return w;
             }
         }
+    }
+}
+
+/// A request waiting for its event's durability, and the sequence number it got.
+type Reply = (i64, tokio::sync::oneshot::Sender<Result<i64, super::AuditError>>);
+
+/// Answer requests whose events are durable.
+fn answer(replies: Vec<Reply>) {
+    for (seq, reply) in replies {
+        let _ = reply.send(Ok(seq));
     }
 }
 
