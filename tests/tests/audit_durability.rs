@@ -285,3 +285,31 @@ async fn with_the_disk_full_reads_are_refused_until_there_is_room_again() {
     drop(disk);
     drop(scratch);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_on_the_same_sqlite_store_refuses_reads_instead_of_losing_their_events() {
+    if backend_is_postgres() {
+        // Several instances on one PostgreSQL database is the supported way to run more.
+        return;
+    }
+    // Found by an outside probe: a second `serve` on the same data directory (a restart
+    // overlapping the old process's drain, or two by mistake) appended to the same
+    // journal segments, and its answered reads never reached the table.
+    let gw = TestGateway::start_opts(Options { index_delay_ms: 100, ..Default::default() }).await;
+    let hub = gw.client(Some(&gw.issue("hub", HUB, Role::HospitalSystem)));
+    let (config, second) = fixed_ports(gw.dir.path());
+    let mut other = ServeProcess::spawn(&config);
+    ready(&hub, second).await;
+    let (path, marker) = marked_search(0);
+    let r = hub.get(second, &path).await.unwrap();
+    assert_eq!(r.status, 503, "the second gateway cannot make events durable: {}", r.text());
+    assert!(!r.text().contains("Patient/"), "nothing disclosed: {}", r.text());
+    let (path, first) = marked_search(1);
+    assert_eq!(hub.get(gw.addr, &path).await.unwrap().status, 200, "the first goes on serving");
+    other.kill();
+    let kept = gw.stop_keeping_dir().await;
+    let audited = audited_markers(&entries(&format!("sqlite://{}", kept.path().join("kakehashi.db").display())).await);
+    assert!(audited.contains_key(&first) && !audited.contains_key(&marker), "{audited:?}");
+    let (ok, out) = cli_verify(&config);
+    assert!(ok, "audit verify: {out}");
+}

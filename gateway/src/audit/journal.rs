@@ -44,6 +44,10 @@ pub enum JournalError {
     /// An entry too large for a record.
     #[error("an audit entry of {0} bytes is larger than a journal record holds")]
     TooLarge(usize),
+    /// Another process has the journal open: two gateways on one SQLite database
+    /// would write over each other's events.
+    #[error("audit journal {0}: another gateway process has it open (one SQLite database serves one gateway; use PostgreSQL for several)")]
+    Busy(String),
     /// A failed append could not be undone, so nothing more is appended until the
     /// journal is opened again.
     #[error("the audit journal could not undo a failed append; restart the gateway")]
@@ -106,6 +110,8 @@ pub struct Journal {
     made: usize,
     /// A failed append left bytes that could not be cleared: refuse every append.
     poisoned: bool,
+    /// Held open for the journal's life: its exclusive lock keeps other processes out.
+    _lock: File,
     /// Tests: the next new segment cannot be had (as on a full disk).
     #[cfg(test)]
     fail_next_segment: bool,
@@ -132,6 +138,7 @@ impl Journal {
         for d in [Some(dir), dir.parent()].into_iter().flatten().filter(|d| !d.as_os_str().is_empty()) {
             File::open(d).and_then(|f| f.sync_all()).map_err(io(d))?;
         }
+        let lock = lock(dir)?;
         let mut segments = Vec::new();
         let mut spare = Vec::new();
         let mut made = 0;
@@ -163,6 +170,7 @@ impl Journal {
             head: index_head,
             made,
             poisoned: false,
+            _lock: lock,
             #[cfg(test)]
             fail_next_segment: false,
         };
@@ -439,6 +447,33 @@ impl Journal {
     }
 }
 
+/// An exclusive lock on the journal in `dir` (`lock` in it), released when the file is
+/// closed, by the process's end too: a second gateway on the same database cannot
+/// append to the same segments.
+fn lock(dir: &Path) -> Result<File, JournalError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("lock");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io(&path))?;
+    // SAFETY: flock(2) on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            JournalError::Busy(dir.display().to_string())
+        } else {
+            io(&path)(e)
+        });
+    }
+    Ok(file)
+}
+
 /// The header of a segment: its first sequence number and the hash before it.
 fn read_header(file: &File) -> std::io::Result<Option<(i64, [u8; 32])>> {
     let mut h = [0u8; 48];
@@ -541,6 +576,7 @@ mod tests {
         // Nothing indexed yet: everything comes back, in order, linked.
         let (j2, replay) = Journal::open(&d, 64 << 10, (0, GENESIS)).unwrap();
         assert_eq!(j2.head(), head);
+        drop(j2);
         assert_eq!(replay.len(), 300);
         for (r, (seq, prev, hash)) in replay.iter().zip(&all) {
             assert_eq!((r.seq, r.prev, r.hash), (*seq, *prev, *hash));
@@ -633,6 +669,17 @@ mod tests {
         assert_eq!(j.head(), (answered[0].0, answered[0].2), "recovered up to the answered event");
         assert_eq!(replay.len(), 6);
         assert_eq!(replay[5].entry.len(), big.len(), "the refused event is not read back in its place");
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_journal_is_held_by_one_opener_at_a_time() {
+        let d = dir("lock");
+        let j = with_events(&d, 1 << 20, 1);
+        assert!(matches!(Journal::open(&d, 1 << 20, (0, GENESIS)), Err(JournalError::Busy(_))));
+        drop(j);
+        let (j, replay) = Journal::open(&d, 1 << 20, (0, GENESIS)).unwrap();
+        assert_eq!((replay.len(), j.head().0), (1, 1), "free again once the holder is gone");
         let _ = std::fs::remove_dir_all(d);
     }
 

@@ -311,7 +311,7 @@ impl Writer {
             if hash.len() == 32 {
                 at.copy_from_slice(&hash);
             }
-            let (journal, replay) = Journal::open(&journal_dir(&self.file), self.journaling.segment_bytes, (seq, at))
+            let (journal, replay) = open_journal(&journal_dir(&self.file), self.journaling.segment_bytes, (seq, at))
                 .map_err(|e| e.to_string())?;
             if !replay.is_empty() {
                 tracing::info!(
@@ -464,6 +464,25 @@ impl Writer {
             if let Ok(w) = got {
                 return w;
             }
+        }
+    }
+}
+
+/// Open the journal, waiting up to a second for a writer that is ending (a restart
+/// in the same process, or a gateway finishing its shutdown) to let it go; a gateway
+/// still running keeps it, and this one refuses reads.
+fn open_journal(
+    dir: &Path,
+    segment_bytes: u64,
+    head: (i64, [u8; 32]),
+) -> Result<(Journal, Vec<Record>), super::journal::JournalError> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match Journal::open(dir, segment_bytes, head) {
+            Err(super::journal::JournalError::Busy(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => return other,
         }
     }
 }
